@@ -1,0 +1,58 @@
+"""Segment microscopy images with a U-Net and fine-tune it on what you paint.
+
+The package never imports Qt or napari at import time: everything here can
+run in a script or on a cluster node without a display.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("napari-unet-tuner")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+from napari_unet_tuner.config import (
+    InferenceConfig,
+    InstanceConfig,
+    ModelCard,
+    ModelConfig,
+    NormalizationConfig,
+)
+from napari_unet_tuner.errors import CheckpointError, ConfigError, InputError, UnetTunerError
+from napari_unet_tuner.inference import (
+    SegmentationProgress,
+    SegmentationResult,
+    iter_segment,
+    segment,
+)
+from napari_unet_tuner.model import (
+    Checkpoint,
+    UNet,
+    import_state_dict,
+    load_checkpoint,
+    new_card,
+    save_checkpoint,
+)
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "ConfigError",
+    "InferenceConfig",
+    "InputError",
+    "InstanceConfig",
+    "ModelCard",
+    "ModelConfig",
+    "NormalizationConfig",
+    "SegmentationProgress",
+    "SegmentationResult",
+    "UNet",
+    "UnetTunerError",
+    "__version__",
+    "import_state_dict",
+    "iter_segment",
+    "load_checkpoint",
+    "new_card",
+    "save_checkpoint",
+    "segment",
+]

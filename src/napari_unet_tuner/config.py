@@ -1,0 +1,261 @@
+"""Typed configuration objects, one per concern, each with a dict round trip.
+
+The dicts are what a checkpoint stores as JSON, so every field is a plain
+JSON value and ``from_dict`` rejects keys it does not know: a typo in a
+hand-edited file is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+from napari_unet_tuner.errors import ConfigError
+
+OutputKind = Literal["boundary3", "foreground"]
+
+
+class _DictMixin:
+    """``to_dict``/``from_dict`` for flat dataclasses of JSON values."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a JSON-compatible dict."""
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a dict as written by `to_dict`.
+
+        Raises
+        ------
+        ConfigError
+            If ``data`` has keys the class does not know or values of a wrong type.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+        names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(names)}")
+        kwargs = {}
+        for key, value in data.items():
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ModelConfig(_DictMixin):
+    """Architecture of a `~napari_unet_tuner.model.UNet`.
+
+    Parameters
+    ----------
+    spatial_dims : int
+        2 for images (Y, X), 3 for volumes (Z, Y, X).
+    in_channels : int
+        Number of image channels the model reads.
+    out_channels : int
+        Number of output channels. 3 for the default background / interior /
+        boundary classes (softmax), 1 for a foreground probability (sigmoid).
+    features : int
+        Feature maps of the first encoder block; each deeper block doubles them.
+    depth : int
+        Number of encoder (and decoder) blocks, i.e. of 2x2 poolings.
+    batch_norm : bool
+        Batch normalization between each convolution and its ReLU.
+    dropout : float
+        Dropout probability after each ReLU (0 disables it).
+    """
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    out_channels: int = 3
+    features: int = 16
+    depth: int = 4
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        for name in ("in_channels", "out_channels", "features", "depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def output_kind(self) -> OutputKind:
+        """How the outputs are read: 3 softmax classes or 1 sigmoid foreground."""
+        return "foreground" if self.out_channels == 1 else "boundary3"
+
+    @property
+    def size_multiple(self) -> int:
+        """Spatial sizes the network takes without internal padding."""
+        return 2**self.depth
+
+
+@dataclass(frozen=True)
+class NormalizationConfig(_DictMixin):
+    """Intensity normalization applied to each plane (or volume) and channel.
+
+    Parameters
+    ----------
+    kind : {"percentile", "none"}
+        ``percentile`` maps the ``low`` percentile to 0 and ``high`` to 1.
+    low, high : float
+        Percentiles in [0, 100].
+    max_samples : int
+        Percentiles are computed from at most this many evenly strided pixels,
+        so that huge lazy images are never loaded whole for statistics.
+    """
+
+    kind: Literal["percentile", "none"] = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+    max_samples: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("percentile", "none"):
+            raise ValueError(f"normalization kind must be 'percentile' or 'none', got {self.kind}")
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100, got low={self.low}, high={self.high}")
+
+
+@dataclass(frozen=True)
+class InstanceConfig(_DictMixin):
+    """How probabilities become instance labels.
+
+    Parameters
+    ----------
+    threshold : float
+        A pixel is foreground where its foreground probability exceeds this.
+    seed_threshold : float
+        Seeds (one per object) are connected regions where the interior
+        probability exceeds this; boundary pixels between touching objects
+        stay below it, which is what keeps crowded nuclei apart.
+    min_size : int
+        Objects smaller than this many pixels (voxels) are removed.
+    """
+
+    threshold: float = 0.5
+    seed_threshold: float = 0.5
+    min_size: int = 15
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "seed_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.min_size < 0:
+            raise ValueError(f"min_size must be >= 0, got {self.min_size}")
+
+
+@dataclass(frozen=True)
+class InferenceConfig(_DictMixin):
+    """How a model is run over an image.
+
+    Parameters
+    ----------
+    tile_shape : tuple of int or None
+        Spatial tile size (Y, X) or (Z, Y, X); ``None`` picks one for the
+        model's dimensionality (256 x 256 in 2D, 32 x 128 x 128 in 3D).
+    overlap : float
+        Fraction of the tile shared with each neighbour, in [0, 0.5).
+    batch_size : int
+        Tiles per forward pass.
+    device : str
+        ``"auto"`` (CUDA, then Apple MPS, then CPU) or a torch device string.
+    mixed_precision : bool
+        Autocast to half precision on CUDA and MPS (ignored on the CPU).
+    num_threads : int or None
+        CPU threads for torch during the run; ``None`` keeps torch's default.
+    """
+
+    tile_shape: tuple[int, ...] | None = None
+    overlap: float = 0.125
+    batch_size: int = 1
+    device: str = "auto"
+    mixed_precision: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 0.5:
+            raise ValueError(f"overlap must be in [0, 0.5), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.tile_shape is not None and any(int(s) < 1 for s in self.tile_shape):
+            raise ValueError(f"tile_shape must be positive, got {self.tile_shape}")
+
+
+@dataclass(frozen=True)
+class ModelCard(_DictMixin):
+    """What a checkpoint is for, where it came from and how to use it.
+
+    Parameters
+    ----------
+    name : str
+        Short name shown in the widget and by ``unet-tuner info``.
+    description : str
+        What the model segments, on which kind of images.
+    input_axes : str
+        Axes of one input sample, e.g. ``"CYX"``.
+    channel_names : tuple of str
+        One name per input channel, e.g. ``("nuclei",)``.
+    outputs : str
+        What the output channels mean and how they become labels.
+    pixel_size : tuple of float or None
+        Pixel (voxel) size in micrometres the model was trained at, if known.
+    normalization : dict
+        A `NormalizationConfig` as a dict.
+    instances : dict
+        Default `InstanceConfig` as a dict.
+    training : tuple of dict
+        Training history, oldest first; each entry names its parent checkpoint.
+    parent : dict or None
+        ``{"name": ..., "sha256": ...}`` of the checkpoint this one was derived from.
+    created : str
+        ISO 8601 creation time (UTC).
+    package_version : str
+        Version of napari-unet-tuner that wrote the file.
+    """
+
+    name: str = "unnamed U-Net"
+    description: str = ""
+    input_axes: str = "CYX"
+    channel_names: tuple[str, ...] = ("channel 0",)
+    outputs: str = ""
+    pixel_size: tuple[float, ...] | None = None
+    normalization: dict[str, Any] = field(default_factory=lambda: NormalizationConfig().to_dict())
+    instances: dict[str, Any] = field(default_factory=lambda: InstanceConfig().to_dict())
+    training: tuple[dict[str, Any], ...] = ()
+    parent: dict[str, Any] | None = None
+    created: str = ""
+    package_version: str = ""
+
+    @property
+    def normalization_config(self) -> NormalizationConfig:
+        """The card's normalization as a typed config."""
+        return NormalizationConfig.from_dict(self.normalization)
+
+    @property
+    def instance_config(self) -> InstanceConfig:
+        """The card's default instance settings as a typed config."""
+        return InstanceConfig.from_dict(self.instances)
+
+
+OUTPUT_DESCRIPTIONS: dict[OutputKind, str] = {
+    "boundary3": (
+        "3 softmax classes per pixel: background, object interior, object boundary. "
+        "Labels: seeds are connected regions of interior probability > seed_threshold, "
+        "grown by watershed over the foreground (1 - background > threshold)."
+    ),
+    "foreground": (
+        "1 sigmoid channel: foreground probability. Labels: foreground > threshold, "
+        "split by a seeded watershed on the distance transform."
+    ),
+}

@@ -1,0 +1,74 @@
+"""Choosing the torch device, mixed precision and CPU threads."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """Return the device to run on.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` picks CUDA, then Apple MPS, then the CPU; anything else is
+        passed to `torch.device` and checked to be available.
+
+    Raises
+    ------
+    ValueError
+        If the requested device does not exist on this machine.
+    """
+    if isinstance(device, str) and device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use 'cpu'")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but Apple MPS is not available; use 'cpu'")
+    return chosen
+
+
+def available_devices() -> list[str]:
+    """Return the device names usable here, best first (for a device selector)."""
+    names = []
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return [*names, "cpu"]
+
+
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """Half-precision autocast where the device gains from it (CUDA, MPS), else a no-op.
+
+    On the CPU bfloat16 autocast is slower than float32 on most processors
+    without AMX, so the CPU always runs in float32.
+    """
+    if enabled and device.type in ("cuda", "mps"):
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def cpu_threads(num_threads: int | None) -> Iterator[None]:
+    """Set torch's intra-op CPU threads for the duration of a run, then restore them."""
+    if num_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(num_threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,116 @@
+"""Model outputs to instance labels, and instance labels to training targets.
+
+The two directions live together so that they stay each other's inverse:
+`labels_to_classes` makes the background / interior / boundary targets that
+a 3-class model learns, and `probabilities_to_labels` turns such a model's
+probabilities back into instances.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import find_boundaries, watershed
+
+from napari_unet_tuner.config import InstanceConfig, OutputKind
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+
+# Seeds grow only across the thin boundary band, so a watershed block needs
+# little context beyond its own pixels to match the whole-image result.
+_HALO = 16
+_BLOCK = 1024
+
+
+def labels_to_classes(labels: np.ndarray) -> np.ndarray:
+    """Return per-pixel classes (0 background, 1 interior, 2 boundary) of instance labels.
+
+    A boundary is every object pixel that touches another label or the
+    background (``find_boundaries(mode="inner")``), so touching objects are
+    separated by boundary pixels on both sides of their contact.
+    """
+    labels = np.asarray(labels)
+    classes = (labels > 0).astype(np.uint8)
+    classes[find_boundaries(labels, mode="inner") & (labels > 0)] = BOUNDARY
+    return classes
+
+
+def _blocks(shape: tuple[int, ...], block: int) -> Iterator[tuple[slice, ...]]:
+    """Non-overlapping blocks covering ``shape``."""
+    starts = [range(0, s, block) for s in shape]
+    for corner in itertools.product(*starts):
+        yield tuple(slice(c, min(c + block, s)) for c, s in zip(corner, shape, strict=True))
+
+
+def _grow(region: tuple[slice, ...], shape: tuple[int, ...], halo: int) -> tuple[slice, ...]:
+    return tuple(
+        slice(max(0, r.start - halo), min(s, r.stop + halo)) for r, s in zip(region, shape, strict=True)
+    )
+
+
+def probabilities_to_labels(
+    probabilities: np.ndarray,
+    output_kind: OutputKind = "boundary3",
+    config: InstanceConfig | None = None,
+) -> np.ndarray:
+    """Turn model probabilities into instance labels (int32, 0 is background).
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray
+        ``(C, *spatial)``: for ``"boundary3"`` the softmax over background,
+        interior and boundary; for ``"foreground"`` one foreground probability.
+    output_kind : {"boundary3", "foreground"}
+        How to read the channels (`ModelConfig.output_kind`).
+    config : InstanceConfig, optional
+        Thresholds and minimum size.
+
+    Returns
+    -------
+    numpy.ndarray
+        Labels of shape ``spatial``, numbered 1..n without gaps.
+
+    Notes
+    -----
+    ``boundary3``: seeds are the connected regions where the interior
+    probability exceeds ``seed_threshold``; they are grown by a watershed on
+    the inverted interior probability, restricted to pixels whose background
+    probability is below ``1 - threshold``. Touching objects keep the
+    boundary class between them, so their seeds stay apart. The watershed
+    runs block by block with a halo, writing into the label array, so its
+    working memory is one block. ``foreground``: connected components of the
+    thresholded probability (touching objects are not split).
+    """
+    config = config or InstanceConfig()
+    spatial = probabilities.shape[1:]
+    if output_kind == "foreground":
+        labels, _ = ndimage.label(probabilities[0] > config.threshold, output=np.int32)
+    else:
+        seeds = probabilities[INTERIOR] > config.seed_threshold
+        markers, _ = ndimage.label(seeds, output=np.int32)
+        del seeds
+        labels = np.empty(spatial, np.int32)
+        for block in _blocks(spatial, _BLOCK):
+            grown = _grow(block, spatial, _HALO)
+            inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(block, grown, strict=True))
+            foreground = probabilities[(BACKGROUND, *grown)] < 1.0 - config.threshold
+            elevation = -probabilities[(INTERIOR, *grown)].astype(np.float32)
+            result = watershed(elevation, markers[grown], mask=foreground)
+            labels[block] = result[inner]
+        del markers
+    return remove_small_objects(labels, config.min_size)
+
+
+def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Drop objects smaller than ``min_size`` and renumber 1..n, in place, block by block."""
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    lut = np.zeros(len(sizes), labels.dtype)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+    for block in _blocks(labels.shape, _BLOCK):
+        labels[block] = lut[labels[block]]
+    return labels

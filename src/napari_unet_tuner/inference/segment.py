@@ -1,0 +1,240 @@
+"""Image in, instance labels out: the headless segmentation entry points."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from napari_unet_tuner._generators import run_to_completion
+from napari_unet_tuner.config import InferenceConfig, InstanceConfig, NormalizationConfig
+from napari_unet_tuner.inference.device import autocast, cpu_threads, select_device
+from napari_unet_tuner.inference.image import ImageReader, infer_axes
+from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.tiling import (
+    Predictor,
+    fit_tile_shape,
+    iter_predict_tiled,
+    tile_starts,
+)
+from napari_unet_tuner.model.checkpoint import Checkpoint, load_checkpoint
+from napari_unet_tuner.model.unet import UNet
+
+DEFAULT_TILE_SHAPE = {2: (512, 512), 3: (32, 128, 128)}
+
+
+@dataclass(frozen=True)
+class SegmentationProgress:
+    """Progress of a segmentation run, yielded after every batch of tiles.
+
+    Attributes
+    ----------
+    stage : {"predict", "instances"}
+        Running the model on tiles, or turning a plane's probabilities into labels.
+    plane, planes : int
+        Index of the current plane (or volume) and how many there are.
+    tiles_done, tiles_total : int
+        Tiles predicted so far over all planes, and in all.
+    elapsed : float
+        Seconds since the run started.
+    """
+
+    stage: Literal["predict", "instances"]
+    plane: int
+    planes: int
+    tiles_done: int
+    tiles_total: int
+    elapsed: float
+
+    @property
+    def fraction(self) -> float:
+        """Share of tiles done, in [0, 1]."""
+        return self.tiles_done / max(self.tiles_total, 1)
+
+
+@dataclass(frozen=True)
+class SegmentationResult:
+    """What a segmentation run produces.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        int32 instance labels with the image's axes minus C (``axes``);
+        unique over the whole array, 0 is background.
+    axes : str
+        Axes of ``labels``.
+    probabilities : numpy.ndarray or None
+        float16 ``(out_channels, *labels.shape)`` if asked for.
+    """
+
+    labels: np.ndarray
+    axes: str
+    probabilities: np.ndarray | None = None
+
+
+def make_predictor(
+    model: UNet, device: torch.device | str = "cpu", mixed_precision: bool = True
+) -> Predictor:
+    """Wrap a model as a numpy-in, numpy-out `Predictor` of probabilities.
+
+    The model is moved to ``device`` and put in eval mode.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+
+    def predictor(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode(), autocast(device, mixed_precision):
+            x = torch.from_numpy(batch).to(device, non_blocking=True)
+            return model.predict_proba(x).float().cpu().numpy()
+
+    return predictor
+
+
+def _as_checkpoint(checkpoint: Checkpoint | str | os.PathLike) -> Checkpoint:
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint
+    return load_checkpoint(checkpoint)
+
+
+def iter_segment(
+    image: Any,
+    checkpoint: Checkpoint | str | os.PathLike,
+    *,
+    axes: str | None = None,
+    inference: InferenceConfig | None = None,
+    instances: InstanceConfig | None = None,
+    normalization: NormalizationConfig | None = None,
+    return_probabilities: bool = False,
+    predictor: Predictor | None = None,
+) -> Generator[SegmentationProgress, None, SegmentationResult]:
+    """Segment an image, yielding `SegmentationProgress` after every batch of tiles.
+
+    The generator's return value (``StopIteration.value``) is the
+    `SegmentationResult`; `segment` unwraps it. Closing the generator (or a
+    napari worker's ``quit()``) cancels the run before the next batch.
+
+    Parameters
+    ----------
+    image : array-like
+        numpy, dask, zarr or memory-mapped array; never loaded whole.
+    checkpoint : Checkpoint or path-like
+        The model to run, with its normalization and instance defaults.
+    axes : str, optional
+        Axes of ``image`` (letters from ``TZCYX``); inferred by the rule in
+        `napari_unet_tuner.inference.image` if omitted.
+    inference : InferenceConfig, optional
+        Tiling, device and threads.
+    instances : InstanceConfig, optional
+        Thresholds and minimum size; the checkpoint's card by default.
+    normalization : NormalizationConfig, optional
+        Overrides the checkpoint's normalization.
+    return_probabilities : bool
+        Also return the blended probabilities (float16).
+    predictor : Predictor, optional
+        Run this instead of the checkpoint's model (e.g. a model being trained).
+
+    Raises
+    ------
+    InputError
+        If the image's axes, channels or values cannot be segmented.
+    CheckpointError
+        If the checkpoint cannot be loaded.
+    """
+    ckpt = _as_checkpoint(checkpoint)
+    cfg = ckpt.model_config
+    inference = inference or InferenceConfig()
+    instances = instances or ckpt.card.instance_config
+    normalization = normalization or ckpt.card.normalization_config
+    shape = tuple(int(s) for s in image.shape)
+    reader = ImageReader(
+        image,
+        axes or infer_axes(shape, cfg.spatial_dims, cfg.in_channels),
+        cfg.spatial_dims,
+        cfg.in_channels,
+        normalization,
+    )
+    tile_shape = fit_tile_shape(
+        reader.spatial_shape,
+        inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
+        cfg.size_multiple,
+    )
+    device = select_device(inference.device)
+    if predictor is None:
+        predictor = make_predictor(ckpt.build_model(device), device, inference.mixed_precision)
+
+    label_shape = tuple(reader.shape[a] for a in reader.label_axes)
+    labels = np.zeros(label_shape, np.int32)
+    probabilities = (
+        np.zeros((cfg.out_channels, *label_shape), np.float16) if return_probabilities else None
+    )
+    planes = math.prod(reader.batch_shape)
+    tiles_per_plane = math.prod(
+        len(tile_starts(s, t, int(round(t * inference.overlap))))
+        for s, t in zip(reader.spatial_shape, tile_shape, strict=True)
+    )
+    total = planes * tiles_per_plane
+    t0 = time.perf_counter()
+    next_label = 0
+    with cpu_threads(inference.num_threads):
+        for plane, batch_index in enumerate(reader.batch_indices()):
+            where = reader.label_index(batch_index)
+            tiles = iter_predict_tiled(
+                lambda spatial, b=batch_index: reader.read(b, spatial),
+                reader.spatial_shape,
+                predictor,
+                cfg.out_channels,
+                tile_shape,
+                inference.overlap,
+                inference.batch_size,
+            )
+            while True:
+                try:
+                    step = next(tiles)
+                except StopIteration as stop:
+                    prob = stop.value
+                    break
+                yield SegmentationProgress(
+                    "predict", plane, planes, plane * tiles_per_plane + step.done, total,
+                    time.perf_counter() - t0,
+                )
+            yield SegmentationProgress(
+                "instances", plane, planes, (plane + 1) * tiles_per_plane, total,
+                time.perf_counter() - t0,
+            )
+            plane_labels = probabilities_to_labels(prob, cfg.output_kind, instances)
+            count = int(plane_labels.max(initial=0))
+            # Offsetting keeps labels unique over a time series or a stack of planes.
+            if next_label:
+                plane_labels[plane_labels > 0] += next_label
+            next_label += count
+            labels[where] = _to_label_layout(plane_labels, reader)
+            if probabilities is not None:
+                probabilities[(slice(None), *where)] = _to_label_layout(prob, reader, channels=True)
+    return SegmentationResult(labels=labels, axes=reader.label_axes, probabilities=probabilities)
+
+
+def _to_label_layout(array: np.ndarray, reader: ImageReader, channels: bool = False) -> np.ndarray:
+    """Reorder a plane from ``spatial_axes`` order to its order among the label axes."""
+    order = [a for a in reader.label_axes if a in reader.spatial_axes]
+    perm = [reader.spatial_axes.index(a) for a in order]
+    if channels:
+        perm = [0] + [p + 1 for p in perm]
+    return array.transpose(perm) if perm != sorted(perm) else array
+
+
+def segment(image: Any, checkpoint: Checkpoint | str | os.PathLike, **kwargs: Any) -> SegmentationResult:
+    """Segment an image and return its labels; see `iter_segment` for the parameters.
+
+    Examples
+    --------
+    >>> from napari_unet_tuner import segment
+    >>> result = segment(image, "nuclei.safetensors")  # doctest: +SKIP
+    >>> result.labels.max()  # number of nuclei  # doctest: +SKIP
+    """
+    return run_to_completion(iter_segment(image, checkpoint, **kwargs))

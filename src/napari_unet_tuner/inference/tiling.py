@@ -1,0 +1,203 @@
+"""Tiled prediction with overlap and smooth blending, in bounded memory.
+
+Tiles are visited band by band along the first spatial axis. Each band's
+predictions are blended into a buffer one tile high; rows that no later tile
+touches are normalized and written out, so the float32 working memory is one
+band, not the whole image.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from napari_unet_tuner._generators import run_to_completion
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+"""Maps a batch ``(N, C_in, *tile)`` float32 to ``(N, C_out, *tile)`` float32."""
+
+TileReader = Callable[[tuple[slice, ...]], np.ndarray]
+"""Returns the input tile ``(C_in, *tile)`` float32 at the given spatial slices."""
+
+
+@dataclass(frozen=True)
+class TileProgress:
+    """One step of a tiled prediction.
+
+    Attributes
+    ----------
+    done, total : int
+        Tiles predicted so far, and in all.
+    elapsed : float
+        Seconds since the prediction started.
+    """
+
+    done: int
+    total: int
+    elapsed: float
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap``.
+
+    The last tile is shifted to end at ``size`` so that every tile lies fully
+    inside the image (no padded tiles at the far border).
+    """
+    if tile >= size:
+        return [0]
+    step = max(1, tile - overlap)
+    count = math.ceil((size - tile) / step) + 1
+    return [min(i * step, size - tile) for i in range(count)]
+
+
+def fit_tile_shape(
+    spatial_shape: Sequence[int], tile_shape: Sequence[int], multiple: int
+) -> tuple[int, ...]:
+    """Clip a tile shape to the image and round it to the model's size multiple.
+
+    Rounding down to ``multiple`` (``2**depth``) avoids padding inside the
+    network; a dimension smaller than one multiple is kept as it is.
+    """
+    if len(tile_shape) != len(spatial_shape):
+        raise ValueError(
+            f"tile_shape {tuple(tile_shape)} has {len(tile_shape)} axes but the model "
+            f"works on {len(spatial_shape)} spatial axes"
+        )
+    fitted = []
+    for size, tile in zip(spatial_shape, tile_shape, strict=True):
+        tile = min(int(tile), int(size))
+        if tile >= multiple:
+            tile -= tile % multiple
+        fitted.append(tile)
+    return tuple(fitted)
+
+
+def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
+    """1D blending weights: 1 in the middle, linear ramps over the overlap.
+
+    Sides on the image border keep weight 1: no other tile covers them.
+    The ramp never reaches 0 so that every covered pixel has positive weight.
+    """
+    weights = np.ones(length, np.float32)
+    if overlap <= 0:
+        return weights
+    ramp = (np.arange(min(overlap, length), dtype=np.float32) + 0.5) / overlap
+    if not at_start:
+        weights[: len(ramp)] = np.minimum(weights[: len(ramp)], ramp)
+    if not at_end:
+        weights[length - len(ramp) :] = np.minimum(weights[length - len(ramp) :], ramp[::-1])
+    return weights
+
+
+@functools.lru_cache(maxsize=64)
+def blending_window(
+    tile_shape: tuple[int, ...],
+    overlap: tuple[int, ...],
+    at_start: tuple[bool, ...],
+    at_end: tuple[bool, ...],
+) -> np.ndarray:
+    """Separable blending weights of one tile (outer product of per-axis ramps).
+
+    Cached: a grid has at most 3**ndim distinct windows. Do not modify the result.
+    """
+    window = np.ones((), np.float32)
+    for length, ov, s, e in zip(tile_shape, overlap, at_start, at_end, strict=True):
+        window = np.multiply.outer(window, _ramp(length, ov, s, e))
+    return window
+
+
+def iter_predict_tiled(
+    read_tile: TileReader,
+    spatial_shape: Sequence[int],
+    predictor: Predictor,
+    out_channels: int,
+    tile_shape: Sequence[int],
+    overlap: float = 0.125,
+    batch_size: int = 1,
+    out: np.ndarray | None = None,
+) -> Generator[TileProgress, None, np.ndarray]:
+    """Predict an image tile by tile, yielding progress after every batch.
+
+    A caller cancels by closing the generator (or a napari worker's ``quit``):
+    work stops before the next batch.
+
+    Parameters
+    ----------
+    read_tile : callable
+        ``read_tile(spatial_slices) -> (C_in, *tile)`` float32.
+    spatial_shape : sequence of int
+        Size of the image's spatial axes.
+    predictor : callable
+        ``predictor(batch) -> outputs``, see `Predictor`.
+    out_channels : int
+        Channels the predictor returns.
+    tile_shape : sequence of int
+        Tile size per spatial axis (already fitted to the image).
+    overlap : float
+        Fraction of each tile shared with a neighbour.
+    batch_size : int
+        Tiles per predictor call.
+    out : array, optional
+        Where to write ``(out_channels, *spatial_shape)``; a float16 numpy array
+        is allocated if omitted.
+
+    Returns
+    -------
+    numpy.ndarray
+        The blended predictions (the generator's return value, i.e.
+        ``StopIteration.value``; `predict_tiled` unwraps it).
+    """
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    tile_shape = tuple(int(t) for t in tile_shape)
+    overlap_px = tuple(int(round(t * overlap)) for t in tile_shape)
+    starts = [tile_starts(s, t, o) for s, t, o in zip(spatial_shape, tile_shape, overlap_px, strict=True)]
+    if out is None:
+        out = np.empty((out_channels, *spatial_shape), np.float16)
+    band_rows = tile_shape[0]
+    acc = np.zeros((out_channels, band_rows, *spatial_shape[1:]), np.float32)
+    weight_sum = np.zeros((band_rows, *spatial_shape[1:]), np.float32)
+    total = math.prod(len(s) for s in starts)
+    done = 0
+    t0 = time.perf_counter()
+    for band, row in enumerate(starts[0]):
+        tiles = [(row, *corner) for corner in itertools.product(*starts[1:])]
+        for first in range(0, len(tiles), batch_size):
+            chunk = tiles[first : first + batch_size]
+            slices = [tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in chunk]
+            batch = np.stack([read_tile(sl) for sl in slices])
+            pred = predictor(batch)
+            for corner, prediction in zip(chunk, pred, strict=True):
+                window = blending_window(
+                    tile_shape,
+                    overlap_px,
+                    tuple(c == 0 for c in corner),
+                    tuple(c + t >= s for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)),
+                )
+                local = (slice(0, band_rows),) + tuple(
+                    slice(c, c + t) for c, t in zip(corner[1:], tile_shape[1:], strict=True)
+                )
+                acc[(slice(None), *local)] += prediction * window
+                weight_sum[local] += window
+            done += len(chunk)
+            yield TileProgress(done=done, total=total, elapsed=time.perf_counter() - t0)
+        next_row = starts[0][band + 1] if band + 1 < len(starts[0]) else spatial_shape[0]
+        final = next_row - row
+        out[:, row:next_row] = acc[:, :final] / weight_sum[:final]
+        # Shift the rows that later bands still add to up to the top of the buffer.
+        keep = band_rows - final
+        acc[:, :keep] = acc[:, final:]
+        acc[:, keep:] = 0
+        weight_sum[:keep] = weight_sum[final:]
+        weight_sum[keep:] = 0
+    return out
+
+
+def predict_tiled(*args, **kwargs) -> np.ndarray:
+    """Run `iter_predict_tiled` to the end and return its predictions."""
+    return run_to_completion(iter_predict_tiled(*args, **kwargs))

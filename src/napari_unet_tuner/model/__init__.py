@@ -1,0 +1,21 @@
+"""The U-Net and its checkpoint files."""
+
+from napari_unet_tuner.model.checkpoint import (
+    default_checkpoint_path,
+    Checkpoint,
+    import_state_dict,
+    load_checkpoint,
+    new_card,
+    save_checkpoint,
+)
+from napari_unet_tuner.model.unet import UNet
+
+__all__ = [
+    "Checkpoint",
+    "UNet",
+    "default_checkpoint_path",
+    "import_state_dict",
+    "load_checkpoint",
+    "new_card",
+    "save_checkpoint",
+]

@@ -1,0 +1,417 @@
+"""Self-describing checkpoint files: weights, the config that rebuilds the model, a card.
+
+A checkpoint is one safetensors file. Its tensors are the model's state dict;
+its string metadata holds the format name and version, the `ModelConfig`
+(JSON) and the `ModelCard` (JSON). Reading it parses a JSON header and raw
+tensor bytes, so loading never executes code from the file.
+
+Plain PyTorch state dicts (``.pt``/``.pth``) are imported only through
+``torch.load(weights_only=True)``; a file that needs anything beyond tensors
+and containers is refused, never retried unsafely.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import pickle
+import struct
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_unet_tuner.config import OUTPUT_DESCRIPTIONS, ModelCard, ModelConfig
+from napari_unet_tuner.errors import CheckpointError, ConfigError
+from napari_unet_tuner.model.unet import UNet
+
+FORMAT_NAME = "napari-unet-tuner"
+FORMAT_VERSION = 1
+SUFFIX = ".safetensors"
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+_MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Weights plus everything needed to rebuild and use the model.
+
+    Parameters
+    ----------
+    model_config : ModelConfig
+        Architecture; ``UNet(model_config)`` accepts ``state_dict``.
+    card : ModelCard
+        Description, normalization, instance defaults, training history.
+    state_dict : mapping of str to torch.Tensor
+        The model's weights (on the CPU).
+    path : Path or None
+        File it was read from, if any.
+    sha256 : str or None
+        SHA-256 of that file, used to name it as a parent.
+    """
+
+    model_config: ModelConfig
+    card: ModelCard
+    state_dict: Mapping[str, torch.Tensor]
+    path: Path | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def from_model(cls, model: UNet, card: ModelCard) -> Checkpoint:
+        """Snapshot a model's weights (copied to the CPU) with a card."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return cls(model_config=model.config, card=card, state_dict=state)
+
+    def build_model(self, device: str | torch.device = "cpu") -> UNet:
+        """Return the model in eval mode with these weights, on ``device``."""
+        with torch.device("meta"):
+            model = UNet(self.model_config)
+        # Clones, so that training the model never alters this checkpoint's tensors.
+        weights = {k: v.clone() for k, v in self.state_dict.items()}
+        model.load_state_dict(weights, strict=True, assign=True)
+        return model.to(device).eval()
+
+    def as_parent(self) -> dict[str, Any]:
+        """Identify this checkpoint for the card of one derived from it."""
+        return {"name": self.card.name, "sha256": self.sha256, "path": str(self.path or "")}
+
+
+def new_card(model_config: ModelConfig, **fields: Any) -> ModelCard:
+    """Return a `ModelCard` stamped with the time and package version.
+
+    Parameters
+    ----------
+    model_config : ModelConfig
+        Fills the input axes, channel names and output description.
+    **fields
+        Any other `ModelCard` field.
+    """
+    from napari_unet_tuner import __version__
+
+    spatial = "YX" if model_config.spatial_dims == 2 else "ZYX"
+    defaults: dict[str, Any] = {
+        "input_axes": "C" + spatial,
+        "channel_names": tuple(f"channel {i}" for i in range(model_config.in_channels)),
+        "outputs": OUTPUT_DESCRIPTIONS[model_config.output_kind],
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "package_version": __version__,
+    }
+    defaults.update(fields)
+    return ModelCard(**defaults)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Return the hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    checkpoint: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write a checkpoint atomically and return the path written.
+
+    The file is written beside its destination under a temporary name and
+    renamed into place, so a crash or a full disk never leaves a half-written
+    checkpoint under ``path``.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        What to write.
+    path : path-like
+        Destination; ``.safetensors`` is appended if it has no suffix.
+    overwrite : bool
+        Replace an existing file. A file that is this checkpoint's parent is
+        never replaced, whatever ``overwrite`` says.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and may not be replaced.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if not path.suffix:
+        path = path.with_suffix(SUFFIX)
+    if path.exists():
+        parent_sha = (checkpoint.card.parent or {}).get("sha256")
+        if parent_sha and file_sha256(path) == parent_sha:
+            raise FileExistsError(
+                f"{path} is the parent of this checkpoint; choose another file name "
+                "(a parent checkpoint is never overwritten)"
+            )
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.state_dict.items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "model_config": json.dumps(checkpoint.model_config.to_dict()),
+        "card": json.dumps(checkpoint.card.to_dict()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, model_config: ModelConfig | None = None) -> Checkpoint:
+    """Read a checkpoint, validating everything before any weights are used.
+
+    Parameters
+    ----------
+    path : path-like
+        A napari-unet-tuner ``.safetensors`` file, or a plain PyTorch state dict
+        (``.pt``/``.pth``), which is imported safely (see `import_state_dict`).
+    model_config : ModelConfig, optional
+        Only for PyTorch state dicts: the architecture, if it cannot be inferred.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    CheckpointError
+        If the file is truncated, of another format, carries pickled code,
+        lacks or has extra weights, has shapes that do not fit its config, or
+        was written by a newer format version. The message says which.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(_ZIP_MAGIC) or (head[:1] and head[0] == _PICKLE_PROTO):
+        return import_state_dict(path, model_config)
+    if path.suffix.lower() in (".pt", ".pth"):
+        raise CheckpointError(f"{path} is not a PyTorch file (no zip or pickle header)")
+    return _load_safetensors(path)
+
+
+def _read_safetensors_header(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is too short to be a checkpoint ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > min(_MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(
+                f"{path} is not a napari-unet-tuner checkpoint (no safetensors header); "
+                "expected a .safetensors file written by napari-unet-tuner"
+            )
+        raw = fh.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header")
+    data_len = size - 8 - header_len
+    ends = [
+        entry["data_offsets"][1]
+        for key, entry in header.items()
+        if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
+    if ends and max(ends) > data_len:
+        raise CheckpointError(
+            f"{path} is truncated: its header describes {max(ends)} bytes of weights "
+            f"but only {data_len} are there. Copy the file again."
+        )
+    return header
+
+
+def _load_safetensors(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    header = _read_safetensors_header(path)
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a napari-unet-tuner checkpoint "
+            f"(format {meta.get('format')!r}); import bare weights with import_state_dict"
+        )
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path} has no valid format_version") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written in checkpoint format {version}; this napari-unet-tuner "
+            f"reads up to format {FORMAT_VERSION}. Upgrade napari-unet-tuner."
+        )
+    try:
+        model_config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+        card = ModelCard.from_dict(json.loads(meta["card"]))
+    except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{path} has an invalid model config or card: {exc}") from exc
+    try:
+        state_dict = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} cannot be read: {exc}") from exc
+    _check_state_dict(state_dict, model_config, path)
+    return Checkpoint(model_config, card, state_dict, path=path, sha256=file_sha256(path))
+
+
+def import_state_dict(
+    path: str | os.PathLike, model_config: ModelConfig | None = None
+) -> Checkpoint:
+    """Import a plain PyTorch state dict (``.pt``/``.pth``) without running its code.
+
+    The file is read with ``torch.load(weights_only=True)``, which only
+    rebuilds tensors and containers; anything else in the pickle is refused.
+
+    Parameters
+    ----------
+    path : path-like
+        The file. A dict with a ``"state_dict"`` or ``"model_state_dict"``
+        entry is unwrapped.
+    model_config : ModelConfig, optional
+        The architecture; inferred from the weights' names and shapes if omitted.
+
+    Raises
+    ------
+    CheckpointError
+        If the file holds pickled objects other than tensors, is corrupt, or
+        does not fit the architecture.
+    """
+    path = Path(path)
+    try:
+        # A file handle, not the path: torch.load dispatches on a .safetensors
+        # suffix, and the bytes, not the name, decide how a file is read here.
+        with open(path, "rb") as fh:
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused {path}: it contains pickled Python objects beyond tensors, which "
+            "could run code when loaded. Nothing from it was executed. Save only the "
+            "model's state_dict (or a .safetensors file) and try again.\n"
+            f"torch said: {str(exc).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch file: {exc}") from None
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    state_dict = {k.removeprefix("module."): v for k, v in obj.items()}
+    if model_config is None:
+        model_config = infer_model_config(state_dict, path)
+    _check_state_dict(state_dict, model_config, path)
+    card = new_card(
+        model_config,
+        name=path.stem,
+        description=f"Imported from the PyTorch state dict {path.name}.",
+    )
+    return Checkpoint(model_config, card, state_dict, path=path, sha256=file_sha256(path))
+
+
+def infer_model_config(state_dict: Mapping[str, torch.Tensor], path: Path | str = "") -> ModelConfig:
+    """Infer a `ModelConfig` from the names and shapes of a `UNet` state dict.
+
+    Raises
+    ------
+    CheckpointError
+        If the weights are not those of a `UNet`.
+    """
+    try:
+        first = state_dict["down.0.0.weight"]
+        final = state_dict["final_conv.weight"]
+    except KeyError:
+        raise CheckpointError(
+            f"{path}: cannot infer the architecture (no 'down.0.0.weight' and "
+            "'final_conv.weight'); these are not napari-unet-tuner UNet weights"
+        ) from None
+    depth = len({k.split(".")[1] for k in state_dict if k.startswith("down.")})
+    try:
+        return ModelConfig(
+            spatial_dims=final.ndim - 2,
+            in_channels=int(first.shape[1]),
+            out_channels=int(final.shape[0]),
+            features=int(first.shape[0]),
+            depth=depth,
+            batch_norm="down.0.1.running_mean" in state_dict,
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: cannot infer the architecture: {exc}") from None
+
+
+def _check_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model_config: ModelConfig, path: Path | str
+) -> None:
+    """Raise a `CheckpointError` naming every key or shape that does not fit."""
+    with torch.device("meta"):
+        expected = UNet(model_config).state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{k}: file {tuple(state_dict[k].shape)}, config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing weights {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected weights {_short(unexpected)}")
+    if wrong:
+        problems.append(f"shapes that do not match the config ({_short(wrong)})")
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit its architecture {model_config}: " + "; ".join(problems)
+        )
+
+
+def _short(items: list[str], n: int = 4) -> str:
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def with_card(checkpoint: Checkpoint, **fields: Any) -> Checkpoint:
+    """Return a copy of ``checkpoint`` whose card has ``fields`` replaced."""
+    return replace(checkpoint, card=replace(checkpoint.card, **fields), path=None, sha256=None)
+
+
+DEFAULT_CHECKPOINT_NAME = "nuclei_default.safetensors"
+
+
+def default_checkpoint_path() -> Path:
+    """Return the path of the checkpoint that ships with the package.
+
+    Raises
+    ------
+    CheckpointError
+        If this installation carries no default checkpoint.
+    """
+    from importlib.resources import files
+
+    path = Path(str(files("napari_unet_tuner") / "resources" / DEFAULT_CHECKPOINT_NAME))
+    if not path.is_file():
+        raise CheckpointError(
+            "this installation of napari-unet-tuner has no bundled default checkpoint; "
+            "pass one explicitly (e.g. --checkpoint my_model.safetensors)"
+        )
+    return path

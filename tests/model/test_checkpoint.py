@@ -1,0 +1,166 @@
+import json
+import struct
+
+import pytest
+import torch
+from conftest import TINY, make_checkpoint
+
+from napari_unet_tuner import (
+    CheckpointError,
+    ModelConfig,
+    import_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
+from napari_unet_tuner.model.checkpoint import FORMAT_VERSION, file_sha256, with_card
+
+
+def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path):
+    ckpt = make_checkpoint(ModelConfig(features=4, depth=2, dropout=0.1), seed=3)
+    path = save_checkpoint(ckpt, tmp_path / "model")
+    assert path.suffix == ".safetensors"
+    loaded = load_checkpoint(path)
+    assert loaded.model_config == ckpt.model_config
+    assert loaded.card == ckpt.card
+    assert loaded.sha256 == file_sha256(path)
+    x = torch.randn(2, 1, 37, 29)
+    with torch.inference_mode():
+        assert torch.equal(ckpt.build_model()(x), loaded.build_model()(x))
+
+
+def test_card_records_what_users_need(tiny_checkpoint_file):
+    card = load_checkpoint(tiny_checkpoint_file).card
+    assert card.input_axes == "CYX"
+    assert "interior" in card.outputs and "watershed" in card.outputs
+    assert card.normalization["kind"] == "percentile"
+    assert card.created and card.package_version
+
+
+def test_save_is_atomic_and_never_overwrites_silently(tmp_path, tiny_checkpoint):
+    path = save_checkpoint(tiny_checkpoint, tmp_path / "a.safetensors")
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="exists"):
+        save_checkpoint(tiny_checkpoint, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
+def test_parent_is_never_overwritten_even_when_asked(tmp_path, tiny_checkpoint):
+    parent_path = save_checkpoint(tiny_checkpoint, tmp_path / "parent.safetensors")
+    parent = load_checkpoint(parent_path)
+    child = with_card(parent, name="child", parent=parent.as_parent())
+    before = parent_path.read_bytes()
+    with pytest.raises(FileExistsError, match="parent"):
+        save_checkpoint(child, parent_path, overwrite=True)
+    assert parent_path.read_bytes() == before
+    child_path = save_checkpoint(child, tmp_path / "child.safetensors")
+    assert load_checkpoint(child_path).card.parent["sha256"] == parent.sha256
+
+
+def test_training_a_built_model_leaves_the_checkpoint_untouched(tiny_checkpoint):
+    before = {k: v.clone() for k, v in tiny_checkpoint.state_dict.items()}
+    model = tiny_checkpoint.build_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(before[k], v) for k, v in tiny_checkpoint.state_dict.items())
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_payload_is_refused_and_nothing_runs(tmp_path, tiny_checkpoint):
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": dict(tiny_checkpoint.state_dict), "x": _Payload(marker)}, evil)
+    for loader in (load_checkpoint, import_state_dict):
+        with pytest.raises(CheckpointError, match="refused.*Nothing from it was executed"):
+            loader(evil)
+    # Disguised under the safetensors suffix it is recognized and refused just the same.
+    disguised = tmp_path / "evil.safetensors"
+    disguised.write_bytes(evil.read_bytes())
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(disguised)
+    assert not marker.exists()
+
+
+def test_plain_state_dict_is_imported_and_architecture_inferred(tmp_path):
+    config = ModelConfig(in_channels=2, out_channels=1, features=4, depth=3, batch_norm=False)
+    ckpt = make_checkpoint(config)
+    path = tmp_path / "weights.pth"
+    torch.save({"model_state_dict": dict(ckpt.state_dict)}, path)
+    imported = load_checkpoint(path)
+    assert imported.model_config == config
+    assert imported.card.name == "weights"
+    x = torch.randn(1, 2, 16, 16)
+    with torch.inference_mode():
+        assert torch.equal(ckpt.build_model()(x), imported.build_model()(x))
+
+
+def _corrupt_header(path, edit):
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * ((8 - len(new) % 8) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def _drop_tensor(path, key):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != key}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _set_meta(key, value):
+    def edit(header):
+        header["__metadata__"][key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated"),
+        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100), "no safetensors header"),
+        (lambda p: p.write_bytes(b"abc"), "too short"),
+        (lambda p: _corrupt_header(p, _set_meta("format_version", str(FORMAT_VERSION + 1))), "Upgrade"),
+        (lambda p: _corrupt_header(p, _set_meta("format", "other-tool")), "not a napari-unet-tuner"),
+        (lambda p: _corrupt_header(p, _set_meta("model_config", "{not json")), "invalid model config"),
+        (
+            lambda p: _corrupt_header(p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "features": 8}))),
+            "shapes that do not match",
+        ),
+        (
+            lambda p: _corrupt_header(p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "depth": 3}))),
+            "missing weights",
+        ),
+        (lambda p: _drop_tensor(p, "final_conv.weight"), "missing weights final_conv.weight"),
+    ],
+)
+def test_bad_checkpoints_give_specific_errors(tiny_checkpoint_file, damage, message):
+    damage(tiny_checkpoint_file)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tiny_checkpoint_file)
+
+
+def test_missing_file_and_non_torch_pt(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    fake = tmp_path / "fake.pt"
+    fake.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a PyTorch file"):
+        load_checkpoint(fake)
