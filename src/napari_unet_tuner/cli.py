@@ -29,19 +29,28 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file(s)")
     seg.add_argument(
-        "-o", "--output", type=Path, required=True,
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
         help="output .tif for a single input, otherwise a folder (INPUT_labels.tif inside)",
     )
     seg.add_argument("--checkpoint", type=Path, help="model checkpoint (default: the bundled one)")
     seg.add_argument("--axes", help="axes of the input, letters from TZCYX (default: inferred)")
     seg.add_argument("--tile-shape", type=int, nargs="+", help="tile size, e.g. 512 512")
-    seg.add_argument("--overlap", type=float, default=InferenceConfig.overlap, help="tile overlap fraction")
-    seg.add_argument("--batch-size", type=int, default=InferenceConfig.batch_size, help="tiles per forward pass")
+    seg.add_argument(
+        "--overlap", type=float, default=InferenceConfig.overlap, help="tile overlap fraction"
+    )
+    seg.add_argument(
+        "--batch-size", type=int, default=InferenceConfig.batch_size, help="tiles per forward pass"
+    )
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
     seg.add_argument("--threshold", type=float, help="foreground probability threshold")
     seg.add_argument("--seed-threshold", type=float, help="interior probability for seeds")
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
-    seg.add_argument("--probabilities", action="store_true", help="also write INPUT_probabilities.tif")
+    seg.add_argument(
+        "--probabilities", action="store_true", help="also write INPUT_probabilities.tif"
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     info = commands.add_parser("info", help="show a checkpoint's model card and architecture")
@@ -119,7 +128,7 @@ def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_unet_tuner.inference.segment import iter_segment
+    from napari_unet_tuner.inference.pipeline import iter_segment
     from napari_unet_tuner.io import open_image, write_tiff_atomic
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 
@@ -147,7 +156,11 @@ def _segment(args: argparse.Namespace) -> int:
                 raise FileExistsError(f"{labels_path} exists; pass --overwrite to replace it")
             image = open_image(image_path)
             run = iter_segment(
-                image, ckpt, axes=args.axes, inference=inference, instances=instances,
+                image,
+                ckpt,
+                axes=args.axes,
+                inference=inference,
+                instances=instances,
                 return_probabilities=args.probabilities,
             )
             with tqdm(desc=image_path.name, unit="tile", file=sys.stderr) as bar:
@@ -163,15 +176,24 @@ def _segment(args: argparse.Namespace) -> int:
             write_tiff_atomic(labels_path, result.labels, overwrite=args.overwrite, metadata=meta)
             if result.probabilities is not None:
                 write_tiff_atomic(
-                    probs_path, result.probabilities, overwrite=args.overwrite,
+                    probs_path,
+                    result.probabilities,
+                    overwrite=args.overwrite,
                     metadata={"axes": "C" + result.axes},
                 )
-            log.info("%s: %d objects -> %s", image_path, len(_unique_labels(result.labels)), labels_path)
+            log.info(
+                "%s: %d objects -> %s", image_path, len(_unique_labels(result.labels)), labels_path
+            )
         except (UnetTunerError, OSError) as exc:
             log.error("error: %s: %s", image_path, exc)
             failures.append(image_path)
     if failures:
-        log.error("%d of %d input(s) failed: %s", len(failures), len(args.inputs), ", ".join(map(str, failures)))
+        log.error(
+            "%d of %d input(s) failed: %s",
+            len(failures),
+            len(args.inputs),
+            ", ".join(map(str, failures)),
+        )
         return 1
     return 0
 

@@ -53,7 +53,9 @@ def open_image(path: str | os.PathLike) -> Any:
     raise InputError(f"cannot read {path}: expected a .tif/.tiff, .npy or .zarr image")
 
 
-def write_tiff_atomic(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False, **kwargs: Any) -> Path:
+def write_tiff_atomic(
+    path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False, **kwargs: Any
+) -> Path:
     """Write ``array`` as TIFF under a temporary name, then rename it into place.
 
     A crash mid-write never leaves a partial file under ``path``.

@@ -3,8 +3,8 @@ import struct
 
 import pytest
 import torch
-from conftest import TINY, make_checkpoint
 
+from conftest import TINY, make_checkpoint
 from napari_unet_tuner import (
     CheckpointError,
     ModelConfig,
@@ -137,15 +137,28 @@ def _set_meta(key, value):
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "truncated"),
         (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100), "no safetensors header"),
         (lambda p: p.write_bytes(b"abc"), "too short"),
-        (lambda p: _corrupt_header(p, _set_meta("format_version", str(FORMAT_VERSION + 1))), "Upgrade"),
-        (lambda p: _corrupt_header(p, _set_meta("format", "other-tool")), "not a napari-unet-tuner"),
-        (lambda p: _corrupt_header(p, _set_meta("model_config", "{not json")), "invalid model config"),
         (
-            lambda p: _corrupt_header(p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "features": 8}))),
+            lambda p: _corrupt_header(p, _set_meta("format_version", str(FORMAT_VERSION + 1))),
+            "Upgrade",
+        ),
+        (
+            lambda p: _corrupt_header(p, _set_meta("format", "other-tool")),
+            "not a napari-unet-tuner",
+        ),
+        (
+            lambda p: _corrupt_header(p, _set_meta("model_config", "{not json")),
+            "invalid model config",
+        ),
+        (
+            lambda p: _corrupt_header(
+                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "features": 8}))
+            ),
             "shapes that do not match",
         ),
         (
-            lambda p: _corrupt_header(p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "depth": 3}))),
+            lambda p: _corrupt_header(
+                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "depth": 3}))
+            ),
             "missing weights",
         ),
         (lambda p: _drop_tensor(p, "final_conv.weight"), "missing weights final_conv.weight"),

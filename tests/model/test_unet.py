@@ -17,7 +17,13 @@ from napari_unet_tuner import ConfigError, ModelConfig, UNet
 )
 @pytest.mark.parametrize("out_channels", [1, 3])
 def test_output_shape_matches_any_input_size(spatial_dims, depth, spatial, out_channels):
-    config = ModelConfig(spatial_dims=spatial_dims, in_channels=2, out_channels=out_channels, features=2, depth=depth)
+    config = ModelConfig(
+        spatial_dims=spatial_dims,
+        in_channels=2,
+        out_channels=out_channels,
+        features=2,
+        depth=depth,
+    )
     model = UNet(config).eval()
     x = torch.randn(2, 2, *spatial)
     assert model(x).shape == (2, out_channels, *spatial)
@@ -36,7 +42,9 @@ def test_architecture_follows_ronneberger():
     assert [block.upsample.out_channels for block in model.up] == [64, 32, 16, 8]
     assert all(block.upsample.kernel_size == (2, 2) for block in model.up)
     assert model.final_conv.kernel_size == (1, 1)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+    convs = [
+        m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
     assert len(convs) == 2 * 4 + 2 + 2 * 4
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
 

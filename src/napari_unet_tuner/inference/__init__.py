@@ -3,7 +3,7 @@
 from napari_unet_tuner.inference.device import available_devices, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.instances import labels_to_classes, probabilities_to_labels
-from napari_unet_tuner.inference.segment import (
+from napari_unet_tuner.inference.pipeline import (
     SegmentationProgress,
     SegmentationResult,
     iter_segment,

@@ -11,7 +11,7 @@ and ``in_channels`` channels:
 ndim      shape                                        axes
 ========  ===========================================  =======================
 2         any                                          ``YX``
-3         last axis is 3 or 4 and ``in_channels`` != 3  ``YXC`` (RGB/RGBA)
+3         last axis 3 or 4, ``in_channels`` 1 or same   ``YXC`` (RGB/RGBA)
 3         first axis == ``in_channels`` > 1            ``CYX``
 3         otherwise                                    ``ZYX`` (2D model: plane by plane)
 4         last axis is 3 or 4 (RGB)                    ``ZYXC``
@@ -190,7 +190,10 @@ class ImageReader:
     ) -> np.ndarray:
         where = dict(zip(self.batch_axes, batch_index, strict=True))
         where.update(
-            {a: slice(s.start, s.stop, step) for a, s in zip(self.spatial_axes, spatial, strict=True)}
+            {
+                a: slice(s.start, s.stop, step)
+                for a, s in zip(self.spatial_axes, spatial, strict=True)
+            }
         )
         index = tuple(where.get(a, slice(None)) for a in self.axes)
         raw = np.asarray(self.data[index])
@@ -201,9 +204,10 @@ class ImageReader:
         if "C" not in kept:
             raw = raw[None]
         if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            where_text = f" (plane {self.batch_axes}={batch_index})" if batch_index else ""
             raise InputError(
-                f"the image has NaN or infinite values (in the plane at {self.batch_axes or 'the'} "
-                f"index {batch_index or ''}); replace them first, e.g. with numpy.nan_to_num"
+                f"the image has NaN or infinite values{where_text}; "
+                "replace them first, e.g. with numpy.nan_to_num"
             )
         return raw.astype(np.float32, copy=False)
 

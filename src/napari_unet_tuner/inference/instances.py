@@ -47,7 +47,8 @@ def _blocks(shape: tuple[int, ...], block: int) -> Iterator[tuple[slice, ...]]:
 
 def _grow(region: tuple[slice, ...], shape: tuple[int, ...], halo: int) -> tuple[slice, ...]:
     return tuple(
-        slice(max(0, r.start - halo), min(s, r.stop + halo)) for r, s in zip(region, shape, strict=True)
+        slice(max(0, r.start - halo), min(s, r.stop + halo))
+        for r, s in zip(region, shape, strict=True)
     )
 
 
@@ -95,7 +96,10 @@ def probabilities_to_labels(
         labels = np.empty(spatial, np.int32)
         for block in _blocks(spatial, _BLOCK):
             grown = _grow(block, spatial, _HALO)
-            inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(block, grown, strict=True))
+            inner = tuple(
+                slice(b.start - g.start, b.stop - g.start)
+                for b, g in zip(block, grown, strict=True)
+            )
             foreground = probabilities[(BACKGROUND, *grown)] < 1.0 - config.threshold
             elevation = -probabilities[(INTERIOR, *grown)].astype(np.float32)
             result = watershed(elevation, markers[grown], mask=foreground)

@@ -138,7 +138,7 @@ def iter_predict_tiled(
     out_channels : int
         Channels the predictor returns.
     tile_shape : sequence of int
-        Tile size per spatial axis (already fitted to the image).
+        Tile size per spatial axis; clipped to the image (see `fit_tile_shape`).
     overlap : float
         Fraction of each tile shared with a neighbour.
     batch_size : int
@@ -154,9 +154,11 @@ def iter_predict_tiled(
         ``StopIteration.value``; `predict_tiled` unwraps it).
     """
     spatial_shape = tuple(int(s) for s in spatial_shape)
-    tile_shape = tuple(int(t) for t in tile_shape)
+    tile_shape = tuple(min(int(t), s) for t, s in zip(tile_shape, spatial_shape, strict=True))
     overlap_px = tuple(int(round(t * overlap)) for t in tile_shape)
-    starts = [tile_starts(s, t, o) for s, t, o in zip(spatial_shape, tile_shape, overlap_px, strict=True)]
+    starts = [
+        tile_starts(s, t, o) for s, t, o in zip(spatial_shape, tile_shape, overlap_px, strict=True)
+    ]
     if out is None:
         out = np.empty((out_channels, *spatial_shape), np.float16)
     band_rows = tile_shape[0]
@@ -169,7 +171,9 @@ def iter_predict_tiled(
         tiles = [(row, *corner) for corner in itertools.product(*starts[1:])]
         for first in range(0, len(tiles), batch_size):
             chunk = tiles[first : first + batch_size]
-            slices = [tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in chunk]
+            slices = [
+                tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in chunk
+            ]
             batch = np.stack([read_tile(sl) for sl in slices])
             pred = predictor(batch)
             for corner, prediction in zip(chunk, pred, strict=True):
@@ -177,7 +181,10 @@ def iter_predict_tiled(
                     tile_shape,
                     overlap_px,
                     tuple(c == 0 for c in corner),
-                    tuple(c + t >= s for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)),
+                    tuple(
+                        c + t >= s
+                        for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)
+                    ),
                 )
                 local = (slice(0, band_rows),) + tuple(
                     slice(c, c + t) for c, t in zip(corner[1:], tile_shape[1:], strict=True)

@@ -1,8 +1,8 @@
 """The U-Net and its checkpoint files."""
 
 from napari_unet_tuner.model.checkpoint import (
-    default_checkpoint_path,
     Checkpoint,
+    default_checkpoint_path,
     import_state_dict,
     load_checkpoint,
     new_card,

@@ -173,7 +173,9 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, model_config: ModelConfig | None = None) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, model_config: ModelConfig | None = None
+) -> Checkpoint:
     """Read a checkpoint, validating everything before any weights are used.
 
     Parameters
@@ -329,7 +331,9 @@ def import_state_dict(
     return Checkpoint(model_config, card, state_dict, path=path, sha256=file_sha256(path))
 
 
-def infer_model_config(state_dict: Mapping[str, torch.Tensor], path: Path | str = "") -> ModelConfig:
+def infer_model_config(
+    state_dict: Mapping[str, torch.Tensor], path: Path | str = ""
+) -> ModelConfig:
     """Infer a `ModelConfig` from the names and shapes of a `UNet` state dict.
 
     Raises

@@ -200,11 +200,19 @@ def iter_segment(
                     prob = stop.value
                     break
                 yield SegmentationProgress(
-                    "predict", plane, planes, plane * tiles_per_plane + step.done, total,
+                    "predict",
+                    plane,
+                    planes,
+                    plane * tiles_per_plane + step.done,
+                    total,
                     time.perf_counter() - t0,
                 )
             yield SegmentationProgress(
-                "instances", plane, planes, (plane + 1) * tiles_per_plane, total,
+                "instances",
+                plane,
+                planes,
+                (plane + 1) * tiles_per_plane,
+                total,
                 time.perf_counter() - t0,
             )
             plane_labels = probabilities_to_labels(prob, cfg.output_kind, instances)
@@ -215,7 +223,9 @@ def iter_segment(
             next_label += count
             labels[where] = _to_label_layout(plane_labels, reader)
             if probabilities is not None:
-                probabilities[(slice(None), *where)] = _to_label_layout(prob, reader, channels=True)
+                probabilities[(slice(None), *where)] = _to_label_layout(
+                    prob, reader, channels=True
+                )
     return SegmentationResult(labels=labels, axes=reader.label_axes, probabilities=probabilities)
 
 
@@ -228,7 +238,9 @@ def _to_label_layout(array: np.ndarray, reader: ImageReader, channels: bool = Fa
     return array.transpose(perm) if perm != sorted(perm) else array
 
 
-def segment(image: Any, checkpoint: Checkpoint | str | os.PathLike, **kwargs: Any) -> SegmentationResult:
+def segment(
+    image: Any, checkpoint: Checkpoint | str | os.PathLike, **kwargs: Any
+) -> SegmentationResult:
     """Segment an image and return its labels; see `iter_segment` for the parameters.
 
     Examples

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from skimage.metrics import adapted_rand_error
+
+from conftest import disc_labels
+from napari_unet_tuner import InstanceConfig
+from napari_unet_tuner.inference import instances as inst
+from napari_unet_tuner.inference import labels_to_classes, probabilities_to_labels
+
+
+def one_hot(classes, n=3):
+    return np.eye(n, dtype=np.float32)[classes].transpose(2, 0, 1)
+
+
+def match_iou(a, b):
+    inter = np.logical_and(a, b).sum()
+    return inter / np.logical_or(a, b).sum()
+
+
+def test_touching_objects_come_out_as_separate_instances():
+    truth = disc_labels()
+    classes = labels_to_classes(truth)
+    # The contact line between the two discs is boundary on both sides.
+    assert (classes[truth > 0] > 0).all()
+    assert (classes[32, 31:34] == 2).any()
+    labels = probabilities_to_labels(one_hot(classes))
+    assert labels.max() == 2
+    for value in (1, 2):
+        best = max(match_iou(truth == value, labels == other) for other in (1, 2))
+        assert best > 0.9
+
+
+def test_blockwise_watershed_matches_whole_image(monkeypatch):
+    centers = [(y, x) for y in range(12, 200, 22) for x in range(12, 200, 21)]
+    truth = disc_labels((200, 200), centers, radius=11)
+    probs = one_hot(labels_to_classes(truth))
+    rng = np.random.default_rng(0)
+    probs = probs * 0.8 + rng.random(probs.shape, dtype=np.float32) * 0.2
+    probs /= probs.sum(0, keepdims=True)
+    whole = probabilities_to_labels(probs)
+    monkeypatch.setattr(inst, "_BLOCK", 37)
+    blocked = probabilities_to_labels(probs)
+    error, *_ = adapted_rand_error(whole, blocked)
+    assert error < 1e-3
+    assert whole.max() == blocked.max() == len(centers)
+
+
+def test_min_size_removes_small_objects_and_renumbers():
+    truth = disc_labels((64, 64), [(10, 10), (40, 40), (55, 10)], radius=2)
+    truth[30:50, 30:50] = 2
+    probs = one_hot(labels_to_classes(truth))
+    labels = probabilities_to_labels(probs, config=InstanceConfig(min_size=30))
+    assert labels.max() == 1
+    assert set(np.unique(labels)) == {0, 1}
+
+
+def test_foreground_output_gives_connected_components():
+    truth = disc_labels((64, 64), [(10, 10), (40, 40)], radius=5)
+    prob = (truth > 0).astype(np.float32)[None]
+    labels = probabilities_to_labels(prob, "foreground")
+    assert labels.max() == 2 and labels.dtype == np.int32
+
+
+def test_empty_prediction_gives_no_objects():
+    probs = one_hot(np.zeros((32, 32), int))
+    assert probabilities_to_labels(probs).max() == 0
+
+
+@pytest.mark.parametrize("bad", [{"threshold": 0}, {"seed_threshold": 1.5}, {"min_size": -1}])
+def test_bad_instance_config(bad):
+    with pytest.raises(ValueError):
+        InstanceConfig(**bad)

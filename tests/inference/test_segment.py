@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from conftest import make_checkpoint
+from napari_unet_tuner import InferenceConfig, InputError, ModelConfig, iter_segment, segment
+
+SMALL_TILES = InferenceConfig(tile_shape=(32, 32), device="cpu")
+
+
+def test_time_series_gives_labels_unique_across_frames(tiny_checkpoint, monkeypatch):
+    from napari_unet_tuner.inference import pipeline as seg
+
+    calls = []
+
+    def fake_labels(prob, kind, config):
+        calls.append(prob.shape)
+        out = np.zeros(prob.shape[1:], np.int32)
+        out[:4, :4], out[10:14, 10:14] = 1, 2
+        return out
+
+    monkeypatch.setattr(seg, "probabilities_to_labels", fake_labels)
+    img = np.random.default_rng(0).random((3, 40, 50), dtype=np.float32)
+    result = segment(img, tiny_checkpoint, axes="TYX", inference=SMALL_TILES)
+    assert result.axes == "TYX" and result.labels.shape == (3, 40, 50)
+    assert calls == [(3, 40, 50)] * 3
+    per_frame = [set(np.unique(f)) - {0} for f in result.labels]
+    assert per_frame == [{1, 2}, {3, 4}, {5, 6}]
+
+
+def test_3d_model_segments_a_volume_and_returns_probabilities():
+    ckpt = make_checkpoint(ModelConfig(spatial_dims=3, features=2, depth=1))
+    vol = np.random.default_rng(0).random((9, 20, 24), dtype=np.float32)
+    result = segment(
+        vol, ckpt, inference=InferenceConfig(tile_shape=(8, 16, 16)), return_probabilities=True
+    )
+    assert result.labels.shape == (9, 20, 24) and result.axes == "ZYX"
+    assert result.probabilities.shape == (3, 9, 20, 24)
+    np.testing.assert_allclose(result.probabilities.astype(np.float32).sum(0), 1, atol=5e-3)
+
+
+def test_channel_last_multichannel_keeps_axis_order(tiny_checkpoint):
+    img = np.random.default_rng(0).random((30, 20, 3), dtype=np.float32)
+    result = segment(img, tiny_checkpoint, return_probabilities=True)
+    assert result.axes == "YX" and result.labels.shape == (30, 20)
+
+
+def test_dask_and_zarr_inputs_match_numpy(tiny_checkpoint, tmp_path):
+    da = pytest.importorskip("dask.array")
+    zarr = pytest.importorskip("zarr")
+    img = (np.random.default_rng(2).random((70, 90)) * 5000).astype(np.uint16)
+    expected = segment(img, tiny_checkpoint, inference=SMALL_TILES, return_probabilities=True)
+    lazy = segment(
+        da.from_array(img, chunks=32),
+        tiny_checkpoint,
+        inference=SMALL_TILES,
+        return_probabilities=True,
+    )
+    z = zarr.open(
+        str(tmp_path / "img.zarr"), mode="w", shape=img.shape, chunks=(32, 32), dtype=img.dtype
+    )
+    z[:] = img
+    stored = segment(z, tiny_checkpoint, inference=SMALL_TILES, return_probabilities=True)
+    for other in (lazy, stored):
+        np.testing.assert_array_equal(other.probabilities, expected.probabilities)
+
+
+def test_progress_then_cancel(tiny_checkpoint):
+    img = np.zeros((2, 64, 64), np.float32)
+    run = iter_segment(img, tiny_checkpoint, axes="TYX", inference=SMALL_TILES)
+    records = [next(run) for _ in range(10)]
+    assert [r.stage for r in records] == ["predict"] * 9 + ["instances"]
+    assert records[0].tiles_total == 2 * 9 and records[0].planes == 2
+    fractions = [r.fraction for r in records]
+    assert fractions == sorted(fractions)
+    run.close()
+
+
+def test_bad_input_is_reported_before_work(tiny_checkpoint):
+    with pytest.raises(InputError, match="model reads 1 channel"):
+        segment(np.zeros((2, 32, 32)), tiny_checkpoint, axes="CYX")
+    with pytest.raises(ValueError, match="no CUDA"):
+        segment(np.zeros((32, 32)), tiny_checkpoint, inference=InferenceConfig(device="cuda"))

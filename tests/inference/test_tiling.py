@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_checkpoint
+from napari_unet_tuner import ModelConfig
+from napari_unet_tuner.inference import iter_predict_tiled, make_predictor, predict_tiled
+from napari_unet_tuner.inference.tiling import fit_tile_shape, tile_starts
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "overlap"),
+    [(100, 32, 8), (32, 32, 8), (20, 32, 8), (257, 64, 16), (65, 64, 0), (1000, 256, 32)],
+)
+def test_tiles_cover_the_image_with_at_least_the_overlap(size, tile, overlap):
+    starts = tile_starts(size, tile, overlap)
+    assert starts[0] == 0
+    assert starts[-1] + min(tile, size) == size
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert starts == sorted(set(starts))
+
+
+def test_fit_tile_shape_rounds_to_model_multiple_and_clips():
+    assert fit_tile_shape((1000, 70), (250, 256), 16) == (240, 64)
+    assert fit_tile_shape((10, 500), (256, 256), 16) == (10, 256)
+    with pytest.raises(ValueError, match="spatial axes"):
+        fit_tile_shape((10, 10), (8, 8, 8), 4)
+
+
+@pytest.mark.parametrize("shape", [(200, 150), (64, 64), (33, 97), (20, 40, 36)])
+def test_blending_is_seamless_for_a_pointwise_predictor(shape):
+    """With a predictor that changes nothing, tiling plus blending must return the input."""
+    rng = np.random.default_rng(0)
+    image = rng.random((1, *shape), dtype=np.float32)
+    tile = (16,) * len(shape) if len(shape) == 3 else (48, 48)
+    out = predict_tiled(
+        lambda sl: image[(slice(None), *sl)],
+        shape,
+        lambda b: b * 2,
+        1,
+        tile,
+        overlap=0.25,
+        batch_size=3,
+        out=np.empty((1, *shape), np.float32),
+    )
+    np.testing.assert_allclose(out, image * 2, rtol=1e-5)
+
+
+def test_tiled_equals_whole_image_away_from_borders():
+    ckpt = make_checkpoint(ModelConfig(features=4, depth=2, batch_norm=False), seed=1)
+    model = ckpt.build_model()
+    rng = np.random.default_rng(1)
+    image = rng.random((1, 160, 200), dtype=np.float32)
+    with torch.inference_mode():
+        whole = model.predict_proba(torch.from_numpy(image)[None])[0].numpy()
+    tiled = predict_tiled(
+        lambda sl: image[(slice(None), *sl)],
+        image.shape[1:],
+        make_predictor(model),
+        3,
+        (64, 64),
+        overlap=0.5,
+        out=np.empty((3, 160, 200), np.float32),
+    )
+    inner = (slice(None), slice(24, -24), slice(24, -24))
+    assert np.abs(tiled[inner] - whole[inner]).max() < 0.02
+    assert np.abs(tiled - whole).mean() < 0.005
+
+
+def test_progress_per_tile_and_cancel_between_tiles():
+    calls = []
+
+    def predictor(batch):
+        calls.append(len(batch))
+        return batch
+
+    image = np.zeros((1, 100, 100), np.float32)
+    run = iter_predict_tiled(
+        lambda sl: image[(slice(None), *sl)], (100, 100), predictor, 1, (32, 32), 0.25
+    )
+    first = next(run)
+    assert (first.done, first.total) == (1, 16)
+    second = next(run)
+    assert second.done == 2 and second.elapsed >= first.elapsed
+    run.close()
+    assert len(calls) == 2

@@ -1,0 +1,26 @@
+"""The core must work in a script or on a cluster node with no display."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_core_imports_no_qt_and_no_napari():
+    code = (
+        "import sys, napari_unet_tuner, napari_unet_tuner.cli, napari_unet_tuner.io\n"
+        "from napari_unet_tuner import inference, model\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy'})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_import_linter_contract_holds():
+    pytest.importorskip("importlinter")
+    # In a subprocess: import-linter reconfigures logging in its own process.
+    code = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet_tuner.cli import main
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, (np.random.default_rng(0).random((48, 40)) * 4000).astype(np.uint16))
+    return path
+
+
+def test_segment_writes_labels_and_probabilities(tmp_path, image_file, tiny_checkpoint_file):
+    out = tmp_path / "out.tif"
+    code = main(
+        [
+            "segment",
+            str(image_file),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoint_file),
+            "--probabilities",
+            "--tile-shape",
+            "32",
+            "32",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    labels = tifffile.imread(out)
+    assert labels.shape == (48, 40) and labels.dtype == np.int32
+    assert tifffile.imread(tmp_path / "out_probabilities.tif").shape == (3, 48, 40)
+    # A second run refuses to overwrite unless asked.
+    assert (
+        main(
+            ["segment", str(image_file), "-o", str(out), "--checkpoint", str(tiny_checkpoint_file)]
+        )
+        == 1
+    )
+    assert (
+        main(
+            [
+                "segment",
+                str(image_file),
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(tiny_checkpoint_file),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
+
+
+def test_batch_reports_failures_and_goes_on(tmp_path, image_file, tiny_checkpoint_file, caplog):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\0 not really a tiff")
+    out = tmp_path / "results"
+    code = main(
+        [
+            "segment",
+            str(broken),
+            str(image_file),
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(tiny_checkpoint_file),
+        ]
+    )
+    assert code == 1
+    assert sorted(p.name for p in out.iterdir()) == ["cells_labels.tif"]
+    assert "cannot read" in caplog.text and "1 of 2 input(s) failed" in caplog.text
+
+
+def test_clear_errors_and_nothing_written(tmp_path, image_file, tiny_checkpoint_file, caplog):
+    out = tmp_path / "o.tif"
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "missing.tif"),
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(tiny_checkpoint_file),
+            ]
+        )
+        == 1
+    )
+    assert "image not found" in caplog.text
+    rgb2 = tmp_path / "two.tif"
+    tifffile.imwrite(rgb2, np.zeros((2, 32, 32), np.uint8))
+    assert (
+        main(
+            [
+                "segment",
+                str(rgb2),
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(tiny_checkpoint_file),
+                "--axes",
+                "CYX",
+            ]
+        )
+        == 1
+    )
+    assert "model reads 1 channel(s) but the image has 2" in caplog.text
+    bad_ckpt = tmp_path / "bad.safetensors"
+    bad_ckpt.write_bytes(b"garbage!" * 4)
+    assert main(["segment", str(image_file), "-o", str(out), "--checkpoint", str(bad_ckpt)]) == 1
+    assert "not a napari-unet-tuner checkpoint" in caplog.text
+    assert list(tmp_path.glob("o*.tif")) == []
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(image_file)])
+    assert exc.value.code == 2
+
+
+def test_info_shows_the_card(tiny_checkpoint_file, capsys):
+    assert main(["info", str(tiny_checkpoint_file)]) == 0
+    text = capsys.readouterr().out
+    assert "name:         tiny" in text and "interior" in text
+    assert main(["info", str(tiny_checkpoint_file), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model_config"]["features"] == 4 and len(report["sha256"]) == 64
