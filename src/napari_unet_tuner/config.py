@@ -259,3 +259,75 @@ OUTPUT_DESCRIPTIONS: dict[OutputKind, str] = {
         "split by a seeded watershed on the distance transform."
     ),
 }
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_DictMixin):
+    """How a model is fine-tuned on annotations; ``None`` means "chosen for you".
+
+    Parameters
+    ----------
+    mode : {"corrections", "scribbles"}
+        How annotations are read (see `napari_unet_tuner.training.targets`).
+    max_seconds : float
+        Wall-time budget of the training steps.
+    max_epochs : int
+        Upper bound on epochs of ``steps_per_epoch`` steps.
+    steps_per_epoch : int
+        Optimizer steps between two validations.
+    patience : int
+        Stop after this many epochs without a better validation score.
+    patch_shape : tuple of int or None
+        Training patch size; ``None``: 128 x 128 (2D) or 16 x 64 x 64 (3D) on
+        the CPU, twice that per axis on a GPU.
+    batch_size : int or None
+        Patches per step; ``None``: 4 on the CPU, 16 on a GPU.
+    learning_rate : float or None
+        Adam step size; ``None``: 1e-3 from scratch, 5e-4 when fine-tuning.
+    boundary_weight : float
+        Loss weight of the boundary class relative to the other two.
+    validation_fraction : float
+        Share of the annotated objects held out (by image region) for validation.
+    freeze_encoder_levels : int
+        Encoder blocks (from the top) whose weights are not trained.
+    freeze_batch_norm : bool or None
+        Keep batch-norm statistics fixed; ``None``: when starting from a checkpoint.
+    augment : bool
+        Random flips, 90-degree rotations, intensity jitter and noise.
+    seed : int
+        Seeds patch sampling, augmentation, the split and initialization.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    mixed_precision : bool
+        Half-precision autocast on CUDA.
+    num_threads : int or None
+        CPU threads for torch; ``None`` keeps torch's default.
+    """
+
+    mode: Literal["corrections", "scribbles"] = "corrections"
+    max_seconds: float = 60.0
+    max_epochs: int = 200
+    steps_per_epoch: int = 20
+    patience: int = 6
+    patch_shape: tuple[int, ...] | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    boundary_weight: float = 2.0
+    validation_fraction: float = 0.2
+    freeze_encoder_levels: int = 0
+    freeze_batch_norm: bool | None = None
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    mixed_precision: bool = True
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("corrections", "scribbles"):
+            raise ValueError(f"mode must be 'corrections' or 'scribbles', got {self.mode!r}")
+        if self.max_seconds <= 0 or self.max_epochs < 1 or self.steps_per_epoch < 1:
+            raise ValueError("max_seconds, max_epochs and steps_per_epoch must be positive")
+        if not 0.0 <= self.validation_fraction < 0.9:
+            raise ValueError(f"validation_fraction must be in [0, 0.9), got {self.validation_fraction}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")

@@ -26,7 +26,7 @@ from napari_unet_tuner.inference.tiling import (
 from napari_unet_tuner.model.checkpoint import Checkpoint, load_checkpoint
 from napari_unet_tuner.model.unet import UNet
 
-DEFAULT_TILE_SHAPE = {2: (512, 512), 3: (32, 128, 128)}
+DEFAULT_TILE_SHAPE = {2: (256, 256), 3: (32, 128, 128)}
 
 
 @dataclass(frozen=True)

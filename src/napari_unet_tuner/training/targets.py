@@ -1,0 +1,142 @@
+"""User annotations to training targets.
+
+Two kinds of annotation, both integer label images of the image's shape
+(without channels):
+
+``corrections``
+    Instance labels edited from a prediction: 0 is background, every other
+    value one object. Inside the reviewed region (the whole image unless a
+    ``reviewed`` mask is given) it is the truth, background included.
+
+``scribbles``
+    Sparse painting. **0 = not annotated** (ignored by the loss),
+    **1 = background**, **2, 3, ... = objects** (one value per object; whole
+    painted objects or strokes inside objects). Object pixels on an object's
+    rim that touch unannotated pixels are ignored, because a stroke's rim is
+    not an object boundary; rims that touch background strokes or another
+    object become boundary.
+
+Targets are per-pixel classes for a 3-class model (`BACKGROUND`, `INTERIOR`,
+`BOUNDARY`, made by `labels_to_classes`, the inverse of segmentation's
+`probabilities_to_labels`) with `IGNORE` where nothing is known.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage
+
+from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.inference.instances import BACKGROUND, BOUNDARY, INTERIOR, labels_to_classes
+
+AnnotationMode = Literal["corrections", "scribbles"]
+IGNORE = 255
+SCRIBBLE_UNLABELED = 0
+SCRIBBLE_BACKGROUND = 1
+MIN_ANNOTATED_PIXELS = 16
+
+__all__ = [
+    "BACKGROUND",
+    "BOUNDARY",
+    "IGNORE",
+    "INTERIOR",
+    "SCRIBBLE_BACKGROUND",
+    "SCRIBBLE_UNLABELED",
+    "annotation_to_targets",
+    "annotation_to_instances",
+    "check_annotation",
+]
+
+
+def check_annotation(annotation: np.ndarray, label_shape: tuple[int, ...], mode: AnnotationMode) -> None:
+    """Raise an `InputError` saying what to fix if an annotation cannot train a model.
+
+    Parameters
+    ----------
+    annotation : numpy.ndarray
+        The labels the user painted.
+    label_shape : tuple of int
+        Shape the annotation must have: the image's, without channels.
+    mode : {"corrections", "scribbles"}
+        How to read the values (see the module docstring).
+    """
+    if mode not in ("corrections", "scribbles"):
+        raise InputError(f"mode must be 'corrections' or 'scribbles', got {mode!r}")
+    if np.dtype(annotation.dtype).kind not in "uib":
+        raise InputError(
+            f"the annotation has dtype {annotation.dtype}; it must be integer labels "
+            "(use a napari Labels layer, or convert with .astype(int) if the values are whole)"
+        )
+    if tuple(annotation.shape) != tuple(label_shape):
+        raise InputError(
+            f"the annotation has shape {tuple(annotation.shape)} but the image (without "
+            f"channels) has shape {tuple(label_shape)}; annotate a layer of the image's size"
+        )
+    if annotation.size and annotation.min() < 0:
+        raise InputError("the annotation has negative labels; use 0 and positive values only")
+    if mode == "scribbles":
+        known = int(np.count_nonzero(annotation))
+        objects = int(np.count_nonzero(annotation >= 2))
+        background = known - objects
+        if known == 0:
+            raise InputError(
+                "the annotation is empty: paint background with label 1 and objects with labels 2, 3, ..."
+            )
+        if background == 0:
+            raise InputError("the scribbles mark no background: paint some background with label 1")
+        if objects == 0:
+            raise InputError("the scribbles mark no object: paint objects with labels 2, 3, ...")
+    else:
+        known = annotation.size
+        objects = int(np.count_nonzero(annotation))
+        if objects == 0:
+            raise InputError(
+                "the corrections hold no object (all 0); paint objects, or use scribbles mode "
+                "if 0 means 'not annotated'"
+            )
+        if objects == annotation.size:
+            raise InputError("the corrections hold no background (no pixel is 0)")
+    if known < MIN_ANNOTATED_PIXELS or objects < 4:
+        raise InputError(
+            f"too little is annotated ({known} pixels, {objects} on objects): paint at least one "
+            "whole object and a background stroke"
+        )
+
+
+def annotation_to_instances(annotation: np.ndarray, mode: AnnotationMode) -> np.ndarray:
+    """Object instance labels of an annotation (0 for background and unannotated)."""
+    if mode == "scribbles":
+        return np.where(annotation >= 2, annotation - 1, 0).astype(np.int32)
+    return annotation.astype(np.int32, copy=False)
+
+
+def annotation_to_targets(
+    annotation: np.ndarray, mode: AnnotationMode, reviewed: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-pixel target classes (uint8) with `IGNORE` where nothing is known.
+
+    The annotation is never modified.
+
+    Parameters
+    ----------
+    annotation : numpy.ndarray
+        Integer labels (see the module docstring for the two modes).
+    mode : {"corrections", "scribbles"}
+        How to read them.
+    reviewed : numpy.ndarray of bool, optional
+        For corrections: the region the user checked; elsewhere is ignored.
+    """
+    annotation = np.asarray(annotation)
+    instances = annotation_to_instances(annotation, mode)
+    classes = labels_to_classes(instances)
+    if mode == "corrections":
+        if reviewed is not None:
+            classes[~np.asarray(reviewed, bool)] = IGNORE
+        return classes
+    unlabeled = annotation == SCRIBBLE_UNLABELED
+    near_unlabeled = ndimage.binary_dilation(unlabeled, np.ones((3,) * annotation.ndim, bool))
+    classes[(classes == BOUNDARY) & near_unlabeled] = IGNORE
+    classes[unlabeled] = IGNORE
+    return classes

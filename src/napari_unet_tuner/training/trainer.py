@@ -1,0 +1,363 @@
+"""Fine-tuning: learn from what the user painted, yielding plain progress records."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import threading
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_unet_tuner._generators import run_to_completion
+from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
+from napari_unet_tuner.inference.device import autocast, cpu_threads, select_device
+from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.tiling import predict_tiled
+from napari_unet_tuner.model.checkpoint import Checkpoint, new_card, save_checkpoint
+from napari_unet_tuner.model.unet import UNet
+from napari_unet_tuner.training.data import PatchSampler, Sample, build_samples, split_validation
+from napari_unet_tuner.training.metrics import average_precision, dice_iou
+from napari_unet_tuner.training.targets import IGNORE
+
+_VAL_MARGIN = 32
+_VAL_TILE = 256
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """A progress record, yielded after every step and after every validation.
+
+    Attributes
+    ----------
+    kind : {"validation", "step"}
+        ``"validation"`` records carry ``scores`` (the first, at step 0, is the
+        starting model's).
+    step, epoch : int
+        Optimizer steps and epochs done.
+    loss : float or None
+        Training loss of the last step.
+    scores : dict or None
+        Validation ``loss``, ``dice``, ``iou`` and ``ap50``.
+    best_score : float or None
+        Best validation AP@0.5 so far (the model kept if stopped now).
+    seconds_per_step : float
+        Mean wall time of a step.
+    elapsed, eta : float
+        Seconds since the start, and estimated seconds left.
+    """
+
+    kind: Literal["validation", "step"]
+    step: int
+    epoch: int
+    loss: float | None
+    scores: dict[str, float] | None
+    best_score: float | None
+    seconds_per_step: float
+    elapsed: float
+    eta: float
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    """What a finished run produced.
+
+    Attributes
+    ----------
+    checkpoint : Checkpoint
+        The best model, with its card recording parent, settings and scores.
+    scores_before, scores_after : dict
+        Validation scores of the starting model and of the kept one.
+    path : Path or None
+        Where the checkpoint was saved, if an output was given.
+    stop_reason : str
+        ``"time"``, ``"epochs"``, ``"early stopping"`` or ``"stopped"``.
+    held_out : bool
+        Whether validation used held-out regions (False: too little annotation).
+    """
+
+    checkpoint: Checkpoint
+    scores_before: dict[str, float]
+    scores_after: dict[str, float]
+    path: Path | None
+    stop_reason: str
+    held_out: bool
+    history: list[TrainingProgress] = field(default_factory=list)
+
+
+def masked_loss(logits: torch.Tensor, targets: torch.Tensor, boundary_weight: float = 2.0) -> torch.Tensor:
+    """Loss over annotated pixels only; `IGNORE` pixels contribute nothing.
+
+    Cross-entropy over background / interior / boundary for 3-channel
+    models, binary cross-entropy of the foreground for 1-channel ones.
+    """
+    if logits.shape[1] == 1:
+        known = targets != IGNORE
+        if not known.any():
+            return logits.sum() * 0.0
+        fg = (targets > 0).to(logits.dtype)
+        per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], fg, reduction="none")
+        return per_pixel[known].mean()
+    weight = torch.tensor([1.0, 1.0, boundary_weight], device=logits.device, dtype=torch.float32)
+    if not (targets != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), targets.long(), weight=weight, ignore_index=IGNORE)
+
+
+def evaluate(model: UNet, samples: Sequence[Sample], checkpoint_card: Any, device: torch.device) -> dict[str, float]:
+    """Validation scores of ``model`` on the held-out targets of ``samples``.
+
+    Each held-out region is predicted with context around it, turned into
+    instances as segmentation does, and scored on annotated pixels only:
+    ``loss`` (cross-entropy), foreground ``dice`` and ``iou``, and ``ap50``
+    (average precision of instances at IoU 0.5).
+    """
+    was_training = model.training
+    model.eval()
+    predictor = make_predictor(model, device)
+    instances_cfg = checkpoint_card.instance_config
+    losses, dices, ious, aps, weights = [], [], [], [], []
+    for sample in samples:
+        known = sample.val_targets != IGNORE
+        if not known.any():
+            continue
+        where = np.nonzero(known)
+        box = tuple(
+            slice(max(int(w.min()) - _VAL_MARGIN, 0), min(int(w.max()) + 1 + _VAL_MARGIN, s))
+            for w, s in zip(where, known.shape, strict=True)
+        )
+        crop = sample.image[(slice(None), *box)]
+        shape = crop.shape[1:]
+        tile = tuple(min(_VAL_TILE, s) for s in shape)
+        prob = predict_tiled(
+            lambda sl, c=crop: c[(slice(None), *sl)], shape, predictor, model.config.out_channels, tile,
+            out=np.empty((model.config.out_channels, *shape), np.float32),
+        )
+        labels = probabilities_to_labels(prob, model.config.output_kind, instances_cfg)
+        k = known[box]
+        t = sample.val_targets[box]
+        truth = np.where(k, sample.instances[box], 0)
+        if prob.shape[0] == 1:
+            p_true = np.where(t > 0, prob[0], 1 - prob[0])
+        else:
+            p_true = np.take_along_axis(prob, np.where(k, t, 0)[None].astype(np.intp), 0)[0]
+        losses.append(float(-np.log(np.clip(p_true[k], 1e-6, 1)).mean()))
+        dice, iou = dice_iou(truth, labels, k)
+        dices.append(dice)
+        ious.append(iou)
+        aps.append(average_precision(truth, labels, 0.5, k))
+        weights.append(int(k.sum()))
+    model.train(was_training)
+    if not weights:
+        return {"loss": float("nan"), "dice": float("nan"), "iou": float("nan"), "ap50": float("nan")}
+    w = np.asarray(weights, float)
+    return {
+        name: float(np.average(values, weights=w))
+        for name, values in (("loss", losses), ("dice", dices), ("iou", ious), ("ap50", aps))
+    }
+
+
+def _score(scores: dict[str, float]) -> tuple[float, float, float]:
+    """Ordering of validation results: AP@0.5 first, then Dice, then lower loss."""
+    return (
+        np.nan_to_num(scores["ap50"], nan=-1.0),
+        np.nan_to_num(scores["dice"], nan=-1.0),
+        -np.nan_to_num(scores["loss"], nan=np.inf),
+    )
+
+
+def _defaults(config: TrainingConfig, spatial_dims: int, device: torch.device, from_checkpoint: bool):
+    gpu = device.type != "cpu"
+    base = (128, 128) if spatial_dims == 2 else (16, 64, 64)
+    patch = config.patch_shape or tuple(b * (2 if gpu else 1) for b in base)
+    batch = config.batch_size or (16 if gpu else 4)
+    lr = config.learning_rate or (5e-4 if from_checkpoint else 1e-3)
+    freeze_bn = from_checkpoint if config.freeze_batch_norm is None else config.freeze_batch_norm
+    return tuple(patch), batch, lr, freeze_bn
+
+
+def iter_fine_tune(
+    pairs: Sequence[tuple[Any, np.ndarray]],
+    checkpoint: Checkpoint | None = None,
+    config: TrainingConfig | None = None,
+    *,
+    model_config: ModelConfig | None = None,
+    axes: Sequence[str | None] | None = None,
+    output: str | os.PathLike | None = None,
+    name: str | None = None,
+    stop: threading.Event | None = None,
+) -> Generator[TrainingProgress, None, FineTuneResult]:
+    """Fine-tune a model on annotations, yielding `TrainingProgress` records.
+
+    The generator's return value (``StopIteration.value``) is a
+    `FineTuneResult`; `fine_tune` unwraps it. Setting ``stop`` ends training
+    at the next step and keeps the best model so far (it is saved if
+    ``output`` is given). Closing the generator abandons the run and writes
+    nothing.
+
+    Parameters
+    ----------
+    pairs : sequence of (image, annotation)
+        Images (array-likes, axes as for segmentation) and integer label
+        annotations of the image's shape without channels. Never modified.
+    checkpoint : Checkpoint, optional
+        Starting model; ``None`` trains from scratch with ``model_config``.
+    config : TrainingConfig, optional
+        Mode, time budget, patch size, learning rate, seed...
+    model_config : ModelConfig, optional
+        Architecture for training from scratch.
+    axes : sequence of str or None, optional
+        Axes of each image; inferred when omitted.
+    output : path-like, optional
+        Save the result there (atomically; never over the parent).
+    name : str, optional
+        Name for the new checkpoint's card.
+    stop : threading.Event, optional
+        Set it to stop early and keep the best model.
+
+    Raises
+    ------
+    InputError
+        Before any training, if an image or annotation cannot be used.
+    """
+    config = config or TrainingConfig()
+    t_start = time.perf_counter()
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    from_checkpoint = checkpoint is not None
+    model_cfg = checkpoint.model_config if checkpoint is not None else (model_config or ModelConfig())
+    normalization = (
+        checkpoint.card.normalization_config if checkpoint is not None else NormalizationConfig()
+    )
+    if output is not None and checkpoint is not None and checkpoint.path is not None:
+        if Path(output).resolve() == Path(checkpoint.path).resolve():
+            raise FileExistsError(f"{output} is the starting checkpoint; save the new one elsewhere")
+    samples, summary = build_samples(
+        pairs, config.mode, model_cfg.spatial_dims, model_cfg.in_channels, normalization, axes
+    )
+    device = select_device(config.device)
+    patch_shape, batch_size, lr, freeze_bn = _defaults(config, model_cfg.spatial_dims, device, from_checkpoint)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    held_out = split_validation(samples, config.validation_fraction, rng)
+    sampler = PatchSampler(samples, patch_shape, config.augment, rng)
+
+    card = checkpoint.card if checkpoint is not None else new_card(model_cfg, normalization=normalization.to_dict())
+    model = checkpoint.build_model(device) if checkpoint is not None else UNet(model_cfg).to(device)
+    for block in list(model.down)[: config.freeze_encoder_levels]:
+        block.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    use_amp = config.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    def set_train_mode() -> None:
+        model.train()
+        if freeze_bn:
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    history: list[TrainingProgress] = []
+    step = epoch = 0
+    stop_reason = "epochs"
+    with cpu_threads(config.num_threads):
+        before = evaluate(model, samples, card, device)
+        best_scores, best_state = before, copy.deepcopy(model.state_dict())
+        since_best = 0
+        train_seconds = 0.0
+        record = TrainingProgress("validation", 0, 0, None, before, before["ap50"], 0.0,
+                                  time.perf_counter() - t_start, config.max_seconds)
+        history.append(record)
+        yield record
+        set_train_mode()
+        while epoch < config.max_epochs:
+            for _ in range(config.steps_per_epoch):
+                t_step = time.perf_counter()
+                images, targets = sampler.batch(batch_size)
+                x = torch.from_numpy(images).to(device)
+                y = torch.from_numpy(targets).to(device)
+                with autocast(device, use_amp):
+                    loss = masked_loss(model(x), y, config.boundary_weight)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                train_seconds += time.perf_counter() - t_step
+                per_step = train_seconds / step
+                record = TrainingProgress(
+                    "step", step, epoch, float(loss.detach()), None, _ap(best_scores), per_step,
+                    time.perf_counter() - t_start, max(config.max_seconds - train_seconds, 0.0),
+                )
+                history.append(record)
+                yield record
+                if (stop is not None and stop.is_set()) or train_seconds >= config.max_seconds:
+                    break
+            epoch += 1
+            scores = evaluate(model, samples, card, device)
+            set_train_mode()
+            if _score(scores) > _score(best_scores):
+                best_scores, best_state, since_best = scores, copy.deepcopy(model.state_dict()), 0
+            else:
+                since_best += 1
+            record = TrainingProgress(
+                "validation", step, epoch, history[-1].loss, scores, _ap(best_scores),
+                train_seconds / max(step, 1), time.perf_counter() - t_start,
+                max(config.max_seconds - train_seconds, 0.0),
+            )
+            history.append(record)
+            yield record
+            if stop is not None and stop.is_set():
+                stop_reason = "stopped"
+                break
+            if train_seconds >= config.max_seconds:
+                stop_reason = "time"
+                break
+            if since_best >= config.patience:
+                stop_reason = "early stopping"
+                break
+    model.load_state_dict(best_state)
+    run = {
+        "started": started,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "steps": step,
+        "epochs": epoch,
+        "stop_reason": stop_reason,
+        "device": str(device),
+        "settings": {**config.to_dict(), "patch_shape": list(patch_shape), "batch_size": batch_size,
+                     "learning_rate": lr, "freeze_batch_norm": freeze_bn},
+        "annotation": summary.to_dict(),
+        "validation_held_out": held_out,
+        "scores_before": before,
+        "scores_after": best_scores,
+        "parent": checkpoint.as_parent() if checkpoint is not None else None,
+    }
+    new = Checkpoint.from_model(
+        model,
+        replace(
+            new_card(model_cfg, **{k: v for k, v in asdict(card).items() if k not in ("created", "package_version")}),
+            name=name or (f"{card.name} (fine-tuned)" if from_checkpoint else "U-Net (trained from scratch)"),
+            parent=checkpoint.as_parent() if checkpoint is not None else None,
+            training=(*card.training, run),
+        ),
+    )
+    path = save_checkpoint(new, output) if output is not None else None
+    return FineTuneResult(new, before, best_scores, path, stop_reason, held_out, history)
+
+
+def _ap(scores: dict[str, float]) -> float:
+    return scores["ap50"]
+
+
+def fine_tune(pairs: Sequence[tuple[Any, np.ndarray]], checkpoint: Checkpoint | None = None,
+              config: TrainingConfig | None = None, **kwargs: Any) -> FineTuneResult:
+    """Run `iter_fine_tune` to the end and return its `FineTuneResult`."""
+    return run_to_completion(iter_fine_tune(pairs, checkpoint, config, **kwargs))
