@@ -17,6 +17,7 @@ from napari_unet_tuner.config import (
     ModelCard,
     ModelConfig,
     NormalizationConfig,
+    TrainingConfig,
 )
 from napari_unet_tuner.errors import CheckpointError, ConfigError, InputError, UnetTunerError
 from napari_unet_tuner.inference import (
@@ -28,11 +29,14 @@ from napari_unet_tuner.inference import (
 from napari_unet_tuner.model import (
     Checkpoint,
     UNet,
+    default_checkpoint_path,
     import_state_dict,
     load_checkpoint,
     new_card,
     save_checkpoint,
 )
+from napari_unet_tuner.model.checkpoint import with_card
+from napari_unet_tuner.training import FineTuneResult, TrainingProgress, fine_tune, iter_fine_tune
 
 __all__ = [
     "Checkpoint",
@@ -55,4 +59,11 @@ __all__ = [
     "new_card",
     "save_checkpoint",
     "segment",
+    "TrainingConfig",
+    "FineTuneResult",
+    "TrainingProgress",
+    "default_checkpoint_path",
+    "fine_tune",
+    "iter_fine_tune",
+    "with_card",
 ]

@@ -328,6 +328,8 @@ class TrainingConfig(_DictMixin):
         if self.max_seconds <= 0 or self.max_epochs < 1 or self.steps_per_epoch < 1:
             raise ValueError("max_seconds, max_epochs and steps_per_epoch must be positive")
         if not 0.0 <= self.validation_fraction < 0.9:
-            raise ValueError(f"validation_fraction must be in [0, 0.9), got {self.validation_fraction}")
+            raise ValueError(
+                f"validation_fraction must be in [0, 0.9), got {self.validation_fraction}"
+            )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")

@@ -88,7 +88,11 @@ def build_samples(
     for i, ((image, annotation), ax) in enumerate(zip(pairs, axes, strict=True)):
         shape = tuple(int(s) for s in image.shape)
         reader = ImageReader(
-            image, ax or infer_axes(shape, spatial_dims, in_channels), spatial_dims, in_channels, normalization
+            image,
+            ax or infer_axes(shape, spatial_dims, in_channels),
+            spatial_dims,
+            in_channels,
+            normalization,
         )
         label_shape = tuple(reader.shape[a] for a in reader.label_axes)
         annotation = np.asarray(annotation)
@@ -140,7 +144,8 @@ def split_validation(samples: list[Sample], fraction: float, rng: np.random.Gene
     blocks = []
     for index, sample in enumerate(samples):
         grid = [
-            range(0, s, max(1, math.ceil(s / _SPLIT_BLOCKS_PER_AXIS))) for s in sample.targets.shape
+            range(0, s, max(1, math.ceil(s / _SPLIT_BLOCKS_PER_AXIS)))
+            for s in sample.targets.shape
         ]
         steps = [max(1, math.ceil(s / _SPLIT_BLOCKS_PER_AXIS)) for s in sample.targets.shape]
         for corner in itertools.product(*grid):
@@ -180,7 +185,11 @@ class PatchSampler:
     """
 
     def __init__(
-        self, samples: list[Sample], patch_shape: tuple[int, ...], augment: bool, rng: np.random.Generator
+        self,
+        samples: list[Sample],
+        patch_shape: tuple[int, ...],
+        augment: bool,
+        rng: np.random.Generator,
     ) -> None:
         self.samples = [s for s in samples if (s.targets != IGNORE).any()]
         if not self.samples:
@@ -189,7 +198,9 @@ class PatchSampler:
         self.augment = augment
         self.rng = rng
         self._known = [np.flatnonzero(s.targets != IGNORE) for s in self.samples]
-        self._objects = [np.flatnonzero((s.targets != IGNORE) & (s.targets > 0)) for s in self.samples]
+        self._objects = [
+            np.flatnonzero((s.targets != IGNORE) & (s.targets > 0)) for s in self.samples
+        ]
         weights = np.array([len(k) for k in self._known], float)
         self._sample_p = weights / weights.sum()
 
@@ -211,17 +222,27 @@ class PatchSampler:
 
 
 def _crop(image, targets, center, patch_shape, rng):
-    """Crop around ``center`` (jittered), padding past the border (image reflect, targets IGNORE)."""
+    """Crop around ``center`` (jittered), padding images by reflection and targets by IGNORE."""
     lo = []
     for c, p, s in zip(center, patch_shape, targets.shape, strict=True):
         start = int(c) - p // 2 + int(rng.integers(-(p // 4), p // 4 + 1))
         lo.append(min(max(start, min(0, s - p)), max(s - p, 0)))
-    src = tuple(slice(max(a, 0), min(a + p, s)) for a, p, s in zip(lo, patch_shape, targets.shape, strict=True))
-    pad = [(max(-a, 0), max(a + p - s, 0)) for a, p, s in zip(lo, patch_shape, targets.shape, strict=True)]
+    src = tuple(
+        slice(max(a, 0), min(a + p, s))
+        for a, p, s in zip(lo, patch_shape, targets.shape, strict=True)
+    )
+    pad = [
+        (max(-a, 0), max(a + p - s, 0))
+        for a, p, s in zip(lo, patch_shape, targets.shape, strict=True)
+    ]
     img = image[(slice(None), *src)]
     tgt = targets[src]
     if any(any(p) for p in pad):
-        mode = "reflect" if all(b < n and a < n for (b, a), n in zip(pad, tgt.shape, strict=True)) else "edge"
+        mode = (
+            "reflect"
+            if all(b < n and a < n for (b, a), n in zip(pad, tgt.shape, strict=True))
+            else "edge"
+        )
         img = np.pad(img, [(0, 0), *pad], mode=mode)
         tgt = np.pad(tgt, pad, constant_values=IGNORE)
     return img, tgt

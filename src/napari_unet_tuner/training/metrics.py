@@ -37,13 +37,17 @@ def matched_ious(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | 
 
 
 def average_precision(
-    truth: np.ndarray, prediction: np.ndarray, threshold: float = 0.5, known: np.ndarray | None = None
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    threshold: float = 0.5,
+    known: np.ndarray | None = None,
 ) -> float:
     """Average precision TP / (TP + FP + FN) at an IoU threshold.
 
     The definition of the cell-segmentation literature (StarDist, Cellpose).
-    For thresholds >= 0.5 every object matches at most one other, so no
-    assignment problem needs solving. Two empty images score 1.
+    Pairs with IoU >= ``threshold`` are matched greedily, best first, each
+    object at most once; above 0.5 a pair can only match one way anyway, so
+    greedy matching is optimal there. Two empty images score 1.
     """
     if threshold < 0.5:
         raise ValueError("threshold must be >= 0.5 for unique matching")
@@ -51,11 +55,20 @@ def average_precision(
     n_true, n_pred = ious.shape
     if n_true == 0 and n_pred == 0:
         return 1.0
-    tp = int((ious >= threshold).sum()) if ious.size else 0
+    rows, cols = np.nonzero(ious >= threshold)
+    order = np.argsort(-ious[rows, cols], kind="stable")
+    used_true, used_pred = set(), set()
+    for r, c in zip(rows[order], cols[order], strict=True):
+        if r not in used_true and c not in used_pred:
+            used_true.add(r)
+            used_pred.add(c)
+    tp = len(used_true)
     return tp / (n_true + n_pred - tp)
 
 
-def dice_iou(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | None = None) -> tuple[float, float]:
+def dice_iou(
+    truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | None = None
+) -> tuple[float, float]:
     """Dice and IoU of the foreground (label > 0), on ``known`` pixels only."""
     t, p = truth > 0, prediction > 0
     if known is not None:

@@ -50,7 +50,9 @@ __all__ = [
 ]
 
 
-def check_annotation(annotation: np.ndarray, label_shape: tuple[int, ...], mode: AnnotationMode) -> None:
+def check_annotation(
+    annotation: np.ndarray, label_shape: tuple[int, ...], mode: AnnotationMode
+) -> None:
     """Raise an `InputError` saying what to fix if an annotation cannot train a model.
 
     Parameters
@@ -82,10 +84,13 @@ def check_annotation(annotation: np.ndarray, label_shape: tuple[int, ...], mode:
         background = known - objects
         if known == 0:
             raise InputError(
-                "the annotation is empty: paint background with label 1 and objects with labels 2, 3, ..."
+                "the annotation is empty: paint background with label 1 "
+                "and objects with labels 2, 3, ..."
             )
         if background == 0:
-            raise InputError("the scribbles mark no background: paint some background with label 1")
+            raise InputError(
+                "the scribbles mark no background: paint some background with label 1"
+            )
         if objects == 0:
             raise InputError("the scribbles mark no object: paint objects with labels 2, 3, ...")
     else:

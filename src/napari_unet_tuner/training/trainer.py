@@ -93,7 +93,9 @@ class FineTuneResult:
     history: list[TrainingProgress] = field(default_factory=list)
 
 
-def masked_loss(logits: torch.Tensor, targets: torch.Tensor, boundary_weight: float = 2.0) -> torch.Tensor:
+def masked_loss(
+    logits: torch.Tensor, targets: torch.Tensor, boundary_weight: float = 2.0
+) -> torch.Tensor:
     """Loss over annotated pixels only; `IGNORE` pixels contribute nothing.
 
     Cross-entropy over background / interior / boundary for 3-channel
@@ -112,8 +114,10 @@ def masked_loss(logits: torch.Tensor, targets: torch.Tensor, boundary_weight: fl
     return F.cross_entropy(logits.float(), targets.long(), weight=weight, ignore_index=IGNORE)
 
 
-def evaluate(model: UNet, samples: Sequence[Sample], checkpoint_card: Any, device: torch.device) -> dict[str, float]:
-    """Validation scores of ``model`` on the held-out targets of ``samples``.
+def evaluate(
+    model: UNet, samples: Sequence[Sample], checkpoint_card: Any, device: torch.device
+) -> dict[str, float]:
+    """Score ``model`` on the held-out targets of ``samples``.
 
     Each held-out region is predicted with context around it, turned into
     instances as segmentation does, and scored on annotated pixels only:
@@ -138,7 +142,11 @@ def evaluate(model: UNet, samples: Sequence[Sample], checkpoint_card: Any, devic
         shape = crop.shape[1:]
         tile = tuple(min(_VAL_TILE, s) for s in shape)
         prob = predict_tiled(
-            lambda sl, c=crop: c[(slice(None), *sl)], shape, predictor, model.config.out_channels, tile,
+            lambda sl, c=crop: c[(slice(None), *sl)],
+            shape,
+            predictor,
+            model.config.out_channels,
+            tile,
             out=np.empty((model.config.out_channels, *shape), np.float32),
         )
         labels = probabilities_to_labels(prob, model.config.output_kind, instances_cfg)
@@ -157,7 +165,12 @@ def evaluate(model: UNet, samples: Sequence[Sample], checkpoint_card: Any, devic
         weights.append(int(k.sum()))
     model.train(was_training)
     if not weights:
-        return {"loss": float("nan"), "dice": float("nan"), "iou": float("nan"), "ap50": float("nan")}
+        return {
+            "loss": float("nan"),
+            "dice": float("nan"),
+            "iou": float("nan"),
+            "ap50": float("nan"),
+        }
     w = np.asarray(weights, float)
     return {
         name: float(np.average(values, weights=w))
@@ -174,7 +187,9 @@ def _score(scores: dict[str, float]) -> tuple[float, float, float]:
     )
 
 
-def _defaults(config: TrainingConfig, spatial_dims: int, device: torch.device, from_checkpoint: bool):
+def _defaults(
+    config: TrainingConfig, spatial_dims: int, device: torch.device, from_checkpoint: bool
+):
     gpu = device.type != "cpu"
     base = (128, 128) if spatial_dims == 2 else (16, 64, 64)
     patch = config.patch_shape or tuple(b * (2 if gpu else 1) for b in base)
@@ -232,25 +247,37 @@ def iter_fine_tune(
     t_start = time.perf_counter()
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     from_checkpoint = checkpoint is not None
-    model_cfg = checkpoint.model_config if checkpoint is not None else (model_config or ModelConfig())
+    model_cfg = (
+        checkpoint.model_config if checkpoint is not None else (model_config or ModelConfig())
+    )
     normalization = (
         checkpoint.card.normalization_config if checkpoint is not None else NormalizationConfig()
     )
     if output is not None and checkpoint is not None and checkpoint.path is not None:
         if Path(output).resolve() == Path(checkpoint.path).resolve():
-            raise FileExistsError(f"{output} is the starting checkpoint; save the new one elsewhere")
+            raise FileExistsError(
+                f"{output} is the starting checkpoint; save the new one elsewhere"
+            )
     samples, summary = build_samples(
         pairs, config.mode, model_cfg.spatial_dims, model_cfg.in_channels, normalization, axes
     )
     device = select_device(config.device)
-    patch_shape, batch_size, lr, freeze_bn = _defaults(config, model_cfg.spatial_dims, device, from_checkpoint)
+    patch_shape, batch_size, lr, freeze_bn = _defaults(
+        config, model_cfg.spatial_dims, device, from_checkpoint
+    )
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     held_out = split_validation(samples, config.validation_fraction, rng)
     sampler = PatchSampler(samples, patch_shape, config.augment, rng)
 
-    card = checkpoint.card if checkpoint is not None else new_card(model_cfg, normalization=normalization.to_dict())
-    model = checkpoint.build_model(device) if checkpoint is not None else UNet(model_cfg).to(device)
+    card = (
+        checkpoint.card
+        if checkpoint is not None
+        else new_card(model_cfg, normalization=normalization.to_dict())
+    )
+    model = (
+        checkpoint.build_model(device) if checkpoint is not None else UNet(model_cfg).to(device)
+    )
     for block in list(model.down)[: config.freeze_encoder_levels]:
         block.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -273,8 +300,17 @@ def iter_fine_tune(
         best_scores, best_state = before, copy.deepcopy(model.state_dict())
         since_best = 0
         train_seconds = 0.0
-        record = TrainingProgress("validation", 0, 0, None, before, before["ap50"], 0.0,
-                                  time.perf_counter() - t_start, config.max_seconds)
+        record = TrainingProgress(
+            "validation",
+            0,
+            0,
+            None,
+            before,
+            before["ap50"],
+            0.0,
+            time.perf_counter() - t_start,
+            config.max_seconds,
+        )
         history.append(record)
         yield record
         set_train_mode()
@@ -294,8 +330,15 @@ def iter_fine_tune(
                 train_seconds += time.perf_counter() - t_step
                 per_step = train_seconds / step
                 record = TrainingProgress(
-                    "step", step, epoch, float(loss.detach()), None, _ap(best_scores), per_step,
-                    time.perf_counter() - t_start, max(config.max_seconds - train_seconds, 0.0),
+                    "step",
+                    step,
+                    epoch,
+                    float(loss.detach()),
+                    None,
+                    _ap(best_scores),
+                    per_step,
+                    time.perf_counter() - t_start,
+                    max(config.max_seconds - train_seconds, 0.0),
                 )
                 history.append(record)
                 yield record
@@ -309,8 +352,14 @@ def iter_fine_tune(
             else:
                 since_best += 1
             record = TrainingProgress(
-                "validation", step, epoch, history[-1].loss, scores, _ap(best_scores),
-                train_seconds / max(step, 1), time.perf_counter() - t_start,
+                "validation",
+                step,
+                epoch,
+                history[-1].loss,
+                scores,
+                _ap(best_scores),
+                train_seconds / max(step, 1),
+                time.perf_counter() - t_start,
                 max(config.max_seconds - train_seconds, 0.0),
             )
             history.append(record)
@@ -332,8 +381,13 @@ def iter_fine_tune(
         "epochs": epoch,
         "stop_reason": stop_reason,
         "device": str(device),
-        "settings": {**config.to_dict(), "patch_shape": list(patch_shape), "batch_size": batch_size,
-                     "learning_rate": lr, "freeze_batch_norm": freeze_bn},
+        "settings": {
+            **config.to_dict(),
+            "patch_shape": list(patch_shape),
+            "batch_size": batch_size,
+            "learning_rate": lr,
+            "freeze_batch_norm": freeze_bn,
+        },
         "annotation": summary.to_dict(),
         "validation_held_out": held_out,
         "scores_before": before,
@@ -343,8 +397,18 @@ def iter_fine_tune(
     new = Checkpoint.from_model(
         model,
         replace(
-            new_card(model_cfg, **{k: v for k, v in asdict(card).items() if k not in ("created", "package_version")}),
-            name=name or (f"{card.name} (fine-tuned)" if from_checkpoint else "U-Net (trained from scratch)"),
+            new_card(
+                model_cfg,
+                **{
+                    k: v
+                    for k, v in asdict(card).items()
+                    if k not in ("created", "package_version")
+                },
+            ),
+            name=name
+            or (
+                f"{card.name} (fine-tuned)" if from_checkpoint else "U-Net (trained from scratch)"
+            ),
             parent=checkpoint.as_parent() if checkpoint is not None else None,
             training=(*card.training, run),
         ),
@@ -357,7 +421,11 @@ def _ap(scores: dict[str, float]) -> float:
     return scores["ap50"]
 
 
-def fine_tune(pairs: Sequence[tuple[Any, np.ndarray]], checkpoint: Checkpoint | None = None,
-              config: TrainingConfig | None = None, **kwargs: Any) -> FineTuneResult:
+def fine_tune(
+    pairs: Sequence[tuple[Any, np.ndarray]],
+    checkpoint: Checkpoint | None = None,
+    config: TrainingConfig | None = None,
+    **kwargs: Any,
+) -> FineTuneResult:
     """Run `iter_fine_tune` to the end and return its `FineTuneResult`."""
     return run_to_completion(iter_fine_tune(pairs, checkpoint, config, **kwargs))

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from conftest import disc_labels
+
+from napari_unet_tuner import InputError
+from napari_unet_tuner.training import IGNORE, annotation_to_targets, check_annotation
+from napari_unet_tuner.training.metrics import average_precision, dice_iou
+
+
+def test_scribble_convention():
+    ann = np.zeros((40, 40), np.uint16)
+    ann[5:15, 5:15] = 2  # a whole painted object, surrounded by unannotated pixels
+    ann[30:33, 0:40] = 1  # a background stroke
+    ann[20:26, 20:26] = 3  # an object touching the background stroke? no: separate
+    targets = annotation_to_targets(ann, "scribbles")
+    assert (targets[ann == 0] == IGNORE).all()
+    assert (targets[30:33] == 0).all()
+    assert (targets[7:13, 7:13] == 1).all()  # interior
+    # The rim next to unannotated pixels is unknown, not boundary.
+    assert targets[5, 10] == IGNORE
+    assert set(np.unique(targets)) == {0, 1, IGNORE}
+
+
+def test_corrections_boundaries_between_touching_objects_and_reviewed_region():
+    ann = disc_labels()
+    targets = annotation_to_targets(ann, "corrections")
+    assert (targets[ann == 0] == 0).all() and (targets == 2).any()
+    reviewed = np.zeros(ann.shape, bool)
+    reviewed[:, :32] = True
+    partial = annotation_to_targets(ann, "corrections", reviewed)
+    assert (partial[:, 32:] == IGNORE).all()
+    assert (partial[:, :32] == targets[:, :32]).all()
+
+
+@pytest.mark.parametrize(
+    ("annotation", "mode", "message"),
+    [
+        (np.zeros((32, 32), np.int32), "scribbles", "annotation is empty"),
+        (np.full((32, 32), 2, np.int32), "scribbles", "no background"),
+        (np.ones((32, 32), np.int32), "scribbles", "no object"),
+        (np.zeros((32, 32), np.int32), "corrections", "no object"),
+        (np.ones((32, 32), np.int32), "corrections", "no background"),
+        (np.zeros((32, 32), np.float32), "corrections", "integer labels"),
+        (np.zeros((16, 32), np.int32), "corrections", "shape"),
+        (np.pad(np.array([[1]]), ((3, 28), (5, 26))), "corrections", "too little"),
+        (np.pad(np.array([[1, 2]]), ((3, 28), (5, 25))), "scribbles", "too little"),
+    ],
+)
+def test_bad_annotations_say_what_to_fix(annotation, mode, message):
+    with pytest.raises(InputError, match=message):
+        check_annotation(annotation, (32, 32), mode)
+
+
+def test_average_precision_and_dice():
+    truth = disc_labels((64, 64), [(16, 16), (48, 48)], radius=6)
+    assert average_precision(truth, truth) == 1.0
+    one_missing = np.where(truth == 2, 0, truth)
+    assert average_precision(truth, one_missing) == pytest.approx(0.5)
+    merged = (truth > 0).astype(np.int32)
+    # Two equal objects merged: the merged one matches one of them at IoU 0.5, once.
+    assert average_precision(truth, merged) == pytest.approx(0.5)
+    assert average_precision(truth, merged, 0.75) == 0.0
+    assert dice_iou(truth, merged) == (1.0, 1.0)
+    shifted = np.roll(truth, 3, axis=1)
+    assert (
+        0 < average_precision(truth, shifted, 0.5) and average_precision(truth, shifted, 0.75) == 0
+    )
+    known = np.zeros_like(truth, bool)
+    known[:32] = True
+    assert average_precision(truth, one_missing, known=known) == 1.0

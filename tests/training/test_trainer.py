@@ -1,0 +1,160 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, disc_labels, make_checkpoint
+
+from napari_unet_tuner import (
+    InputError,
+    ModelConfig,
+    TrainingConfig,
+    fine_tune,
+    iter_fine_tune,
+    load_checkpoint,
+    save_checkpoint,
+)
+from napari_unet_tuner.training import IGNORE, masked_loss
+
+FAST = TrainingConfig(
+    max_seconds=60,
+    max_epochs=2,
+    steps_per_epoch=4,
+    patch_shape=(32, 32),
+    batch_size=2,
+    device="cpu",
+)
+
+
+def toy_pair(seed=0, shape=(64, 64)):
+    rng = np.random.default_rng(seed)
+    centers = [(int(y), int(x)) for y, x in rng.integers(8, min(shape) - 8, (6, 2))]
+    labels = disc_labels(shape, centers, radius=6)
+    image = (labels > 0) * 200.0 + rng.normal(50, 10, shape)
+    return image.astype(np.float32), labels
+
+
+def test_loss_ignores_unannotated_pixels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    targets = torch.randint(0, 3, (2, 16, 16))
+    targets[:, :8] = IGNORE
+    loss = masked_loss(logits, targets)
+    loss.backward()
+    assert torch.all(logits.grad[:, :, :8] == 0)
+    changed = logits.detach().clone()
+    changed[:, :, :8] = torch.randn(2, 3, 8, 16) * 100
+    assert torch.equal(masked_loss(changed, targets), loss.detach())
+    binary = masked_loss(logits[:, :1], targets)
+    changed_binary = masked_loss(changed[:, :1], targets)
+    assert torch.equal(binary.detach(), changed_binary)
+
+
+def test_a_few_steps_lower_the_loss():
+    config = TrainingConfig(
+        max_seconds=60,
+        max_epochs=1,
+        steps_per_epoch=40,
+        patch_shape=(32, 32),
+        batch_size=4,
+        device="cpu",
+        learning_rate=3e-3,
+        augment=False,
+    )
+    result = fine_tune([toy_pair()], None, config, model_config=ModelConfig(features=4, depth=2))
+    losses = [r.loss for r in result.history if r.kind == "step"]
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert result.scores_after["loss"] < result.scores_before["loss"]
+
+
+def test_stop_keeps_best_model_and_parent_untouched(tmp_path):
+    parent_path = save_checkpoint(make_checkpoint(), tmp_path / "parent.safetensors")
+    parent_bytes = parent_path.read_bytes()
+    parent = load_checkpoint(parent_path)
+    image, labels = toy_pair()
+    labels_before = labels.copy()
+    stop = threading.Event()
+    out = tmp_path / "child.safetensors"
+    run = iter_fine_tune([(image, labels)], parent, FAST, output=out, stop=stop)
+    records = []
+    for record in run:
+        records.append(record)
+        if record.kind == "step" and record.step == 3:
+            stop.set()
+    assert [r.kind for r in records] == ["validation", "step", "step", "step", "validation"]
+    child = load_checkpoint(out)
+    assert parent_path.read_bytes() == parent_bytes
+    assert np.array_equal(labels, labels_before)
+    card = child.card
+    assert card.parent["sha256"] == parent.sha256
+    run_info = card.training[-1]
+    assert run_info["stop_reason"] == "stopped" and run_info["steps"] == 3
+    assert set(run_info["scores_before"]) == {"loss", "dice", "iou", "ap50"}
+    assert run_info["annotation"]["objects"] == len(np.unique(labels)) - 1
+    with pytest.raises(FileExistsError):
+        fine_tune([(image, labels)], parent, FAST, output=parent_path)
+    assert parent_path.read_bytes() == parent_bytes
+
+
+def test_closing_the_run_writes_nothing(tmp_path):
+    run = iter_fine_tune([toy_pair()], make_checkpoint(), FAST, output=tmp_path / "x.safetensors")
+    next(run)
+    next(run)
+    run.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_same_seed_same_model():
+    config = TrainingConfig(
+        max_seconds=60,
+        max_epochs=1,
+        steps_per_epoch=3,
+        patch_shape=(32, 32),
+        batch_size=2,
+        device="cpu",
+    )
+    a = fine_tune([toy_pair()], make_checkpoint(), config)
+    b = fine_tune([toy_pair()], make_checkpoint(), config)
+    for key, value in a.checkpoint.state_dict.items():
+        assert torch.equal(value, b.checkpoint.state_dict[key]), key
+
+
+def test_scribbles_train(tmp_path):
+    image, labels = toy_pair(1)
+    scribbles = np.zeros_like(labels)
+    scribbles[labels == 1] = 2
+    scribbles[labels == 2] = 3
+    scribbles[0:4] = 1
+    scribbles[:, 60:] = 1
+    scribbles[(labels > 0) & (scribbles == 1)] = 0
+    config = TrainingConfig(
+        mode="scribbles",
+        max_seconds=60,
+        max_epochs=1,
+        steps_per_epoch=2,
+        patch_shape=(32, 32),
+        batch_size=2,
+        device="cpu",
+    )
+    result = fine_tune([(image, scribbles)], make_checkpoint(), config)
+    assert result.checkpoint.card.training[-1]["annotation"]["objects"] == 2
+    assert not result.held_out  # two objects are too few to hold any out
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        ((np.zeros((64, 64)), np.zeros((64, 64), np.int32)), "no object"),
+        ((np.zeros((64, 64)), np.zeros((32, 64), np.int32)), "shape"),
+        ((np.zeros((64, 64)), np.zeros((64, 64), np.float64)), "integer labels"),
+        ((np.full((64, 64), np.nan), disc_labels()), "NaN"),
+        ((np.zeros((2, 64, 64)), np.zeros((64, 64), np.int32)), "model reads 1 channel"),
+    ],
+)
+def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, pair, message):
+    out = tmp_path / "new.safetensors"
+    axes = ["CYX"] if pair[0].ndim == 3 else None
+    with pytest.raises(InputError, match=message):
+        next(iter_fine_tune([pair], make_checkpoint(TINY), FAST, output=out, axes=axes))
+    assert not out.exists()
