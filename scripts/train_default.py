@@ -22,12 +22,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import datasets  # noqa: E402
-
 from napari_unet_tuner import ModelConfig, TrainingConfig, segment, with_card  # noqa: E402
 from napari_unet_tuner.model.checkpoint import save_checkpoint  # noqa: E402
 from napari_unet_tuner.training import iter_fine_tune  # noqa: E402
 from napari_unet_tuner.training.metrics import average_precision  # noqa: E402
+
+import datasets  # noqa: E402
 
 HELA_SPLIT_X = 733
 

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 from skimage.metrics import adapted_rand_error
 
-from conftest import disc_labels
 from napari_unet_tuner import InstanceConfig
 from napari_unet_tuner.inference import instances as inst
 from napari_unet_tuner.inference import labels_to_classes, probabilities_to_labels
+
+from conftest import disc_labels
 
 
 def one_hot(classes, n=3):

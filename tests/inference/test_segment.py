@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from conftest import make_checkpoint
 from napari_unet_tuner import InferenceConfig, InputError, ModelConfig, iter_segment, segment
+
+from conftest import make_checkpoint
 
 SMALL_TILES = InferenceConfig(tile_shape=(32, 32), device="cpu")
 

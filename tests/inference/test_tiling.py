@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_checkpoint
 from napari_unet_tuner import ModelConfig
 from napari_unet_tuner.inference import iter_predict_tiled, make_predictor, predict_tiled
 from napari_unet_tuner.inference.tiling import fit_tile_shape, tile_starts
+
+from conftest import make_checkpoint
 
 
 @pytest.mark.parametrize(

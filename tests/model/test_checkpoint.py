@@ -4,7 +4,6 @@ import struct
 import pytest
 import torch
 
-from conftest import TINY, make_checkpoint
 from napari_unet_tuner import (
     CheckpointError,
     ModelConfig,
@@ -13,6 +12,8 @@ from napari_unet_tuner import (
     save_checkpoint,
 )
 from napari_unet_tuner.model.checkpoint import FORMAT_VERSION, file_sha256, with_card
+
+from conftest import TINY, make_checkpoint
 
 
 def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path):

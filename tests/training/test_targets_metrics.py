@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
-from conftest import disc_labels
 
 from napari_unet_tuner import InputError
 from napari_unet_tuner.training import IGNORE, annotation_to_targets, check_annotation
 from napari_unet_tuner.training.metrics import average_precision, dice_iou
+
+from conftest import disc_labels
 
 
 def test_scribble_convention():

@@ -3,7 +3,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, disc_labels, make_checkpoint
 
 from napari_unet_tuner import (
     InputError,
@@ -15,6 +14,8 @@ from napari_unet_tuner import (
     save_checkpoint,
 )
 from napari_unet_tuner.training import IGNORE, masked_loss
+
+from conftest import TINY, disc_labels, make_checkpoint
 
 FAST = TrainingConfig(
     max_seconds=60,
