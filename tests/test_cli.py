@@ -130,3 +130,47 @@ def test_info_shows_the_card(tiny_checkpoint_file, capsys):
     assert main(["info", str(tiny_checkpoint_file), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model_config"]["features"] == 4 and len(report["sha256"]) == 64
+
+
+def test_finetune_writes_a_new_checkpoint_and_reports_scores(
+    tmp_path, tiny_checkpoint_file, caplog
+):
+    from conftest import disc_labels
+
+    labels = disc_labels((64, 64), [(16, 16), (16, 44), (46, 20), (44, 46)], radius=7)
+    image = ((labels > 0) * 1000 + 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "ann.tif", labels)
+    out = tmp_path / "tuned.safetensors"
+    args = [
+        "finetune",
+        str(tmp_path / "img.tif"),
+        str(tmp_path / "ann.tif"),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(tiny_checkpoint_file),
+        "--seconds",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    assert "ap50  before" in caplog.text
+    assert main(["info", str(out)]) == 0
+    # Never over an existing file, and odd argument counts are refused.
+    assert main(args) == 1 and "exists" in caplog.text
+    assert (
+        main(
+            [
+                "finetune",
+                str(tmp_path / "img.tif"),
+                "-o",
+                str(tmp_path / "n.safetensors"),
+                "--checkpoint",
+                str(tiny_checkpoint_file),
+            ]
+        )
+        == 1
+    )
+    assert "pairs" in caplog.text

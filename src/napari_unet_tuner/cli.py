@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from napari_unet_tuner.config import InferenceConfig, InstanceConfig
+import numpy as np
+
+from napari_unet_tuner.config import InferenceConfig, InstanceConfig, TrainingConfig
 from napari_unet_tuner.errors import UnetTunerError
 
 log = logging.getLogger("napari_unet_tuner")
@@ -53,6 +55,28 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
+    tune = commands.add_parser(
+        "finetune",
+        help="fine-tune a model on painted annotations",
+        description=(
+            "Fine-tune on (IMAGE, ANNOTATION) pairs and write a new checkpoint. corrections: "
+            "instance labels, 0 = background. scribbles: 0 = not annotated, 1 = background, "
+            "2, 3, ... = objects."
+        ),
+    )
+    tune.add_argument("files", nargs="+", type=Path, metavar="IMAGE ANNOTATION")
+    tune.add_argument("-o", "--output", type=Path, required=True, help="new checkpoint file")
+    tune.add_argument("--checkpoint", type=Path, help="starting model (default: the bundled one)")
+    tune.add_argument("--from-scratch", action="store_true", help="start from random weights")
+    tune.add_argument("--mode", choices=["corrections", "scribbles"], default="corrections")
+    tune.add_argument(
+        "--seconds", type=float, default=TrainingConfig.max_seconds, help="time budget"
+    )
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--axes", help="axes of the images, letters from TZCYX (default: inferred)")
+    tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    tune.add_argument("--name", help="name for the new model card")
+
     info = commands.add_parser("info", help="show a checkpoint's model card and architecture")
     info.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -62,10 +86,13 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 on success)."""
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)
     try:
         if args.command == "info":
             return _info(args)
+        if args.command == "finetune":
+            return _finetune(args)
         return _segment(args)
     except (UnetTunerError, OSError) as exc:
         log.error("error: %s", exc)
@@ -198,9 +225,58 @@ def _segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unique_labels(labels):
-    import numpy as np
+def _finetune(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
 
+    from napari_unet_tuner.io import open_image
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.training.trainer import iter_fine_tune
+
+    if len(args.files) % 2:
+        raise UnetTunerError("give files in pairs: IMAGE ANNOTATION [IMAGE ANNOTATION ...]")
+    if args.output.exists():
+        raise FileExistsError(f"{args.output} exists; choose a new file for the fine-tuned model")
+    pairs = [
+        (open_image(image), np.asarray(open_image(annotation)))
+        for image, annotation in zip(args.files[::2], args.files[1::2], strict=True)
+    ]
+    start = (
+        None
+        if args.from_scratch
+        else load_checkpoint(args.checkpoint or default_checkpoint_path())
+    )
+    config = TrainingConfig(
+        mode=args.mode, max_seconds=args.seconds, seed=args.seed, device=args.device
+    )
+    run = iter_fine_tune(
+        pairs, start, config, axes=[args.axes] * len(pairs), output=args.output, name=args.name
+    )
+    with tqdm(total=round(args.seconds), unit="s", file=sys.stderr, desc="fine-tuning") as bar:
+        while True:
+            try:
+                progress = next(run)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            bar.n = min(round(args.seconds - progress.eta), bar.total)
+            postfix = {"step": progress.step, "loss": f"{progress.loss or float('nan'):.3f}"}
+            if progress.scores:
+                postfix["val AP50"] = f"{progress.scores['ap50']:.3f}"
+            bar.set_postfix(postfix)
+    where = (
+        "held-out regions"
+        if result.held_out
+        else "the training annotation (too little to hold out)"
+    )
+    before, after = result.scores_before, result.scores_after
+    log.info("validation on %s:", where)
+    for key in ("ap50", "dice", "loss"):
+        log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
+    log.info("stopped by %s; wrote %s", result.stop_reason, result.path)
+    return 0
+
+
+def _unique_labels(labels):
     values = np.unique(labels)
     return values[values > 0]
 
