@@ -38,9 +38,10 @@ class TrainingProgress:
 
     Attributes
     ----------
-    kind : {"validation", "step"}
+    kind : {"validation", "step", "preview"}
         ``"validation"`` records carry ``scores`` (the first, at step 0, is the
-        starting model's).
+        starting model's); ``"preview"`` records carry a ``snapshot`` of the
+        current weights for a live preview.
     step, epoch : int
         Optimizer steps and epochs done.
     loss : float or None
@@ -53,9 +54,11 @@ class TrainingProgress:
         Mean wall time of a step.
     elapsed, eta : float
         Seconds since the start, and estimated seconds left.
+    snapshot : Checkpoint or None
+        Current weights (CPU copy), on ``"preview"`` records only.
     """
 
-    kind: Literal["validation", "step"]
+    kind: Literal["validation", "step", "preview"]
     step: int
     epoch: int
     loss: float | None
@@ -64,6 +67,7 @@ class TrainingProgress:
     seconds_per_step: float
     elapsed: float
     eta: float
+    snapshot: Checkpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,7 @@ def iter_fine_tune(
     output: str | os.PathLike | None = None,
     name: str | None = None,
     stop: threading.Event | None = None,
+    preview_every: float | None = None,
 ) -> Generator[TrainingProgress, None, FineTuneResult]:
     """Fine-tune a model on annotations, yielding `TrainingProgress` records.
 
@@ -237,6 +242,9 @@ def iter_fine_tune(
         Name for the new checkpoint's card.
     stop : threading.Event, optional
         Set it to stop early and keep the best model.
+    preview_every : float, optional
+        Also yield a ``"preview"`` record with a weight snapshot every this
+        many seconds (for a live preview of the model being trained).
 
     Raises
     ------
@@ -299,7 +307,7 @@ def iter_fine_tune(
         before = evaluate(model, samples, card, device)
         best_scores, best_state = before, copy.deepcopy(model.state_dict())
         since_best = 0
-        train_seconds = 0.0
+        train_seconds = last_preview = 0.0
         record = TrainingProgress(
             "validation",
             0,
@@ -342,6 +350,11 @@ def iter_fine_tune(
                 )
                 history.append(record)
                 yield record
+                if preview_every is not None and record.elapsed - last_preview >= preview_every:
+                    last_preview = record.elapsed
+                    yield replace(
+                        record, kind="preview", snapshot=Checkpoint.from_model(model, card)
+                    )
                 if (stop is not None and stop.is_set()) or train_seconds >= config.max_seconds:
                     break
             epoch += 1

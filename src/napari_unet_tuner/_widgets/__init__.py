@@ -1,0 +1,1 @@
+"""Thin napari widgets over the Qt-free core; one panel per file."""

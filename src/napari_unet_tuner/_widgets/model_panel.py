@@ -1,0 +1,160 @@
+"""Model panel: choose, inspect, roll back and save checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from napari.utils.notifications import show_error, show_info
+
+from napari_unet_tuner.errors import UnetTunerError
+from napari_unet_tuner.inference.device import available_devices
+from napari_unet_tuner.model.checkpoint import (
+    default_checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
+from napari_unet_tuner.versions import recent_checkpoints, remember_checkpoint
+
+if TYPE_CHECKING:
+    from napari_unet_tuner._widgets.tuner import UNetTunerWidget
+
+_NO_RECENT = "(recent files)"
+
+
+class ModelPanel(Container):
+    """Which model is active, what it is, and on which device it runs."""
+
+    def __init__(self, tuner: UNetTunerWidget) -> None:
+        super().__init__()
+        self._tuner = tuner
+        self.version = ComboBox(
+            label="model",
+            choices=self._version_choices,
+            tooltip="Versions of this session; pick an earlier one to roll back.",
+        )
+        self.version.changed.connect(self._on_version_selected)
+        self.open_file = FileEdit(
+            label="open",
+            mode="r",
+            filter="Checkpoints (*.safetensors *.pt *.pth)",
+            tooltip="Load a checkpoint (.safetensors, or a PyTorch state dict imported safely).",
+        )
+        self.open_file.changed.connect(self._on_file_chosen)
+        self.recent = ComboBox(
+            label="recent",
+            choices=self._recent_choices,
+            tooltip="Checkpoints you used lately.",
+        )
+        self.recent.changed.connect(self._on_recent_selected)
+        self.device = ComboBox(
+            label="device",
+            choices=available_devices(),
+            tooltip="Where segmentation and fine-tuning run; a GPU is preselected when present.",
+        )
+        self.card = Label(value="", tooltip="The active model's card.")
+        self.card.native.setWordWrap(True)
+        self.save_button = PushButton(
+            text="Save active model...", tooltip="Write the active version to a new file."
+        )
+        self.save_button.changed.connect(self._on_save_clicked)
+        self.extend(
+            [self.version, self.open_file, self.recent, self.device, self.card, self.save_button]
+        )
+
+    def _version_choices(self, _widget=None) -> list[tuple[str, int]]:
+        versions = self._tuner.versions
+        return [(versions.describe(i), i) for i in range(len(versions.versions))]
+
+    def _recent_choices(self, _widget=None) -> list[tuple[str, str]]:
+        return [(_NO_RECENT, "")] + [(p.name, str(p)) for p in recent_checkpoints()]
+
+    def load_default(self) -> None:
+        """Preselect the checkpoint that ships with the package."""
+        try:
+            self.load(default_checkpoint_path(), remember=False)
+        except UnetTunerError as exc:
+            show_error(f"U-Net Tuner: {exc}")
+
+    def load(self, path: str | Path, remember: bool = True) -> bool:
+        """Load a checkpoint file as a new active version; errors become notifications."""
+        try:
+            checkpoint = load_checkpoint(path)
+        except (UnetTunerError, OSError) as exc:
+            show_error(f"Cannot use {Path(path).name}: {exc}")
+            return False
+        self._tuner.versions.add(checkpoint)
+        if remember:
+            remember_checkpoint(path)
+        self.refresh()
+        return True
+
+    def refresh(self) -> None:
+        """Show the active version in the list and its card."""
+        versions = self._tuner.versions
+        with self.version.changed.blocked():
+            self.version.reset_choices()
+            if versions.versions:
+                self.version.value = versions.active_index
+        with self.recent.changed.blocked():
+            self.recent.reset_choices()
+        active = versions.active
+        self.card.value = "" if active is None else _card_text(active)
+
+    def save_active(self, path: str | Path) -> Path | None:
+        """Write the active version to ``path`` (never over its parent)."""
+        active = self._tuner.versions.active
+        if active is None:
+            show_error("No model to save.")
+            return None
+        try:
+            written = save_checkpoint(active, path, overwrite=True)
+        except OSError as exc:
+            show_error(f"Not saved: {exc}")
+            return None
+        remember_checkpoint(written)
+        show_info(f"Saved {written}")
+        return written
+
+    def _on_version_selected(self, index: int | None) -> None:
+        if index is not None and index != self._tuner.versions.active_index:
+            self._tuner.versions.activate(index)
+            self.refresh()
+
+    def _on_file_chosen(self, path: Path) -> None:
+        if path and Path(path).is_file():
+            self.load(path)
+
+    def _on_recent_selected(self, path: str) -> None:
+        if path:
+            self.load(path)
+
+    def _on_save_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save model", "model.safetensors", "Checkpoints (*.safetensors)"
+        )
+        if path:
+            self.save_active(path)
+
+
+def _card_text(checkpoint) -> str:
+    card = checkpoint.card
+    cfg = checkpoint.model_config
+    lines = [
+        f"<b>{card.name}</b>",
+        card.description[:300],
+        f"input: {', '.join(card.channel_names)} ({card.input_axes}), "
+        f"{cfg.spatial_dims}D, pixel size: {card.pixel_size or 'unknown'}",
+        f"U-Net depth {cfg.depth}, {cfg.features} features",
+    ]
+    for run in card.training[-3:]:
+        before = run.get("scores_before", {}).get("ap50", float("nan"))
+        after = run.get("scores_after", {}).get("ap50", float("nan"))
+        lines.append(
+            f"trained {run.get('started', '')[:16]}: {run.get('steps')} steps, "
+            f"val AP50 {before:.2f} &rarr; {after:.2f}"
+        )
+    return "<br>".join(line for line in lines if line)

@@ -1,0 +1,182 @@
+"""Segment panel: run the active model on an image layer in a worker thread."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, Container, PushButton, create_widget
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+
+from napari_unet_tuner.config import InferenceConfig
+from napari_unet_tuner.inference.pipeline import SegmentationResult, iter_segment
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_unet_tuner._widgets.tuner import UNetTunerWidget
+    from napari_unet_tuner.model.checkpoint import Checkpoint
+
+LAYER_TAG = "napari_unet_tuner"
+
+
+def labels_name(image: napari.layers.Image) -> str:
+    """Name of the Labels layer that holds an image's prediction."""
+    return f"{image.name} labels"
+
+
+def layer_array(layer: napari.layers.Image) -> tuple[Any, str | None]:
+    """Return an image layer's full-resolution data (lazy stays lazy) and its axes if known."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return data, ("YXC" if layer.rgb and data.ndim == 3 else None)
+
+
+def visible_region(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple:
+    """Index of the current plane's visible field of view, in the layer's data coordinates."""
+    data, _ = layer_array(layer)
+    ndim = data.ndim - (1 if layer.rgb else 0)
+    point = np.round(layer.world_to_data(viewer.dims.point)).astype(int)
+    corners = np.asarray(layer.corner_pixels)
+    offset = viewer.dims.ndim - ndim
+    displayed = {d - offset for d in viewer.dims.displayed}
+    index: list[Any] = []
+    for axis in range(ndim):
+        size = data.shape[axis]
+        if axis in displayed:
+            lo, hi = int(max(corners[0, axis], 0)), int(min(corners[1, axis] + 1, size))
+            index.append(slice(lo, max(hi, lo + 1)))
+        else:
+            index.append(int(np.clip(point[axis], 0, size - 1)))
+    return tuple(index)
+
+
+class SegmentPanel(Container):
+    """Pick an image layer and segment it (or only what is in view)."""
+
+    def __init__(self, tuner: UNetTunerWidget) -> None:
+        super().__init__()
+        self._tuner = tuner
+        self.worker = None
+        self.image = create_widget(
+            annotation="napari.layers.Image",
+            label="image",
+            options={"tooltip": "The image to segment."},
+        )
+        self.field_of_view = CheckBox(
+            text="only the field of view",
+            tooltip="Segment the visible part of the current plane: fast feedback on big images.",
+        )
+        self.probabilities = CheckBox(
+            text="add probability map", tooltip="Also show the model's class probabilities."
+        )
+        self.run_button = PushButton(text="Segment", tooltip="Run the active model on the image.")
+        self.cancel_button = PushButton(
+            text="Cancel", enabled=False, tooltip="Stop after the current tile."
+        )
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        buttons = Container(
+            widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+        )
+        self.extend([self.image, self.field_of_view, self.probabilities, buttons])
+
+    def run(self, checkpoint: Checkpoint | None = None, field_of_view: bool | None = None):
+        """Start segmenting in a worker; return the worker (None if nothing to do)."""
+        layer = self.image.value
+        checkpoint = checkpoint or self._tuner.versions.active
+        if layer is None:
+            show_error("No image layer: open an image first (File > Open, or File > Open Sample).")
+            return None
+        if checkpoint is None:
+            show_error("No model loaded: open a checkpoint in the model panel.")
+            return None
+        if self.worker is not None:
+            show_error("A segmentation is already running; cancel it first.")
+            return None
+        fov = self.field_of_view.value if field_of_view is None else field_of_view
+        data, axes = layer_array(layer)
+        region = visible_region(self._tuner.viewer, layer) if fov else None
+        source = data[region] if region is not None else data
+        if region is not None:
+            axes = "YXC" if layer.rgb else "YX"
+        inference = InferenceConfig(device=self._tuner.model_panel.device.value)
+        worker = create_worker(
+            iter_segment,
+            source,
+            checkpoint,
+            axes=axes,
+            inference=inference,
+            return_probabilities=self.probabilities.value and region is None,
+            _start_thread=False,
+        )
+        bar = progress(total=0, desc=f"Segmenting {layer.name}")
+
+        def on_yielded(p) -> None:
+            bar.total = p.tiles_total
+            bar.update(p.tiles_done - bar.n)
+
+        worker.yielded.connect(on_yielded)
+        worker.returned.connect(lambda result: self._show(layer, result, region))
+        worker.errored.connect(lambda exc: show_error(f"Segmentation failed: {exc}"))
+        worker.aborted.connect(lambda: show_info("Segmentation cancelled."))
+        worker.finished.connect(lambda: self._done(bar))
+        self.worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop the running segmentation at the next tile."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _done(self, bar) -> None:
+        bar.close()
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _show(
+        self, image: napari.layers.Image, result: SegmentationResult, region: tuple | None
+    ) -> None:
+        viewer = self._tuner.viewer
+        name = labels_name(image)
+        existing = viewer.layers[name] if name in viewer.layers else None
+        full_shape = layer_array(image)[0].shape[: image.ndim]
+        if (
+            existing is not None
+            and existing.data.shape == full_shape
+            and existing.metadata.get(LAYER_TAG)
+        ):
+            target = existing
+        else:
+            if existing is not None:
+                name = f"{name} ({LAYER_TAG})"
+            target = viewer.add_labels(
+                np.zeros(full_shape, np.int32),
+                name=name,
+                scale=image.scale,
+                translate=image.translate,
+                metadata={LAYER_TAG: True},
+            )
+        if region is None:
+            target.data = result.labels
+        else:
+            labels = result.labels
+            offset = int(np.max(target.data)) if np.any(labels) else 0
+            target.data[region] = np.where(labels > 0, labels + offset, 0)
+            target.refresh()
+        if result.probabilities is not None:
+            prob_name = f"{image.name} probabilities"
+            if prob_name in viewer.layers:
+                viewer.layers[prob_name].data = result.probabilities
+            else:
+                viewer.add_image(
+                    result.probabilities,
+                    name=prob_name,
+                    channel_axis=0,
+                    visible=False,
+                    scale=image.scale,
+                    translate=image.translate,
+                )

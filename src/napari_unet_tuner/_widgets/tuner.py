@@ -1,0 +1,60 @@
+"""The dock widget: model, segment, annotate, fine-tune, in four panels over the core."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import Container, Label
+
+from napari_unet_tuner._widgets.annotate_panel import AnnotatePanel
+from napari_unet_tuner._widgets.model_panel import ModelPanel
+from napari_unet_tuner._widgets.segment_panel import SegmentPanel
+from napari_unet_tuner._widgets.train_panel import TrainPanel
+from napari_unet_tuner.versions import ModelVersions
+
+if TYPE_CHECKING:
+    import napari
+
+
+class UNetTunerWidget(Container):
+    """Segment the open image, paint corrections or scribbles, fine-tune, segment again.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Injected by napari.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=False)
+        self.viewer = viewer
+        self.versions = ModelVersions()
+        self.model_panel = ModelPanel(self)
+        self.segment_panel = SegmentPanel(self)
+        self.annotate_panel = AnnotatePanel(self)
+        self.train_panel = TrainPanel(self)
+        for title, panel in (
+            ("1. Model", self.model_panel),
+            ("2. Segment", self.segment_panel),
+            ("3. Annotate", self.annotate_panel),
+            ("4. Fine-tune", self.train_panel),
+        ):
+            heading = Label(value=f"<b>{title}</b>")
+            self.extend([heading, panel])
+        self.native.setMinimumWidth(300)
+        self.native.setMaximumWidth(480)
+        self.model_panel.load_default()
+
+    @property
+    def image_layer(self) -> napari.layers.Image | None:
+        """The image layer chosen in the segment panel."""
+        return self.segment_panel.image.value
+
+    def on_model_changed(self) -> None:
+        """Refresh what shows the active model (its card and the version list)."""
+        self.model_panel.refresh()
+
+    def reset_choices(self, event=None) -> None:
+        """Keep every layer combo in sync with the viewer's layers."""
+        super().reset_choices(event)
+        self.annotate_panel.update_summary()

@@ -1,0 +1,157 @@
+import time
+
+import numpy as np
+import pytest
+from conftest import disc_labels
+
+from napari_unet_tuner import load_checkpoint
+
+pytest.importorskip("napari")
+
+
+def cells_image():
+    labels = disc_labels((96, 96), [(20, 20), (20, 44), (60, 30), (70, 70), (40, 75), (80, 15)], 9)
+    rng = np.random.default_rng(0)
+    return ((labels > 0) * 900 + 300 + rng.normal(0, 30, labels.shape)).astype(np.uint16), labels
+
+
+def wait_worker(qtbot, worker, timeout=60_000):
+    if worker is not None and worker.is_running:
+        with qtbot.waitSignal(worker.finished, timeout=timeout):
+            pass
+
+
+class StallMeter:
+    """Measures the longest gap between ticks of a 10 ms Qt timer: how long the event loop froze."""
+
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.last = time.perf_counter()
+        self.longest = 0.0
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+    def stop(self):
+        self.timer.stop()
+        return self.longest
+
+
+def test_widget_opens_with_model_preselected(tuner):
+    assert tuner.versions.active is not None
+    assert "tiny" in tuner.model_panel.card.value
+    assert tuner.model_panel.device.value == "cpu"
+
+
+def test_whole_loop_segment_annotate_finetune_stop_rollback_save(tuner, qtbot, tmp_path):
+    viewer = tuner.viewer
+    image, truth = cells_image()
+    layer = viewer.add_image(image, name="cells", scale=(0.5, 0.5), translate=(3, 4))
+    original = image.copy()
+
+    # Segment: a Labels layer named after the image, with its scale and translate.
+    meter = StallMeter()
+    wait_worker(qtbot, tuner.segment_panel.run())
+    seg_stall = meter.stop()
+    labels = viewer.layers["cells labels"]
+    assert labels.data.shape == image.shape and labels.data.dtype == np.int32
+    assert tuple(labels.scale) == (0.5, 0.5) and tuple(labels.translate) == (3, 4)
+
+    # Re-running updates the same layer in place.
+    wait_worker(qtbot, tuner.segment_panel.run())
+    assert [ly.name for ly in viewer.layers].count("cells labels") == 1
+
+    # Annotate: corrections copy the prediction; paint the truth in programmatically.
+    corrections = tuner.annotate_panel.make_corrections_layer()
+    assert corrections.mode == "paint" and tuner.train_panel.mode.value == "corrections"
+    corrections.data = truth.copy()
+    assert "6 objects" in tuner.annotate_panel.summary.value
+
+    # Fine-tune a few steps, stop: the best model becomes a new active version.
+    tuner.train_panel.seconds.value = 30
+    tuner.train_panel.preview.value = False
+    meter = StallMeter()
+    worker = tuner.train_panel.run()
+    with qtbot.waitSignal(worker.yielded, timeout=30_000):
+        pass
+    qtbot.waitUntil(lambda: len(tuner.train_panel.plot.steps) >= 2, timeout=30_000)
+    tuner.train_panel.stop()
+    wait_worker(qtbot, worker)
+    train_stall = meter.stop()
+    assert len(tuner.versions.versions) == 2 and tuner.versions.active_index == 1
+    assert "&rarr;" in tuner.train_panel.scores.value
+    assert tuner.versions.active.card.parent["sha256"] == tuner.versions.versions[0].sha256
+    # The image is re-segmented with the new model.
+    wait_worker(qtbot, tuner.segment_panel.worker)
+
+    # Rollback, then save the active version to a file of the user's choice.
+    tuner.model_panel.version.value = 0
+    assert tuner.versions.active_index == 0
+    saved = tuner.model_panel.save_active(tmp_path / "rolled_back.safetensors")
+    assert load_checkpoint(saved).card.name == "tiny"
+    tuner.model_panel.version.value = 1
+    assert load_checkpoint(tuner.model_panel.save_active(tmp_path / "tuned")).card.training
+
+    # The user's own image was never touched.
+    assert np.array_equal(layer.data, original)
+    # The event loop kept running (generous bound for a loaded CI machine; the
+    # benchmark reports the real figure).
+    assert seg_stall < 1.0 and train_stall < 1.0
+
+
+def test_scribble_layer_and_field_of_view(tuner, qtbot):
+    viewer = tuner.viewer
+    image, _ = cells_image()
+    viewer.add_image(image, name="cells")
+    scribbles = tuner.annotate_panel.make_scribble_layer()
+    assert scribbles.data.dtype == np.uint16 and not scribbles.data.any()
+    assert scribbles.selected_label == 2 and tuner.train_panel.mode.value == "scribbles"
+    viewer.camera.zoom = 8
+    wait_worker(qtbot, tuner.segment_panel.run(field_of_view=True))
+    assert viewer.layers["cells labels"].data.shape == image.shape
+
+
+def test_errors_are_notifications_not_crashes(tuner, qtbot, tmp_path, monkeypatch):
+    from napari_unet_tuner._widgets import annotate_panel, model_panel, segment_panel, train_panel
+
+    messages = []
+    for module in (segment_panel, model_panel, annotate_panel, train_panel):
+        monkeypatch.setattr(module, "show_error", messages.append)
+    viewer = tuner.viewer
+    assert tuner.segment_panel.run() is None  # no image layer
+    assert tuner.annotate_panel.make_corrections_layer() is None
+    assert tuner.train_panel.run() is None
+    assert "No image layer" in messages[0] and "Segment the image first" in messages[1]
+
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\0" * 64)
+    assert not tuner.model_panel.load(bad)
+    assert "Cannot use corrupt.safetensors" in messages[-1]
+    assert len(tuner.versions.versions) == 1
+
+    image, _ = cells_image()
+    viewer.add_image(image, name="cells")
+    wrong = viewer.add_labels(np.zeros((10, 10), np.int32), name="wrong size")
+    tuner.train_panel.annotation.reset_choices()
+    tuner.train_panel.annotation.value = wrong
+    errors = []
+    worker = tuner.train_panel.run()
+    worker.errored.connect(errors.append)
+    wait_worker(qtbot, worker)
+    assert "shape" in messages[-1] and errors
+    assert len(tuner.versions.versions) == 1
+
+
+def test_sample_data_and_manifest():
+    from napari_unet_tuner._sample_data import bacteria_sample, nuclei_sample
+
+    for sample in (nuclei_sample, bacteria_sample):
+        (data, meta, kind), = sample()
+        assert kind == "image" and data.ndim == 2 and data.dtype == np.uint16 and data.std() > 0
