@@ -119,7 +119,7 @@ class SegmentPanel(Container):
 
         worker.yielded.connect(on_yielded)
         worker.returned.connect(lambda result: self._show(layer, result, region))
-        worker.errored.connect(lambda exc: show_error(f"Segmentation failed: {exc}"))
+        # Errors reach napari's notifications through the worker itself.
         worker.aborted.connect(lambda: show_info("Segmentation cancelled."))
         worker.finished.connect(lambda: self._done(bar))
         self.worker = worker

@@ -115,7 +115,7 @@ class TrainPanel(Container):
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
-        worker.errored.connect(lambda exc: show_error(f"Fine-tuning failed: {exc}"))
+        # Errors reach napari's notifications through the worker itself.
         worker.finished.connect(self._done)
         self.plot.reset()
         self.status.value, self.scores.value = "preparing...", ""

@@ -56,6 +56,7 @@ def probabilities_to_labels(
     probabilities: np.ndarray,
     output_kind: OutputKind = "boundary3",
     config: InstanceConfig | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn model probabilities into instance labels (int32, 0 is background).
 
@@ -68,6 +69,9 @@ def probabilities_to_labels(
         How to read the channels (`ModelConfig.output_kind`).
     config : InstanceConfig, optional
         Thresholds and minimum size.
+    out : numpy.ndarray, optional
+        int32 array of shape ``spatial`` to write the labels into (saves a
+        copy of the output on huge images).
 
     Returns
     -------
@@ -87,13 +91,13 @@ def probabilities_to_labels(
     """
     config = config or InstanceConfig()
     spatial = probabilities.shape[1:]
+    labels = np.empty(spatial, np.int32) if out is None else out
     if output_kind == "foreground":
-        labels, _ = ndimage.label(probabilities[0] > config.threshold, output=np.int32)
+        ndimage.label(probabilities[0] > config.threshold, output=labels)
     else:
         seeds = probabilities[INTERIOR] > config.seed_threshold
         markers, _ = ndimage.label(seeds, output=np.int32)
         del seeds
-        labels = np.empty(spatial, np.int32)
         for block in _blocks(spatial, _BLOCK):
             grown = _grow(block, spatial, _HALO)
             inner = tuple(
