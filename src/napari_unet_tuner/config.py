@@ -269,6 +269,9 @@ class TrainingConfig(_DictMixin):
     ----------
     mode : {"corrections", "scribbles"}
         How annotations are read (see `napari_unet_tuner.training.targets`).
+    scribble_objects : {"whole", "strokes"}
+        Scribbles only: objects painted whole (their rim is their boundary) or
+        marked by strokes inside them.
     max_seconds : float
         Wall-time budget of the training steps.
     max_epochs : int
@@ -282,10 +285,11 @@ class TrainingConfig(_DictMixin):
         the CPU, twice that per axis on a GPU.
     batch_size : int or None
         Patches per step; ``None``: 4 on the CPU, 16 on a GPU.
-    learning_rate : float or None
-        Adam step size; ``None``: 1e-3 from scratch, 5e-4 when fine-tuning.
+    learning_rate : float
+        Adam step size.
     boundary_weight : float
-        Loss weight of the boundary class relative to the other two.
+        Loss weight of the boundary class relative to the other two; high,
+        because a missed boundary merges two objects.
     validation_fraction : float
         Share of the annotated objects held out (by image region) for validation.
     freeze_encoder_levels : int
@@ -305,14 +309,15 @@ class TrainingConfig(_DictMixin):
     """
 
     mode: Literal["corrections", "scribbles"] = "corrections"
+    scribble_objects: Literal["whole", "strokes"] = "whole"
     max_seconds: float = 60.0
     max_epochs: int = 200
     steps_per_epoch: int = 20
     patience: int = 6
     patch_shape: tuple[int, ...] | None = None
     batch_size: int | None = None
-    learning_rate: float | None = None
-    boundary_weight: float = 2.0
+    learning_rate: float = 1e-3
+    boundary_weight: float = 4.0
     validation_fraction: float = 0.2
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
@@ -325,6 +330,10 @@ class TrainingConfig(_DictMixin):
     def __post_init__(self) -> None:
         if self.mode not in ("corrections", "scribbles"):
             raise ValueError(f"mode must be 'corrections' or 'scribbles', got {self.mode!r}")
+        if self.scribble_objects not in ("whole", "strokes"):
+            raise ValueError(
+                f"scribble_objects must be 'whole' or 'strokes', got {self.scribble_objects!r}"
+            )
         if self.max_seconds <= 0 or self.max_epochs < 1 or self.steps_per_epoch < 1:
             raise ValueError("max_seconds, max_epochs and steps_per_epoch must be positive")
         if not 0.0 <= self.validation_fraction < 0.9:

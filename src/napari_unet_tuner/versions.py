@@ -48,11 +48,9 @@ class ModelVersions:
         ckpt = self.versions[index]
         text = f"v{index}: {ckpt.card.name}"
         if ckpt.card.training:
-            last = ckpt.card.training[-1]
-            before = last.get("scores_before", {}).get("ap50")
-            after = last.get("scores_after", {}).get("ap50")
-            if before is not None and after is not None:
-                text += f" (AP50 {before:.2f} -> {after:.2f})"
+            after = ckpt.card.training[-1].get("scores_after", {}).get("ap50")
+            if after is not None:
+                text += f" (val AP50 {after:.2f})"
         return text
 
 

@@ -13,13 +13,17 @@ def test_scribble_convention():
     ann[5:15, 5:15] = 2  # a whole painted object, surrounded by unannotated pixels
     ann[30:33, 0:40] = 1  # a background stroke
     ann[20:26, 20:26] = 3  # an object touching the background stroke? no: separate
-    targets = annotation_to_targets(ann, "scribbles")
-    assert (targets[ann == 0] == IGNORE).all()
-    assert (targets[30:33] == 0).all()
-    assert (targets[7:13, 7:13] == 1).all()  # interior
-    # The rim next to unannotated pixels is unknown, not boundary.
-    assert targets[5, 10] == IGNORE
-    assert set(np.unique(targets)) == {0, 1, IGNORE}
+    strokes = annotation_to_targets(ann, "scribbles", scribble_objects="strokes")
+    assert (strokes[ann == 0] == IGNORE).all()
+    assert (strokes[30:33] == 0).all()
+    assert (strokes[7:13, 7:13] == 1).all()  # interior
+    # A stroke's rim next to unannotated pixels is unknown, not boundary.
+    assert strokes[5, 10] == IGNORE
+    assert set(np.unique(strokes)) == {0, 1, IGNORE}
+    # Objects painted whole: their rim is their boundary.
+    whole = annotation_to_targets(ann, "scribbles")
+    assert whole[5, 10] == 2 and (whole[7:13, 7:13] == 1).all()
+    assert (whole[ann == 0] == IGNORE).all()
 
 
 def test_corrections_boundaries_between_touching_objects_and_reviewed_region():

@@ -112,8 +112,8 @@ class AnnotatePanel(Container):
     def update_summary(self, event=None) -> None:
         """Count annotated objects and pixels of the chosen annotation layer."""
         layer = self._tuner.train_panel.annotation.value
-        if layer is None:
-            self.summary.value = "nothing annotated yet"
+        if layer is None or not layer.metadata.get("mode"):
+            self.summary.value = "nothing annotated yet: make a layer to correct or scribble on"
             return
         data = np.asarray(layer.data)
         if self._tuner.train_panel.mode.value == "scribbles":

@@ -16,6 +16,7 @@ from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.training.targets import (
     IGNORE,
     AnnotationMode,
+    ScribbleObjects,
     annotation_to_instances,
     annotation_to_targets,
     check_annotation,
@@ -70,6 +71,7 @@ def build_samples(
     in_channels: int,
     normalization: NormalizationConfig,
     axes: Sequence[str | None] | None = None,
+    scribble_objects: ScribbleObjects = "whole",
 ) -> tuple[list[Sample], AnnotationSummary]:
     """Check every pair, then normalize images and make targets.
 
@@ -108,7 +110,7 @@ def build_samples(
         for batch_index in reader.batch_indices():
             plane_labels = annotation[reader.label_index(batch_index)]
             plane_labels = _to_spatial_order(plane_labels, reader)
-            targets = annotation_to_targets(plane_labels, mode)
+            targets = annotation_to_targets(plane_labels, mode, scribble_objects=scribble_objects)
             if not (targets != IGNORE).any():
                 continue
             instances = annotation_to_instances(plane_labels, mode)

@@ -10,11 +10,13 @@ Two kinds of annotation, both integer label images of the image's shape
 
 ``scribbles``
     Sparse painting. **0 = not annotated** (ignored by the loss),
-    **1 = background**, **2, 3, ... = objects** (one value per object; whole
-    painted objects or strokes inside objects). Object pixels on an object's
-    rim that touch unannotated pixels are ignored, because a stroke's rim is
-    not an object boundary; rims that touch background strokes or another
-    object become boundary.
+    **1 = background**, **2, 3, ... = objects** (one value per object).
+    Objects are either painted whole (``scribble_objects="whole"``, the
+    default: an object's rim is its boundary, which is what keeps touching
+    objects apart) or marked by strokes inside them (``"strokes"``: a
+    stroke's rim is not a boundary, so rim pixels that touch unannotated
+    pixels are ignored; rims against background strokes or another object
+    still become boundary).
 
 Targets are per-pixel classes for a 3-class model (`BACKGROUND`, `INTERIOR`,
 `BOUNDARY`, made by `labels_to_classes`, the inverse of segmentation's
@@ -32,6 +34,7 @@ from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.instances import BACKGROUND, BOUNDARY, INTERIOR, labels_to_classes
 
 AnnotationMode = Literal["corrections", "scribbles"]
+ScribbleObjects = Literal["whole", "strokes"]
 IGNORE = 255
 SCRIBBLE_UNLABELED = 0
 SCRIBBLE_BACKGROUND = 1
@@ -118,7 +121,10 @@ def annotation_to_instances(annotation: np.ndarray, mode: AnnotationMode) -> np.
 
 
 def annotation_to_targets(
-    annotation: np.ndarray, mode: AnnotationMode, reviewed: np.ndarray | None = None
+    annotation: np.ndarray,
+    mode: AnnotationMode,
+    reviewed: np.ndarray | None = None,
+    scribble_objects: ScribbleObjects = "whole",
 ) -> np.ndarray:
     """Per-pixel target classes (uint8) with `IGNORE` where nothing is known.
 
@@ -132,6 +138,8 @@ def annotation_to_targets(
         How to read them.
     reviewed : numpy.ndarray of bool, optional
         For corrections: the region the user checked; elsewhere is ignored.
+    scribble_objects : {"whole", "strokes"}
+        For scribbles: whether objects were painted whole or by strokes inside.
     """
     annotation = np.asarray(annotation)
     instances = annotation_to_instances(annotation, mode)
@@ -141,7 +149,8 @@ def annotation_to_targets(
             classes[~np.asarray(reviewed, bool)] = IGNORE
         return classes
     unlabeled = annotation == SCRIBBLE_UNLABELED
-    near_unlabeled = ndimage.binary_dilation(unlabeled, np.ones((3,) * annotation.ndim, bool))
-    classes[(classes == BOUNDARY) & near_unlabeled] = IGNORE
+    if scribble_objects == "strokes":
+        near_unlabeled = ndimage.binary_dilation(unlabeled, np.ones((3,) * annotation.ndim, bool))
+        classes[(classes == BOUNDARY) & near_unlabeled] = IGNORE
     classes[unlabeled] = IGNORE
     return classes

@@ -98,7 +98,7 @@ class FineTuneResult:
 
 
 def masked_loss(
-    logits: torch.Tensor, targets: torch.Tensor, boundary_weight: float = 2.0
+    logits: torch.Tensor, targets: torch.Tensor, boundary_weight: float = 4.0
 ) -> torch.Tensor:
     """Loss over annotated pixels only; `IGNORE` pixels contribute nothing.
 
@@ -198,9 +198,8 @@ def _defaults(
     base = (128, 128) if spatial_dims == 2 else (16, 64, 64)
     patch = config.patch_shape or tuple(b * (2 if gpu else 1) for b in base)
     batch = config.batch_size or (16 if gpu else 4)
-    lr = config.learning_rate or (5e-4 if from_checkpoint else 1e-3)
     freeze_bn = from_checkpoint if config.freeze_batch_norm is None else config.freeze_batch_norm
-    return tuple(patch), batch, lr, freeze_bn
+    return tuple(patch), batch, freeze_bn
 
 
 def iter_fine_tune(
@@ -267,10 +266,16 @@ def iter_fine_tune(
                 f"{output} is the starting checkpoint; save the new one elsewhere"
             )
     samples, summary = build_samples(
-        pairs, config.mode, model_cfg.spatial_dims, model_cfg.in_channels, normalization, axes
+        pairs,
+        config.mode,
+        model_cfg.spatial_dims,
+        model_cfg.in_channels,
+        normalization,
+        axes,
+        config.scribble_objects,
     )
     device = select_device(config.device)
-    patch_shape, batch_size, lr, freeze_bn = _defaults(
+    patch_shape, batch_size, freeze_bn = _defaults(
         config, model_cfg.spatial_dims, device, from_checkpoint
     )
     rng = np.random.default_rng(config.seed)
@@ -289,7 +294,7 @@ def iter_fine_tune(
     for block in list(model.down)[: config.freeze_encoder_levels]:
         block.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
     use_amp = config.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -398,7 +403,6 @@ def iter_fine_tune(
             **config.to_dict(),
             "patch_shape": list(patch_shape),
             "batch_size": batch_size,
-            "learning_rate": lr,
             "freeze_batch_norm": freeze_bn,
         },
         "annotation": summary.to_dict(),
