@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# The main job: set everything up, then run the most complete user path there is.
-#   bash scripts/run.sh
+# The main job: set everything up, then open napari with the U-Net Tuner docked,
+# the nuclei sample loaded and the default model selected.
+#   bash scripts/run.sh [--sample bacteria]
+# Without a display (a server, CI) it runs the same under a virtual display,
+# segments the sample and saves a screenshot to demo/napari.png instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all
-.venv/bin/python scripts/demo.py
+if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] || [ "$(uname)" = "Darwin" ]; then
+  exec .venv/bin/python scripts/launch.py "$@"
+fi
+echo "no display: running under Xvfb and saving a screenshot to demo/napari.png"
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/launch.py --screenshot demo/napari.png "$@"

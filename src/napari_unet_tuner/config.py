@@ -118,7 +118,7 @@ class NormalizationConfig(_DictMixin):
     kind: Literal["percentile", "none"] = "percentile"
     low: float = 1.0
     high: float = 99.8
-    max_samples: int = 4_000_000
+    max_samples: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.kind not in ("percentile", "none"):

@@ -161,3 +161,24 @@ def test_sample_data_and_manifest():
     for sample in (nuclei_sample, bacteria_sample):
         ((data, meta, kind),) = sample()
         assert kind == "image" and data.ndim == 2 and data.dtype == np.uint16 and data.std() > 0
+
+
+def test_multiscale_dask_and_stack_layers(tuner, qtbot):
+    da = pytest.importorskip("dask.array")
+    viewer = tuner.viewer
+    image, _ = cells_image()
+    pyramid = [da.from_array(image, chunks=48), da.from_array(image[::2, ::2], chunks=48)]
+    viewer.add_image(pyramid, name="pyramid", multiscale=True)
+    tuner.segment_panel.image.value = viewer.layers["pyramid"]
+    tuner.segment_panel.run()
+    wait_idle(qtbot, tuner.segment_panel)
+    assert viewer.layers["pyramid labels"].data.shape == image.shape
+
+    stack = viewer.add_image(np.stack([image, image[::-1]]), name="stack")
+    tuner.segment_panel.image.value = stack
+    tuner.segment_panel.run()
+    wait_idle(qtbot, tuner.segment_panel)
+    labels = viewer.layers["stack labels"].data
+    assert labels.shape == (2, 96, 96)
+    # Labels are unique over the stack: plane 1 continues plane 0's numbering.
+    assert labels[1].max() == 0 or labels[1][labels[1] > 0].min() > labels[0].max()

@@ -222,8 +222,7 @@ class ImageReader:
             stats = (np.zeros(channels, np.float32), np.ones(channels, np.float32))
         else:
             samples = self._sample_time_point(t)
-            lo = np.percentile(samples, cfg.low, axis=1).astype(np.float32)
-            hi = np.percentile(samples, cfg.high, axis=1).astype(np.float32)
+            lo, hi = np.percentile(samples, [cfg.low, cfg.high], axis=1).astype(np.float32)
             # A constant image (hi == lo) maps to 0 instead of dividing by zero.
             hi = np.where(hi > lo, hi, lo + 1.0).astype(np.float32)
             stats = (lo, hi)

@@ -175,7 +175,7 @@ def iter_predict_tiled(
                 tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in chunk
             ]
             batch = np.stack([read_tile(sl) for sl in slices])
-            pred = predictor(batch)
+            pred = np.asarray(predictor(batch), dtype=np.float32)
             for corner, prediction in zip(chunk, pred, strict=True):
                 window = blending_window(
                     tile_shape,
@@ -189,7 +189,8 @@ def iter_predict_tiled(
                 local = (slice(0, band_rows),) + tuple(
                     slice(c, c + t) for c, t in zip(corner[1:], tile_shape[1:], strict=True)
                 )
-                acc[(slice(None), *local)] += prediction * window
+                np.multiply(prediction, window, out=prediction)
+                acc[(slice(None), *local)] += prediction
                 weight_sum[local] += window
             done += len(chunk)
             yield TileProgress(done=done, total=total, elapsed=time.perf_counter() - t0)

@@ -1,0 +1,98 @@
+"""Assemble BENCHMARKS.md from the JSON results of the benchmark scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main() -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Regenerate everything with `bash benchmarks/run_all.sh` (about 25 minutes on 2 cores).",
+        "Machine: the project's CI kind, 2 CPU cores, 24 GiB, no GPU, torch 2.13 CPU build.",
+        "Figures compared with each other are measured side by side in one run.",
+        "",
+    ]
+    seg = load("segmentation")
+    if seg:
+        t, m = seg["throughput"], seg["memory"]
+        lines += [
+            "## Segmentation throughput and memory (`benchmarks/bench_segmentation.py`)",
+            "",
+            f"Model: {seg['checkpoint']} ({seg['model']['features']} features, depth "
+            f"{seg['model']['depth']}); {seg['machine']}.",
+            "",
+            "| what | seconds | megapixels/s |",
+            "|---|---|---|",
+            f"| bare forward pass, {t['tiles']} tiles of {t['tile_shape']} | "
+            f"{t['bare_forward_seconds']} | {t['bare_forward_mpx_per_s']} |",
+            f"| whole pipeline on the {t['image']} (normalize, tile, predict, blend, instances) | "
+            f"{t['pipeline_seconds']} | {t['pipeline_mpx_per_s']} |",
+            "",
+            f"Pipeline overhead over the bare forward pass: **{t['overhead'] * 100:.0f} %** "
+            "(target: at most 10 %).",
+            "",
+            f"Peak memory on a {m['image']}: {m['peak_above_baseline_mb']} MB above the "
+            f"process's state before the run, of which {m['labels_output_mb']} MB is the int32 "
+            f"label output: **{m['peak_beyond_output_mb']} MB beyond the output** (target: under "
+            f"1 GB); {m['seconds']} s, {m['mpx_per_s']} MP/s, {m['objects']} objects.",
+            "",
+        ]
+    ft = load("finetune")
+    if ft:
+        lines += [
+            "## Fine-tuning on a domain shift (`benchmarks/bench_finetune.py`)",
+            "",
+            f"From the default nuclei model to phase-contrast bacteria; {ft['painted_objects']} "
+            f"objects painted whole plus background strokes ({ft['painted_pixels']} pixels) on "
+            f"frames 12-15; AP on held-out frames {list(ft['test_frames'])}; {ft['machine']}.",
+            "",
+            "| training | time budget (s) | wall time (s) | steps | AP@0.5 | AP@0.75 |",
+            "|---|---|---|---|---|---|",
+            f"| none (default model) | 0 | 0 | 0 | {ft['before']['ap50']:.3f} | "
+            f"{ft['before']['ap75']:.3f} |",
+        ]
+        for budget, r in ft["scribbles"].items():
+            lines.append(
+                f"| painted scribbles | {float(budget):.0f} | {r['wall_seconds']} | "
+                f"{r['steps']} | {r['ap50']:.3f} | {r['ap75']:.3f} |"
+            )
+        full = ft["full_labels"]
+        at60 = ft["scribbles"].get("60")
+        ratio = at60["ap50"] / full["ap50"] if at60 and full["ap50"] else float("nan")
+        lines += [
+            f"| fully labelled frames 0-15 (reference) | {full['train_seconds']} | "
+            f"{full['wall_seconds']} | | {full['ap50']:.3f} | {full['ap75']:.3f} |",
+            "",
+            f"After 60 s on the CPU, scribbles reach **{ratio:.2f}** of the "
+            "AP@0.5 of training on the fully labelled frames (target: at least 0.8).",
+            "",
+            "![fine-tuning curve](benchmarks/results/finetune.png)",
+            "",
+        ]
+    resp = load("responsiveness")
+    if resp:
+        lines += [
+            "## Responsiveness (`benchmarks/bench_responsiveness.py`, napari under Xvfb)",
+            "",
+            "| during | longest event-loop stall (ms) | 99th percentile (ms) |",
+            "|---|---|---|",
+        ]
+        for what, r in resp.items():
+            lines.append(f"| {what.replace('_', ' ')} | {r['longest_ms']} | {r['p99_ms']} |")
+        lines.append("")
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
