@@ -120,7 +120,12 @@ def probabilities_to_labels(
 
 def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects smaller than ``min_size`` and renumber 1..n, in place, block by block."""
-    sizes = np.bincount(labels.ravel())
+    # Counted block by block: bincount of a whole huge image would first copy
+    # it to int64, twice the size of the labels themselves.
+    n = int(labels.max(initial=0)) + 1
+    sizes = np.zeros(n, np.int64)
+    for block in _blocks(labels.shape, _BLOCK):
+        sizes += np.bincount(labels[block].ravel(), minlength=n)
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     lut = np.zeros(len(sizes), labels.dtype)
