@@ -1,63 +1,91 @@
-"""A small live plot of training loss and validation AP@0.5."""
+"""A small live plot of training loss and validation AP@0.5, drawn with QPainter.
+
+Drawn by hand rather than with matplotlib: a matplotlib redraw costs 100-150
+ms of the GUI thread on a busy 2-core laptop (measured with
+benchmarks/bench_responsiveness.py), more than the 100 ms the viewer may
+freeze; two polylines cost about a millisecond.
+"""
 
 from __future__ import annotations
 
-import time
+import math
 
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
+from qtpy.QtCore import QPointF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
 
-_MIN_REDRAW_SECONDS = 0.5
+_LOSS_COLOR = QColor(31, 119, 180)
+_AP_COLOR = QColor(255, 127, 14)
+_MARGIN = 28
 
 
-class LossPlot(FigureCanvasQTAgg):
-    """Training loss per step (left axis) and validation AP@0.5 (right axis)."""
+class LossPlot(QWidget):
+    """Training loss per step (blue, left scale) and validation AP@0.5 (orange, 0 to 1)."""
 
     def __init__(self) -> None:
-        figure = Figure(figsize=(3.2, 1.8), dpi=90, layout="constrained")
-        super().__init__(figure)
-        self.setMinimumHeight(150)
-        self._loss_axes = figure.add_subplot()
-        self._ap_axes = self._loss_axes.twinx()
-        self._last_draw = 0.0
+        super().__init__()
+        self.setMinimumHeight(120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setToolTip("Training loss (blue) and validation AP@0.5 (orange) per step.")
         self.reset()
 
     def reset(self) -> None:
         """Clear the curves for a new run."""
-        self.steps, self.losses, self.val_steps, self.val_ap = [], [], [], []
-        for axes in (self._loss_axes, self._ap_axes):
-            axes.clear()
-        self._loss_axes.set_xlabel("step", fontsize=7)
-        self._loss_axes.set_ylabel("loss", fontsize=7, color="tab:blue")
-        self._ap_axes.set_ylabel("val AP@0.5", fontsize=7, color="tab:orange")
-        self._ap_axes.set_ylim(0, 1)
-        for axes in (self._loss_axes, self._ap_axes):
-            axes.tick_params(labelsize=6)
-        (self._loss_line,) = self._loss_axes.plot([], [], color="tab:blue", lw=1)
-        (self._ap_line,) = self._ap_axes.plot([], [], "o-", color="tab:orange", ms=3, lw=1)
-        self.draw_idle()
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.val_steps: list[int] = []
+        self.val_ap: list[float] = []
+        self.update()
 
     def add_step(self, step: int, loss: float) -> None:
         """Append a training loss."""
-        self.steps.append(step)
-        self.losses.append(loss)
-        self._redraw()
+        if loss is not None and math.isfinite(loss):
+            self.steps.append(step)
+            self.losses.append(loss)
+            self.update()
 
     def add_validation(self, step: int, ap50: float) -> None:
-        """Append a validation score (drawn at once)."""
-        self.val_steps.append(step)
-        self.val_ap.append(ap50)
-        self._redraw(force=True)
+        """Append a validation score."""
+        if math.isfinite(ap50):
+            self.val_steps.append(step)
+            self.val_ap.append(ap50)
+            self.update()
 
-    def _redraw(self, force: bool = False) -> None:
-        # Drawing every step would cost the event loop more than training gains from it.
-        now = time.monotonic()
-        if not force and now - self._last_draw < _MIN_REDRAW_SECONDS:
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Draw axes, the loss curve and the validation points."""
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        w, h = self.width() - 2 * _MARGIN, self.height() - 2 * _MARGIN
+        painter.setPen(QPen(self.palette().text().color(), 1))
+        painter.drawRect(_MARGIN, _MARGIN, w, h)
+        if not self.steps and not self.val_steps:
+            painter.drawText(
+                self.rect(), Qt.AlignmentFlag.AlignCenter, "loss and validation curves"
+            )
             return
-        self._last_draw = now
-        self._loss_line.set_data(self.steps, self.losses)
-        self._ap_line.set_data(self.val_steps, self.val_ap)
-        self._loss_axes.relim()
-        self._loss_axes.autoscale_view()
-        self._ap_axes.set_xlim(self._loss_axes.get_xlim())
-        self.draw_idle()
+        last_step = max(self.steps[-1:] + self.val_steps[-1:] + [1])
+        top_loss = max(self.losses) if self.losses else 1.0
+
+        def point(step: float, value: float, top: float) -> QPointF:
+            return QPointF(_MARGIN + w * step / last_step, _MARGIN + h * (1 - value / top))
+
+        painter.setPen(QPen(_LOSS_COLOR, 1.5))
+        painter.drawPolyline(
+            QPolygonF(
+                [point(s, v, top_loss) for s, v in zip(self.steps, self.losses, strict=True)]
+            )
+        )
+        painter.setPen(QPen(_AP_COLOR, 2))
+        painter.setBrush(_AP_COLOR)
+        ap_points = [point(s, v, 1.0) for s, v in zip(self.val_steps, self.val_ap, strict=True)]
+        painter.drawPolyline(QPolygonF(ap_points))
+        for p in ap_points:
+            painter.drawEllipse(p, 2.5, 2.5)
+        painter.setPen(QPen(self.palette().text().color(), 1))
+        painter.drawText(2, _MARGIN - 6, f"loss (max {top_loss:.2f})")
+        painter.drawText(self.width() - 110, _MARGIN - 6, "val AP50 (0-1)")
+        painter.drawText(_MARGIN, self.height() - 8, f"step 0 ... {last_step}")
+        if self.val_ap:
+            painter.drawText(
+                self.width() - 110, self.height() - 8, f"last AP50 {self.val_ap[-1]:.2f}"
+            )
