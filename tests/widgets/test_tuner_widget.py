@@ -88,7 +88,7 @@ def test_whole_loop_segment_annotate_finetune_stop_rollback_save(tuner, qtbot, t
     wait_idle(qtbot, tuner.train_panel)
     train_stall = meter.stop()
     assert len(tuner.versions.versions) == 2 and tuner.versions.active_index == 1
-    assert "&rarr;" in tuner.train_panel.scores.value
+    assert "→" in tuner.train_panel.scores.value
     assert tuner.versions.active.card.parent["sha256"] == tuner.versions.versions[0].sha256
     # The image is re-segmented with the new model.
     wait_idle(qtbot, tuner.segment_panel)

@@ -155,6 +155,6 @@ def _card_text(checkpoint) -> str:
         after = run.get("scores_after", {}).get("ap50", float("nan"))
         lines.append(
             f"trained {run.get('started', '')[:16]}: {run.get('steps')} steps, "
-            f"val AP50 {before:.2f} &rarr; {after:.2f}"
+            f"val AP50 {before:.2f} → {after:.2f}"
         )
     return "<br>".join(line for line in lines if line)

@@ -176,7 +176,7 @@ class TrainPanel(Container):
     def _on_result(self, result: FineTuneResult) -> None:
         before, after = result.scores_before["ap50"], result.scores_after["ap50"]
         where = "held-out" if result.held_out else "training (too little to hold out)"
-        self.scores.value = f"val AP50 ({where}): {before:.2f} &rarr; {after:.2f}"
+        self.scores.value = f"val AP50 ({where}): {before:.2f} → {after:.2f}"
         self._result = result
         self._tuner.versions.add(result.checkpoint)
         self._tuner.on_model_changed()
