@@ -1,8 +1,8 @@
 """Open napari with the U-Net Tuner docked, a sample image loaded and the default model selected.
 
-    .venv/bin/python scripts/launch.py                      # interactive
-    .venv/bin/python scripts/launch.py --sample bacteria
-    .venv/bin/python scripts/launch.py --screenshot out.png # segment, grab the window, quit
+.venv/bin/python scripts/launch.py                      # interactive
+.venv/bin/python scripts/launch.py --sample bacteria
+.venv/bin/python scripts/launch.py --screenshot out.png # segment, grab the window, quit
 """
 
 from __future__ import annotations

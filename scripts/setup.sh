@@ -34,8 +34,12 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     echo "NVIDIA GPU found: installing the CUDA build of torch"
     "${pip[@]}" torch
-  elif "${pip[@]}" --no-index "torch==2.13.0" 2>/dev/null; then
-    echo "installed the local CPU build of torch 2.13.0"
+  elif local_wheel_dir=$(mktemp -d) \
+    && .venv/bin/python -m pip download -q --no-index --no-deps "torch==2.13.0" -d "$local_wheel_dir" 2>/dev/null; then
+    # A CPU wheel this machine keeps locally (pip's find-links): install that
+    # very file, with its dependencies from the package index.
+    echo "installing the local CPU build of torch 2.13.0"
+    "${pip[@]}" "$local_wheel_dir"/torch-*.whl
   else
     echo "no GPU: installing the CPU build of torch"
     "${pip[@]}" torch --index-url https://download.pytorch.org/whl/cpu

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from napari_unet_tuner import ModelConfig, TrainingConfig, segment, with_card  # noqa: E402
+from napari_unet_tuner._generators import run_to_completion  # noqa: E402
 from napari_unet_tuner.model.checkpoint import save_checkpoint  # noqa: E402
 from napari_unet_tuner.training import iter_fine_tune  # noqa: E402
 from napari_unet_tuner.training.metrics import average_precision  # noqa: E402
@@ -105,17 +106,15 @@ def main() -> None:
         name="nuclei default",
     )
     t0 = time.time()
-    while True:
-        try:
-            progress = next(run)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def show(progress) -> None:
         if progress.kind == "validation":
             print(
                 f"{time.time() - t0:7.0f}s step {progress.step:5d} val {progress.scores}",
                 flush=True,
             )
+
+    result = run_to_completion(run, show)
     scores = evaluate(result.checkpoint)
     mean_ap50 = float(np.mean([s["ap50"] for s in scores.values()]))
     print(json.dumps(scores, indent=1), "\nmean held-out AP@0.5:", round(mean_ap50, 4))

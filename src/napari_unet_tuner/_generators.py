@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TypeVar
 
 R = TypeVar("R")
+Y = TypeVar("Y")
 
 
-def run_to_completion(gen: Generator[object, None, R]) -> R:
-    """Exhaust a generator, discarding what it yields, and return its return value."""
+def run_to_completion(
+    gen: Generator[Y, None, R], on_progress: Callable[[Y], object] | None = None
+) -> R:
+    """Exhaust a generator and return its return value.
+
+    Parameters
+    ----------
+    gen : generator
+        A long run that yields progress records and returns its result.
+    on_progress : callable, optional
+        Called with every record it yields (e.g. to update a progress bar).
+    """
     while True:
         try:
-            next(gen)
+            record = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_progress is not None:
+            on_progress(record)

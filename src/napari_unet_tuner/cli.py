@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, TrainingConfig
 from napari_unet_tuner.errors import UnetTunerError
 
@@ -191,14 +192,12 @@ def _segment(args: argparse.Namespace) -> int:
                 return_probabilities=args.probabilities,
             )
             with tqdm(desc=image_path.name, unit="tile", file=sys.stderr) as bar:
-                while True:
-                    try:
-                        progress = next(run)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
+
+                def show(progress, bar=bar):
                     bar.total = progress.tiles_total
                     bar.update(progress.tiles_done - bar.n)
+
+                result = run_to_completion(run, show)
             meta = {"axes": result.axes}
             write_tiff_atomic(labels_path, result.labels, overwrite=args.overwrite, metadata=meta)
             if result.probabilities is not None:
@@ -252,17 +251,15 @@ def _finetune(args: argparse.Namespace) -> int:
         pairs, start, config, axes=[args.axes] * len(pairs), output=args.output, name=args.name
     )
     with tqdm(total=round(args.seconds), unit="s", file=sys.stderr, desc="fine-tuning") as bar:
-        while True:
-            try:
-                progress = next(run)
-            except StopIteration as stop:
-                result = stop.value
-                break
+
+        def show(progress):
             bar.n = min(round(args.seconds - progress.eta), bar.total)
             postfix = {"step": progress.step, "loss": f"{progress.loss or float('nan'):.3f}"}
             if progress.scores:
                 postfix["val AP50"] = f"{progress.scores['ap50']:.3f}"
             bar.set_postfix(postfix)
+
+        result = run_to_completion(run, show)
     where = (
         "held-out regions"
         if result.held_out
