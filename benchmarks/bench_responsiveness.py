@@ -6,6 +6,9 @@ A 10 ms Qt timer runs in the GUI thread; the longest gap between two of its
 ticks is how long the viewer was frozen. Measured on the bundled samples with
 the default model: segmentation of the bacteria sample, then fine-tuning on
 painted scribbles with the live preview on. Writes results/responsiveness.json.
+The first segmentation of a session includes napari's first ``add_labels``
+(lazy imports and vispy set-up inside napari, about 0.9 s here); later runs
+update the layer in place.
 """
 
 from __future__ import annotations
@@ -74,7 +77,12 @@ def main() -> None:
     meter = StallMeter()
     widget.segment_panel.run()
     wait(widget.segment_panel)
-    report["segmentation"] = meter.stop()
+    report["segmentation_first_result"] = meter.stop()
+    # Again: the result now updates the existing layer in place.
+    meter = StallMeter()
+    widget.segment_panel.run()
+    wait(widget.segment_panel)
+    report["segmentation_again"] = meter.stop()
 
     _, masks = datasets.bacteria()
     scribbles = paint_scribbles([masks[19]], n_objects=10, seed=0)[0]
