@@ -7,8 +7,7 @@ ticks is how long the viewer was frozen. Measured on the bundled samples with
 the default model: segmentation of the bacteria sample, then fine-tuning on
 painted scribbles with the live preview on. Writes results/responsiveness.json.
 The first segmentation of a session includes napari's first ``add_labels``
-(lazy imports and vispy set-up inside napari, about 0.9 s here); later runs
-update the layer in place.
+(vispy set-up inside napari); later runs update the layer in place.
 """
 
 from __future__ import annotations

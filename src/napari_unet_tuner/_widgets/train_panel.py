@@ -29,14 +29,16 @@ if TYPE_CHECKING:
 PREVIEW_SECONDS = 5.0
 
 
-def _warm_up_optimizer() -> None:
-    """Create a torch optimizer once, off the GUI thread.
+def _warm_up_imports() -> None:
+    """Run, off the GUI thread, the lazy imports that the first run would pay for.
 
     The first ``torch.optim.Adam`` of a process imports torch._dynamo and sympy
-    (1.7 s here); done at the start of training, that import held the GIL long
-    enough to freeze the viewer for 280 ms. Done while the user is still
-    looking at the widget, nobody waits for it.
+    (1.7 s here), and napari's first Labels layer imports pandas; done when the
+    user presses a button, they froze the viewer for 280 ms and 500 ms
+    (benchmarks/bench_responsiveness.py). Done while the user is still looking
+    at the widget, nobody waits for them.
     """
+    import pandas  # noqa: F401
     import torch
 
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
@@ -96,7 +98,7 @@ class TrainPanel(Container):
         self.extend([self.annotation, self.mode, self.seconds, self.preview, buttons])
         self.native.layout().addWidget(self.plot)
         self.extend([self.status, self.scores])
-        create_worker(_warm_up_optimizer, _start_thread=True)
+        create_worker(_warm_up_imports, _start_thread=True)
 
     def run(self):
         """Start fine-tuning in a worker; return the worker (None if the input is not ready)."""
