@@ -24,3 +24,16 @@ def test_import_linter_contract_holds():
     code = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_npe2_manifest_is_valid_and_importable():
+    npe2 = pytest.importorskip("npe2")
+    pytest.importorskip("qtpy.QtWidgets")  # the widget's module needs a Qt binding
+    manifest = npe2.PluginManifest.from_distribution("napari-unet-tuner")
+    manifest.validate_imports()
+    assert {c.id for c in manifest.contributions.commands} >= {
+        "napari-unet-tuner.tuner_widget",
+        "napari-unet-tuner.nuclei_sample",
+        "napari-unet-tuner.bacteria_sample",
+    }
+    assert [s.key for s in manifest.contributions.sample_data] == ["nuclei", "bacteria"]

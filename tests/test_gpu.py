@@ -1,0 +1,42 @@
+"""CUDA checks: run on a machine with an NVIDIA GPU (``pytest -m gpu``), skipped elsewhere."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet_tuner import InferenceConfig, TrainingConfig, fine_tune, segment
+
+from conftest import disc_labels, make_checkpoint
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_cuda_segmentation_matches_cpu():
+    ckpt = make_checkpoint()
+    image = np.random.default_rng(0).random((200, 300), dtype=np.float32)
+    cpu = segment(image, ckpt, inference=InferenceConfig(device="cpu"), return_probabilities=True)
+    gpu = segment(
+        image,
+        ckpt,
+        inference=InferenceConfig(device="cuda", mixed_precision=False),
+        return_probabilities=True,
+    )
+    np.testing.assert_allclose(
+        gpu.probabilities.astype(np.float32), cpu.probabilities.astype(np.float32), atol=2e-3
+    )
+    half = segment(
+        image, ckpt, inference=InferenceConfig(device="cuda"), return_probabilities=True
+    )
+    assert np.isfinite(half.probabilities.astype(np.float32)).all()
+
+
+def test_cuda_fine_tuning_with_mixed_precision():
+    labels = disc_labels((96, 96), [(20, 20), (20, 50), (60, 30), (70, 70)], 9)
+    image = ((labels > 0) * 900 + 300).astype(np.float32)
+    config = TrainingConfig(max_seconds=30, max_epochs=2, steps_per_epoch=5, device="cuda")
+    result = fine_tune([(image, labels)], make_checkpoint(), config)
+    assert result.checkpoint.card.training[-1]["device"].startswith("cuda")
+    assert all(v.device.type == "cpu" for v in result.checkpoint.state_dict.values())
