@@ -28,7 +28,10 @@ def test_import_linter_contract_holds():
 
 def test_npe2_manifest_is_valid_and_importable():
     npe2 = pytest.importorskip("npe2")
-    pytest.importorskip("qtpy.QtWidgets")  # the widget's module needs a Qt binding
+    try:
+        import qtpy.QtWidgets  # noqa: F401
+    except Exception:  # noqa: BLE001 - qtpy raises its own error type without a binding
+        pytest.skip("the widget's module needs a Qt binding (headless environment)")
     manifest = npe2.PluginManifest.from_distribution("napari-unet-tuner")
     manifest.validate_imports()
     assert {c.id for c in manifest.contributions.commands} >= {
