@@ -207,9 +207,9 @@ def _segment(args: argparse.Namespace) -> int:
                     overwrite=args.overwrite,
                     metadata={"axes": "C" + result.axes},
                 )
-            log.info(
-                "%s: %d objects -> %s", image_path, len(_unique_labels(result.labels)), labels_path
-            )
+            # Labels are numbered 1..n over the whole image, so the largest is the count.
+            count = int(result.labels.max(initial=0))
+            log.info("%s: %d objects -> %s", image_path, count, labels_path)
         except (UnetTunerError, OSError) as exc:
             log.error("error: %s: %s", image_path, exc)
             failures.append(image_path)
@@ -271,11 +271,6 @@ def _finetune(args: argparse.Namespace) -> int:
         log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
     log.info("stopped by %s; wrote %s", result.stop_reason, result.path)
     return 0
-
-
-def _unique_labels(labels):
-    values = np.unique(labels)
-    return values[values > 0]
 
 
 if __name__ == "__main__":
