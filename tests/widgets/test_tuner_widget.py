@@ -182,3 +182,38 @@ def test_multiscale_dask_and_stack_layers(tuner, qtbot):
     assert labels.shape == (2, 96, 96)
     # Labels are unique over the stack: plane 1 continues plane 0's numbering.
     assert labels[1].max() == 0 or labels[1][labels[1] > 0].min() > labels[0].max()
+
+
+def test_rgb_layer_and_field_of_view_on_a_stack(tuner, qtbot):
+    viewer = tuner.viewer
+    image, _ = cells_image()
+    rgb = np.stack([image // 16] * 3, axis=-1).astype(np.uint8)
+    layer = viewer.add_image(rgb, name="rgb", rgb=True)
+    tuner.segment_panel.image.value = layer
+    tuner.segment_panel.run()
+    wait_idle(qtbot, tuner.segment_panel)
+    assert viewer.layers["rgb labels"].data.shape == (96, 96)
+
+    stack = viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="stack")
+    tuner.segment_panel.image.value = stack
+    viewer.dims.set_current_step(0, 1)
+    tuner.segment_panel.run(field_of_view=True)
+    wait_idle(qtbot, tuner.segment_panel)
+    labels = viewer.layers["stack labels"].data
+    assert labels.shape == (3, 96, 96)
+    assert not labels[0].any() and not labels[2].any()  # only the plane in view
+
+
+def test_shutdown_abandons_a_running_fine_tuning(tuner, qtbot):
+    viewer = tuner.viewer
+    image, truth = cells_image()
+    viewer.add_image(image, name="cells")
+    layer = tuner.annotate_panel.make_scribble_layer()
+    layer.data = np.where(truth > 0, truth + 1, 1).astype(np.uint16)
+    tuner.train_panel.seconds.value = 600
+    worker = tuner.train_panel.run()
+    qtbot.waitUntil(lambda: len(tuner.train_panel.plot.steps) >= 1, timeout=30_000)
+    tuner.shutdown()
+    assert not worker.is_running
+    qtbot.waitUntil(lambda: tuner.train_panel.worker is None, timeout=10_000)
+    assert len(tuner.versions.versions) == 1  # nothing kept from an abandoned run

@@ -98,7 +98,9 @@ class TrainPanel(Container):
         self.extend([self.annotation, self.mode, self.seconds, self.preview, buttons])
         self.native.layout().addWidget(self.plot)
         self.extend([self.status, self.scores])
-        create_worker(_warm_up_imports, _start_thread=True)
+        # A daemon thread rather than a napari worker: it reports nothing, and a
+        # worker still running when the viewer closes dies on deleted Qt signals.
+        threading.Thread(target=_warm_up_imports, name="unet-tuner warm-up", daemon=True).start()
 
     def run(self):
         """Start fine-tuning in a worker; return the worker (None if the input is not ready)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, Label
+from napari.qt.threading import WorkerBase
+from qtpy.QtWidgets import QApplication
 
 from napari_unet_tuner._widgets.annotate_panel import AnnotatePanel
 from napari_unet_tuner._widgets.model_panel import ModelPanel
@@ -44,6 +46,13 @@ class UNetTunerWidget(Container):
         self.native.setMinimumWidth(300)
         self.native.setMaximumWidth(480)
         self.model_panel.load_default()
+        # Closing napari mid-run abandons the run (nothing is written while it
+        # runs) instead of leaving a thread to die on deleted Qt objects.
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.shutdown)
+        segment, train = self.segment_panel, self.train_panel
+        self.native.destroyed.connect(lambda *_: _stop_workers(segment, train))
 
     @property
     def image_layer(self) -> napari.layers.Image | None:
@@ -54,7 +63,21 @@ class UNetTunerWidget(Container):
         """Refresh what shows the active model (its card and the version list)."""
         self.model_panel.refresh()
 
+    def shutdown(self) -> None:
+        """Abandon running work and wait briefly for the threads to end."""
+        _stop_workers(self.segment_panel, self.train_panel)
+
     def reset_choices(self, event=None) -> None:
         """Keep every layer combo in sync with the viewer's layers."""
         super().reset_choices(event)
         self.annotate_panel.update_summary()
+
+
+_SHUTDOWN_WAIT_MS = 3000
+
+
+def _stop_workers(segment: SegmentPanel, train: TrainPanel) -> None:
+    """Quit both panels' workers at their next yield and wait for them."""
+    segment.cancel()
+    train.abort()
+    WorkerBase.await_workers(msecs=_SHUTDOWN_WAIT_MS)
