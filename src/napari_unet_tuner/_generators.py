@@ -7,6 +7,20 @@ from typing import TypeVar
 
 R = TypeVar("R")
 Y = TypeVar("Y")
+Z = TypeVar("Z")
+
+
+def map_progress(gen: Generator[Y, None, R], convert: Callable[[Y], Z]) -> Generator[Z, None, R]:
+    """Re-yield a generator's records converted, and return its return value.
+
+    For a long run built from a shorter one: ``result = yield from map_progress(inner, f)``.
+    """
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield convert(record)
 
 
 def run_to_completion(

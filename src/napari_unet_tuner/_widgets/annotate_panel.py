@@ -10,7 +10,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
 
 from napari_unet_tuner._widgets.segment_panel import LAYER_TAG, labels_name, layer_array
-from napari_unet_tuner.training.targets import SCRIBBLE_BACKGROUND
+from napari_unet_tuner.training.targets import SCRIBBLE_BACKGROUND, annotation_counts
 
 if TYPE_CHECKING:
     import napari
@@ -115,11 +115,9 @@ class AnnotatePanel(Container):
         if layer is None or not layer.metadata.get("mode"):
             self.summary.value = "nothing annotated yet: make a layer to correct or scribble on"
             return
-        data = np.asarray(layer.data)
-        if self._tuner.train_panel.mode.value == "scribbles":
-            objects = len(np.unique(data[data > SCRIBBLE_BACKGROUND]))
-            pixels = int(np.count_nonzero(data))
+        mode = self._tuner.train_panel.mode.value
+        objects, pixels = annotation_counts(layer.data, mode)
+        if mode == "scribbles":
             self.summary.value = f"{objects} objects, {pixels} pixels annotated"
         else:
-            objects = len(np.unique(data[data > 0]))
-            self.summary.value = f"{objects} objects ({data.size} pixels reviewed)"
+            self.summary.value = f"{objects} objects ({pixels} pixels reviewed)"

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from napari_unet_tuner._generators import run_to_completion
+from napari_unet_tuner._generators import map_progress, run_to_completion
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, NormalizationConfig
 from napari_unet_tuner.inference.device import autocast, cpu_threads, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
@@ -193,20 +193,17 @@ def iter_segment(
                 inference.overlap,
                 inference.batch_size,
             )
-            while True:
-                try:
-                    step = next(tiles)
-                except StopIteration as stop:
-                    prob = stop.value
-                    break
-                yield SegmentationProgress(
+            prob = yield from map_progress(
+                tiles,
+                lambda step, plane=plane: SegmentationProgress(
                     "predict",
                     plane,
                     planes,
                     plane * tiles_per_plane + step.done,
                     total,
                     time.perf_counter() - t0,
-                )
+                ),
+            )
             yield SegmentationProgress(
                 "instances",
                 plane,

@@ -47,6 +47,7 @@ __all__ = [
     "INTERIOR",
     "SCRIBBLE_BACKGROUND",
     "SCRIBBLE_UNLABELED",
+    "annotation_counts",
     "annotation_to_targets",
     "annotation_to_instances",
     "check_annotation",
@@ -118,6 +119,15 @@ def annotation_to_instances(annotation: np.ndarray, mode: AnnotationMode) -> np.
     if mode == "scribbles":
         return np.where(annotation >= 2, annotation - 1, 0).astype(np.int32)
     return annotation.astype(np.int32, copy=False)
+
+
+def annotation_counts(annotation: np.ndarray, mode: AnnotationMode) -> tuple[int, int]:
+    """Return (objects, pixels) annotated: for corrections every pixel counts as reviewed."""
+    annotation = np.asarray(annotation)
+    instances = annotation_to_instances(annotation, mode)
+    objects = len(np.unique(instances[instances > 0]))
+    pixels = int(np.count_nonzero(annotation)) if mode == "scribbles" else annotation.size
+    return objects, pixels
 
 
 def annotation_to_targets(

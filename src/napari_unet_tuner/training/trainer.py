@@ -308,22 +308,26 @@ def iter_fine_tune(
     history: list[TrainingProgress] = []
     step = epoch = 0
     stop_reason = "epochs"
+    train_seconds = last_preview = 0.0
+
+    def progress(kind, loss, scores=None) -> TrainingProgress:
+        return TrainingProgress(
+            kind,
+            step,
+            epoch,
+            loss,
+            scores,
+            best_scores["ap50"],
+            train_seconds / max(step, 1),
+            time.perf_counter() - t_start,
+            max(config.max_seconds - train_seconds, 0.0),
+        )
+
     with cpu_threads(config.num_threads):
         before = evaluate(model, samples, card, device)
         best_scores, best_state = before, copy.deepcopy(model.state_dict())
         since_best = 0
-        train_seconds = last_preview = 0.0
-        record = TrainingProgress(
-            "validation",
-            0,
-            0,
-            None,
-            before,
-            before["ap50"],
-            0.0,
-            time.perf_counter() - t_start,
-            config.max_seconds,
-        )
+        record = progress("validation", None, before)
         history.append(record)
         yield record
         set_train_mode()
@@ -341,18 +345,7 @@ def iter_fine_tune(
                 scaler.update()
                 step += 1
                 train_seconds += time.perf_counter() - t_step
-                per_step = train_seconds / step
-                record = TrainingProgress(
-                    "step",
-                    step,
-                    epoch,
-                    float(loss.detach()),
-                    None,
-                    _ap(best_scores),
-                    per_step,
-                    time.perf_counter() - t_start,
-                    max(config.max_seconds - train_seconds, 0.0),
-                )
+                record = progress("step", float(loss.detach()))
                 history.append(record)
                 yield record
                 if preview_every is not None and record.elapsed - last_preview >= preview_every:
@@ -369,17 +362,7 @@ def iter_fine_tune(
                 best_scores, best_state, since_best = scores, copy.deepcopy(model.state_dict()), 0
             else:
                 since_best += 1
-            record = TrainingProgress(
-                "validation",
-                step,
-                epoch,
-                history[-1].loss,
-                scores,
-                _ap(best_scores),
-                train_seconds / max(step, 1),
-                time.perf_counter() - t_start,
-                max(config.max_seconds - train_seconds, 0.0),
-            )
+            record = progress("validation", history[-1].loss, scores)
             history.append(record)
             yield record
             if stop is not None and stop.is_set():
@@ -411,31 +394,17 @@ def iter_fine_tune(
         "scores_after": best_scores,
         "parent": checkpoint.as_parent() if checkpoint is not None else None,
     }
-    new = Checkpoint.from_model(
-        model,
-        replace(
-            new_card(
-                model_cfg,
-                **{
-                    k: v
-                    for k, v in asdict(card).items()
-                    if k not in ("created", "package_version")
-                },
-            ),
-            name=name
-            or (
-                f"{card.name} (fine-tuned)" if from_checkpoint else "U-Net (trained from scratch)"
-            ),
-            parent=checkpoint.as_parent() if checkpoint is not None else None,
-            training=(*card.training, run),
-        ),
+    default_name = (
+        f"{card.name} (fine-tuned)" if from_checkpoint else "U-Net (trained from scratch)"
     )
+    # new_card stamps the creation time and package version; the rest is inherited.
+    inherited = {k: v for k, v in asdict(card).items() if k not in ("created", "package_version")}
+    inherited.update(
+        name=name or default_name, parent=run["parent"], training=(*card.training, run)
+    )
+    new = Checkpoint.from_model(model, new_card(model_cfg, **inherited))
     path = save_checkpoint(new, output) if output is not None else None
     return FineTuneResult(new, before, best_scores, path, stop_reason, held_out, history)
-
-
-def _ap(scores: dict[str, float]) -> float:
-    return scores["ap50"]
 
 
 def fine_tune(
