@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from napari_unet_tuner._generators import run_to_completion
-from napari_unet_tuner.config import InferenceConfig, InstanceConfig, TrainingConfig
+from napari_unet_tuner.config import (
+    ChunkedConfig,
+    InferenceConfig,
+    InstanceConfig,
+    TrainingConfig,
+)
 from napari_unet_tuner.errors import UnetTunerError
 
 log = logging.getLogger("napari_unet_tuner")
@@ -28,7 +35,11 @@ def _build_parser() -> argparse.ArgumentParser:
     seg = commands.add_parser(
         "segment",
         help="segment images into instance labels",
-        description="Segment images (TIFF, .npy, .zarr) and write int32 label TIFFs.",
+        description=(
+            "Segment images (TIFF, .npy, zarr, OME-Zarr) into int32 labels. A .zarr output is "
+            "written chunk by chunk on dask (images larger than memory, --workers, --scheduler) "
+            "and an interrupted run resumes where it stopped; a .tif output is built in memory."
+        ),
     )
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file(s)")
     seg.add_argument(
@@ -36,7 +47,33 @@ def _build_parser() -> argparse.ArgumentParser:
         "--output",
         type=Path,
         required=True,
-        help="output .tif for a single input, otherwise a folder (INPUT_labels.tif inside)",
+        help=(
+            "OUT.tif or OUT.zarr for a single input, otherwise a folder "
+            "(INPUT_labels.tif or INPUT_labels.zarr inside, see --format)"
+        ),
+    )
+    seg.add_argument(
+        "--format",
+        choices=["tif", "zarr"],
+        help="output format in a folder (default: zarr for zarr inputs, tif otherwise)",
+    )
+    seg.add_argument(
+        "--workers",
+        type=int,
+        help="zarr output: run on a dask LocalCluster of N worker processes (default: threads)",
+    )
+    seg.add_argument(
+        "--scheduler", metavar="ADDRESS", help="zarr output: run on this dask.distributed cluster"
+    )
+    seg.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=ChunkedConfig.threads_per_worker,
+        help="threads of each --workers process",
+    )
+    seg.add_argument("--memory-limit", help="memory cap of each --workers process, e.g. 2GB")
+    seg.add_argument(
+        "--chunk-shape", type=int, nargs="+", help="zarr output chunk, e.g. 2048 2048"
     )
     seg.add_argument("--checkpoint", type=Path, help="model checkpoint (default: the bundled one)")
     seg.add_argument("--axes", help="axes of the input, letters from TZCYX (default: inferred)")
@@ -139,25 +176,54 @@ def _info(args: argparse.Namespace) -> int:
 
 def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
     """(input, labels path, probabilities path) per input."""
-    single_file = len(args.inputs) == 1 and args.output.suffix.lower() in (".tif", ".tiff")
-    if not single_file and args.output.suffix.lower() in (".tif", ".tiff"):
+    suffix = args.output.suffix.lower()
+    single_file = len(args.inputs) == 1 and suffix in (".tif", ".tiff", ".zarr")
+    if not single_file and suffix in (".tif", ".tiff", ".zarr"):
         raise UnetTunerError(
             f"{len(args.inputs)} inputs need an output folder, not the file {args.output}"
         )
     paths = []
     for image in args.inputs:
         stem = image.name.split(".")[0]
-        labels = args.output if single_file else args.output / f"{stem}_labels.tif"
+        if single_file:
+            labels = args.output
+        else:
+            is_zarr = ".zarr" in image.name.lower() or image.suffix == ""
+            extension = args.format or ("zarr" if is_zarr else "tif")
+            labels = args.output / f"{stem}_labels.{extension}"
         probs = labels.with_name(labels.stem.removesuffix("_labels") + "_probabilities.tif")
         paths.append((image, labels, probs))
     return paths
 
 
+@contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[ChunkedConfig]:
+    """Yield the chunked-run settings; with --workers, one LocalCluster for the whole batch."""
+    config = ChunkedConfig(
+        chunk_shape=tuple(args.chunk_shape) if args.chunk_shape else None,
+        threads_per_worker=args.threads_per_worker,
+        scheduler=args.scheduler,
+        memory_limit=args.memory_limit,
+        workers=args.workers if args.scheduler is None else None,
+    )
+    if config.workers is None:
+        yield config
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=config.workers,
+        threads_per_worker=config.threads_per_worker,
+        memory_limit=config.memory_limit or "auto",
+        dashboard_address=None,
+    ) as cluster:
+        log.info("dask LocalCluster: %d workers at %s", config.workers, cluster.scheduler_address)
+        yield dataclasses.replace(config, workers=None, scheduler=cluster.scheduler_address)
+
+
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_unet_tuner.inference.pipeline import iter_segment
-    from napari_unet_tuner.io import open_image, write_tiff_atomic
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint or default_checkpoint_path())
@@ -177,51 +243,121 @@ def _segment(args: argparse.Namespace) -> int:
         if v is not None
     }
     instances = InstanceConfig.from_dict({**ckpt.card.instances, **overrides})
+    jobs = _output_paths(args)
+    if (args.workers or args.scheduler) and not any(p.suffix == ".zarr" for _, p, _ in jobs):
+        raise UnetTunerError("--workers and --scheduler need a .zarr output (or --format zarr)")
     failures = []
-    for image_path, labels_path, probs_path in _output_paths(args):
-        try:
-            if labels_path.exists() and not args.overwrite:
-                raise FileExistsError(f"{labels_path} exists; pass --overwrite to replace it")
-            image = open_image(image_path)
-            run = iter_segment(
-                image,
-                ckpt,
-                axes=args.axes,
-                inference=inference,
-                instances=instances,
-                return_probabilities=args.probabilities,
-            )
-            with tqdm(desc=image_path.name, unit="tile", file=sys.stderr) as bar:
-
-                def show(progress, bar=bar):
-                    bar.total = progress.tiles_total
-                    bar.update(progress.tiles_done - bar.n)
-
-                result = run_to_completion(run, show)
-            meta = {"axes": result.axes}
-            write_tiff_atomic(labels_path, result.labels, overwrite=args.overwrite, metadata=meta)
-            if result.probabilities is not None:
-                write_tiff_atomic(
-                    probs_path,
-                    result.probabilities,
-                    overwrite=args.overwrite,
-                    metadata={"axes": "C" + result.axes},
-                )
-            # Labels are numbered 1..n over the whole image, so the largest is the count.
-            count = int(result.labels.max(initial=0))
-            log.info("%s: %d objects -> %s", image_path, count, labels_path)
-        except (UnetTunerError, OSError) as exc:
-            log.error("error: %s: %s", image_path, exc)
-            failures.append(image_path)
+    with (
+        _cluster(args) as chunked,
+        tqdm(jobs, desc="images", unit="image", file=sys.stderr, disable=len(jobs) < 2) as files,
+    ):
+        for image_path, labels_path, probs_path in files:
+            try:
+                if labels_path.suffix == ".zarr":
+                    _segment_to_zarr(
+                        args, image_path, labels_path, ckpt, inference, instances, chunked
+                    )
+                else:
+                    _segment_to_tiff(
+                        args, image_path, labels_path, probs_path, ckpt, inference, instances
+                    )
+            except (UnetTunerError, OSError) as exc:
+                log.error("error: %s: %s", image_path, exc)
+                failures.append((image_path, exc))
     if failures:
-        log.error(
-            "%d of %d input(s) failed: %s",
-            len(failures),
-            len(args.inputs),
-            ", ".join(map(str, failures)),
-        )
+        log.error("%d of %d input(s) failed:", len(failures), len(jobs))
+        for image_path, exc in failures:
+            log.error("  %s: %s", image_path, exc)
         return 1
     return 0
+
+
+def _bar(desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
+
+
+def _segment_to_tiff(
+    args, image_path, labels_path, probs_path, ckpt, inference, instances
+) -> None:
+    from napari_unet_tuner.inference.pipeline import iter_segment
+    from napari_unet_tuner.io import FileImage, write_tiff_atomic
+
+    if labels_path.exists() and not args.overwrite:
+        raise FileExistsError(f"{labels_path} exists; pass --overwrite to replace it")
+    image = FileImage(image_path)
+    run = iter_segment(
+        image,
+        ckpt,
+        axes=args.axes or image.axes,
+        inference=inference,
+        instances=instances,
+        return_probabilities=args.probabilities,
+    )
+    with _bar(image_path.name, "tile") as bar:
+
+        def show(progress):
+            bar.total = progress.tiles_total
+            bar.update(progress.tiles_done - bar.n)
+
+        result = run_to_completion(run, show)
+    meta = {"axes": result.axes}
+    write_tiff_atomic(labels_path, result.labels, overwrite=args.overwrite, metadata=meta)
+    if result.probabilities is not None:
+        write_tiff_atomic(
+            probs_path,
+            result.probabilities,
+            overwrite=args.overwrite,
+            metadata={"axes": "C" + result.axes},
+        )
+    # Labels are numbered 1..n over the whole image, so the largest is the count.
+    count = int(result.labels.max(initial=0))
+    log.info("%s: %d objects -> %s", image_path, count, labels_path)
+
+
+def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, chunked) -> None:
+    from napari_unet_tuner.inference.chunked import iter_segment_to_zarr
+    from napari_unet_tuner.io import FileImage
+
+    if args.probabilities:
+        log.warning("%s: --probabilities is only written for .tif outputs", image_path)
+    image = FileImage(image_path)
+    axes = args.axes or image.axes
+    scale = None
+    if image.scale is not None and axes is not None:
+        scale = tuple(s for s, a in zip(image.scale, axes, strict=True) if a != "C")
+    run = iter_segment_to_zarr(
+        image,
+        labels_path,
+        ckpt,
+        axes=axes,
+        inference=inference,
+        instances=instances,
+        chunked=chunked,
+        ome=image.ome,
+        scale=scale,
+        overwrite=args.overwrite,
+    )
+    with _bar(image_path.name, "chunk") as bar:
+
+        def show(progress):
+            bar.set_description(f"{image_path.name} ({progress.stage})")
+            bar.total = progress.total
+            bar.n = progress.done
+            bar.refresh()
+
+        result = run_to_completion(run, show)
+    resumed = f" (resumed: {result.resumed} chunks were done)" if result.resumed else ""
+    log.info(
+        "%s: %d objects in %d chunks, %.1f s -> %s%s",
+        image_path,
+        result.objects,
+        result.chunks,
+        result.seconds,
+        labels_path,
+        resumed,
+    )
 
 
 def _finetune(args: argparse.Namespace) -> int:
@@ -236,7 +372,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.output.exists():
         raise FileExistsError(f"{args.output} exists; choose a new file for the fine-tuned model")
     pairs = [
-        (open_image(image), np.asarray(open_image(annotation)))
+        (open_image(image), np.asarray(open_image(annotation)[...]))
         for image, annotation in zip(args.files[::2], args.files[1::2], strict=True)
     ]
     start = (

@@ -193,6 +193,47 @@ class InferenceConfig(_DictMixin):
 
 
 @dataclass(frozen=True)
+class ChunkedConfig(_DictMixin):
+    """How an image larger than memory is cut into chunks and where they run.
+
+    Parameters
+    ----------
+    chunk_shape : tuple of int or None
+        Spatial size of a chunk, (Y, X) or (Z, Y, X); also the chunk shape of
+        the zarr output. ``None``: 2048 x 2048 in 2D, 64 x 512 x 512 in 3D.
+        A worker's memory grows with it (about 60 bytes per pixel).
+    workers : int or None
+        Start a ``dask.distributed`` LocalCluster of this many worker
+        processes; ``None`` runs on dask's local threaded scheduler.
+    threads_per_worker : int
+        Threads of each LocalCluster worker (and torch threads per chunk).
+    scheduler : str or None
+        Address of a running ``dask.distributed`` scheduler (e.g.
+        ``tcp://10.0.0.5:8786``) to run on instead; its workers must see the
+        input and output paths.
+    memory_limit : str or None
+        Memory cap of each LocalCluster worker, e.g. ``"2GB"`` (dask pauses
+        and restarts workers that exceed it); ``None``: dask's default.
+    """
+
+    chunk_shape: tuple[int, ...] | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    scheduler: str | None = None
+    memory_limit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_shape is not None and any(int(s) < 1 for s in self.chunk_shape):
+            raise ValueError(f"chunk_shape must be positive, got {self.chunk_shape}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.threads_per_worker < 1:
+            raise ValueError(f"threads_per_worker must be >= 1, got {self.threads_per_worker}")
+        if self.workers is not None and self.scheduler is not None:
+            raise ValueError("give either workers (a new local cluster) or a scheduler address")
+
+
+@dataclass(frozen=True)
 class ModelCard(_DictMixin):
     """What a checkpoint is for, where it came from and how to use it.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -12,14 +13,159 @@ import numpy as np
 from napari_unet_tuner.errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+_AXIS_LETTERS = "TZCYX"
+
+
+def _known_axes(axes: str | None) -> str | None:
+    """Axes as our letters (TIFF's S for RGB samples is C), or None if foreign."""
+    if not axes:
+        return None
+    axes = axes.upper().replace("S", "C")
+    if len(set(axes)) != len(axes) or any(a not in _AXIS_LETTERS for a in axes):
+        return None
+    return axes
+
+
+def _is_zarr(path: Path) -> bool:
+    return any(part.lower().endswith(".zarr") for part in path.parts)
+
+
+def _open_zarr(path: Path) -> tuple[Any, str | None, tuple[float, ...] | None]:
+    """Open a zarr array, or an OME-Zarr image's full-resolution level, with axes and scale."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node, None, None
+    attrs = dict(node.attrs)
+    multiscales = attrs.get("ome", attrs).get("multiscales")
+    if not multiscales:
+        arrays = sorted(name for name, _ in node.arrays())
+        hint = f", e.g. {path / arrays[0]}" if arrays else ""
+        raise InputError(
+            f"{path} is a zarr group without OME-Zarr multiscales metadata; "
+            f"give the path of the array inside it{hint}"
+        )
+    image = multiscales[0]
+    level0 = image["datasets"][0]
+    axes = "".join(a["name"] if isinstance(a, dict) else a for a in image.get("axes", []))
+    scale = None
+    for transform in level0.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            scale = tuple(float(v) for v in transform["scale"])
+    return node[level0["path"]], _known_axes(axes), scale
+
+
+class FileImage:
+    """An image file, opened lazily and never loaded whole.
+
+    TIFF files are memory-mapped where their data is contiguous and
+    uncompressed and read tile by tile (through tifffile's zarr interface)
+    otherwise; ``.npy`` files are memory-mapped; zarr arrays and OME-Zarr
+    images (their full-resolution level) are read chunk by chunk.
+
+    A `FileImage` pickles as its path, so dask workers, on this machine or
+    another one that sees the same file system, reopen the file themselves.
+
+    Parameters
+    ----------
+    path : path-like
+        The image file or folder (``.tif``, ``.tiff``, ``.npy``, ``.zarr``,
+        or an array inside a zarr group such as ``plate.zarr/A/1/0``).
+
+    Attributes
+    ----------
+    axes : str or None
+        Axes from the file's metadata (TIFF series axes, OME-Zarr axes) when
+        they are letters of ``TZCYX``, otherwise None.
+    scale : tuple of float or None
+        OME-Zarr pixel size per axis of the full-resolution level.
+    ome : bool
+        Whether the file is an OME-Zarr image.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    InputError
+        If the file is not an image that can be read.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._open()
+
+    def _open(self) -> None:
+        path = self.path
+        if not path.exists():
+            raise FileNotFoundError(f"image not found: {path}")
+        suffix = path.suffix.lower()
+        self.axes, self.scale, self.ome = None, None, False
+        try:
+            if _is_zarr(path):
+                self._array, self.axes, self.scale = _open_zarr(path)
+                self.ome = self.scale is not None or self.axes is not None
+            elif suffix in TIFF_SUFFIXES:
+                self._array, self.axes = _open_tiff(path)
+            elif suffix == ".npy":
+                self._array = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                raise InputError(f"cannot read {path}: expected a .tif/.tiff, .npy or .zarr image")
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every reader failure means the same to the user
+            raise InputError(f"cannot read {path} as an image: {exc}") from exc
+
+    @property
+    def array(self) -> Any:
+        """The underlying lazy array (memory map or zarr array)."""
+        return self._array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the image."""
+        return tuple(int(s) for s in self._array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Data type of the pixels."""
+        return np.dtype(self._array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        """Number of axes."""
+        return len(self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self._array[index])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"FileImage({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _open_tiff(path: Path) -> tuple[Any, str | None]:
+    import tifffile
+    import zarr
+
+    with tifffile.TiffFile(path) as tif:
+        axes = _known_axes(tif.series[0].axes)
+    try:
+        return tifffile.memmap(path, mode="r"), axes
+    except ValueError:  # compressed or not contiguous: read tile by tile
+        return zarr.open(tifffile.imread(path, aszarr=True), mode="r"), axes
 
 
 def open_image(path: str | os.PathLike) -> Any:
     """Open an image file without loading it whole where the format allows.
 
-    TIFF files are memory-mapped when their data is stored contiguously and
-    uncompressed, and read whole otherwise; ``.npy`` files are memory-mapped;
-    ``.zarr`` folders are opened lazily (needs the ``zarr`` package).
+    Returns the lazy array of a `FileImage` (see there for the formats).
 
     Raises
     ------
@@ -28,29 +174,7 @@ def open_image(path: str | os.PathLike) -> Any:
     InputError
         If the file is not an image this function can read.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"image not found: {path}")
-    suffix = "".join(path.suffixes[-1:]).lower()
-    try:
-        if suffix in TIFF_SUFFIXES:
-            import tifffile
-
-            try:
-                return tifffile.memmap(path, mode="r")
-            except ValueError:  # compressed or non-contiguous: read it
-                return tifffile.imread(path)
-        if suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        if suffix == ".zarr":
-            import zarr
-
-            return zarr.open(str(path), mode="r")
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every reader failure means the same to the user
-        raise InputError(f"cannot read {path} as an image: {exc}") from exc
-    raise InputError(f"cannot read {path}: expected a .tif/.tiff, .npy or .zarr image")
+    return FileImage(path).array
 
 
 def write_tiff_atomic(
@@ -78,3 +202,80 @@ def write_tiff_atomic(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` under a temporary name, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON atomically (see `write_bytes_atomic`)."""
+    return write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+LABELS_LEVEL = "0"
+"""Path of the labels inside an OME-Zarr output."""
+
+
+def create_labels_zarr(
+    path: str | os.PathLike,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    axes: str,
+    *,
+    ome: bool = False,
+    scale: tuple[float, ...] | None = None,
+) -> Any:
+    """Create an empty int32 label array on disk and return it (opened for writing).
+
+    Parameters
+    ----------
+    path : path-like
+        A new ``.zarr`` folder.
+    shape, chunks : tuple of int
+        Array and chunk shape.
+    axes : str
+        Axes of the labels, letters from ``TZYX``.
+    ome : bool
+        Write an OME-Zarr image (NGFF multiscales metadata, one level at
+        `LABELS_LEVEL`) instead of a bare zarr array.
+    scale : tuple of float, optional
+        Pixel size per axis for the OME-Zarr metadata.
+    """
+    import zarr
+
+    if not ome:
+        return zarr.create_array(
+            store=str(path), shape=shape, chunks=chunks, dtype="int32", fill_value=0
+        )
+    from ome_zarr.writer import write_multiscales_metadata
+
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    array = group.create_array(
+        LABELS_LEVEL, shape=shape, chunks=chunks, dtype="int32", fill_value=0
+    )
+    transform = [{"type": "scale", "scale": list(scale or (1.0,) * len(shape))}]
+    write_multiscales_metadata(
+        group,
+        [{"path": LABELS_LEVEL, "coordinateTransformations": transform}],
+        axes=axes.lower(),
+        name="labels",
+    )
+    return array
+
+
+def open_labels_zarr(path: str | os.PathLike, mode: str = "r") -> Any:
+    """Open a label array written by `create_labels_zarr` (bare or OME-Zarr)."""
+    import zarr
+
+    node = zarr.open(str(path), mode=mode)
+    return node if isinstance(node, zarr.Array) else node[LABELS_LEVEL]

@@ -25,6 +25,7 @@ Give the axes explicitly (letters from ``TZCYX``) for anything else.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,9 +122,11 @@ class ImageReader:
     spatial_dims: int
     in_channels: int
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    statistics: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
     batch_axes: str = field(init=False)
     spatial_axes: str = field(init=False)
     _stats: dict[int, tuple[np.ndarray, np.ndarray]] = field(init=False, default_factory=dict)
+    _digest: Any = field(init=False, default_factory=lambda: hashlib.sha256())
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.data.shape)
@@ -140,6 +143,8 @@ class ImageReader:
                 f"(axes {self.axes}, shape {shape}); select the channel(s) the model was "
                 "trained on, or give the right axes"
             )
+        if self.statistics:
+            self._stats.update(self.statistics)
 
     @property
     def shape(self) -> dict[str, int]:
@@ -175,10 +180,35 @@ class ImageReader:
         where = dict(zip(self.batch_axes, batch_index, strict=True))
         return tuple(where.get(a, slice(None)) for a in self.label_axes)
 
+    def label_region(
+        self, batch_index: tuple[int, ...], spatial: tuple[slice, ...]
+    ) -> tuple[Any, ...]:
+        """Index into the label array of a region (``spatial_axes`` order) of one plane."""
+        where: dict[str, Any] = dict(zip(self.batch_axes, batch_index, strict=True))
+        where.update(zip(self.spatial_axes, spatial, strict=True))
+        return tuple(where[a] for a in self.label_axes)
+
+    def to_label_order(
+        self, array: np.ndarray, channels: bool = False, inverse: bool = False
+    ) -> np.ndarray:
+        """Reorder a plane from ``spatial_axes`` order to its order among the label axes.
+
+        With ``inverse``, from label-axes order to ``spatial_axes`` order;
+        ``channels`` keeps a leading channel axis first. Returns a view, so
+        writing into the result writes into ``array``.
+        """
+        order = [a for a in self.label_axes if a in self.spatial_axes]
+        perm = [self.spatial_axes.index(a) for a in order]
+        if inverse:
+            perm = list(np.argsort(perm))
+        if channels:
+            perm = [0] + [p + 1 for p in perm]
+        return array.transpose(perm)
+
     def read(self, batch_index: tuple[int, ...], spatial: tuple[slice, ...]) -> np.ndarray:
         """Return the normalized tile ``(in_channels, *tile)`` as float32."""
         tile = self._read_raw(batch_index, spatial)
-        lo, hi = self._statistics(batch_index)
+        lo, hi = self.time_point_statistics(batch_index)
         view = (slice(None),) + (None,) * len(spatial)
         tile = (tile - lo[view]) / (hi - lo)[view]
         if tile.shape[0] != self.in_channels:
@@ -211,9 +241,21 @@ class ImageReader:
             )
         return raw.astype(np.float32, copy=False)
 
-    def _statistics(self, batch_index: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    def sample_digest(self) -> str:
+        """Return a digest of the pixels sampled for the statistics so far.
+
+        Tells two images of the same shape apart without reading either whole
+        (a resumed run must be of the same image).
+        """
+        return self._digest.hexdigest()
+
+    def time_point(self, batch_index: tuple[int, ...]) -> int:
+        """Return the time point a plane belongs to (0 without a T axis)."""
+        return batch_index[self.batch_axes.index("T")] if "T" in self.batch_axes else 0
+
+    def time_point_statistics(self, batch_index: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) intensities, computed once per time point."""
-        t = batch_index[self.batch_axes.index("T")] if "T" in self.batch_axes else 0
+        t = self.time_point(batch_index)
         if t in self._stats:
             return self._stats[t]
         cfg = self.normalization
@@ -222,6 +264,7 @@ class ImageReader:
             stats = (np.zeros(channels, np.float32), np.ones(channels, np.float32))
         else:
             samples = self._sample_time_point(t)
+            self._digest.update(samples.tobytes())
             lo, hi = np.percentile(samples, [cfg.low, cfg.high], axis=1).astype(np.float32)
             # A constant image (hi == lo) maps to 0 instead of dividing by zero.
             hi = np.where(hi > lo, hi, lo + 1.0).astype(np.float32)

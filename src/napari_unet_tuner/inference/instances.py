@@ -21,7 +21,7 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
 # Seeds grow only across the thin boundary band, so a watershed block needs
 # little context beyond its own pixels to match the whole-image result.
-_HALO = 16
+WATERSHED_HALO = 16
 _BLOCK = 1024
 
 
@@ -38,18 +38,59 @@ def labels_to_classes(labels: np.ndarray) -> np.ndarray:
     return classes
 
 
-def _blocks(shape: tuple[int, ...], block: int) -> Iterator[tuple[slice, ...]]:
+def _blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
     """Non-overlapping blocks covering ``shape``."""
-    starts = [range(0, s, block) for s in shape]
+    starts = [range(0, s, b) for s, b in zip(shape, block, strict=True)]
     for corner in itertools.product(*starts):
-        yield tuple(slice(c, min(c + block, s)) for c, s in zip(corner, shape, strict=True))
+        yield tuple(slice(c, min(c + b, s)) for c, b, s in zip(corner, block, shape, strict=True))
 
 
-def _grow(region: tuple[slice, ...], shape: tuple[int, ...], halo: int) -> tuple[slice, ...]:
+def grow_region(region: tuple[slice, ...], shape: tuple[int, ...], halo: int) -> tuple[slice, ...]:
+    """``region`` widened by ``halo`` on every side, clipped to ``shape``."""
     return tuple(
         slice(max(0, r.start - halo), min(s, r.stop + halo))
         for r, s in zip(region, shape, strict=True)
     )
+
+
+def seed_markers(
+    probabilities: np.ndarray, output_kind: OutputKind, config: InstanceConfig
+) -> np.ndarray:
+    """Label (int32) the connected regions of pixels that start an object.
+
+    ``boundary3``: interior probability above ``seed_threshold``;
+    ``foreground``: foreground probability above ``threshold``.
+    """
+    if output_kind == "foreground":
+        mask = probabilities[0] > config.threshold
+    else:
+        mask = probabilities[INTERIOR] > config.seed_threshold
+    markers, _ = ndimage.label(mask, output=np.int32)
+    return markers
+
+
+def grow_markers(
+    probabilities: np.ndarray,
+    markers: np.ndarray,
+    output_kind: OutputKind,
+    config: InstanceConfig,
+) -> np.ndarray:
+    """Grow seed markers into whole objects over one region (int32 labels).
+
+    ``boundary3``: a watershed on the inverted interior probability, over
+    the pixels whose background probability is below ``1 - threshold``.
+    Only the seeds' rims take part: seed interiors are final already, and
+    leaving them out keeps the watershed's priority queue to a fraction of
+    the pixels. ``foreground``: the markers are the objects.
+    """
+    if output_kind == "foreground":
+        return markers.copy()
+    core = ndimage.binary_erosion(markers > 0, border_value=0)
+    foreground = (probabilities[BACKGROUND] < 1.0 - config.threshold) & ~core
+    elevation = -probabilities[INTERIOR].astype(np.float32)
+    result = watershed(elevation, np.where(core, 0, markers), mask=foreground)
+    result[core] = markers[core]
+    return result.astype(np.int32, copy=False)
 
 
 def probabilities_to_labels(
@@ -57,6 +98,7 @@ def probabilities_to_labels(
     output_kind: OutputKind = "boundary3",
     config: InstanceConfig | None = None,
     out: np.ndarray | None = None,
+    block_shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Turn model probabilities into instance labels (int32, 0 is background).
 
@@ -72,6 +114,10 @@ def probabilities_to_labels(
     out : numpy.ndarray, optional
         int32 array of shape ``spatial`` to write the labels into (saves a
         copy of the output on huge images).
+    block_shape : tuple of int, optional
+        Blocks the watershed runs in (default 1024 per axis). Chunked runs
+        (`napari_unet_tuner.inference.chunked`) use their chunk shape, and
+        give the same labels as this function with that ``block_shape``.
 
     Returns
     -------
@@ -80,41 +126,31 @@ def probabilities_to_labels(
 
     Notes
     -----
-    ``boundary3``: seeds are the connected regions where the interior
-    probability exceeds ``seed_threshold``; they are grown by a watershed on
-    the inverted interior probability, restricted to pixels whose background
-    probability is below ``1 - threshold``. Touching objects keep the
-    boundary class between them, so their seeds stay apart. The watershed
-    runs block by block with a halo, writing into the label array, so its
-    working memory is one block. ``foreground``: connected components of the
+    Seeds (`seed_markers`) are labelled over the whole image, then grown
+    (`grow_markers`) block by block with a halo of `WATERSHED_HALO` pixels,
+    writing into the label array, so the watershed's working memory is one
+    block. Touching objects keep the boundary class between them, so their
+    seeds stay apart. ``foreground`` models give connected components of the
     thresholded probability (touching objects are not split).
     """
     config = config or InstanceConfig()
     spatial = probabilities.shape[1:]
     labels = np.empty(spatial, np.int32) if out is None else out
+    markers = seed_markers(probabilities, output_kind, config)
     if output_kind == "foreground":
-        ndimage.label(probabilities[0] > config.threshold, output=labels)
+        labels[...] = markers
     else:
-        seeds = probabilities[INTERIOR] > config.seed_threshold
-        markers, _ = ndimage.label(seeds, output=np.int32)
-        del seeds
-        for block in _blocks(spatial, _BLOCK):
-            grown = _grow(block, spatial, _HALO)
+        for block in _blocks(spatial, block_shape or (_BLOCK,) * len(spatial)):
+            grown = grow_region(block, spatial, WATERSHED_HALO)
             inner = tuple(
                 slice(b.start - g.start, b.stop - g.start)
                 for b, g in zip(block, grown, strict=True)
             )
-            block_markers = markers[grown]
-            # Only the seeds' rims need to flood the thin band around them; seed
-            # interiors are final already. Leaving them out of the watershed keeps
-            # its priority queue to a fraction of the pixels.
-            core = ndimage.binary_erosion(block_markers > 0, border_value=0)
-            foreground = (probabilities[(BACKGROUND, *grown)] < 1.0 - config.threshold) & ~core
-            elevation = -probabilities[(INTERIOR, *grown)].astype(np.float32)
-            result = watershed(elevation, np.where(core, 0, block_markers), mask=foreground)
-            result[core] = block_markers[core]
+            result = grow_markers(
+                probabilities[(slice(None), *grown)], markers[grown], output_kind, config
+            )
             labels[block] = result[inner]
-        del markers
+    del markers
     return remove_small_objects(labels, config.min_size)
 
 
@@ -124,12 +160,13 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     # it to int64, twice the size of the labels themselves.
     n = int(labels.max(initial=0)) + 1
     sizes = np.zeros(n, np.int64)
-    for block in _blocks(labels.shape, _BLOCK):
+    blocks = (_BLOCK,) * labels.ndim
+    for block in _blocks(labels.shape, blocks):
         sizes += np.bincount(labels[block].ravel(), minlength=n)
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     lut = np.zeros(len(sizes), labels.dtype)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
-    for block in _blocks(labels.shape, _BLOCK):
+    for block in _blocks(labels.shape, blocks):
         labels[block] = lut[labels[block]]
     return labels

@@ -214,7 +214,7 @@ def iter_segment(
             )
             # Written straight into the output where it is contiguous (a plane of
             # a stack usually is): no second label array on huge images.
-            target = _to_label_layout(labels[where], reader, inverse=True)
+            target = reader.to_label_order(labels[where], inverse=True)
             in_place = target.flags.c_contiguous
             plane_labels = probabilities_to_labels(
                 prob, cfg.output_kind, instances, out=target if in_place else None
@@ -225,30 +225,11 @@ def iter_segment(
                 np.add(plane_labels, next_label, out=plane_labels, where=plane_labels > 0)
             next_label += count
             if not in_place:
-                labels[where] = _to_label_layout(plane_labels, reader)
+                labels[where] = reader.to_label_order(plane_labels)
             if probabilities is not None:
-                probabilities[(slice(None), *where)] = _to_label_layout(
-                    prob, reader, channels=True
-                )
+                probabilities[(slice(None), *where)] = reader.to_label_order(prob, channels=True)
             del prob, plane_labels
     return SegmentationResult(labels=labels, axes=reader.label_axes, probabilities=probabilities)
-
-
-def _to_label_layout(
-    array: np.ndarray, reader: ImageReader, channels: bool = False, inverse: bool = False
-) -> np.ndarray:
-    """Reorder a plane from ``spatial_axes`` order to its order among the label axes.
-
-    With ``inverse``, from label-axes order to ``spatial_axes`` order. Both
-    return views, so writing into the result writes into ``array``.
-    """
-    order = [a for a in reader.label_axes if a in reader.spatial_axes]
-    perm = [reader.spatial_axes.index(a) for a in order]
-    if inverse:
-        perm = list(np.argsort(perm))
-    if channels:
-        perm = [0] + [p + 1 for p in perm]
-    return array.transpose(perm)
 
 
 def segment(

@@ -206,6 +206,70 @@ def iter_predict_tiled(
     return out
 
 
+def predict_region(
+    read_tile: TileReader,
+    spatial_shape: Sequence[int],
+    region: tuple[slice, ...],
+    predictor: Predictor,
+    out_channels: int,
+    tile_shape: Sequence[int],
+    overlap: float = 0.125,
+    batch_size: int = 1,
+) -> np.ndarray:
+    """Predict one region of an image exactly as a whole-image run would.
+
+    Only the tiles of the whole image's grid that touch ``region`` are run,
+    and they are blended in the same order with the same windows as in
+    `iter_predict_tiled`, so the result equals the whole-image prediction
+    inside ``region`` (bit for bit with ``batch_size=1``). This is what lets
+    chunks of a huge image be segmented independently and still agree where
+    they overlap.
+
+    Returns
+    -------
+    numpy.ndarray
+        float16 ``(out_channels, *region_shape)``.
+    """
+    spatial_shape = tuple(int(s) for s in spatial_shape)
+    tile_shape = tuple(min(int(t), s) for t, s in zip(tile_shape, spatial_shape, strict=True))
+    overlap_px = tuple(int(round(t * overlap)) for t in tile_shape)
+    touching = [
+        [s for s in tile_starts(size, t, o) if s < r.stop and s + t > r.start]
+        for size, t, o, r in zip(spatial_shape, tile_shape, overlap_px, region, strict=True)
+    ]
+    low = [starts[0] for starts in touching]
+    high = [starts[-1] + t for starts, t in zip(touching, tile_shape, strict=True)]
+    box = tuple(h - lo for h, lo in zip(high, low, strict=True))
+    acc = np.zeros((out_channels, *box), np.float32)
+    weight_sum = np.zeros(box, np.float32)
+    # Lexicographic order is the order `iter_predict_tiled` adds tiles in:
+    # the same float32 sums, so the same result.
+    tiles = list(itertools.product(*touching))
+    for first in range(0, len(tiles), batch_size):
+        chunk = tiles[first : first + batch_size]
+        slices = [
+            tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in chunk
+        ]
+        pred = np.asarray(predictor(np.stack([read_tile(sl) for sl in slices])), np.float32)
+        for corner, prediction in zip(chunk, pred, strict=True):
+            window = blending_window(
+                tile_shape,
+                overlap_px,
+                tuple(c == 0 for c in corner),
+                tuple(
+                    c + t >= s for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)
+                ),
+            )
+            local = tuple(
+                slice(c - lo, c - lo + t) for c, lo, t in zip(corner, low, tile_shape, strict=True)
+            )
+            np.multiply(prediction, window, out=prediction)
+            acc[(slice(None), *local)] += prediction
+            weight_sum[local] += window
+    inner = tuple(slice(r.start - lo, r.stop - lo) for r, lo in zip(region, low, strict=True))
+    return (acc[(slice(None), *inner)] / weight_sum[inner]).astype(np.float16)
+
+
 def predict_tiled(*args, **kwargs) -> np.ndarray:
     """Run `iter_predict_tiled` to the end and return its predictions."""
     return run_to_completion(iter_predict_tiled(*args, **kwargs))

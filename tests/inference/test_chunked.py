@@ -1,0 +1,245 @@
+"""Chunked segmentation on dask: same labels as in memory, resumable, on a LocalCluster."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from conftest import TINY
+from napari_unet_tuner import Checkpoint, UNet, new_card
+from napari_unet_tuner.config import ChunkedConfig, InferenceConfig, InstanceConfig
+from napari_unet_tuner.inference import chunked as chunked_module
+from napari_unet_tuner.inference.chunked import (
+    WORK_DIR,
+    is_complete,
+    iter_segment_to_zarr,
+    segment_to_zarr,
+)
+from napari_unet_tuner.inference.image import ImageReader
+from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.tiling import predict_tiled
+from napari_unet_tuner.io import FileImage, open_labels_zarr
+
+zarr = pytest.importorskip("zarr")
+
+CHUNK = (64, 64)
+INFERENCE = InferenceConfig(tile_shape=(32, 32), batch_size=1)
+
+
+@pytest.fixture(scope="module")
+def sharp_checkpoint() -> Checkpoint:
+    """A tiny random U-Net whose outputs vary enough over an image to make many objects."""
+    torch.manual_seed(0)
+    model = UNet(TINY).eval()
+    with torch.no_grad():
+        model.final_conv.weight.mul_(50.0)
+        model.final_conv.bias.zero_()
+    return Checkpoint.from_model(model, new_card(TINY, name="sharp"))
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return ndimage.gaussian_filter(rng.normal(100, 10, (150, 230)), 3).astype(np.float32)
+
+
+def in_memory(image, checkpoint, block_shape=CHUNK):
+    """Probabilities and labels of the whole image at once, with thresholds that make objects."""
+    reader = ImageReader(image, "YX", 2, 1, checkpoint.card.normalization_config)
+    predictor = make_predictor(checkpoint.build_model("cpu"), "cpu")
+    prob = predict_tiled(
+        lambda sl: reader.read((), sl), reader.spatial_shape, predictor, 3, (32, 32), 0.125, 1
+    )
+    instances = InstanceConfig(
+        threshold=float(1 - np.quantile(prob[0].astype(np.float32), 0.6)),
+        seed_threshold=float(np.quantile(prob[1].astype(np.float32), 0.8)),
+        min_size=5,
+    )
+    return probabilities_to_labels(prob, "boundary3", instances, block_shape=block_shape), instances
+
+
+def same_up_to_renumbering(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b)) and bool(
+        np.all((pairs[0] == 0) == (pairs[1] == 0))
+    )
+
+
+def crosses_corner(labels: np.ndarray, y: int, x: int) -> bool:
+    """Whether one object has pixels in all four chunks that meet at (y, x)."""
+    quarters = [labels[:y, :x], labels[:y, x:], labels[y:, :x], labels[y:, x:]]
+    common = set(np.unique(quarters[0])) - {0}
+    for quarter in quarters[1:]:
+        common &= set(np.unique(quarter))
+    return bool(common)
+
+
+def test_chunked_labels_equal_in_memory_labels(tmp_path, image, sharp_checkpoint):
+    expected, instances = in_memory(image, sharp_checkpoint)
+    assert expected.max() > 50
+    # The test means something only if objects cross chunk faces and corners.
+    assert any(crosses_corner(expected, y, x) for y in (64, 128) for x in (64, 128, 192))
+    out = tmp_path / "labels.zarr"
+    result = segment_to_zarr(
+        image,
+        out,
+        sharp_checkpoint,
+        axes="YX",
+        inference=INFERENCE,
+        instances=instances,
+        chunked=ChunkedConfig(chunk_shape=CHUNK),
+    )
+    labels = open_labels_zarr(out)
+    assert labels.chunks == CHUNK and labels.dtype == np.int32
+    got = labels[:]
+    assert same_up_to_renumbering(expected, got)
+    assert result.objects == got.max() == len(np.unique(got)) - 1 == expected.max()
+    assert result.chunks == 3 * 4 and result.resumed == 0
+    assert is_complete(out) and not (out / WORK_DIR).exists()
+
+
+def test_naive_per_chunk_labels_would_differ(image, sharp_checkpoint):
+    """The stitching is needed: labelling chunk by chunk alone splits objects."""
+    expected, instances = in_memory(image, sharp_checkpoint)
+    whole, _ = in_memory(image, sharp_checkpoint, block_shape=(1024, 1024))
+    naive = np.zeros_like(expected)
+    for y in range(0, 150, 64):
+        for x in range(0, 230, 64):
+            block = (expected[y : y + 64, x : x + 64] > 0).astype(np.int32)
+            naive[y : y + 64, x : x + 64] = ndimage.label(block)[0] + naive.max()
+    assert not same_up_to_renumbering(expected, naive)
+    # Blocked and whole-image watersheds agree almost everywhere (the halo is enough).
+    assert np.mean((expected > 0) == (whole > 0)) > 0.99
+
+
+def test_planes_of_a_stack_get_unique_labels(tmp_path, image, sharp_checkpoint):
+    _, instances = in_memory(image, sharp_checkpoint)
+    stack = np.stack([image, image[::-1]])
+    result = segment_to_zarr(
+        stack,
+        tmp_path / "stack.zarr",
+        sharp_checkpoint,
+        axes="ZYX",
+        inference=INFERENCE,
+        instances=instances,
+        chunked=ChunkedConfig(chunk_shape=CHUNK),
+    )
+    labels = open_labels_zarr(tmp_path / "stack.zarr")[:]
+    assert result.axes == "ZYX" and labels.shape == stack.shape
+    first, second = set(np.unique(labels[0])) - {0}, set(np.unique(labels[1])) - {0}
+    assert first and second and not first & second
+    assert max(second) == result.objects
+
+
+def count_calls(monkeypatch, name):
+    calls = []
+    original = getattr(chunked_module, name)
+
+    def counted(spec, chunk, arg):
+        calls.append(chunk.index)
+        return original(spec, chunk, arg)
+
+    monkeypatch.setattr(chunked_module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("stop_stage", ["segment", "relabel"])
+def test_an_interrupted_run_resumes_without_redoing_finished_chunks(
+    tmp_path, image, sharp_checkpoint, monkeypatch, stop_stage
+):
+    expected, instances = in_memory(image, sharp_checkpoint)
+    out = tmp_path / "labels.zarr"
+    kwargs = dict(
+        axes="YX",
+        inference=INFERENCE,
+        instances=instances,
+        chunked=ChunkedConfig(chunk_shape=CHUNK),
+    )
+    run = iter_segment_to_zarr(image, out, sharp_checkpoint, **kwargs)
+    for progress in run:
+        if progress.stage == stop_stage and progress.done == 5:
+            break
+    run.close()  # as an interrupted process: the run stops between chunks
+    assert out.exists() and not is_complete(out)
+    work = out / WORK_DIR
+    assert json.loads((work / "manifest.json").read_text())["chunk_shape"] == [64, 64]
+    finished = len(list(work.glob("segmented/*.npz"))), len(list(work.glob("relabelled/*")))
+
+    segmented = count_calls(monkeypatch, "_segment_chunk")
+    relabelled = count_calls(monkeypatch, "_relabel_chunk")
+    result = segment_to_zarr(image, out, sharp_checkpoint, **kwargs)
+    if stop_stage == "segment":
+        assert 5 <= finished[0] < 12 and finished[1] == 0
+        assert result.resumed == finished[0] and len(segmented) == 12 - finished[0]
+        assert len(relabelled) == 12
+    else:
+        assert finished[0] == 12 and 5 <= finished[1] < 12
+        assert result.resumed == 12 and segmented == [] and len(relabelled) == 12 - finished[1]
+    assert same_up_to_renumbering(expected, open_labels_zarr(out)[:])
+    assert is_complete(out)
+
+
+def test_existing_outputs_are_never_overwritten_silently(tmp_path, image, sharp_checkpoint):
+    out = tmp_path / "labels.zarr"
+    kwargs = dict(axes="YX", inference=INFERENCE, chunked=ChunkedConfig(chunk_shape=CHUNK))
+    segment_to_zarr(image, out, sharp_checkpoint, **kwargs)
+    with pytest.raises(FileExistsError, match="finished result"):
+        segment_to_zarr(image, out, sharp_checkpoint, **kwargs)
+    # An interrupted run of other settings is not resumed with the wrong ones either.
+    other = tmp_path / "other.zarr"
+    run = iter_segment_to_zarr(image, other, sharp_checkpoint, **kwargs)
+    next(run), next(run)
+    run.close()
+    with pytest.raises(FileExistsError, match="other settings"):
+        segment_to_zarr(image[:, ::-1].copy(), other, sharp_checkpoint, **kwargs)
+    result = segment_to_zarr(image, out, sharp_checkpoint, overwrite=True, **kwargs)
+    assert result.resumed == 0 and is_complete(out)
+
+
+@pytest.mark.slow
+def test_a_local_cluster_gives_the_same_labels_from_a_zarr_file(
+    tmp_path, image, sharp_checkpoint
+):
+    expected, instances = in_memory(image, sharp_checkpoint)
+    source = zarr.create_array(
+        store=str(tmp_path / "image.zarr"), shape=image.shape, chunks=(50, 50), dtype="float32"
+    )
+    source[:] = image
+    out = tmp_path / "labels.zarr"
+    result = segment_to_zarr(
+        FileImage(tmp_path / "image.zarr"),
+        out,
+        sharp_checkpoint,
+        axes="YX",
+        inference=INFERENCE,
+        instances=instances,
+        chunked=ChunkedConfig(chunk_shape=CHUNK, workers=2, memory_limit="1GB"),
+    )
+    assert result.chunks == 12
+    assert same_up_to_renumbering(expected, open_labels_zarr(out)[:])
+
+
+def test_ome_zarr_in_ome_zarr_out(tmp_path, image, sharp_checkpoint):
+    from ome_zarr.writer import write_image
+
+    group = zarr.open_group(str(tmp_path / "image.ome.zarr"), mode="w")
+    write_image(image[None], group, axes="cyx", scaler=None)
+    source = FileImage(tmp_path / "image.ome.zarr")
+    assert source.ome and source.axes == "CYX" and source.shape == (1, *image.shape)
+    out = tmp_path / "labels.ome.zarr"
+    result = segment_to_zarr(
+        source,
+        out,
+        sharp_checkpoint,
+        inference=INFERENCE,
+        chunked=ChunkedConfig(chunk_shape=CHUNK),
+        ome=True,
+        scale=(0.5, 0.5),
+    )
+    labels = FileImage(out)
+    assert result.axes == "YX" and labels.ome and labels.axes == "YX"
+    assert labels.scale == (0.5, 0.5) and labels.shape == image.shape
+    assert np.array_equal(labels[:], open_labels_zarr(out)[:])
