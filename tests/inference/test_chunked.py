@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy import ndimage
 
-from conftest import TINY
 from napari_unet_tuner import Checkpoint, UNet, new_card
 from napari_unet_tuner.config import ChunkedConfig, InferenceConfig, InstanceConfig
 from napari_unet_tuner.inference import chunked as chunked_module
@@ -22,6 +21,8 @@ from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.inference.tiling import predict_tiled
 from napari_unet_tuner.io import FileImage, open_labels_zarr
+
+from conftest import TINY
 
 zarr = pytest.importorskip("zarr")
 
@@ -58,7 +59,8 @@ def in_memory(image, checkpoint, block_shape=CHUNK):
         seed_threshold=float(np.quantile(prob[1].astype(np.float32), 0.8)),
         min_size=5,
     )
-    return probabilities_to_labels(prob, "boundary3", instances, block_shape=block_shape), instances
+    labels = probabilities_to_labels(prob, "boundary3", instances, block_shape=block_shape)
+    return labels, instances
 
 
 def same_up_to_renumbering(a: np.ndarray, b: np.ndarray) -> bool:
