@@ -174,3 +174,40 @@ def test_finetune_writes_a_new_checkpoint_and_reports_scores(
         == 1
     )
     assert "pairs" in caplog.text
+
+
+def test_zarr_input_to_zarr_output_chunk_by_chunk(tmp_path, tiny_checkpoint_file, caplog):
+    zarr = pytest.importorskip("zarr")
+    from napari_unet_tuner.inference.chunked import is_complete
+    from napari_unet_tuner.io import open_labels_zarr
+
+    image = zarr.create_array(
+        store=str(tmp_path / "big.zarr"), shape=(2, 100, 90), chunks=(1, 40, 40), dtype="uint16"
+    )
+    image[:] = np.random.default_rng(1).integers(0, 4000, image.shape)
+    out = tmp_path / "big_labels.zarr"
+    args = ["segment", str(tmp_path / "big.zarr"), "-o", str(out), "--checkpoint"]
+    args += [str(tiny_checkpoint_file), "--chunk-shape", "48", "48", "--tile-shape", "32", "32"]
+    assert main(args) == 0
+    labels = open_labels_zarr(out)
+    assert labels.shape == (2, 100, 90) and labels.chunks == (1, 48, 48) and is_complete(out)
+    assert "objects in 12 chunks" in caplog.text
+    assert main(args) == 1 and "finished result" in caplog.text
+    assert main([*args, "--overwrite"]) == 0
+
+
+@pytest.mark.slow
+def test_batch_on_a_local_cluster_skips_a_corrupt_file(
+    tmp_path, image_file, tiny_checkpoint_file, caplog
+):
+    broken = tmp_path / "broken.zarr"
+    broken.mkdir()
+    (broken / "zarr.json").write_text("{not json")
+    out = tmp_path / "results"
+    args = ["segment", str(image_file), str(broken), str(image_file.with_name("copy.tif"))]
+    image_file.with_name("copy.tif").write_bytes(image_file.read_bytes())
+    args += ["-o", str(out), "--format", "zarr", "--workers", "2", "--chunk-shape", "32", "32"]
+    assert main([*args, "--checkpoint", str(tiny_checkpoint_file)]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["cells_labels.zarr", "copy_labels.zarr"]
+    assert "LocalCluster: 2 workers" in caplog.text
+    assert "1 of 3 input(s) failed" in caplog.text and "broken.zarr" in caplog.text
