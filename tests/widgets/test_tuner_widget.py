@@ -217,3 +217,44 @@ def test_shutdown_abandons_a_running_fine_tuning(tuner, qtbot):
     assert not worker.is_running
     qtbot.waitUntil(lambda: tuner.train_panel.worker is None, timeout=10_000)
     assert len(tuner.versions.versions) == 1  # nothing kept from an abandoned run
+
+
+def test_segment_a_multiscale_layer_into_a_zarr_backed_labels_layer(
+    tuner, qtbot, tmp_path, monkeypatch
+):
+    da = pytest.importorskip("dask.array")
+    from napari_unet_tuner._widgets import segment_panel
+    from napari_unet_tuner.inference.chunked import is_complete
+
+    viewer = tuner.viewer
+    image, _ = cells_image()
+    big = np.tile(image, (2, 3))
+    pyramid = [da.from_array(big, chunks=64), da.from_array(big[::2, ::2], chunks=64)]
+    # Segmenting must read tiles, never the whole level: a dask array that
+    # counts how much of it is computed at once.
+    reads = []
+    level0 = pyramid[0].map_blocks(lambda b: reads.append(b.size) or b, dtype=big.dtype)
+    viewer.add_image([level0, pyramid[1]], name="slide", multiscale=True)
+    panel = tuner.segment_panel
+    panel.image.value = viewer.layers["slide"]
+    panel.to_zarr.value = True
+    assert not panel.zarr_path.native.isHidden()
+
+    errors = []
+    monkeypatch.setattr(segment_panel, "show_error", errors.append)
+    panel.zarr_path.value = tmp_path / "labels.tif"
+    assert panel.run() is None and "ending in .zarr" in errors[-1]
+
+    out = tmp_path / "slide_labels.zarr"
+    panel.zarr_path.value = out
+    monkeypatch.setattr(
+        "napari_unet_tuner.inference.chunked.DEFAULT_CHUNK_SHAPE", {2: (96, 96), 3: (8, 96, 96)}
+    )
+    panel.run()
+    wait_idle(qtbot, panel)
+    layer = viewer.layers["slide labels (slide_labels.zarr)"]
+    assert layer.data.shape == big.shape and layer.data.chunks == (96, 96)
+    assert is_complete(out) and layer.metadata["path"] == str(out)
+    assert int(np.asarray(layer.data[:]).max()) < 1 << 30  # final ids, no provisional ones
+    assert reads and max(reads) < big.size
+    assert viewer.layers["slide"].data[0] is level0  # the user's layer is untouched

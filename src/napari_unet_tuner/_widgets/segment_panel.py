@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, PushButton, create_widget
+from magicgui.widgets import CheckBox, Container, FileEdit, PushButton, create_widget
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from napari_unet_tuner._widgets.zarr_output import check_zarr_path, start_zarr_run
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.inference.pipeline import SegmentationResult, iter_segment
 
@@ -71,6 +73,16 @@ class SegmentPanel(Container):
         self.probabilities = CheckBox(
             text="add probability map", tooltip="Also show the model's class probabilities."
         )
+        self.to_zarr = CheckBox(
+            text="write labels to a zarr folder",
+            tooltip=(
+                "For images larger than memory: segment chunk by chunk and write the labels "
+                "to disk, shown as they are written. Choosing the folder of an interrupted "
+                "run resumes it."
+            ),
+        )
+        self.zarr_path = FileEdit(mode="w", filter="*.zarr", label="zarr folder", visible=False)
+        self.to_zarr.changed.connect(lambda on: setattr(self.zarr_path, "visible", on))
         self.run_button = PushButton(text="Segment", tooltip="Run the active model on the image.")
         self.cancel_button = PushButton(
             text="Cancel", enabled=False, tooltip="Stop after the current tile."
@@ -80,7 +92,16 @@ class SegmentPanel(Container):
         buttons = Container(
             widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
         )
-        self.extend([self.image, self.field_of_view, self.probabilities, buttons])
+        self.extend(
+            [
+                self.image,
+                self.field_of_view,
+                self.probabilities,
+                self.to_zarr,
+                self.zarr_path,
+                buttons,
+            ]
+        )
 
     def run(self, checkpoint: Checkpoint | None = None, field_of_view: bool | None = None):
         """Start segmenting in a worker; return the worker (None if nothing to do)."""
@@ -102,6 +123,16 @@ class SegmentPanel(Container):
         if region is not None:
             axes = "YXC" if layer.rgb else "YX"
         inference = InferenceConfig(device=self._tuner.model_panel.device.value)
+        if self.to_zarr.value and region is None:
+            output = Path(self.zarr_path.value)
+            problem = check_zarr_path(output)
+            if problem:
+                show_error(problem)
+                return None
+            worker = start_zarr_run(
+                self._tuner.viewer, layer, data, axes, checkpoint, output, inference
+            )
+            return self._start(worker, None)  # the run shows its own progress bar
         worker = create_worker(
             iter_segment,
             source,
@@ -119,6 +150,9 @@ class SegmentPanel(Container):
 
         worker.yielded.connect(on_yielded)
         worker.returned.connect(lambda result: self._show(layer, result, region))
+        return self._start(worker, bar)
+
+    def _start(self, worker, bar):
         # Errors reach napari's notifications through the worker itself.
         worker.aborted.connect(lambda: show_info("Segmentation cancelled."))
         worker.finished.connect(lambda: self._done(bar))
@@ -133,7 +167,8 @@ class SegmentPanel(Container):
             self.worker.quit()
 
     def _done(self, bar) -> None:
-        bar.close()
+        if bar is not None:
+            bar.close()
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
 

@@ -31,6 +31,7 @@ at the end, when the work folder is removed.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import logging
@@ -54,7 +55,7 @@ from napari_unet_tuner.config import (
     NormalizationConfig,
 )
 from napari_unet_tuner.errors import InputError
-from napari_unet_tuner.inference.device import select_device
+from napari_unet_tuner.inference.device import cpu_threads, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.instances import (
     WATERSHED_HALO,
@@ -376,7 +377,12 @@ def _run_tasks(
     if client is None:
         for first in range(0, len(jobs), threads):
             batch = jobs[first : first + threads]
-            tasks = [dask.delayed(function)(spec, chunk, arg) for chunk, arg in batch]
+            # A partial keeps dask from looking inside the arguments: a dask
+            # array in ``spec`` must stay lazy, not be computed whole first.
+            tasks = [
+                dask.delayed(functools.partial(function, spec, chunk, arg))()
+                for chunk, arg in batch
+            ]
             dask.compute(*tasks, scheduler="threads", num_workers=threads)
             yield from (chunk for chunk, _ in batch)
         return
@@ -579,7 +585,9 @@ def iter_segment_to_zarr(
         log.info("%s: resuming, %d of %d chunks already segmented", path, resumed, len(chunks))
     by_position = {(c.batch_index, c.grid): c for c in chunks}
     local_threads = chunked.threads_per_worker if chunked.workers else (os.cpu_count() or 1)
-    with _dask_client(chunked) as client:
+    # On the threaded scheduler the chunks share this process's torch thread
+    # pool: one torch thread per chunk, restored for the caller afterwards.
+    with _dask_client(chunked) as client, cpu_threads(threads if client is None else None):
         workers = local_threads if client is None else max(1, len(client.nthreads()))
         jobs = [
             (
