@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -196,34 +194,20 @@ def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
     return paths
 
 
-@contextmanager
-def _cluster(args: argparse.Namespace) -> Iterator[ChunkedConfig]:
-    """Yield the chunked-run settings; with --workers, one LocalCluster for the whole batch."""
-    config = ChunkedConfig(
+def _chunked_config(args: argparse.Namespace) -> ChunkedConfig:
+    return ChunkedConfig(
         chunk_shape=tuple(args.chunk_shape) if args.chunk_shape else None,
         threads_per_worker=args.threads_per_worker,
         scheduler=args.scheduler,
         memory_limit=args.memory_limit,
         workers=args.workers if args.scheduler is None else None,
     )
-    if config.workers is None:
-        yield config
-        return
-    from distributed import LocalCluster
-
-    with LocalCluster(
-        n_workers=config.workers,
-        threads_per_worker=config.threads_per_worker,
-        memory_limit=config.memory_limit or "auto",
-        dashboard_address=None,
-    ) as cluster:
-        log.info("dask LocalCluster: %d workers at %s", config.workers, cluster.scheduler_address)
-        yield dataclasses.replace(config, workers=None, scheduler=cluster.scheduler_address)
 
 
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from napari_unet_tuner.inference.chunked import local_cluster
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint or default_checkpoint_path())
@@ -248,7 +232,8 @@ def _segment(args: argparse.Namespace) -> int:
         raise UnetTunerError("--workers and --scheduler need a .zarr output (or --format zarr)")
     failures = []
     with (
-        _cluster(args) as chunked,
+        # One LocalCluster for the whole batch.
+        local_cluster(_chunked_config(args)) as chunked,
         tqdm(jobs, desc="images", unit="image", file=sys.stderr, disable=len(jobs) < 2) as files,
     ):
         for image_path, labels_path, probs_path in files:

