@@ -1,6 +1,6 @@
 """Chunked segmentation on dask: throughput with 1 and 2 workers, peak memory on a huge image.
 
-    .venv/bin/python benchmarks/bench_chunked.py [--size 40000] [--throughput-size 6144]
+    .venv/bin/python benchmarks/bench_chunked.py [--size 40000] [--throughput-size 8192]
 
 1. Throughput, side by side in one run on a ``--throughput-size`` square
    uint16 zarr mosaic of real HeLa frames: `unet-tuner segment --workers N`
@@ -33,9 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
-
 from bench_segmentation import mosaic
 
 RESULTS = Path(__file__).parent / "results"
@@ -207,25 +205,66 @@ def chunk_breakdown() -> dict:
     }
 
 
+def plot(report: dict) -> None:
+    """Bar chart of the throughputs and the peak memory per image size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["throughput"]["runs"]
+    memory = report.get("memory", [])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    names = list(runs)
+    left.bar(range(len(names)), [runs[n]["mpx_per_s"] for n in names], color="#4477aa")
+    left.set_xticks(range(len(names)), [n.replace(" (", "\n(") for n in names], fontsize=8)
+    left.set_ylabel("megapixels / s")
+    left.set_title(report["throughput"]["image"], fontsize=9)
+    if memory:
+        sizes = [m["image"].split(" ")[0] for m in memory]
+        right.bar(range(len(memory)), [m["peak_rss_all_processes_mb"] for m in memory])
+        right.axhline(2048, color="#cc3311", linestyle="--", label="target: 2 GB")
+        right.set_xticks(range(len(memory)), sizes, fontsize=8)
+        right.set_ylabel("peak resident memory, all processes (MB)")
+        right.set_title("2 workers, 1 GB cap each", fontsize=9)
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "chunked.png", dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=40000)
-    parser.add_argument("--throughput-size", type=int, default=6144)
+    parser.add_argument("--throughput-size", type=int, default=8192)
     parser.add_argument("--memory-limit", default="1GB")
-    parser.add_argument("--skip-huge", action="store_true")
+    parser.add_argument(
+        "--parts",
+        default="throughput,breakdown,memory",
+        help="comma-separated parts to (re)run; others are kept from results/chunked.json",
+    )
     args = parser.parse_args()
-    report = {
-        "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, CPU only",
-        "throughput": throughput(args.throughput_size, args.memory_limit),
-    }
-    print(json.dumps(report, indent=2), flush=True)
-    report["chunk_breakdown"] = chunk_breakdown()
-    print(json.dumps(report["chunk_breakdown"], indent=2), flush=True)
-    if not args.skip_huge:
-        report["memory"] = peak_memory(args.size, args.memory_limit)
+    parts = set(args.parts.split(","))
+    path = RESULTS / "chunked.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report["machine"] = (
+        f"{platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, CPU only"
+    )
+    if "throughput" in parts:
+        report["throughput"] = throughput(args.throughput_size, args.memory_limit)
+        print(json.dumps(report["throughput"], indent=2), flush=True)
+    if "breakdown" in parts:
+        report["chunk_breakdown"] = chunk_breakdown()
+        print(json.dumps(report["chunk_breakdown"], indent=2), flush=True)
+    if "memory" in parts:
+        result = peak_memory(args.size, args.memory_limit)
+        previous = report.get("memory", [])
+        previous = [previous] if isinstance(previous, dict) else previous
+        report["memory"] = [m for m in previous if m["image"] != result["image"]] + [result]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "chunked.json").write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(report, indent=2))
+    if "throughput" in report:
+        plot(report)
     print(json.dumps(report, indent=2))
 
 

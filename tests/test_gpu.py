@@ -40,3 +40,26 @@ def test_cuda_fine_tuning_with_mixed_precision():
     result = fine_tune([(image, labels)], make_checkpoint(), config)
     assert result.checkpoint.card.training[-1]["device"].startswith("cuda")
     assert all(v.device.type == "cpu" for v in result.checkpoint.state_dict.values())
+
+
+def test_chunked_run_uses_the_gpu_and_writes_the_same_objects(tmp_path):
+    from napari_unet_tuner import ChunkedConfig, segment_to_zarr
+    from napari_unet_tuner.io import open_labels_zarr
+
+    ckpt = make_checkpoint()
+    labels = disc_labels((160, 160), [(40, 40), (40, 64), (100, 100), (120, 40)], 14)
+    image = ((labels > 0) * 900 + 300).astype(np.float32)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        result = segment_to_zarr(
+            image,
+            tmp_path / f"{device}.zarr",
+            ckpt,
+            inference=InferenceConfig(device=device, mixed_precision=False),
+            chunked=ChunkedConfig(chunk_shape=(64, 64)),
+        )
+        runs[device] = (result, open_labels_zarr(result.path)[:])
+    (cpu, cpu_labels), (gpu, gpu_labels) = runs["cpu"], runs["cuda"]
+    assert gpu.chunks == cpu.chunks == 9
+    assert abs(gpu.objects - cpu.objects) <= 1
+    assert np.mean((gpu_labels > 0) == (cpu_labels > 0)) > 0.99

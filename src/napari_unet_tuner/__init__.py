@@ -12,6 +12,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 from napari_unet_tuner.config import (
+    ChunkedConfig,
     InferenceConfig,
     InstanceConfig,
     ModelCard,
@@ -26,6 +27,13 @@ from napari_unet_tuner.inference import (
     iter_segment,
     segment,
 )
+from napari_unet_tuner.inference.chunked import (
+    ChunkedResult,
+    ChunkProgress,
+    iter_segment_to_zarr,
+    segment_to_zarr,
+)
+from napari_unet_tuner.io import FileImage
 from napari_unet_tuner.model import (
     Checkpoint,
     UNet,
@@ -40,6 +48,12 @@ from napari_unet_tuner.training import FineTuneResult, TrainingProgress, fine_tu
 
 __all__ = [
     "Checkpoint",
+    "ChunkProgress",
+    "ChunkedConfig",
+    "ChunkedResult",
+    "FileImage",
+    "iter_segment_to_zarr",
+    "segment_to_zarr",
     "CheckpointError",
     "ConfigError",
     "InferenceConfig",

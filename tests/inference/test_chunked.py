@@ -245,3 +245,44 @@ def test_ome_zarr_in_ome_zarr_out(tmp_path, image, sharp_checkpoint):
     assert result.axes == "YX" and labels.ome and labels.axes == "YX"
     assert labels.scale == (0.5, 0.5) and labels.shape == image.shape
     assert np.array_equal(labels[:], open_labels_zarr(out)[:])
+
+
+def test_a_3d_model_in_3d_chunks(tmp_path):
+    from napari_unet_tuner import ModelConfig
+
+    config = ModelConfig(spatial_dims=3, features=4, depth=1)
+    torch.manual_seed(0)
+    model = UNet(config).eval()
+    with torch.no_grad():
+        model.final_conv.weight.mul_(50.0)
+        model.final_conv.bias.zero_()
+    checkpoint = Checkpoint.from_model(model, new_card(config, name="sharp 3d"))
+    rng = np.random.default_rng(0)
+    volume = ndimage.gaussian_filter(rng.normal(100, 10, (20, 40, 36)), 2).astype(np.float32)
+    reader = ImageReader(volume, "ZYX", 3, 1, checkpoint.card.normalization_config)
+    prob = predict_tiled(
+        lambda sl: reader.read((), sl),
+        reader.spatial_shape,
+        make_predictor(checkpoint.build_model("cpu"), "cpu"),
+        3,
+        (8, 16, 16),
+        0.125,
+        1,
+    )
+    instances = InstanceConfig(
+        threshold=float(1 - np.quantile(prob[0].astype(np.float32), 0.3)),
+        seed_threshold=float(np.quantile(prob[1].astype(np.float32), 0.93)),
+        min_size=5,
+    )
+    chunk = (8, 16, 16)
+    expected = probabilities_to_labels(prob, "boundary3", instances, block_shape=chunk)
+    result = segment_to_zarr(
+        volume,
+        tmp_path / "volume.zarr",
+        checkpoint,
+        inference=InferenceConfig(tile_shape=(8, 16, 16)),
+        instances=instances,
+        chunked=ChunkedConfig(chunk_shape=chunk),
+    )
+    assert result.chunks == 3 * 3 * 3 and expected.max() > 10
+    assert same_up_to_renumbering(expected, open_labels_zarr(result.path)[:])
