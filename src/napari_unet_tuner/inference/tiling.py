@@ -112,6 +112,30 @@ def blending_window(
     return window
 
 
+def _weighted_predictions(
+    read_tile: TileReader,
+    predictor: Predictor,
+    corners: Sequence[tuple[int, ...]],
+    tile_shape: tuple[int, ...],
+    overlap_px: tuple[int, ...],
+    spatial_shape: tuple[int, ...],
+) -> list[tuple[tuple[int, ...], np.ndarray, np.ndarray]]:
+    """Predict one batch of tiles: ``(corner, prediction * window, window)`` per tile."""
+    slices = [tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in corners]
+    pred = np.asarray(predictor(np.stack([read_tile(sl) for sl in slices])), np.float32)
+    weighted = []
+    for corner, prediction in zip(corners, pred, strict=True):
+        window = blending_window(
+            tile_shape,
+            overlap_px,
+            tuple(c == 0 for c in corner),
+            tuple(c + t >= s for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)),
+        )
+        np.multiply(prediction, window, out=prediction)
+        weighted.append((corner, prediction, window))
+    return weighted
+
+
 def iter_predict_tiled(
     read_tile: TileReader,
     spatial_shape: Sequence[int],
@@ -171,25 +195,12 @@ def iter_predict_tiled(
         tiles = [(row, *corner) for corner in itertools.product(*starts[1:])]
         for first in range(0, len(tiles), batch_size):
             chunk = tiles[first : first + batch_size]
-            slices = [
-                tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in chunk
-            ]
-            batch = np.stack([read_tile(sl) for sl in slices])
-            pred = np.asarray(predictor(batch), dtype=np.float32)
-            for corner, prediction in zip(chunk, pred, strict=True):
-                window = blending_window(
-                    tile_shape,
-                    overlap_px,
-                    tuple(c == 0 for c in corner),
-                    tuple(
-                        c + t >= s
-                        for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)
-                    ),
-                )
+            for corner, prediction, window in _weighted_predictions(
+                read_tile, predictor, chunk, tile_shape, overlap_px, spatial_shape
+            ):
                 local = (slice(0, band_rows),) + tuple(
                     slice(c, c + t) for c, t in zip(corner[1:], tile_shape[1:], strict=True)
                 )
-                np.multiply(prediction, window, out=prediction)
                 acc[(slice(None), *local)] += prediction
                 weight_sum[local] += window
             done += len(chunk)
@@ -247,19 +258,9 @@ def predict_region(
     tiles = list(itertools.product(*touching))
     for first in range(0, len(tiles), batch_size):
         chunk = tiles[first : first + batch_size]
-        slices = [
-            tuple(slice(s, s + t) for s, t in zip(c, tile_shape, strict=True)) for c in chunk
-        ]
-        pred = np.asarray(predictor(np.stack([read_tile(sl) for sl in slices])), np.float32)
-        for corner, prediction in zip(chunk, pred, strict=True):
-            window = blending_window(
-                tile_shape,
-                overlap_px,
-                tuple(c == 0 for c in corner),
-                tuple(
-                    c + t >= s for c, t, s in zip(corner, tile_shape, spatial_shape, strict=True)
-                ),
-            )
+        for corner, prediction, window in _weighted_predictions(
+            read_tile, predictor, chunk, tile_shape, overlap_px, spatial_shape
+        ):
             clipped = [
                 (max(c, r.start), min(c + t, r.stop))
                 for c, t, r in zip(corner, tile_shape, region, strict=True)
@@ -268,7 +269,6 @@ def predict_region(
             in_region = tuple(
                 slice(a - r.start, b - r.start) for (a, b), r in zip(clipped, region, strict=True)
             )
-            np.multiply(prediction, window, out=prediction)
             acc[(slice(None), *in_region)] += prediction[(slice(None), *in_tile)]
             weight_sum[in_region] += window[in_tile]
     return (acc / weight_sum).astype(np.float16)
