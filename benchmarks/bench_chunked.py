@@ -64,23 +64,29 @@ def synthetic_zarr(size: int) -> Path:
 
 
 def run_cli(args: list[str]) -> dict:
-    """Run the CLI; return wall time, peak summed RSS of its process tree, and its log."""
+    """Run the CLI; return wall time, peak memory of its process tree, and its log.
+
+    Memory is sampled as the sum over the processes of their resident set
+    (RSS, which counts shared libraries such as torch's once per process) and
+    of their proportional set size (PSS, shared pages split between the
+    processes that map them: the physical memory the run takes).
+    """
     t0 = time.perf_counter()
     process = subprocess.Popen(
         [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    peak = {"total": 0, "processes": 0}
+    peak = {"rss": 0, "pss": 0}
     root = psutil.Process(process.pid)
 
     def sample() -> None:
         while process.poll() is None:
             try:
                 tree = [root, *root.children(recursive=True)]
-                total = sum(p.memory_info().rss for p in tree if p.is_running())
+                info = [p.memory_full_info() for p in tree]
             except psutil.Error:
                 continue
-            if total > peak["total"]:
-                peak["total"], peak["processes"] = total, len(tree)
+            peak["rss"] = max(peak["rss"], sum(i.rss for i in info))
+            peak["pss"] = max(peak["pss"], sum(i.pss for i in info))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -91,7 +97,12 @@ def run_cli(args: list[str]) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"unet-tuner {' '.join(args)} failed:\n{stderr[-3000:]}")
     summary = [line for line in stderr.splitlines() if "objects in" in line]
-    return {"seconds": seconds, "peak_rss_bytes": peak["total"], "log": summary[-1:]}
+    return {
+        "seconds": seconds,
+        "peak_rss_bytes": peak["rss"],
+        "peak_pss_bytes": peak["pss"],
+        "log": summary[-1:],
+    }
 
 
 def chunk_seconds(log_line: str) -> float:
@@ -119,6 +130,7 @@ def throughput(size: int, memory_limit: str) -> dict:
             "run_seconds": chunk_seconds(m["log"][0]),
             "mpx_per_s": round(megapixels / chunk_seconds(m["log"][0]), 3),
             "peak_rss_mb": round(m["peak_rss_bytes"] / 2**20),
+            "peak_pss_mb": round(m["peak_pss_bytes"] / 2**20),
             "summary": m["log"][0],
         }
         shutil.rmtree(out, ignore_errors=True)
@@ -152,6 +164,7 @@ def peak_memory(size: int, memory_limit: str) -> dict:
         "workers": 2,
         "worker_memory_limit": memory_limit,
         "peak_rss_all_processes_mb": round(m["peak_rss_bytes"] / 2**20),
+        "peak_pss_all_processes_mb": round(m["peak_pss_bytes"] / 2**20),
         "wall_seconds": round(m["seconds"], 1),
         "mpx_per_s": round(size * size / 1e6 / run_seconds, 3),
         "summary": m["log"][0],
@@ -214,6 +227,7 @@ def plot(report: dict) -> None:
 
     runs = report["throughput"]["runs"]
     memory = report.get("memory", [])
+    memory = [memory] if isinstance(memory, dict) else memory
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     names = list(runs)
     left.bar(range(len(names)), [runs[n]["mpx_per_s"] for n in names], color="#4477aa")
@@ -222,10 +236,13 @@ def plot(report: dict) -> None:
     left.set_title(report["throughput"]["image"], fontsize=9)
     if memory:
         sizes = [m["image"].split(" ")[0] for m in memory]
-        right.bar(range(len(memory)), [m["peak_rss_all_processes_mb"] for m in memory])
+        right.bar(
+            range(len(memory)),
+            [m.get("peak_pss_all_processes_mb", m["peak_rss_all_processes_mb"]) for m in memory],
+        )
         right.axhline(2048, color="#cc3311", linestyle="--", label="target: 2 GB")
         right.set_xticks(range(len(memory)), sizes, fontsize=8)
-        right.set_ylabel("peak resident memory, all processes (MB)")
+        right.set_ylabel("peak memory (PSS), all processes (MB)")
         right.set_title("2 workers, 1 GB cap each", fontsize=9)
         right.legend(fontsize=8)
     fig.tight_layout()

@@ -55,7 +55,7 @@ from napari_unet_tuner.config import (
     InstanceConfig,
     NormalizationConfig,
 )
-from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.errors import InputError, UnetTunerError
 from napari_unet_tuner.inference.device import cpu_threads, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.instances import (
@@ -329,6 +329,10 @@ def _stitch(work_dir: Path, chunks: list[_Chunk], min_size: int) -> list[np.ndar
     _, component = connected_components(graph, directed=False)
     object_sizes = np.bincount(component, weights=np.concatenate(sizes))
     keep = object_sizes >= max(min_size, 1)
+    if int(keep.sum()) >= PROVISIONAL:
+        raise UnetTunerError(
+            f"{int(keep.sum())} objects do not fit the int32 labels (at most {PROVISIONAL - 1})"
+        )
     final = np.where(keep, np.cumsum(keep), 0).astype(np.int32)[component]
     return [
         np.concatenate([[0], final[offsets[i] : offsets[i + 1]]]).astype(np.int32)
