@@ -371,7 +371,8 @@ def local_cluster(config: ChunkedConfig) -> Iterator[ChunkedConfig]:
             threads_per_worker=config.threads_per_worker,
             processes=True,
             memory_limit=config.memory_limit or "auto",
-            dashboard_address=None,
+            # ":0": any free port, so that several clusters never collide on 8787.
+            dashboard_address=":0",
         ) as cluster,
     ):
         log.info("dask LocalCluster: %d workers at %s", config.workers, cluster.scheduler_address)
