@@ -52,9 +52,10 @@ def chunked_section(ch: dict | None) -> list[str]:
     ]
     memory = ch.get("memory", [])
     for m in [memory] if isinstance(memory, dict) else memory:
-        pss = m.get("peak_pss_all_processes_mb", "not sampled")
+        pss = m.get("peak_pss_all_processes_mb")
+        pss = f"**{pss} MB**" if pss is not None else "not sampled"
         lines.append(
-            f"| {m['image']} | {m['labels_output_gb']} GB | **{pss} MB** | "
+            f"| {m['image']} | {m['labels_output_gb']} GB | {pss} | "
             f"{m['peak_rss_all_processes_mb']} MB | {m['wall_seconds']} | {m['mpx_per_s']} |"
         )
     b = ch.get("chunk_breakdown")
@@ -64,7 +65,8 @@ def chunked_section(ch: dict | None) -> list[str]:
         lines += [
             "",
             "Peak memory is set by the chunk (2048 x 2048) and the number of workers, not by "
-            "the image (target: under 2 GB).",
+            "the image (target: under 2 GB). The megapixels/s of these long runs are lower than "
+            "in the table above because other work shared the machine during parts of them.",
             "",
             f"**On a cluster of N GPU workers** (estimate; no GPU was available to measure): "
             f"one 2048 x 2048 chunk costs {model} thread-seconds in the model and {other} in "
