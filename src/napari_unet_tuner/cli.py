@@ -308,20 +308,14 @@ def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, 
     if args.probabilities:
         log.warning("%s: --probabilities is only written for .tif outputs", image_path)
     image = FileImage(image_path)
-    axes = args.axes or image.axes
-    scale = None
-    if image.scale is not None and axes is not None:
-        scale = tuple(s for s, a in zip(image.scale, axes, strict=True) if a != "C")
     run = iter_segment_to_zarr(
         image,
         labels_path,
         ckpt,
-        axes=axes,
+        axes=args.axes,
         inference=inference,
         instances=instances,
         chunked=chunked,
-        ome=image.ome,
-        scale=scale,
         overwrite=args.overwrite,
     )
     with _bar(image_path.name, "chunk") as bar:

@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import io
 import itertools
+import json
 import logging
 import math
 import os
@@ -66,7 +67,7 @@ from napari_unet_tuner.inference.instances import (
 )
 from napari_unet_tuner.inference.pipeline import (
     DEFAULT_TILE_SHAPE,
-    _as_checkpoint,
+    as_checkpoint,
     make_predictor,
 )
 from napari_unet_tuner.inference.tiling import fit_tile_shape, predict_region
@@ -479,8 +480,6 @@ def _prepare_output(
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     try:
         return json.loads(path.read_text())
     except ValueError:
@@ -497,7 +496,7 @@ def iter_segment_to_zarr(
     instances: InstanceConfig | None = None,
     normalization: NormalizationConfig | None = None,
     chunked: ChunkedConfig | None = None,
-    ome: bool = False,
+    ome: bool | None = None,
     scale: tuple[float, ...] | None = None,
     overwrite: bool = False,
 ) -> Generator[ChunkProgress, None, ChunkedResult]:
@@ -529,10 +528,12 @@ def iter_segment_to_zarr(
         once for the whole image (per time point) before the chunks run.
     chunked : ChunkedConfig, optional
         Chunk shape and where to run (threads, LocalCluster, or a scheduler).
-    ome : bool
-        Write an OME-Zarr image instead of a bare zarr array.
+    ome : bool, optional
+        Write an OME-Zarr image instead of a bare zarr array; by default when
+        ``image`` is an OME-Zarr `~napari_unet_tuner.io.FileImage`.
     scale : tuple of float, optional
-        Pixel size per label axis for the OME-Zarr metadata.
+        Pixel size per label axis for the OME-Zarr metadata; by default the
+        input's OME-Zarr pixel size without its C axis.
     overwrite : bool
         Replace an existing ``output`` instead of refusing (or resuming).
 
@@ -544,7 +545,7 @@ def iter_segment_to_zarr(
         As `iter_segment`.
     """
     t0 = time.perf_counter()
-    ckpt = _as_checkpoint(checkpoint)
+    ckpt = as_checkpoint(checkpoint)
     cfg = ckpt.model_config
     inference = inference or InferenceConfig()
     chunked = chunked or ChunkedConfig()
@@ -557,6 +558,10 @@ def iter_segment_to_zarr(
         or infer_axes(shape, cfg.spatial_dims, cfg.in_channels)
     )
     reader = ImageReader(image, axes, cfg.spatial_dims, cfg.in_channels, normalization)
+    if ome is None:
+        ome = bool(getattr(image, "ome", False))
+    if scale is None and getattr(image, "scale", None) is not None:
+        scale = tuple(s for s, a in zip(image.scale, reader.axes, strict=True) if a != "C")
     chunk_shape = tuple(
         int(c) for c in (chunked.chunk_shape or DEFAULT_CHUNK_SHAPE[cfg.spatial_dims])
     )

@@ -96,7 +96,8 @@ def make_predictor(
     return predictor
 
 
-def _as_checkpoint(checkpoint: Checkpoint | str | os.PathLike) -> Checkpoint:
+def as_checkpoint(checkpoint: Checkpoint | str | os.PathLike) -> Checkpoint:
+    """Return ``checkpoint`` itself, or the checkpoint loaded from that path."""
     if isinstance(checkpoint, Checkpoint):
         return checkpoint
     return load_checkpoint(checkpoint)
@@ -146,7 +147,7 @@ def iter_segment(
     CheckpointError
         If the checkpoint cannot be loaded.
     """
-    ckpt = _as_checkpoint(checkpoint)
+    ckpt = as_checkpoint(checkpoint)
     cfg = ckpt.model_config
     inference = inference or InferenceConfig()
     instances = instances or ckpt.card.instance_config
