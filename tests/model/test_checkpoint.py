@@ -29,6 +29,22 @@ def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path):
         assert torch.equal(ckpt.build_model()(x), loaded.build_model()(x))
 
 
+def test_half_precision_file_is_half_the_size_and_loads_as_float32(tmp_path):
+    ckpt = make_checkpoint(ModelConfig(features=8, depth=2), seed=1)
+    full = save_checkpoint(ckpt, tmp_path / "full.safetensors")
+    half = save_checkpoint(ckpt, tmp_path / "half.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_checkpoint(half)
+    weights = [v for v in loaded.state_dict.values() if v.is_floating_point()]
+    assert weights and all(v.dtype == torch.float32 for v in weights)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.inference_mode():
+        reference = ckpt.build_model().eval()(x)
+        rounded = loaded.build_model().eval()(x)
+    assert not torch.equal(reference, rounded)
+    torch.testing.assert_close(rounded, reference, rtol=0.02, atol=0.02)
+
+
 def test_card_records_what_users_need(tiny_checkpoint_file):
     card = load_checkpoint(tiny_checkpoint_file).card
     assert card.input_axes == "CYX"

@@ -117,7 +117,11 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def save_checkpoint(
-    checkpoint: Checkpoint, path: str | os.PathLike, *, overwrite: bool = False
+    checkpoint: Checkpoint,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    half: bool = False,
 ) -> Path:
     """Write a checkpoint atomically and return the path written.
 
@@ -134,6 +138,9 @@ def save_checkpoint(
     overwrite : bool
         Replace an existing file. A file that is this checkpoint's parent is
         never replaced, whatever ``overwrite`` says.
+    half : bool
+        Store floating-point weights as float16: half the file size (the
+        shipped default uses it). They are read back as float32.
 
     Raises
     ------
@@ -155,6 +162,8 @@ def save_checkpoint(
         if not overwrite:
             raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.state_dict.items()}
+    if half:
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
@@ -269,6 +278,11 @@ def _load_safetensors(path: Path) -> Checkpoint:
         state_dict = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} cannot be read: {exc}") from exc
+    # Weights stored in half precision compute in float32 like any other.
+    state_dict = {
+        k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
+        for k, v in state_dict.items()
+    }
     _check_state_dict(state_dict, model_config, path)
     return Checkpoint(model_config, card, state_dict, path=path, sha256=file_sha256(path))
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
-from napari_unet_tuner.config import NormalizationConfig
+from napari_unet_tuner.config import NormalizationConfig, TrainingConfig
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.training.targets import (
@@ -190,7 +191,7 @@ class PatchSampler:
         self,
         samples: list[Sample],
         patch_shape: tuple[int, ...],
-        augment: bool,
+        augment: TrainingConfig | None,
         rng: np.random.Generator,
     ) -> None:
         self.samples = [s for s in samples if (s.targets != IGNORE).any()]
@@ -218,8 +219,8 @@ class PatchSampler:
         pool = self._objects[i] if len(self._objects[i]) and rng.random() < 0.5 else self._known[i]
         center = np.unravel_index(pool[rng.integers(len(pool))], sample.targets.shape)
         image, target = _crop(sample.image, sample.targets, center, self.patch_shape, rng)
-        if self.augment:
-            image, target = _augment(image, target, rng)
+        if self.augment is not None:
+            image, target = _augment(image, target, rng, self.augment)
         return np.ascontiguousarray(image), np.ascontiguousarray(target)
 
 
@@ -250,16 +251,26 @@ def _crop(image, targets, center, patch_shape, rng):
     return img, tgt
 
 
-def _augment(image, target, rng):
-    """Flips, 90-degree rotations (in YX), intensity scale/shift and Gaussian noise."""
+def _augment(image, target, rng, config: TrainingConfig):
+    """Flips, 90-degree rotations (in YX), gamma, blur, intensity scale/shift and noise."""
     for axis in range(target.ndim):
         if rng.random() < 0.5:
             image, target = np.flip(image, axis + 1), np.flip(target, axis)
     if target.shape[-1] == target.shape[-2]:
         k = int(rng.integers(4))
         image, target = np.rot90(image, k, axes=(-2, -1)), np.rot90(target, k, axes=(-2, -1))
-    image = image * rng.uniform(0.8, 1.25) + rng.uniform(-0.1, 0.1)
-    sigma = rng.uniform(0, 0.05)
+    image = image.astype(np.float32)
+    # Draw only what is switched on, so the defaults keep their random stream.
+    low, high = config.gamma_range
+    gamma = rng.uniform(low, high) if low != high else low
+    if gamma != 1.0:
+        # Sign-preserving, because normalized images dip slightly below 0.
+        image = np.sign(image) * np.abs(image) ** gamma
+    blur = rng.uniform(0, config.blur_max) if config.blur_max > 0 else 0.0
+    if blur > 0.3:
+        image = ndimage.gaussian_filter(image, (0, *(blur,) * target.ndim))
+    image = image * rng.uniform(*config.intensity_range) + rng.uniform(-0.1, 0.1)
+    sigma = rng.uniform(0, config.noise_max)
     if sigma > 0:
         image = image + rng.normal(0, sigma, image.shape).astype(np.float32)
     return image.astype(np.float32), target
