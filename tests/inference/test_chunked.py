@@ -202,9 +202,7 @@ def test_existing_outputs_are_never_overwritten_silently(tmp_path, image, sharp_
 
 
 @pytest.mark.slow
-def test_a_local_cluster_gives_the_same_labels_from_a_zarr_file(
-    tmp_path, image, sharp_checkpoint
-):
+def test_a_local_cluster_gives_the_same_labels_from_a_zarr_file(tmp_path, image, sharp_checkpoint):
     expected, instances = in_memory(image, sharp_checkpoint)
     source = zarr.create_array(
         store=str(tmp_path / "image.zarr"), shape=image.shape, chunks=(50, 50), dtype="float32"
