@@ -53,10 +53,20 @@ def test_segment_writes_labels_and_probabilities(tmp_path, image_file, tiny_chec
                 "--checkpoint",
                 str(tiny_checkpoint_file),
                 "--overwrite",
+                "--scale",
+                "0.5",
             ]
         )
         == 0
     )
+    assert tifffile.imread(out).shape == (48, 40)
+
+
+def test_scale_out_of_range_is_a_usage_error(tmp_path, image_file, capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", str(image_file), "-o", str(tmp_path / "o.tif"), "--scale", "0"])
+    assert "outside 0.1-10" in capsys.readouterr().err
+    assert not (tmp_path / "o.tif").exists()
 
 
 def test_batch_reports_failures_and_goes_on(tmp_path, image_file, tiny_checkpoint_file, caplog):

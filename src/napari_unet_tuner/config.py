@@ -174,6 +174,12 @@ class InferenceConfig(_DictMixin):
         Autocast to half precision on CUDA and MPS (ignored on the CPU).
     num_threads : int or None
         CPU threads for torch during the run; ``None`` keeps torch's default.
+    scale : float
+        Resize factor for the spatial axes before the model sees the image,
+        for objects of another size than the model was trained on (0.5 for
+        nuclei twice as large as it expects, 2 for half). Probabilities are
+        resized back, so labels always match the image. Each plane is then
+        read whole (not tile by tile).
     """
 
     tile_shape: tuple[int, ...] | None = None
@@ -182,8 +188,11 @@ class InferenceConfig(_DictMixin):
     device: str = "auto"
     mixed_precision: bool = True
     num_threads: int | None = None
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.scale <= 10:
+            raise ValueError(f"scale must be in [0.1, 10], got {self.scale}")
         if not 0.0 <= self.overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {self.overlap}")
         if self.batch_size < 1:

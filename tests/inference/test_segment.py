@@ -81,3 +81,62 @@ def test_bad_input_is_reported_before_work(tiny_checkpoint):
         segment(np.zeros((2, 32, 32)), tiny_checkpoint, axes="CYX")
     with pytest.raises(ValueError, match="no CUDA"):
         segment(np.zeros((32, 32)), tiny_checkpoint, inference=InferenceConfig(device="cuda"))
+
+
+def _intensity_predictor(seen):
+    """A stand-in model: bright pixels are interior, a 2 px dark rim is boundary."""
+
+    def predict(batch):
+        seen.append(batch.shape[-2:])
+        bright = (batch[:, 0] > 0.5).astype(np.float32)
+        out = np.zeros((batch.shape[0], 3, *batch.shape[2:]), np.float32)
+        out[:, 0], out[:, 1] = 1 - bright, bright
+        return out
+
+    return predict
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0])
+def test_scale_runs_the_model_on_a_resized_image_and_labels_match_the_image(
+    tiny_checkpoint, scale
+):
+    from conftest import disc_labels
+
+    truth = disc_labels((96, 128), [(30, 30), (60, 90), (70, 30)], radius=12)
+    image = (truth > 0).astype(np.float32) * 1000 + 100
+    seen = []
+    result = segment(
+        image,
+        tiny_checkpoint,
+        inference=InferenceConfig(tile_shape=(64, 64), scale=scale, device="cpu"),
+        predictor=_intensity_predictor(seen),
+        return_probabilities=True,
+    )
+    assert result.labels.shape == image.shape
+    assert result.probabilities.shape == (3, *image.shape)
+    # The model saw the resized plane: tiles cover about scale**2 of the pixels.
+    covered = sum(h * w for h, w in seen)
+    assert covered >= image.size * scale**2 * 0.9
+    assert covered <= image.size * scale**2 * 2
+    found = result.labels
+    assert found.max() == 3
+    for label in (1, 2, 3):
+        mask = truth == label
+        overlap = np.bincount(found[mask]).argmax()
+        iou = (mask & (found == overlap)).sum() / (mask | (found == overlap)).sum()
+        assert overlap > 0 and iou > 0.85
+
+
+def test_scale_is_refused_where_it_is_not_supported(tiny_checkpoint, tmp_path):
+    from napari_unet_tuner.inference.chunked import segment_to_zarr
+
+    with pytest.raises(ValueError, match="scale"):
+        InferenceConfig(scale=0.01)
+    with pytest.raises(InputError, match="not available for zarr output"):
+        segment_to_zarr(
+            np.zeros((64, 64), np.float32),
+            tmp_path / "out.zarr",
+            tiny_checkpoint,
+            inference=InferenceConfig(scale=0.5),
+        )
+    assert not (tmp_path / "out.zarr").exists()

@@ -258,3 +258,24 @@ def test_segment_a_multiscale_layer_into_a_zarr_backed_labels_layer(
     assert int(np.asarray(layer.data[:]).max()) < 1 << 30  # final ids, no provisional ones
     assert reads and max(reads) < big.size
     assert viewer.layers["slide"].data[0] is level0  # the user's layer is untouched
+
+
+def test_rescale_keeps_labels_on_the_image_grid(tuner, qtbot, tmp_path, monkeypatch):
+    from napari_unet_tuner._widgets import segment_panel
+
+    messages = []
+    monkeypatch.setattr(segment_panel, "show_error", messages.append)
+    image, _ = cells_image()
+    layer = tuner.viewer.add_image(image, name="big nuclei")
+    panel = tuner.segment_panel
+    panel.image.value = layer
+    panel.scale.value = 0.5
+    panel.run()
+    wait_idle(qtbot, panel)
+    assert tuner.viewer.layers["big nuclei labels"].data.shape == (96, 96)
+
+    panel.to_zarr.value = True
+    panel.zarr_path.value = tmp_path / "out.zarr"
+    assert panel.run() is None
+    assert "set rescale to 1" in messages[-1]
+    assert not (tmp_path / "out.zarr").exists()

@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FileEdit, PushButton, create_widget
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    PushButton,
+    create_widget,
+)
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
@@ -70,6 +77,18 @@ class SegmentPanel(Container):
             text="only the field of view",
             tooltip="Segment the visible part of the current plane: fast feedback on big images.",
         )
+        self.scale = FloatSpinBox(
+            value=1.0,
+            min=0.1,
+            max=10.0,
+            step=0.1,
+            label="rescale",
+            tooltip=(
+                "Resize the image for the model: 0.5 when nuclei are twice as large as the "
+                "model expects (the bundled one: about 10-40 pixels across), 2 when half. "
+                "The labels always match the image."
+            ),
+        )
         self.probabilities = CheckBox(
             text="add probability map", tooltip="Also show the model's class probabilities."
         )
@@ -96,6 +115,7 @@ class SegmentPanel(Container):
             [
                 self.image,
                 self.field_of_view,
+                self.scale,
                 self.probabilities,
                 self.to_zarr,
                 self.zarr_path,
@@ -122,8 +142,13 @@ class SegmentPanel(Container):
         source = data[region] if region is not None else data
         if region is not None:
             axes = "YXC" if layer.rgb else "YX"
-        inference = InferenceConfig(device=self._tuner.model_panel.device.value)
+        inference = InferenceConfig(
+            device=self._tuner.model_panel.device.value, scale=self.scale.value
+        )
         if self.to_zarr.value and region is None:
+            if inference.scale != 1.0:
+                show_error("Rescaling is not available with zarr output yet: set rescale to 1.")
+                return None
             output = Path(self.zarr_path.value)
             problem = check_zarr_path(output)
             if problem:

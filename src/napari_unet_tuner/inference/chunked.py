@@ -542,12 +542,17 @@ def iter_segment_to_zarr(
     FileExistsError
         If ``output`` exists and is not an interrupted run of the same job.
     InputError, CheckpointError
-        As `iter_segment`.
+        As `iter_segment`; also `InputError` for ``inference.scale != 1``.
     """
     t0 = time.perf_counter()
     ckpt = as_checkpoint(checkpoint)
     cfg = ckpt.model_config
     inference = inference or InferenceConfig()
+    if inference.scale != 1.0:
+        raise InputError(
+            "rescaling (InferenceConfig.scale) is not available for zarr output yet: "
+            "segment in memory, or resize the image first"
+        )
     chunked = chunked or ChunkedConfig()
     instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from skimage.transform import resize
 
 from napari_unet_tuner._generators import map_progress, run_to_completion
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, NormalizationConfig
@@ -103,6 +104,38 @@ def as_checkpoint(checkpoint: Checkpoint | str | os.PathLike) -> Checkpoint:
     return load_checkpoint(checkpoint)
 
 
+class Rescaled:
+    """An `ImageReader`'s planes as the model sees them, resized by ``scale``.
+
+    With ``scale == 1`` tiles are read straight from the image; otherwise
+    each plane is read whole, normalized, and resized (linear) once, and
+    the model's probabilities are resized back to the plane's own shape.
+    """
+
+    def __init__(self, reader: ImageReader, scale: float) -> None:
+        self.reader = reader
+        self.scale = scale
+        self.spatial_shape = tuple(max(1, round(s * scale)) for s in reader.spatial_shape)
+
+    def plane_reader(self, batch_index: tuple[int, ...]) -> Callable[[tuple[slice, ...]], Any]:
+        """Return a tile reader (spatial slices -> normalized ``(C, *tile)``) for one plane."""
+        if self.scale == 1.0:
+            return lambda spatial: self.reader.read(batch_index, spatial)
+        whole = tuple(slice(0, s) for s in self.reader.spatial_shape)
+        plane = self.reader.read(batch_index, whole)
+        plane = resize(
+            plane, (plane.shape[0], *self.spatial_shape), order=1, anti_aliasing=self.scale < 1
+        ).astype(np.float32)
+        return lambda spatial: plane[(slice(None), *spatial)]
+
+    def restore(self, probabilities: np.ndarray) -> np.ndarray:
+        """Probabilities ``(C, *scaled)`` resized back to the plane's own shape."""
+        if self.scale == 1.0:
+            return probabilities
+        shape = (probabilities.shape[0], *self.reader.spatial_shape)
+        return resize(probabilities, shape, order=1).astype(np.float32)
+
+
 def iter_segment(
     image: Any,
     checkpoint: Checkpoint | str | os.PathLike,
@@ -160,8 +193,9 @@ def iter_segment(
         cfg.in_channels,
         normalization,
     )
+    scaled = Rescaled(reader, inference.scale)
     tile_shape = fit_tile_shape(
-        reader.spatial_shape,
+        scaled.spatial_shape,
         inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
         cfg.size_multiple,
     )
@@ -177,7 +211,7 @@ def iter_segment(
     planes = math.prod(reader.batch_shape)
     tiles_per_plane = math.prod(
         len(tile_starts(s, t, int(round(t * inference.overlap))))
-        for s, t in zip(reader.spatial_shape, tile_shape, strict=True)
+        for s, t in zip(scaled.spatial_shape, tile_shape, strict=True)
     )
     total = planes * tiles_per_plane
     t0 = time.perf_counter()
@@ -186,8 +220,8 @@ def iter_segment(
         for plane, batch_index in enumerate(reader.batch_indices()):
             where = reader.label_index(batch_index)
             tiles = iter_predict_tiled(
-                lambda spatial, b=batch_index: reader.read(b, spatial),
-                reader.spatial_shape,
+                scaled.plane_reader(batch_index),
+                scaled.spatial_shape,
                 predictor,
                 cfg.out_channels,
                 tile_shape,
@@ -213,6 +247,7 @@ def iter_segment(
                 total,
                 time.perf_counter() - t0,
             )
+            prob = scaled.restore(prob)
             # Written straight into the output where it is contiguous (a plane of
             # a stack usually is): no second label array on huge images.
             target = reader.to_label_order(labels[where], inverse=True)
