@@ -84,10 +84,46 @@ def rescaled_pairs(pairs, diameter: float):
     return out
 
 
-def training_pairs() -> tuple[list, dict[str, float]]:
+def crowded(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float):
+    """A copy of ``(image, labels)`` with nuclei pasted so that they touch others.
+
+    The training labels (computer-made) almost never have touching nuclei:
+    0.1-0.4 % of their boundary pixels are contacts, against 4 % in the
+    hand-annotated DSB2018 image, so a model learns that a dark gap always
+    separates two nuclei. Pasting copies of the image's own nuclei (their
+    pixels and masks, over what was there) next to other nuclei gives
+    contacts without a gap, with the pasted nucleus' own rim as the only cue.
+    """
+    out_image = image.astype(np.float32, copy=True)
+    out_labels = labels.copy()
+    objects = [p for p in regionprops(labels) if 20 <= p.area]
+    if len(objects) < 2:
+        return None
+    next_id = int(labels.max()) + 1
+    for _ in range(int(share * len(objects))):
+        source, anchor = (objects[i] for i in rng.choice(len(objects), 2, replace=False))
+        mask = source.image
+        radius = (source.equivalent_diameter_area + anchor.equivalent_diameter_area) / 2
+        angle = rng.uniform(0, 2 * np.pi)
+        distance = radius * rng.uniform(0.65, 0.95)
+        centre = np.array(anchor.centroid) + distance * np.array([np.sin(angle), np.cos(angle)])
+        corner = np.round(centre - np.array(mask.shape) / 2).astype(int)
+        if (corner < 0).any() or (corner + mask.shape > np.array(labels.shape)).any():
+            continue
+        target = tuple(slice(c, c + n) for c, n in zip(corner, mask.shape, strict=True))
+        out_image[target][mask] = image[source.slice][mask]
+        out_labels[target][mask] = next_id
+        next_id += 1
+    return out_image, out_labels
+
+
+def training_pairs(crowd: float) -> tuple[list, dict[str, float]]:
     pairs, diameters = [], {}
+    rng = np.random.default_rng(0)
     for name, subset in datasets.training_sets().items():
         diameters[name] = round(median_diameter([labels for _, labels in subset]), 1)
+        if crowd > 0:
+            subset = subset + [c for c in (crowded(*p, rng, crowd) for p in subset) if c]
         pairs += rescaled_pairs(subset, diameters[name])
     return pairs, diameters
 
@@ -141,8 +177,12 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--report", type=Path, help="also write the held-out scores here (JSON)")
+    parser.add_argument(
+        "--crowd", type=float, default=0.5, help="nuclei pasted per nucleus in crowded copies"
+    )
+    parser.add_argument("--contact-weight", type=float, default=3.0)
     args = parser.parse_args()
-    pairs, diameters = training_pairs()
+    pairs, diameters = training_pairs(args.crowd)
     print(f"{len(pairs)} training images; median diameters {diameters}", flush=True)
     config = TrainingConfig(
         mode="corrections",
@@ -154,6 +194,7 @@ def main() -> None:
         seed=0,
         batch_size=8,
         num_threads=args.threads,
+        contact_weight=args.contact_weight,
         **STRONG_AUGMENTATION,
     )
     run = iter_fine_tune(

@@ -340,6 +340,9 @@ class TrainingConfig(_DictMixin):
     boundary_weight : float
         Loss weight of the boundary class relative to the other two; high,
         because a missed boundary merges two objects.
+    contact_weight : float
+        Extra loss weight (a factor on ``boundary_weight``) of boundary pixels
+        where two objects touch: higher values separate crowded objects.
     validation_fraction : float
         Share of the annotated objects held out (by image region) for validation.
     freeze_encoder_levels : int
@@ -378,6 +381,7 @@ class TrainingConfig(_DictMixin):
     batch_size: int | None = None
     learning_rate: float = 1e-3
     boundary_weight: float = 4.0
+    contact_weight: float = 1.0
     validation_fraction: float = 0.2
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
@@ -410,5 +414,7 @@ class TrainingConfig(_DictMixin):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high")
+        if self.contact_weight < 1.0:
+            raise ValueError(f"contact_weight must be >= 1, got {self.contact_weight}")
         if self.blur_max < 0 or self.noise_max < 0:
             raise ValueError("blur_max and noise_max must be >= 0")

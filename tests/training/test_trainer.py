@@ -51,6 +51,33 @@ def test_loss_ignores_unannotated_pixels():
     assert torch.equal(binary.detach(), changed_binary)
 
 
+def test_contact_weight_stresses_where_objects_touch():
+    from napari_unet_tuner.inference.instances import labels_to_classes
+    from napari_unet_tuner.training.trainer import _contact_map
+
+    labels = np.zeros((1, 24, 24), np.int32)
+    labels[0, 4:20, 4:12], labels[0, 4:20, 12:20] = 1, 2
+    targets = torch.from_numpy(labels_to_classes(labels[0])[None].astype(np.int64))
+    contact = _contact_map(targets)[0].numpy().astype(bool)
+    # Only the two columns where the objects meet, away from their corners.
+    assert set(np.unique(np.nonzero(contact)[1])) == {11, 12}
+    assert contact.sum() == 2 * 14
+    logits = torch.zeros(1, 3, 24, 24)
+    logits[:, 1] = 5.0  # confidently "interior" everywhere: wrong on every boundary
+    plain = masked_loss(logits, targets)
+    assert torch.equal(masked_loss(logits, targets, contact_weight=1.0), plain)
+    assert masked_loss(logits, targets, contact_weight=5.0) > plain
+    # Without contacts the weighting changes nothing.
+    single = torch.from_numpy(labels_to_classes((labels[0] == 1).astype(np.int32))[None])
+    np.testing.assert_allclose(
+        masked_loss(logits, single.long(), contact_weight=5.0),
+        masked_loss(logits, single.long()),
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="contact_weight"):
+        TrainingConfig(contact_weight=0.5)
+
+
 def test_a_few_steps_lower_the_loss():
     config = TrainingConfig(
         max_seconds=60,
