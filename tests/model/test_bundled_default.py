@@ -1,0 +1,32 @@
+"""The checkpoint that ships with the package: small, described, and working on the sample."""
+
+import numpy as np
+from skimage.filters import gaussian, threshold_otsu
+
+from napari_unet_tuner import load_checkpoint, segment
+from napari_unet_tuner._sample_data import nuclei_sample
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+
+
+def test_bundled_default_is_small_and_its_card_says_what_it_expects():
+    path = default_checkpoint_path()
+    assert path.stat().st_size < 5e6  # float16 storage
+    card = load_checkpoint(path).card
+    assert card.channel_names == ("nuclei",)
+    for needed in ("pixels across", "rescale", "hand-annotated", "Held-out AP@0.5", "trackastra"):
+        assert needed in card.description
+    assert card.training and card.training[-1]["scores_after"]["ap50"] > 0.5
+
+
+def test_bundled_default_finds_the_nuclei_of_the_sample():
+    ((image, _, _),) = nuclei_sample()
+    labels = segment(image, default_checkpoint_path()).labels
+    areas = np.bincount(labels.ravel())[1:]
+    # Hoechst nuclei about 12 px across, some 90-100 in this frame.
+    assert 60 <= labels.max() <= 150
+    assert 60 <= np.median(areas) <= 300
+    smooth = gaussian(image.astype(np.float32), 1.5, preserve_range=True)
+    otsu = smooth > threshold_otsu(smooth)
+    found = labels > 0
+    dice = 2 * (otsu & found).sum() / (otsu.sum() + found.sum())
+    assert dice > 0.75
