@@ -1,7 +1,7 @@
 """Width and depth of the default U-Net: held-out quality against CPU segmentation speed.
 
     .venv/bin/python benchmarks/bench_architecture.py [--configs 8x4 16x3 16x4 32x4]
-        [--seconds 600] [--parallel 2]
+        [--seconds 600] [--parallel 2] [--reuse]
 
 Each ``FEATURESxDEPTH`` is trained by ``scripts/train_default.py`` (same
 data, augmentation and seed as the shipped default) for ``--seconds`` of
@@ -99,14 +99,23 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["8x4", "16x3", "16x4", "32x4"])
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument(
+        "--reuse", action="store_true", help="time and report the models of an earlier run"
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(args.parallel) as pool:
-        trained = dict(
-            zip(
-                args.configs, pool.map(lambda c: train(c, args.seconds), args.configs), strict=True
-            )
-        )
+    if args.reuse:
+        trained = {
+            c: {
+                "checkpoint": WORK / f"{c}.safetensors",
+                **json.loads((WORK / f"{c}.json").read_text()),
+            }
+            for c in args.configs
+        }
+    else:
+        with ThreadPoolExecutor(args.parallel) as pool:
+            runs = pool.map(lambda c: train(c, args.seconds), args.configs)
+            trained = dict(zip(args.configs, runs, strict=True))
     image = mosaic(2048)
     report: dict = {"seconds": args.seconds, "configs": {}}
     for name, run in trained.items():

@@ -78,7 +78,14 @@ def architecture_section(arch: dict | None) -> list[str]:
             f"| {name} | {r['parameters']:,} | {r['steps']} | {r['dsb_ap50']:.3f} | "
             f"{r['dsb_ap75']:.3f} | {r['computer_ap50']:.3f} | {r['mp_per_s']} |"
         )
-    lines += ["", "![width and depth](benchmarks/results/architecture.png)", ""]
+    lines += [
+        "",
+        "These are short runs, a proxy for the shipped default's 1800 s on two threads: compare "
+        "the rows with each other, not with the quality table above.",
+        "",
+        "![width and depth](benchmarks/results/architecture.png)",
+        "",
+    ]
     return lines
 
 
