@@ -24,7 +24,6 @@ from painting import paint_scribbles
 
 from napari_unet_tuner import TrainingConfig, fine_tune, load_checkpoint, segment
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
-from napari_unet_tuner.training.metrics import average_precision
 
 import datasets
 
@@ -35,12 +34,8 @@ TEST_FRAMES = (17, 18, 19)
 
 
 def held_out_ap(checkpoint, images, masks) -> dict[str, float]:
-    ap50, ap75 = [], []
-    for t in TEST_FRAMES:
-        labels = segment(images[t], checkpoint).labels
-        ap50.append(average_precision(masks[t], labels, 0.5))
-        ap75.append(average_precision(masks[t], labels, 0.75))
-    return {"ap50": float(np.mean(ap50)), "ap75": float(np.mean(ap75))}
+    predictions = [segment(images[t], checkpoint).labels for t in TEST_FRAMES]
+    return datasets.mean_ap([masks[t] for t in TEST_FRAMES], predictions)
 
 
 def main() -> None:

@@ -50,7 +50,6 @@ from skimage.measure import label
 
 from napari_unet_tuner import TrainingConfig, fine_tune, load_checkpoint, segment
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
-from napari_unet_tuner.training.metrics import average_precision
 
 import datasets
 
@@ -82,20 +81,6 @@ def _import_peer():
     from napari_unet_assistant.training import datasets as peer_datasets
 
     return (trainer, peer_datasets, augment, predictor), schemas
-
-
-def scores(truths, predictions) -> dict[str, float]:
-    return {
-        f"ap{int(t * 100)}": round(
-            float(
-                np.mean(
-                    [average_precision(a, b, t) for a, b in zip(truths, predictions, strict=True)]
-                )
-            ),
-            4,
-        )
-        for t in (0.5, 0.75)
-    }
 
 
 def timed_best(run, repeats: int = 3) -> tuple[float, list]:
@@ -279,7 +264,7 @@ def main() -> None:
                     run = lambda n=net, c=cfg: [peer_segment(peer, n, c, im) for im in tests]  # noqa: E731
                 wall = time.perf_counter() - t0
                 curve[f"{budget:g}"] = {
-                    **scores(truths, run()),
+                    **datasets.mean_ap(truths, run(), digits=4),
                     "wall_seconds": round(wall, 1),
                     "steps_or_epochs": steps,
                 }

@@ -26,7 +26,6 @@ from skimage.segmentation import watershed
 
 from napari_unet_tuner import load_checkpoint, segment
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
-from napari_unet_tuner.training.metrics import average_precision
 
 import datasets
 
@@ -56,16 +55,13 @@ def main() -> None:
             ("default U-Net", lambda img: segment(img, checkpoint).labels),
             ("Otsu + watershed", otsu_watershed),
         ):
-            ap50, ap75, seconds = [], [], 0.0
-            for image, truth in pairs:
+            predictions, seconds = [], 0.0
+            for image, _ in pairs:
                 t0 = time.perf_counter()
-                labels = run(image)
+                predictions.append(run(image))
                 seconds += time.perf_counter() - t0
-                ap50.append(average_precision(truth, labels, 0.5))
-                ap75.append(average_precision(truth, labels, 0.75))
             scores[method] = {
-                "ap50": round(float(np.mean(ap50)), 3),
-                "ap75": round(float(np.mean(ap75)), 3),
+                **datasets.mean_ap([truth for _, truth in pairs], predictions, digits=3),
                 "seconds_per_image": round(seconds / len(pairs), 2),
             }
         report["sets"][name] = {"images": len(pairs), **scores}

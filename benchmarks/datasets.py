@@ -62,6 +62,18 @@ def read_tiff(name: str, inner: str) -> np.ndarray:
         return tifffile.imread(io.BytesIO(zf.read(inner)))
 
 
+def mean_ap(truths, predictions, digits: int | None = None) -> dict[str, float]:
+    """Mean AP@0.5 and AP@0.75 over images (``{"ap50", "ap75"}``), rounded if asked."""
+    from napari_unet_tuner.training.metrics import average_precision
+
+    out = {}
+    for threshold in (0.5, 0.75):
+        pairs = zip(truths, predictions, strict=True)
+        value = float(np.mean([average_precision(t, p, threshold) for t, p in pairs]))
+        out[f"ap{round(threshold * 100)}"] = value if digits is None else round(value, digits)
+    return out
+
+
 def image_and_masks(package: str, image: str, masks: str) -> tuple[np.ndarray, np.ndarray]:
     """An image and its instance masks (int32), both read from a package's wheel."""
     return read_tiff(package, image), read_tiff(package, masks).astype(np.int32)
