@@ -20,6 +20,8 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_unet_tuner._widgets.zarr_output import check_zarr_path, start_zarr_run
 from napari_unet_tuner.config import InferenceConfig
+from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.inference.chunked import check_chunked_inference
 from napari_unet_tuner.inference.pipeline import SegmentationResult, iter_segment
 
 if TYPE_CHECKING:
@@ -146,7 +148,9 @@ class SegmentPanel(Container):
             device=self._tuner.model_panel.device.value, scale=self.scale.value
         )
         if self.to_zarr.value and region is None:
-            if inference.scale != 1.0:
+            try:
+                check_chunked_inference(inference)
+            except InputError:
                 show_error("Rescaling is not available with zarr output yet: set rescale to 1.")
                 return None
             output = Path(self.zarr_path.value)

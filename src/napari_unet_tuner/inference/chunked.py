@@ -486,6 +486,15 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def check_chunked_inference(inference: InferenceConfig) -> None:
+    """Raise `InputError` if ``inference`` asks for what chunked runs cannot do (rescaling)."""
+    if inference.scale != 1.0:
+        raise InputError(
+            "rescaling (InferenceConfig.scale) is not available for zarr output yet: "
+            "set the scale to 1, segment in memory, or resize the image first"
+        )
+
+
 def iter_segment_to_zarr(
     image: Any,
     output: str | os.PathLike,
@@ -548,11 +557,7 @@ def iter_segment_to_zarr(
     ckpt = as_checkpoint(checkpoint)
     cfg = ckpt.model_config
     inference = inference or InferenceConfig()
-    if inference.scale != 1.0:
-        raise InputError(
-            "rescaling (InferenceConfig.scale) is not available for zarr output yet: "
-            "segment in memory, or resize the image first"
-        )
+    check_chunked_inference(inference)
     chunked = chunked or ChunkedConfig()
     instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config
