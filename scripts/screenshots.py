@@ -5,7 +5,8 @@
 Writes docs/screenshots/: the nuclei sample segmented by the default model;
 the bacteria sample before fine-tuning, with painted scribbles, and after
 fine-tuning on them (45 s on the CPU); a 4096 x 4096 multiscale mosaic being
-segmented into a zarr folder, half done. ``--only zarr`` takes just the last.
+segmented into a zarr folder, half done. ``--only zarr`` takes just the last,
+``--only loop`` all but the last.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["zarr"])
+    parser.add_argument("--only", choices=["zarr", "loop"])
     only = parser.parse_args().only
 
     app = QApplication.instance() or QApplication([])
@@ -49,12 +50,13 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-unet-tuner")
     viewer.window._qt_window.resize(1400, 900)
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
-    zarr_filling(viewer, widget, settle, shot)
-    if only == "zarr":
-        viewer.close()
-        return
-    viewer.layers.clear()
-    widget.segment_panel.to_zarr.value = False
+    if only != "loop":
+        zarr_filling(viewer, widget, settle, shot)
+        if only == "zarr":
+            viewer.close()
+            return
+        viewer.layers.clear()
+        widget.segment_panel.to_zarr.value = False
     viewer.open_sample("napari-unet-tuner", "nuclei")
     widget.segment_panel.image.reset_choices()
     widget.segment_panel.run()
