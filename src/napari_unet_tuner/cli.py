@@ -91,7 +91,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "as the model expects (the bundled one: about 10-40 px across)",
     )
     seg.add_argument("--threshold", type=float, help="foreground probability threshold")
-    seg.add_argument("--seed-threshold", type=float, help="interior probability for seeds")
+    seg.add_argument(
+        "--seed-threshold",
+        type=float,
+        help="seed level: interior probability, or distance to the edge for distance models",
+    )
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
     seg.add_argument(
         "--probabilities", action="store_true", help="also write INPUT_probabilities.tif"

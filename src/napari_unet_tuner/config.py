@@ -13,7 +13,7 @@ from typing import Any, Literal, Self
 
 from napari_unet_tuner.errors import ConfigError
 
-OutputKind = Literal["boundary3", "foreground"]
+OutputKind = Literal["boundary3", "boundary3_distance", "foreground"]
 
 
 class _DictMixin:
@@ -59,8 +59,11 @@ class ModelConfig(_DictMixin):
     in_channels : int
         Number of image channels the model reads.
     out_channels : int
-        Number of output channels. 3 for the default background / interior /
-        boundary classes (softmax), 1 for a foreground probability (sigmoid).
+        Number of output channels. 3 for background / interior / boundary
+        classes (softmax); 4 for those classes plus each object pixel's
+        distance to the object's edge, as a fraction of the object's largest
+        (sigmoid), whose peaks seed touching objects apart; 1 for a
+        foreground probability (sigmoid).
     features : int
         Feature maps of the first encoder block; each deeper block doubles them.
     depth : int
@@ -91,8 +94,10 @@ class ModelConfig(_DictMixin):
 
     @property
     def output_kind(self) -> OutputKind:
-        """How the outputs are read: 3 softmax classes or 1 sigmoid foreground."""
-        return "foreground" if self.out_channels == 1 else "boundary3"
+        """How the outputs are read (see `OUTPUT_DESCRIPTIONS`)."""
+        if self.out_channels == 1:
+            return "foreground"
+        return "boundary3_distance" if self.out_channels == 4 else "boundary3"
 
     @property
     def size_multiple(self) -> int:
@@ -137,8 +142,10 @@ class InstanceConfig(_DictMixin):
         A pixel is foreground where its foreground probability exceeds this.
     seed_threshold : float
         Seeds (one per object) are connected regions where the interior
-        probability exceeds this; boundary pixels between touching objects
-        stay below it, which is what keeps crowded nuclei apart.
+        probability (``boundary3``) or the distance to the edge
+        (``boundary3_distance``) exceeds this; boundary pixels between
+        touching objects stay below it, which is what keeps crowded nuclei
+        apart.
     min_size : int
         Objects smaller than this many pixels (voxels) are removed.
     """
@@ -304,9 +311,15 @@ OUTPUT_DESCRIPTIONS: dict[OutputKind, str] = {
         "Labels: seeds are connected regions of interior probability > seed_threshold, "
         "grown by watershed over the foreground (1 - background > threshold)."
     ),
+    "boundary3_distance": (
+        "3 softmax classes per pixel (background, object interior, object boundary) and "
+        "1 sigmoid channel: distance to the object's edge as a fraction of the object's "
+        "largest. Labels: seeds are connected regions of distance > seed_threshold, grown "
+        "by watershed on the distance over the foreground (1 - background > threshold)."
+    ),
     "foreground": (
-        "1 sigmoid channel: foreground probability. Labels: foreground > threshold, "
-        "split by a seeded watershed on the distance transform."
+        "1 sigmoid channel: foreground probability. Labels: connected regions of "
+        "foreground > threshold (touching objects are not split)."
     ),
 }
 

@@ -19,7 +19,7 @@ from napari_unet_tuner.inference.chunked import (
 from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
-from napari_unet_tuner.inference.tiling import predict_tiled
+from napari_unet_tuner.inference.tiling import fit_tile_shape, predict_tiled
 from napari_unet_tuner.io import FileImage, open_labels_zarr
 
 from conftest import TINY
@@ -51,8 +51,9 @@ def in_memory(image, checkpoint, block_shape=CHUNK):
     """Probabilities and labels of the whole image at once, with thresholds that make objects."""
     reader = ImageReader(image, "YX", 2, 1, checkpoint.card.normalization_config)
     predictor = make_predictor(checkpoint.build_model("cpu"), "cpu")
+    tile_shape = fit_tile_shape(reader.spatial_shape, (32, 32), TINY.size_multiple, 0.125)
     prob = predict_tiled(
-        lambda sl: reader.read((), sl), reader.spatial_shape, predictor, 3, (32, 32), 0.125, 1
+        lambda sl: reader.read((), sl), reader.spatial_shape, predictor, 3, tile_shape, 0.125, 1
     )
     instances = InstanceConfig(
         threshold=float(1 - np.quantile(prob[0].astype(np.float32), 0.6)),
@@ -263,7 +264,8 @@ def test_a_3d_model_in_3d_chunks(tmp_path):
         reader.spatial_shape,
         make_predictor(checkpoint.build_model("cpu"), "cpu"),
         3,
-        (8, 16, 16),
+        # The tiles segmentation uses: (8, 16, 16) balanced over this volume.
+        fit_tile_shape(reader.spatial_shape, (8, 16, 16), config.size_multiple, 0.125),
         0.125,
         1,
     )

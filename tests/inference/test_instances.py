@@ -71,3 +71,28 @@ def test_empty_prediction_gives_no_objects():
 def test_bad_instance_config(bad):
     with pytest.raises(ValueError):
         InstanceConfig(**bad)
+
+
+def test_distance_output_splits_touching_objects_the_classes_merge():
+    from napari_unet_tuner.training.targets import DISTANCE_SCALE, classes_to_distance
+
+    truth = disc_labels()
+    classes = labels_to_classes(truth)
+    # Classes that miss the contact (interior across it), as a model does
+    # when touching nuclei show no dark gap between them ...
+    merged = np.where(truth > 0, 1, 0)
+    probs = one_hot(merged)
+    assert probabilities_to_labels(probs).max() == 1
+    # ... while the distance to the edge still has one peak per object.
+    distance = classes_to_distance(classes).astype(np.float32) / DISTANCE_SCALE
+    probs4 = np.concatenate([probs, distance[None]])
+    labels = probabilities_to_labels(probs4, "boundary3_distance")
+    assert labels.max() == 2
+    for value in (1, 2):
+        best = max(match_iou(truth == value, labels == other) for other in (1, 2))
+        assert best > 0.9
+    # The seed threshold is a fraction of each object's radius.
+    few = probabilities_to_labels(
+        probs4, "boundary3_distance", InstanceConfig(seed_threshold=0.99, min_size=0)
+    )
+    assert few.max() == 2 and (few > 0).sum() == (labels > 0).sum()

@@ -85,3 +85,21 @@ def test_progress_per_tile_and_cancel_between_tiles():
     assert second.done == 2 and second.elapsed >= first.elapsed
     run.close()
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("size", [727, 1026, 300, 257, 4096])
+def test_balanced_tiles_cover_with_as_many_tiles_and_less_work(size):
+    overlap = 0.125
+    plain = fit_tile_shape((size,), (256,), 16)[0]
+    balanced = fit_tile_shape((size,), (256,), 16, overlap)[0]
+    assert balanced % 16 == 0 and balanced <= plain
+    plain_starts = tile_starts(size, plain, round(plain * overlap))
+    starts = tile_starts(size, balanced, round(balanced * overlap))
+    assert len(starts) == len(plain_starts)
+    assert starts[-1] + balanced == size
+    assert all(
+        b - a <= balanced - round(balanced * overlap)
+        for a, b in zip(starts, starts[1:], strict=False)
+    )
+    if size == 727:  # four 208-pixel tiles instead of four of 256
+        assert balanced == 208

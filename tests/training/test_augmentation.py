@@ -13,7 +13,7 @@ def test_strong_augmentation_changes_intensities_but_never_the_targets():
     rng = np.random.default_rng(0)
     labels = disc_labels((49, 49), [(24, 24)], radius=10)
     image = ((labels > 0) * 0.8 + 0.1).astype(np.float32)[None]
-    target = (labels > 0).astype(np.uint8)
+    target = (labels > 0).astype(np.uint8)[None]
     strong = TrainingConfig(
         intensity_range=(0.3, 1.5), gamma_range=(0.6, 1.6), blur_max=1.5, noise_max=0.0
     )
@@ -23,7 +23,7 @@ def test_strong_augmentation_changes_intensities_but_never_the_targets():
         # Flips and rotations of a centred disc leave the target as it was.
         np.testing.assert_array_equal(out_target, target)
         assert out.dtype == np.float32 and out.shape == image.shape
-        means.append(float(out[0][target == 1].mean()))
+        means.append(float(out[0][target[0] == 1].mean()))
         edges.append(float(np.abs(np.diff(out[0], axis=1)).max()))
     assert max(means) / min(means) > 2.5
     # Blur softens the disc's step edge in some patches, not in others.
@@ -33,7 +33,7 @@ def test_strong_augmentation_changes_intensities_but_never_the_targets():
 def test_mild_default_keeps_its_random_stream():
     mild = TrainingConfig()
     image = np.full((1, 16, 16), 0.5, np.float32)
-    target = np.zeros((16, 16), np.uint8)
+    target = np.zeros((1, 16, 16), np.uint8)
     a, _ = _augment(image, target, np.random.default_rng(5), mild)
     b, _ = _augment(image, target, np.random.default_rng(5), mild)
     np.testing.assert_array_equal(a, b)

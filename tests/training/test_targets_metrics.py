@@ -73,3 +73,26 @@ def test_average_precision_and_dice():
     known = np.zeros_like(truth, bool)
     known[:32] = True
     assert average_precision(truth, one_missing, known=known) == 1.0
+
+
+def test_distance_targets_peak_at_each_centre_and_skip_objects_of_unknown_extent():
+    from napari_unet_tuner.inference import labels_to_classes
+    from napari_unet_tuner.training.targets import DISTANCE_SCALE, classes_to_distance
+
+    truth = disc_labels()  # two discs of radius 11 touching along x = 32
+    classes = labels_to_classes(truth)
+    distance = classes_to_distance(classes)
+    assert distance.dtype == np.uint8
+    # Each disc peaks at its own centre and falls to 0 on boundaries and background.
+    assert distance[32, 22] == DISTANCE_SCALE
+    assert distance[truth == 2].max() == DISTANCE_SCALE
+    assert np.argmax(np.where(truth == 2, distance, 0)[32]) in range(42, 46)
+    assert (distance[classes != 1] == 0).all()
+    assert 0 < distance[32, 28] < distance[32, 25] < DISTANCE_SCALE
+    # Where part of an object is not annotated its extent is unknown: that
+    # object's distances are ignored, the fully known one keeps its own.
+    partial = classes.copy()
+    partial[:, 40:] = IGNORE
+    cut = classes_to_distance(partial)
+    assert (cut[(truth == 2) & (classes == 1)] == IGNORE).all()
+    np.testing.assert_array_equal(cut[truth == 1], distance[truth == 1])

@@ -13,6 +13,7 @@ from napari_unet_tuner import (
     load_checkpoint,
     save_checkpoint,
 )
+from napari_unet_tuner.inference import labels_to_classes
 from napari_unet_tuner.training import IGNORE, masked_loss
 
 from conftest import TINY, disc_labels, make_checkpoint
@@ -76,6 +77,57 @@ def test_contact_weight_stresses_where_objects_touch():
     )
     with pytest.raises(ValueError, match="contact_weight"):
         TrainingConfig(contact_weight=0.5)
+
+
+def test_distance_loss_uses_known_distances_only():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 16, 16, requires_grad=True)
+    classes = torch.randint(0, 3, (2, 16, 16))
+    distance = torch.randint(0, 255, (2, 16, 16))
+    distance[:, :, :8] = IGNORE
+    targets = torch.stack([classes, distance], dim=1)
+    loss = masked_loss(logits, targets)
+    loss.backward()
+    assert torch.all(logits.grad[:, 3, :, :8] == 0)
+    assert torch.any(logits.grad[:, 3, :, 8:] != 0)
+    # The class channels learn as a 3-channel model's do; the distance adds to it.
+    assert loss > masked_loss(logits[:, :3].detach(), classes)
+
+
+def test_distance_model_learns_where_touching_objects_meet(tmp_path):
+    from napari_unet_tuner import segment
+
+    def pair(seed):
+        rng = np.random.default_rng(seed)
+        centers = []
+        for cy, cx in rng.integers(16, 64, (2, 2)):
+            centers += [(cy, cx), (cy, cx + 13)]  # pairs of touching discs
+        labels = disc_labels((96, 96), centers, radius=7)
+        image = (labels > 0) * 200.0 + rng.normal(50, 10, labels.shape)
+        return image.astype(np.float32), labels, centers
+
+    config = TrainingConfig(
+        max_seconds=60,
+        max_epochs=2,
+        steps_per_epoch=40,
+        patch_shape=(64, 64),
+        batch_size=4,
+        device="cpu",
+        learning_rate=3e-3,
+    )
+    model_config = ModelConfig(features=8, depth=2, out_channels=4)
+    pairs = [pair(s)[:2] for s in range(4)]
+    result = fine_tune(pairs, None, config, model_config=model_config)
+    assert result.checkpoint.model_config.output_kind == "boundary3_distance"
+    assert result.scores_after["loss"] < 0.5 * result.scores_before["loss"]
+    path = save_checkpoint(result.checkpoint, tmp_path / "distance.safetensors")
+    image, truth, centers = pair(10)
+    out = segment(image, path, return_probabilities=True)
+    assert out.probabilities.shape == (4, 96, 96)
+    distance = out.probabilities[3].astype(np.float32)
+    at_centres = np.mean([distance[cy, cx] for cy, cx in centers if truth[cy, cx]])
+    rims = labels_to_classes(truth) == 2  # including where the discs touch
+    assert at_centres > distance[rims].mean() + 0.3
 
 
 def test_a_few_steps_lower_the_loss():

@@ -584,6 +584,7 @@ def iter_segment_to_zarr(
         reader.spatial_shape,
         inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
         cfg.size_multiple,
+        inference.overlap,
     )
     chunks = _plan(reader, chunk_shape)
     # One statistic per time point, for every chunk alike.

@@ -18,6 +18,8 @@ from skimage.segmentation import find_boundaries, watershed
 from napari_unet_tuner.config import InstanceConfig, OutputKind
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+# Channel of a ``boundary3_distance`` model's distance to the object's edge.
+DISTANCE = 3
 
 # Seeds grow only across the thin boundary band, so a watershed block needs
 # little context beyond its own pixels to match the whole-image result.
@@ -59,10 +61,16 @@ def seed_markers(
     """Label (int32) the connected regions of pixels that start an object.
 
     ``boundary3``: interior probability above ``seed_threshold``;
-    ``foreground``: foreground probability above ``threshold``.
+    ``boundary3_distance``: distance to the edge above ``seed_threshold``
+    on foreground pixels; ``foreground``: foreground probability above
+    ``threshold``.
     """
     if output_kind == "foreground":
         mask = probabilities[0] > config.threshold
+    elif output_kind == "boundary3_distance":
+        mask = (probabilities[DISTANCE] > config.seed_threshold) & (
+            probabilities[BACKGROUND] < 1.0 - config.threshold
+        )
     else:
         mask = probabilities[INTERIOR] > config.seed_threshold
     markers, _ = ndimage.label(mask, output=np.int32)
@@ -78,16 +86,19 @@ def grow_markers(
     """Grow seed markers into whole objects over one region (int32 labels).
 
     ``boundary3``: a watershed on the inverted interior probability, over
-    the pixels whose background probability is below ``1 - threshold``.
-    Only the seeds' rims take part: seed interiors are final already, and
-    leaving them out keeps the watershed's priority queue to a fraction of
-    the pixels. ``foreground``: the markers are the objects.
+    the pixels whose background probability is below ``1 - threshold``
+    (``boundary3_distance``: on the inverted distance to the edge, whose
+    valleys lie where touching objects meet). Only the seeds' rims take
+    part: seed interiors are final already, and leaving them out keeps the
+    watershed's priority queue to a fraction of the pixels.
+    ``foreground``: the markers are the objects.
     """
     if output_kind == "foreground":
         return markers.copy()
     core = ndimage.binary_erosion(markers > 0, border_value=0)
     foreground = (probabilities[BACKGROUND] < 1.0 - config.threshold) & ~core
-    elevation = -probabilities[INTERIOR].astype(np.float32)
+    relief = DISTANCE if output_kind == "boundary3_distance" else INTERIOR
+    elevation = -probabilities[relief].astype(np.float32)
     result = watershed(elevation, np.where(core, 0, markers), mask=foreground)
     result[core] = markers[core]
     return result.astype(np.int32, copy=False)
@@ -106,8 +117,9 @@ def probabilities_to_labels(
     ----------
     probabilities : numpy.ndarray
         ``(C, *spatial)``: for ``"boundary3"`` the softmax over background,
-        interior and boundary; for ``"foreground"`` one foreground probability.
-    output_kind : {"boundary3", "foreground"}
+        interior and boundary (``"boundary3_distance"``: then the distance
+        to the edge); for ``"foreground"`` one foreground probability.
+    output_kind : {"boundary3", "boundary3_distance", "foreground"}
         How to read the channels (`ModelConfig.output_kind`).
     config : InstanceConfig, optional
         Thresholds and minimum size.

@@ -198,6 +198,7 @@ def iter_segment(
         scaled.spatial_shape,
         inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
         cfg.size_multiple,
+        inference.overlap,
     )
     device = select_device(inference.device)
     if predictor is None:

@@ -57,12 +57,19 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
 
 
 def fit_tile_shape(
-    spatial_shape: Sequence[int], tile_shape: Sequence[int], multiple: int
+    spatial_shape: Sequence[int],
+    tile_shape: Sequence[int],
+    multiple: int,
+    overlap: float | None = None,
 ) -> tuple[int, ...]:
     """Clip a tile shape to the image and round it to the model's size multiple.
 
     Rounding down to ``multiple`` (``2**depth``) avoids padding inside the
-    network; a dimension smaller than one multiple is kept as it is.
+    network; a dimension smaller than one multiple is kept as it is. Given
+    the ``overlap`` fraction, tiles are also shrunk (never grown) to the
+    smallest multiple that covers the axis with as many tiles: a 727-pixel
+    axis takes four 208-pixel tiles instead of four 256-pixel ones that
+    overlap far more than asked, which is model work for nothing.
     """
     if len(tile_shape) != len(spatial_shape):
         raise ValueError(
@@ -74,8 +81,19 @@ def fit_tile_shape(
         tile = min(int(tile), int(size))
         if tile >= multiple:
             tile -= tile % multiple
+            if overlap is not None and tile < size:
+                tile = _balanced_tile(int(size), tile, overlap, multiple)
         fitted.append(tile)
     return tuple(fitted)
+
+
+def _balanced_tile(size: int, tile: int, overlap: float, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` (<= ``tile``) covering ``size`` with as many tiles."""
+    count = len(tile_starts(size, tile, int(round(tile * overlap))))
+    # n tiles of length t with overlap o cover n * t - (n - 1) * o pixels; a
+    # smaller t also has a smaller o, so the count never grows.
+    needed = math.ceil((size + (count - 1) * int(round(tile * overlap))) / count)
+    return min(tile, math.ceil(needed / multiple) * multiple)
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:

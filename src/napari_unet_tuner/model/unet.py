@@ -130,10 +130,19 @@ class UNet(nn.Module):
         return x[(..., *(slice(0, s) for s in spatial))]
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Return class probabilities (softmax) or foreground probability (sigmoid)."""
+        """Return probabilities: softmax over the classes, sigmoid of the other channels.
+
+        ``foreground``: sigmoid. ``boundary3``: softmax. ``boundary3_distance``:
+        softmax over the first 3 channels, sigmoid of the distance channel.
+        """
         logits = self(x)
-        if self.config.out_channels == 1:
+        kind = self.config.output_kind
+        if kind == "foreground":
             return torch.sigmoid(logits)
+        if kind == "boundary3_distance":
+            return torch.cat(
+                [torch.softmax(logits[:, :3], dim=1), torch.sigmoid(logits[:, 3:])], dim=1
+            )
         return torch.softmax(logits, dim=1)
 
 

@@ -21,6 +21,7 @@ from napari_unet_tuner.training.targets import (
     annotation_to_instances,
     annotation_to_targets,
     check_annotation,
+    classes_to_distance,
 )
 
 _SPLIT_BLOCKS_PER_AXIS = 4
@@ -185,6 +186,9 @@ class PatchSampler:
 
     Half of the patches are centred on an object pixel, the rest on any
     annotated pixel, so a few objects among much background still get seen.
+    With ``with_distance`` each target patch is ``(2, *patch)``: the classes
+    and their `classes_to_distance` (computed on whole samples, so that
+    objects cut by a patch's edge keep their true centres).
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class PatchSampler:
         patch_shape: tuple[int, ...],
         augment: TrainingConfig | None,
         rng: np.random.Generator,
+        with_distance: bool = False,
     ) -> None:
         self.samples = [s for s in samples if (s.targets != IGNORE).any()]
         if not self.samples:
@@ -200,6 +205,12 @@ class PatchSampler:
         self.patch_shape = patch_shape
         self.augment = augment
         self.rng = rng
+        self._targets = [
+            np.stack([s.targets, classes_to_distance(s.targets)])
+            if with_distance
+            else s.targets[None]
+            for s in self.samples
+        ]
         self._known = [np.flatnonzero(s.targets != IGNORE) for s in self.samples]
         self._objects = [
             np.flatnonzero((s.targets != IGNORE) & (s.targets > 0)) for s in self.samples
@@ -208,9 +219,10 @@ class PatchSampler:
         self._sample_p = weights / weights.sum()
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(images (N, C, *patch), targets (N, *patch))``."""
+        """Return ``(images (N, C, *patch), targets (N, *patch) or (N, 2, *patch))``."""
         images, targets = zip(*(self._patch() for _ in range(size)), strict=True)
-        return np.stack(images), np.stack(targets)
+        targets = np.stack(targets)
+        return np.stack(images), targets[:, 0] if targets.shape[1] == 1 else targets
 
     def _patch(self) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
@@ -218,44 +230,54 @@ class PatchSampler:
         sample = self.samples[i]
         pool = self._objects[i] if len(self._objects[i]) and rng.random() < 0.5 else self._known[i]
         center = np.unravel_index(pool[rng.integers(len(pool))], sample.targets.shape)
-        image, target = _crop(sample.image, sample.targets, center, self.patch_shape, rng)
+        image, target = _crop(sample.image, self._targets[i], center, self.patch_shape, rng)
         if self.augment is not None:
             image, target = _augment(image, target, rng, self.augment)
         return np.ascontiguousarray(image), np.ascontiguousarray(target)
 
 
 def _crop(image, targets, center, patch_shape, rng):
-    """Crop around ``center`` (jittered), padding images by reflection and targets by IGNORE."""
+    """Crop ``(C, *spatial)`` arrays around ``center`` (jittered).
+
+    Images are padded by reflection, targets by IGNORE.
+    """
+    spatial = targets.shape[1:]
     lo = []
-    for c, p, s in zip(center, patch_shape, targets.shape, strict=True):
+    for c, p, s in zip(center, patch_shape, spatial, strict=True):
         start = int(c) - p // 2 + int(rng.integers(-(p // 4), p // 4 + 1))
         lo.append(min(max(start, min(0, s - p)), max(s - p, 0)))
-    src = tuple(
-        slice(max(a, 0), min(a + p, s))
-        for a, p, s in zip(lo, patch_shape, targets.shape, strict=True)
+    src = (
+        slice(None),
+        *(
+            slice(max(a, 0), min(a + p, s))
+            for a, p, s in zip(lo, patch_shape, spatial, strict=True)
+        ),
     )
     pad = [
-        (max(-a, 0), max(a + p - s, 0))
-        for a, p, s in zip(lo, patch_shape, targets.shape, strict=True)
+        (max(-a, 0), max(a + p - s, 0)) for a, p, s in zip(lo, patch_shape, spatial, strict=True)
     ]
-    img = image[(slice(None), *src)]
+    img = image[src]
     tgt = targets[src]
     if any(any(p) for p in pad):
         mode = (
             "reflect"
-            if all(b < n and a < n for (b, a), n in zip(pad, tgt.shape, strict=True))
+            if all(b < n and a < n for (b, a), n in zip(pad, tgt.shape[1:], strict=True))
             else "edge"
         )
         img = np.pad(img, [(0, 0), *pad], mode=mode)
-        tgt = np.pad(tgt, pad, constant_values=IGNORE)
+        tgt = np.pad(tgt, [(0, 0), *pad], constant_values=IGNORE)
     return img, tgt
 
 
 def _augment(image, target, rng, config: TrainingConfig):
-    """Flips, 90-degree rotations (in YX), gamma, blur, intensity scale/shift and noise."""
-    for axis in range(target.ndim):
+    """Flips, 90-degree rotations (in YX), gamma, blur, intensity scale/shift and noise.
+
+    ``image`` and ``target`` are ``(C, *spatial)``.
+    """
+    dims = target.ndim - 1
+    for axis in range(dims):
         if rng.random() < 0.5:
-            image, target = np.flip(image, axis + 1), np.flip(target, axis)
+            image, target = np.flip(image, axis + 1), np.flip(target, axis + 1)
     if target.shape[-1] == target.shape[-2]:
         k = int(rng.integers(4))
         image, target = np.rot90(image, k, axes=(-2, -1)), np.rot90(target, k, axes=(-2, -1))
@@ -268,7 +290,7 @@ def _augment(image, target, rng, config: TrainingConfig):
         image = np.sign(image) * np.abs(image) ** gamma
     blur = rng.uniform(0, config.blur_max) if config.blur_max > 0 else 0.0
     if blur > 0.3:
-        image = ndimage.gaussian_filter(image, (0, *(blur,) * target.ndim))
+        image = ndimage.gaussian_filter(image, (0, *(blur,) * dims))
     image = image * rng.uniform(*config.intensity_range) + rng.uniform(-0.1, 0.1)
     sigma = rng.uniform(0, config.noise_max)
     if sigma > 0:

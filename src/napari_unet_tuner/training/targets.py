@@ -20,7 +20,8 @@ Two kinds of annotation, both integer label images of the image's shape
 
 Targets are per-pixel classes for a 3-class model (`BACKGROUND`, `INTERIOR`,
 `BOUNDARY`, made by `labels_to_classes`, the inverse of segmentation's
-`probabilities_to_labels`) with `IGNORE` where nothing is known.
+`probabilities_to_labels`) with `IGNORE` where nothing is known; models
+with a distance output also learn `classes_to_distance` of those classes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from napari_unet_tuner.inference.instances import BACKGROUND, BOUNDARY, INTERIOR
 AnnotationMode = Literal["corrections", "scribbles"]
 ScribbleObjects = Literal["whole", "strokes"]
 IGNORE = 255
+# Distance targets are stored as uint8 fractions of this, so that they crop,
+# flip and pad (with IGNORE) exactly like the class targets.
+DISTANCE_SCALE = 254
 SCRIBBLE_UNLABELED = 0
 SCRIBBLE_BACKGROUND = 1
 MIN_ANNOTATED_PIXELS = 16
@@ -51,6 +55,7 @@ __all__ = [
     "annotation_to_targets",
     "annotation_to_instances",
     "check_annotation",
+    "classes_to_distance",
 ]
 
 
@@ -164,3 +169,28 @@ def annotation_to_targets(
         classes[(classes == BOUNDARY) & near_unlabeled] = IGNORE
     classes[unlabeled] = IGNORE
     return classes
+
+
+def classes_to_distance(classes: np.ndarray) -> np.ndarray:
+    """Distance to the object's edge, as a fraction of the object's largest (uint8).
+
+    Every interior region (a connected region of `INTERIOR` pixels: one per
+    object, since boundaries keep touching objects apart) gets its
+    Euclidean distance to the nearest non-interior pixel divided by the
+    region's largest, times `DISTANCE_SCALE`: the centre is
+    `DISTANCE_SCALE`, boundary and background 0. Regions that touch an
+    `IGNORE` pixel are `IGNORE` (their true extent is unknown), as are
+    `IGNORE` pixels.
+    """
+    classes = np.asarray(classes)
+    interior = classes == INTERIOR
+    regions, count = ndimage.label(interior)
+    distance = ndimage.distance_transform_edt(interior)
+    largest = np.zeros(count + 1)
+    largest[1:] = ndimage.maximum(distance, regions, np.arange(1, count + 1))
+    fraction = distance / np.maximum(largest[regions], 1.0)
+    out = np.rint(fraction * DISTANCE_SCALE).astype(np.uint8)
+    unknown = classes == IGNORE
+    cut = np.unique(regions[ndimage.binary_dilation(unknown) & interior])
+    out[np.isin(regions, cut[cut > 0]) | unknown] = IGNORE
+    return out

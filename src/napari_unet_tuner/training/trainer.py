@@ -28,7 +28,7 @@ from napari_unet_tuner.model.checkpoint import Checkpoint, new_card, save_checkp
 from napari_unet_tuner.model.unet import UNet
 from napari_unet_tuner.training.data import PatchSampler, Sample, build_samples, split_validation
 from napari_unet_tuner.training.metrics import average_precision, dice_iou
-from napari_unet_tuner.training.targets import IGNORE
+from napari_unet_tuner.training.targets import DISTANCE_SCALE, IGNORE
 
 _VAL_MARGIN = 32
 _VAL_TILE = 256
@@ -113,7 +113,22 @@ def masked_loss(
     (no background next to them) weigh ``contact_weight`` times more, as
     the U-Net paper weights the gaps between touching cells: a missed
     contact merges two objects, a missed rim only shifts an outline.
+
+    4-channel (``boundary3_distance``) models take ``targets`` of shape
+    ``(N, 2, *spatial)``: classes, and `classes_to_distance` of them; the
+    loss adds the binary cross-entropy of the distance channel against
+    that fraction, over the pixels where it is known.
     """
+    if logits.shape[1] == 4:
+        classes, distance = targets[:, 0], targets[:, 1]
+        known = distance != IGNORE
+        fraction = distance.to(torch.float32) / DISTANCE_SCALE
+        per_pixel = F.binary_cross_entropy_with_logits(
+            logits[:, 3].float(), fraction, reduction="none"
+        )
+        distance_loss = per_pixel[known].mean() if known.any() else logits.sum() * 0.0
+        class_loss = masked_loss(logits[:, :3], classes, boundary_weight, contact_weight)
+        return class_loss + distance_loss
     if logits.shape[1] == 1:
         known = targets != IGNORE
         if not known.any():
@@ -176,7 +191,7 @@ def evaluate(
         if prob.shape[0] == 1:
             p_true = np.where(t > 0, prob[0], 1 - prob[0])
         else:
-            p_true = np.take_along_axis(prob, np.where(k, t, 0)[None].astype(np.intp), 0)[0]
+            p_true = np.take_along_axis(prob[:3], np.where(k, t, 0)[None].astype(np.intp), 0)[0]
         losses.append(float(-np.log(np.clip(p_true[k], 1e-6, 1)).mean()))
         dice, iou = dice_iou(truth, labels, k)
         dices.append(dice)
@@ -323,7 +338,13 @@ def iter_fine_tune(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     held_out = split_validation(samples, config.validation_fraction, rng)
-    sampler = PatchSampler(samples, patch_shape, config if config.augment else None, rng)
+    sampler = PatchSampler(
+        samples,
+        patch_shape,
+        config if config.augment else None,
+        rng,
+        with_distance=model_cfg.output_kind == "boundary3_distance",
+    )
 
     card = (
         checkpoint.card
