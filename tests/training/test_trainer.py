@@ -1,4 +1,5 @@
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -106,14 +107,8 @@ def test_distance_model_learns_where_touching_objects_meet(tmp_path):
         image = (labels > 0) * 200.0 + rng.normal(50, 10, labels.shape)
         return image.astype(np.float32), labels, centers
 
-    config = TrainingConfig(
-        max_seconds=60,
-        max_epochs=2,
-        steps_per_epoch=40,
-        patch_shape=(64, 64),
-        batch_size=4,
-        device="cpu",
-        learning_rate=3e-3,
+    config = replace(
+        FAST, steps_per_epoch=40, patch_shape=(64, 64), batch_size=4, learning_rate=3e-3
     )
     model_config = ModelConfig(features=8, depth=2, out_channels=4)
     pairs = [pair(s)[:2] for s in range(4)]
