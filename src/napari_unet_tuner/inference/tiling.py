@@ -89,10 +89,11 @@ def fit_tile_shape(
 
 def _balanced_tile(size: int, tile: int, overlap: float, multiple: int) -> int:
     """Smallest multiple of ``multiple`` (<= ``tile``) covering ``size`` with as many tiles."""
-    count = len(tile_starts(size, tile, int(round(tile * overlap))))
+    overlap_px = int(round(tile * overlap))
+    count = len(tile_starts(size, tile, overlap_px))
     # n tiles of length t with overlap o cover n * t - (n - 1) * o pixels; a
     # smaller t also has a smaller o, so the count never grows.
-    needed = math.ceil((size + (count - 1) * int(round(tile * overlap))) / count)
+    needed = math.ceil((size + (count - 1) * overlap_px) / count)
     return min(tile, math.ceil(needed / multiple) * multiple)
 
 

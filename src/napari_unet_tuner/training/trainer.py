@@ -21,7 +21,11 @@ from skimage.measure import block_reduce
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
 from napari_unet_tuner.inference.device import autocast, cpu_threads, select_device
-from napari_unet_tuner.inference.instances import BOUNDARY, probabilities_to_labels
+from napari_unet_tuner.inference.instances import (
+    BOUNDARY,
+    DISTANCE,
+    probabilities_to_labels,
+)
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.inference.tiling import predict_tiled
 from napari_unet_tuner.model.checkpoint import Checkpoint, new_card, save_checkpoint
@@ -119,15 +123,15 @@ def masked_loss(
     loss adds the binary cross-entropy of the distance channel against
     that fraction, over the pixels where it is known.
     """
-    if logits.shape[1] == 4:
+    if logits.shape[1] == DISTANCE + 1:
         classes, distance = targets[:, 0], targets[:, 1]
         known = distance != IGNORE
         fraction = distance.to(torch.float32) / DISTANCE_SCALE
         per_pixel = F.binary_cross_entropy_with_logits(
-            logits[:, 3].float(), fraction, reduction="none"
+            logits[:, DISTANCE].float(), fraction, reduction="none"
         )
         distance_loss = per_pixel[known].mean() if known.any() else logits.sum() * 0.0
-        class_loss = masked_loss(logits[:, :3], classes, boundary_weight, contact_weight)
+        class_loss = masked_loss(logits[:, :DISTANCE], classes, boundary_weight, contact_weight)
         return class_loss + distance_loss
     if logits.shape[1] == 1:
         known = targets != IGNORE
@@ -191,7 +195,8 @@ def evaluate(
         if prob.shape[0] == 1:
             p_true = np.where(t > 0, prob[0], 1 - prob[0])
         else:
-            p_true = np.take_along_axis(prob[:3], np.where(k, t, 0)[None].astype(np.intp), 0)[0]
+            classes = prob[:DISTANCE]  # without a distance channel, if the model has one
+            p_true = np.take_along_axis(classes, np.where(k, t, 0)[None].astype(np.intp), 0)[0]
         losses.append(float(-np.log(np.clip(p_true[k], 1e-6, 1)).mean()))
         dice, iou = dice_iou(truth, labels, k)
         dices.append(dice)
