@@ -127,6 +127,9 @@ def test_clear_errors_and_nothing_written(tmp_path, image_file, tiny_checkpoint_
     bad_ckpt.write_bytes(b"garbage!" * 4)
     assert main(["segment", str(image_file), "-o", str(out), "--checkpoint", str(bad_ckpt)]) == 1
     assert "not a napari-unet-tuner checkpoint" in caplog.text
+    args = ["segment", str(image_file), "-o", str(out), "--checkpoint", str(tiny_checkpoint_file)]
+    assert main([*args, "--split-solidity", "1.5"]) == 1
+    assert "split_solidity must be in [0, 1]" in caplog.text
     assert list(tmp_path.glob("o*.tif")) == []
     with pytest.raises(SystemExit) as exc:
         main(["segment", str(image_file)])

@@ -98,6 +98,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
     seg.add_argument(
+        "--split-solidity",
+        type=float,
+        help="split seeds less convex than this (0-1) at their waist; 0 turns splitting off",
+    )
+    seg.add_argument(
         "--probabilities", action="store_true", help="also write INPUT_probabilities.tif"
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -242,6 +247,7 @@ def _segment(args: argparse.Namespace) -> int:
             ("threshold", args.threshold),
             ("seed_threshold", args.seed_threshold),
             ("min_size", args.min_size),
+            ("split_solidity", args.split_solidity),
         )
         if v is not None
     }

@@ -67,7 +67,10 @@ def test_empty_prediction_gives_no_objects():
     assert probabilities_to_labels(probs).max() == 0
 
 
-@pytest.mark.parametrize("bad", [{"threshold": 0}, {"seed_threshold": 1.5}, {"min_size": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"threshold": 0}, {"seed_threshold": 1.5}, {"min_size": -1}, {"split_solidity": 1.2}],
+)
 def test_bad_instance_config(bad):
     with pytest.raises(ValueError):
         InstanceConfig(**bad)
@@ -96,3 +99,43 @@ def test_distance_output_splits_touching_objects_the_classes_merge():
         probs4, "boundary3_distance", InstanceConfig(seed_threshold=0.99, min_size=0)
     )
     assert few.max() == 2 and (few > 0).sum() == (labels > 0).sum()
+
+
+def overlapping_balls(shape, centers, radius):
+    """Union of balls (2D discs or 3D balls) with no boundary where they overlap."""
+    grid = np.indices(shape)
+    inside = np.zeros(shape, bool)
+    for center in centers:
+        offsets = [g - c for g, c in zip(grid, center, strict=True)]
+        inside |= sum(o**2 for o in offsets) <= radius**2
+    return inside
+
+
+@pytest.mark.parametrize(
+    ("shape", "centers"),
+    [((64, 80), [(32, 28), (32, 50)]), ((40, 40, 56), [(20, 20, 18), (20, 20, 38)])],
+)
+def test_concave_seed_is_split_at_its_waist(shape, centers):
+    # Two overlapping nuclei the model calls one interior blob (no boundary between).
+    blob = overlapping_balls(shape, centers, radius=12)
+    probs = np.stack([~blob, blob, np.zeros_like(blob)]).astype(np.float32)
+    assert probabilities_to_labels(probs).max() == 1
+    labels = probabilities_to_labels(probs, config=InstanceConfig(split_solidity=0.9))
+    assert labels.max() == 2
+    # The cut runs through the waist, halfway between the centres.
+    axis_x = [c[-1] for c in centers]
+    middle = (axis_x[0] + axis_x[1]) // 2
+    left = labels[(*centers[0][:-1], slice(None, middle - 2))]
+    right = labels[(*centers[0][:-1], slice(middle + 3, None))]
+    assert set(left[left > 0]) != set(right[right > 0])
+    assert (labels > 0).sum() == blob.sum()
+
+
+def test_convex_seeds_are_not_split():
+    # Elongated but convex: an ellipse, and a round disc beside it.
+    yy, xx = np.mgrid[:64, :96]
+    ellipse = ((yy - 32) / 8) ** 2 + ((xx - 30) / 24) ** 2 <= 1
+    disc = (yy - 32) ** 2 + (xx - 78) ** 2 <= 10**2
+    probs = one_hot((ellipse | disc).astype(int))
+    labels = probabilities_to_labels(probs, config=InstanceConfig(split_solidity=0.9))
+    assert labels.max() == 2

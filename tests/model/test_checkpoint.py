@@ -187,6 +187,19 @@ def test_bad_checkpoints_give_specific_errors(tiny_checkpoint_file, damage, mess
         load_checkpoint(tiny_checkpoint_file)
 
 
+def test_header_length_that_looks_like_pickle_still_loads(tiny_checkpoint_file):
+    # A header whose length has low byte 0x80 (pickle's first byte) is safetensors all the same.
+    expected = load_checkpoint(tiny_checkpoint_file).card
+
+    def pad_to_0x80(header):
+        text = json.dumps(header)
+        header["__metadata__"]["padding"] = " " * ((0x80 - len(text) - 16) % 256)
+
+    _corrupt_header(tiny_checkpoint_file, pad_to_0x80)
+    assert tiny_checkpoint_file.read_bytes()[0] == 0x80
+    assert load_checkpoint(tiny_checkpoint_file).card.name == expected.name
+
+
 def test_missing_file_and_non_torch_pt(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "nope.safetensors")

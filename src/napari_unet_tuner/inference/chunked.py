@@ -22,7 +22,11 @@ A run has three stages:
    nothing: a chunk interrupted mid-way is simply done again.
 
 The result equals `probabilities_to_labels` on the whole image with
-``block_shape`` set to the chunk shape, up to the numbering of the objects.
+``block_shape`` set to the chunk shape, up to the numbering of the objects,
+with one exception: with ``InstanceConfig.split_solidity``, a seed that
+reaches into a neighbouring chunk's overlap is seen cut there, so the parts
+one chunk splits it into are joined again when the chunks are stitched
+(such objects, a chunk's width in nuclei apart, stay whole).
 Interrupted runs resume: finished chunks are skipped, and zarr writes each
 chunk file atomically, so no chunk of the result is ever half-written. The
 output is marked complete (``attrs["napari_unet_tuner"]["complete"]``) only

@@ -208,8 +208,13 @@ def load_checkpoint(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if head.startswith(_ZIP_MAGIC) or (head[:1] and head[0] == _PICKLE_PROTO):
+        head = fh.read(9)
+    # A safetensors file starts with its header's length, then "{": checked
+    # first, because a header length whose low byte is 0x80 looks like pickle.
+    is_safetensors = len(head) == 9 and head[8:] == b"{"
+    if not is_safetensors and (
+        head.startswith(_ZIP_MAGIC) or (head[:1] and head[0] == _PICKLE_PROTO)
+    ):
         return import_state_dict(path, model_config)
     if path.suffix.lower() in (".pt", ".pth"):
         raise CheckpointError(f"{path} is not a PyTorch file (no zip or pickle header)")
