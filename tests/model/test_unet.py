@@ -75,3 +75,23 @@ def test_config_dict_round_trip_and_unknown_keys():
     assert ModelConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="no field"):
         ModelConfig.from_dict({**config.to_dict(), "featurs": 3})
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_folded_batch_norm_gives_the_same_outputs_and_leaves_the_model_alone(spatial_dims):
+    from napari_unet_tuner.model.unet import fold_batch_norm
+
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(spatial_dims=spatial_dims, features=4, depth=2))
+    # Running statistics other than the initial 0/1, as after training.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 1, *(16,) * spatial_dims) * 3 + 1)
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    x = torch.randn(1, 1, *(24,) * spatial_dims)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -158,3 +160,27 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
         pad += [0, e]
     mode = "reflect" if all(e < s for e, s in zip(extra, spatial, strict=True)) else "replicate"
     return F.pad(x, pad, mode=mode)
+
+
+def fold_batch_norm(model: UNet) -> UNet:
+    """Return a copy of ``model`` for inference, each batch norm folded into its convolution.
+
+    In eval mode a batch norm is a fixed per-channel scale and shift, which
+    the preceding convolution's weights and bias can absorb
+    (`torch.nn.utils.fusion.fuse_conv_bn_eval`): same outputs, one pass
+    over the feature maps fewer per convolution. ``model`` is not changed;
+    the copy is in eval mode and is not meant for training.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for block in folded.modules():
+        if not isinstance(block, DoubleConv):
+            continue
+        for i in range(len(block) - 1):
+            if isinstance(block[i], nn.Conv2d | nn.Conv3d) and isinstance(
+                block[i + 1], nn.BatchNorm2d | nn.BatchNorm3d
+            ):
+                block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
+                block[i + 1] = nn.Identity()
+    return folded
