@@ -143,6 +143,9 @@ def test_info_shows_the_card(tiny_checkpoint_file, capsys):
     assert main(["info", str(tiny_checkpoint_file), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model_config"]["features"] == 4 and len(report["sha256"]) == 64
+    # No checkpoint named: the bundled default's card.
+    assert main(["info"]) == 0
+    assert "name:         nuclei default" in capsys.readouterr().out
 
 
 def test_finetune_writes_a_new_checkpoint_and_reports_scores(

@@ -130,7 +130,13 @@ def _build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--name", help="name for the new model card")
 
     info = commands.add_parser("info", help="show a checkpoint's model card and architecture")
-    info.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    info.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="CHECKPOINT",
+        nargs="?",
+        help="a .safetensors checkpoint (default: the bundled nuclei model)",
+    )
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parser
 
@@ -162,11 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from napari_unet_tuner.model.checkpoint import load_checkpoint
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint)
+    path = args.checkpoint or default_checkpoint_path()
+    ckpt = load_checkpoint(path)
     report = {
-        "file": str(args.checkpoint),
+        "file": str(path),
         "sha256": ckpt.sha256,
         "model_config": ckpt.model_config.to_dict(),
         "card": ckpt.card.to_dict(),

@@ -373,6 +373,13 @@ class TrainingConfig(_DictMixin):
         Keep batch-norm statistics fixed; ``None``: when starting from a checkpoint.
     augment : bool
         Random flips, 90-degree rotations, intensity jitter and noise.
+    tune_instances : bool
+        At each validation, also try other foreground thresholds and seed
+        splitting (`InstanceConfig.threshold`, ``split_solidity``) on the
+        held-out annotations; the new checkpoint's card keeps the settings
+        of its best validation. A model's settings suit the images it was
+        made for (the bundled nuclei model's strict threshold thins rod-shaped
+        bacteria); without held-out annotations the parent's are kept.
     intensity_range : tuple of float
         Augmentation: range of the factor the normalized patch is multiplied
         by (dim or bright nuclei of other microscopes).
@@ -408,6 +415,7 @@ class TrainingConfig(_DictMixin):
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
     augment: bool = True
+    tune_instances: bool = True
     intensity_range: tuple[float, float] = (0.8, 1.25)
     gamma_range: tuple[float, float] = (1.0, 1.0)
     blur_max: float = 0.0

@@ -233,3 +233,23 @@ def test_bad_input_fails_before_training_and_writes_nothing(tmp_path, pair, mess
     with pytest.raises(InputError, match=message):
         next(iter_fine_tune([pair], make_checkpoint(TINY), FAST, output=out, axes=axes))
     assert not out.exists()
+
+
+def test_instance_settings_are_chosen_on_held_out_annotations():
+    from napari_unet_tuner import InstanceConfig, with_card
+
+    pairs = [toy_pair(seed, (96, 96)) for seed in range(3)]
+    learn = replace(
+        FAST, steps_per_epoch=40, patch_shape=(64, 64), batch_size=4, learning_rate=3e-3
+    )
+    trained = fine_tune(pairs, None, learn, model_config=ModelConfig(features=8, depth=2))
+    # A parent whose threshold suits other images: it loses objects here.
+    strict = with_card(trained.checkpoint, instances=InstanceConfig(threshold=0.99).to_dict())
+    one_step = replace(FAST, max_epochs=1, steps_per_epoch=1)
+    kept = fine_tune(pairs, strict, replace(one_step, tune_instances=False))
+    tuned = fine_tune(pairs, strict, one_step)
+    assert kept.checkpoint.card.instance_config.threshold == 0.99
+    assert tuned.checkpoint.card.instance_config.threshold < 0.99
+    # Same model, same held-out objects: only the instance settings differ.
+    assert tuned.scores_before["ap50"] > kept.scores_before["ap50"] + 0.2
+    assert tuned.checkpoint.card.training[-1]["instances_tuned"] is True

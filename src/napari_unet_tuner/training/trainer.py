@@ -19,7 +19,12 @@ from scipy import ndimage
 from skimage.measure import block_reduce
 
 from napari_unet_tuner._generators import run_to_completion
-from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
+from napari_unet_tuner.config import (
+    InstanceConfig,
+    ModelConfig,
+    NormalizationConfig,
+    TrainingConfig,
+)
 from napari_unet_tuner.inference.device import autocast, cpu_threads, select_device
 from napari_unet_tuner.inference.instances import (
     BOUNDARY,
@@ -36,6 +41,11 @@ from napari_unet_tuner.training.targets import DISTANCE_SCALE, IGNORE
 
 _VAL_MARGIN = 32
 _VAL_TILE = 256
+# Instance settings tried at each validation (`TrainingConfig.tune_instances`):
+# from the loose threshold that suits thin objects to the strict one of the
+# bundled nuclei model, with and without cutting waisted seeds.
+_TUNED_THRESHOLDS = (0.5, 0.7, 0.9)
+_TUNED_SPLITS = (0.0, 0.85)
 
 
 @dataclass(frozen=True)
@@ -161,21 +171,37 @@ def _contact_map(targets: torch.Tensor) -> torch.Tensor:
     return ((targets == BOUNDARY) & ~near_open).float()
 
 
+def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
+    """Return ``current``, then the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings."""
+    grid = [
+        replace(current, threshold=threshold, split_solidity=split)
+        for threshold in _TUNED_THRESHOLDS
+        for split in _TUNED_SPLITS
+    ]
+    return [current, *(c for c in grid if c != current)]
+
+
 def evaluate(
-    model: UNet, samples: Sequence[Sample], checkpoint_card: Any, device: torch.device
-) -> dict[str, float]:
+    model: UNet,
+    samples: Sequence[Sample],
+    candidates: Sequence[InstanceConfig],
+    device: torch.device,
+) -> tuple[dict[str, float], InstanceConfig]:
     """Score ``model`` on the held-out targets of ``samples``.
 
     Each held-out region is predicted with context around it, turned into
     instances as segmentation does, and scored on annotated pixels only:
     ``loss`` (cross-entropy), foreground ``dice`` and ``iou``, and ``ap50``
-    (average precision of instances at IoU 0.5).
+    (average precision of instances at IoU 0.5). The instances are made
+    with each of ``candidates`` from the same prediction; the scores are
+    those of the candidate with the best ``ap50`` (the first on ties),
+    returned with it.
     """
     was_training = model.training
     model.eval()
     predictor = make_predictor(model, device)
-    instances_cfg = checkpoint_card.instance_config
-    losses, dices, ious, aps, weights = [], [], [], [], []
+    losses, weights = [], []
+    dices, ious, aps = ([[] for _ in candidates] for _ in range(3))
     for sample, box in _validation_boxes(samples):
         crop = sample.image[(slice(None), *box)]
         shape = crop.shape[1:]
@@ -188,7 +214,6 @@ def evaluate(
             tile,
             out=np.empty((model.config.out_channels, *shape), np.float32),
         )
-        labels = probabilities_to_labels(prob, model.config.output_kind, instances_cfg)
         t = sample.val_targets[box]
         k = t != IGNORE
         truth = np.where(k, sample.instances[box], 0)
@@ -198,24 +223,29 @@ def evaluate(
             classes = prob[:DISTANCE]  # without a distance channel, if the model has one
             p_true = np.take_along_axis(classes, np.where(k, t, 0)[None].astype(np.intp), 0)[0]
         losses.append(float(-np.log(np.clip(p_true[k], 1e-6, 1)).mean()))
-        dice, iou = dice_iou(truth, labels, k)
-        dices.append(dice)
-        ious.append(iou)
-        aps.append(average_precision(truth, labels, 0.5, k))
         weights.append(int(k.sum()))
+        for i, candidate in enumerate(candidates):
+            labels = probabilities_to_labels(prob, model.config.output_kind, candidate)
+            dice, iou = dice_iou(truth, labels, k)
+            dices[i].append(dice)
+            ious[i].append(iou)
+            aps[i].append(average_precision(truth, labels, 0.5, k))
     model.train(was_training)
     if not weights:
-        return {
-            "loss": float("nan"),
-            "dice": float("nan"),
-            "iou": float("nan"),
-            "ap50": float("nan"),
-        }
+        nan = float("nan")
+        return {"loss": nan, "dice": nan, "iou": nan, "ap50": nan}, candidates[0]
     w = np.asarray(weights, float)
-    return {
+    best = int(np.argmax([np.average(a, weights=w) for a in aps]))
+    scores = {
         name: float(np.average(values, weights=w))
-        for name, values in (("loss", losses), ("dice", dices), ("iou", ious), ("ap50", aps))
+        for name, values in (
+            ("loss", losses),
+            ("dice", dices[best]),
+            ("iou", ious[best]),
+            ("ap50", aps[best]),
+        )
     }
+    return scores, candidates[best]
 
 
 def _validation_boxes(samples: Sequence[Sample]) -> Iterator[tuple[Sample, tuple[slice, ...]]]:
@@ -356,6 +386,11 @@ def iter_fine_tune(
         if checkpoint is not None
         else new_card(model_cfg, normalization=normalization.to_dict())
     )
+    candidates = (
+        instance_candidates(card.instance_config)
+        if config.tune_instances and held_out
+        else [card.instance_config]
+    )
     model = (
         checkpoint.build_model(device) if checkpoint is not None else UNet(model_cfg).to(device)
     )
@@ -392,7 +427,7 @@ def iter_fine_tune(
         )
 
     with cpu_threads(config.num_threads):
-        before = evaluate(model, samples, card, device)
+        before, best_instances = evaluate(model, samples, candidates, device)
         best_scores, best_state = before, copy.deepcopy(model.state_dict())
         since_best = 0
         record = progress("validation", None, before)
@@ -418,16 +453,18 @@ def iter_fine_tune(
                 yield record
                 if preview_every is not None and record.elapsed - last_preview >= preview_every:
                     last_preview = record.elapsed
+                    preview_card = replace(card, instances=best_instances.to_dict())
                     yield replace(
-                        record, kind="preview", snapshot=Checkpoint.from_model(model, card)
+                        record, kind="preview", snapshot=Checkpoint.from_model(model, preview_card)
                     )
                 if (stop is not None and stop.is_set()) or train_seconds >= config.max_seconds:
                     break
             epoch += 1
-            scores = evaluate(model, samples, card, device)
+            scores, instances = evaluate(model, samples, candidates, device)
             set_train_mode()
             if _score(scores) > _score(best_scores):
                 best_scores, best_state, since_best = scores, copy.deepcopy(model.state_dict()), 0
+                best_instances = instances
             else:
                 since_best += 1
             record = progress("validation", history[-1].loss, scores)
@@ -460,6 +497,7 @@ def iter_fine_tune(
         "validation_held_out": held_out,
         "scores_before": before,
         "scores_after": best_scores,
+        "instances_tuned": len(candidates) > 1,
         "parent": checkpoint.as_parent() if checkpoint is not None else None,
     }
     default_name = (
@@ -468,7 +506,10 @@ def iter_fine_tune(
     # new_card stamps the creation time and package version; the rest is inherited.
     inherited = {k: v for k, v in asdict(card).items() if k not in ("created", "package_version")}
     inherited.update(
-        name=name or default_name, parent=run["parent"], training=(*card.training, run)
+        name=name or default_name,
+        parent=run["parent"],
+        training=(*card.training, run),
+        instances=best_instances.to_dict(),
     )
     new = Checkpoint.from_model(model, new_card(model_cfg, **inherited))
     path = save_checkpoint(new, output) if output is not None else None
