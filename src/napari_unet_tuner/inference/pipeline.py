@@ -86,7 +86,7 @@ def make_predictor(
 
     The model is moved to ``device`` and put in eval mode. The predictor
     runs a copy made for inference (`fold_batch_norm`, channels-last
-    memory layout): the same outputs, about 1.8x faster on a CPU (see
+    memory layout): the same outputs, about 1.4x as fast on a 2-core CPU (see
     BENCHMARKS.md). The copy is taken now, so a model trained further
     needs a new predictor.
     """

@@ -172,13 +172,24 @@ def _contact_map(targets: torch.Tensor) -> torch.Tensor:
 
 
 def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
-    """Return ``current``, then the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings."""
+    """Return the instance settings a validation tries, the preferred first.
+
+    ``current`` without seed splitting comes first, then ``current``, then
+    the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings. `evaluate`
+    keeps the first of equal scores, and splitting changes objects, so it
+    is kept only where the held-out objects show that it helps: a few
+    held-out straight bacteria cannot tell that it cuts bent ones in two.
+    """
     grid = [
-        replace(current, threshold=threshold, split_solidity=split)
-        for threshold in _TUNED_THRESHOLDS
-        for split in _TUNED_SPLITS
+        replace(current, split_solidity=0.0),
+        current,
+        *(
+            replace(current, threshold=threshold, split_solidity=split)
+            for threshold in _TUNED_THRESHOLDS
+            for split in _TUNED_SPLITS
+        ),
     ]
-    return [current, *(c for c in grid if c != current)]
+    return list(dict.fromkeys(grid))
 
 
 def evaluate(
