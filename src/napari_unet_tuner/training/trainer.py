@@ -46,6 +46,8 @@ _VAL_TILE = 256
 # bundled nuclei model, with and without cutting waisted seeds.
 _TUNED_THRESHOLDS = (0.5, 0.7, 0.9)
 _TUNED_SPLITS = (0.0, 0.85)
+# AP@0.5 by which a later candidate must beat an earlier one to be chosen.
+_TUNING_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -174,14 +176,16 @@ def _contact_map(targets: torch.Tensor) -> torch.Tensor:
 def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
     """Return the instance settings a validation tries, the preferred first.
 
-    ``current`` without seed splitting comes first, then ``current``, then
+    First the neutral settings (threshold 0.5, no seed splitting, with
+    ``current``'s seed threshold and minimum size), then ``current``, then
     the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings. `evaluate`
-    keeps the first of equal scores, and splitting changes objects, so it
-    is kept only where the held-out objects show that it helps: a few
-    held-out straight bacteria cannot tell that it cuts bent ones in two.
+    keeps the first whose score is within `_TUNING_TOLERANCE` of the best:
+    a parent's settings suit the parent's images (the bundled model's strict
+    threshold and seed splitting thin and cut rod-shaped bacteria), and a
+    few held-out objects rarely show a difference larger than noise.
     """
     grid = [
-        replace(current, split_solidity=0.0),
+        replace(current, threshold=0.5, split_solidity=0.0),
         current,
         *(
             replace(current, threshold=threshold, split_solidity=split)
@@ -205,8 +209,8 @@ def evaluate(
     ``loss`` (cross-entropy), foreground ``dice`` and ``iou``, and ``ap50``
     (average precision of instances at IoU 0.5). The instances are made
     with each of ``candidates`` from the same prediction; the scores are
-    those of the candidate with the best ``ap50`` (the first on ties),
-    returned with it.
+    those of the first candidate whose ``ap50`` is within
+    `_TUNING_TOLERANCE` of the best, returned with it.
     """
     was_training = model.training
     model.eval()
@@ -246,7 +250,8 @@ def evaluate(
         nan = float("nan")
         return {"loss": nan, "dice": nan, "iou": nan, "ap50": nan}, candidates[0]
     w = np.asarray(weights, float)
-    best = int(np.argmax([np.average(a, weights=w) for a in aps]))
+    ap50 = np.array([np.average(a, weights=w) for a in aps])
+    best = int(np.flatnonzero(ap50 >= ap50.max() - _TUNING_TOLERANCE)[0])
     scores = {
         name: float(np.average(values, weights=w))
         for name, values in (
