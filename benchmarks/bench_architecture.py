@@ -117,7 +117,7 @@ def main() -> None:
             runs = pool.map(lambda c: train(c, args.seconds), args.configs)
             trained = dict(zip(args.configs, runs, strict=True))
     image = mosaic(2048)
-    report: dict = {"seconds": args.seconds, "configs": {}}
+    report: dict = {"seconds": args.seconds, "inference_copy": True, "configs": {}}
     for name, run in trained.items():
         scores = run["scores"]
         hand = next(iter(scores))

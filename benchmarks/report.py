@@ -67,7 +67,13 @@ def architecture_section(arch: dict | None) -> list[str]:
         "",
         f"Each U-Net trained by `scripts/train_default.py` for {arch['seconds']:g} s on one "
         "CPU thread (two at a time: the same compute each), then timed segmenting the "
-        "2048x2048 HeLa mosaic with both cores.",
+        "2048x2048 HeLa mosaic with both cores."
+        + (
+            ""
+            if arch.get("inference_copy")
+            else " (An earlier run: speeds before the inference copy with folded batch norm, "
+            "scores with the card's default instance settings.)"
+        ),
         "",
         "| features x depth | parameters | steps | AP@0.5 DSB2018 (hand) | AP@0.75 DSB2018 "
         "| AP@0.5 held-out regions (computer labels) | megapixels/s |",
@@ -292,8 +298,9 @@ def main() -> None:
         lines += [
             "",
             f"Target: AP@0.5 of at least 0.85 on hand-annotated images never seen: "
-            f"**{'met' if hand['ap50'] >= 0.85 else 'not met'}** ({hand['ap50']:.3f}). Most "
-            "misses on that image are touching nuclei merged into one object.",
+            f"**{'met' if hand['ap50'] >= 0.85 else 'not met'}** ({hand['ap50']:.3f}). The "
+            "misses on that image are overlapping nuclei still merged into one object and "
+            "some very bright or very dim nuclei.",
             "",
             "![quality](benchmarks/results/quality.png)",
             "",
