@@ -376,10 +376,12 @@ class TrainingConfig(_DictMixin):
     tune_instances : bool
         At each validation, also try other foreground thresholds and seed
         splitting (`InstanceConfig.threshold`, ``split_solidity``) on the
-        held-out annotations; the new checkpoint's card keeps the settings
-        of its best validation. A model's settings suit the images it was
-        made for (the bundled nuclei model's strict threshold thins rod-shaped
-        bacteria); without held-out annotations the parent's are kept.
+        held-out annotations, preferring the neutral ones (0.5, no
+        splitting) unless others score clearly better; the new checkpoint's
+        card keeps the settings of its best validation. A model's settings
+        suit the images it was made for (the bundled nuclei model's strict
+        threshold and seed splitting thin and cut rod-shaped bacteria);
+        without held-out annotations the parent's are kept.
     intensity_range : tuple of float
         Augmentation: range of the factor the normalized patch is multiplied
         by (dim or bright nuclei of other microscopes).
