@@ -35,7 +35,7 @@ from napari_unet_tuner import InferenceConfig, load_checkpoint, segment
 from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, make_predictor
 from napari_unet_tuner.inference.tiling import tile_starts
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
-from napari_unet_tuner.model.unet import fold_batch_norm
+from napari_unet_tuner.model.unet import inference_copy, memory_format
 
 import datasets
 
@@ -59,9 +59,9 @@ def throughput(checkpoint, size: int, repeats: int) -> dict:
     n_tiles = math.prod(len(tile_starts(size, t, round(t * config.overlap))) for t in tile)
     model = checkpoint.build_model("cpu")
     predictor = make_predictor(model)
-    fast = fold_batch_norm(model).to(memory_format=torch.channels_last)
+    fast = inference_copy(model)
     x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *tile), dtype=np.float32))
-    x_fast = x.contiguous(memory_format=torch.channels_last)
+    x_fast = x.contiguous(memory_format=memory_format(2))
     inside = [0.0]
 
     def timed_predictor(batch):

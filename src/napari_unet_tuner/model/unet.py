@@ -184,3 +184,17 @@ def fold_batch_norm(model: UNet) -> UNet:
                 block[i] = fuse_conv_bn_eval(block[i], block[i + 1])
                 block[i + 1] = nn.Identity()
     return folded
+
+
+def inference_copy(model: UNet) -> UNet:
+    """Return the copy of ``model`` that inference runs: `fold_batch_norm`, channels-last layout.
+
+    Its inputs go faster in the same layout (`memory_format`); on a 2-core
+    CPU the copy is about 1.4x as fast as ``model`` (BENCHMARKS.md).
+    """
+    return fold_batch_norm(model).to(memory_format=memory_format(model.config.spatial_dims))
+
+
+def memory_format(spatial_dims: int) -> torch.memory_format:
+    """Channels-last layout for 2D (NHWC) or 3D (NDHWC) tensors."""
+    return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d

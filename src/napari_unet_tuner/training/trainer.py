@@ -176,16 +176,17 @@ def _contact_map(targets: torch.Tensor) -> torch.Tensor:
 def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
     """Return the instance settings a validation tries, the preferred first.
 
-    First the neutral settings (threshold 0.5, no seed splitting, with
-    ``current``'s seed threshold and minimum size), then ``current``, then
-    the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings. `evaluate`
+    First the neutral settings (`InstanceConfig`'s defaults: threshold 0.5,
+    no seed splitting; ``current``'s seed threshold and minimum size), then
+    ``current``, then the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings. `evaluate`
     keeps the first whose score is within `_TUNING_TOLERANCE` of the best:
     a parent's settings suit the parent's images (the bundled model's strict
     threshold and seed splitting thin and cut rod-shaped bacteria), and a
     few held-out objects rarely show a difference larger than noise.
     """
+    neutral = InstanceConfig()
     grid = [
-        replace(current, threshold=0.5, split_solidity=0.0),
+        replace(current, threshold=neutral.threshold, split_solidity=neutral.split_solidity),
         current,
         *(
             replace(current, threshold=threshold, split_solidity=split)
