@@ -256,6 +256,19 @@ def main() -> None:
         "--crowd", type=float, default=0.5, help="nuclei pasted per nucleus in crowded copies"
     )
     parser.add_argument("--contact-weight", type=float, default=3.0)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--final-lr",
+        type=float,
+        default=None,
+        help="anneal the learning rate to this over --seconds (default: constant)",
+    )
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="continue training this checkpoint (its batch-norm statistics keep learning)",
+    )
     parser.add_argument(
         "--outputs",
         choices=("boundary3", "boundary3_distance"),
@@ -293,11 +306,17 @@ def main() -> None:
         batch_size=8,
         num_threads=args.threads,
         contact_weight=args.contact_weight,
+        learning_rate=args.learning_rate,
+        final_learning_rate=args.final_lr,
+        freeze_batch_norm=False,
         **STRONG_AUGMENTATION,
     )
+    if args.init and args.init.resolve() == args.output.resolve():
+        parser.error("--init and --output are the same file: write the new checkpoint elsewhere")
+    parent = load_checkpoint(args.init) if args.init else None
     run = iter_fine_tune(
         pairs,
-        None,
+        parent,
         config,
         model_config=ModelConfig(
             features=args.features,
@@ -354,6 +373,13 @@ def write_report(args, steps: int, scores: dict, tuning: list[dict] | None = Non
         f"--crowd {args.crowd:g} --contact-weight {args.contact_weight:g} "
         f"--outputs {args.outputs}"
     )
+    if args.init:
+        flags += (
+            f" --init {args.init.name} --learning-rate {args.learning_rate:g}"
+            f" --final-lr {args.final_lr:g}"
+        )
+    elif args.final_lr is not None:
+        flags += f" --learning-rate {args.learning_rate:g} --final-lr {args.final_lr:g}"
     report = {"flags": flags, "steps": steps, "scores": scores}
     if tuning:
         report["instance_tuning"] = tuning

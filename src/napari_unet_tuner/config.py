@@ -359,6 +359,10 @@ class TrainingConfig(_DictMixin):
         Patches per step; ``None``: 4 on the CPU, 16 on a GPU.
     learning_rate : float
         Adam step size.
+    final_learning_rate : float or None
+        Anneal the step size from ``learning_rate`` to this by the end of
+        ``max_seconds`` (half a cosine over training time: runs here are
+        budgeted in seconds, not steps); ``None`` keeps it constant.
     boundary_weight : float
         Loss weight of the boundary class relative to the other two; high,
         because a missed boundary merges two objects.
@@ -411,6 +415,7 @@ class TrainingConfig(_DictMixin):
     patch_shape: tuple[int, ...] | None = None
     batch_size: int | None = None
     learning_rate: float = 1e-3
+    final_learning_rate: float | None = None
     boundary_weight: float = 4.0
     contact_weight: float = 1.0
     validation_fraction: float = 0.2
@@ -446,6 +451,14 @@ class TrainingConfig(_DictMixin):
             low, high = getattr(self, name)
             if not 0 < low <= high:
                 raise ValueError(f"{name} must be (low, high) with 0 < low <= high")
+        if self.learning_rate <= 0 or (
+            self.final_learning_rate is not None
+            and not 0 < self.final_learning_rate <= self.learning_rate
+        ):
+            raise ValueError(
+                "learning_rate must be > 0 and final_learning_rate in (0, learning_rate], got "
+                f"{self.learning_rate} and {self.final_learning_rate}"
+            )
         if self.contact_weight < 1.0:
             raise ValueError(f"contact_weight must be >= 1, got {self.contact_weight}")
         if self.blur_max < 0 or self.noise_max < 0:

@@ -265,3 +265,26 @@ def test_instance_candidates_prefer_neutral_then_the_parents_settings():
     assert candidates[1] == parent
     assert len(set(candidates)) == len(candidates) == 6
     assert all(c.min_size == 40 for c in candidates)
+
+
+def test_tuning_needs_more_than_one_held_out_objects_worth_of_ap():
+    from napari_unet_tuner.training.trainer import tuning_tolerance
+
+    # 4 held-out objects: one object (0.25 AP) is noise, not a better setting.
+    assert tuning_tolerance(4) == 0.25
+    assert tuning_tolerance(500) == 0.02
+    assert tuning_tolerance(0) == 1.0
+
+
+def test_learning_rate_anneals_over_the_time_budget():
+    from napari_unet_tuner.training.trainer import annealed_learning_rate
+
+    config = TrainingConfig(max_seconds=100, learning_rate=1e-3, final_learning_rate=1e-5)
+    rates = [annealed_learning_rate(config, t) for t in (0, 25, 50, 75, 100, 150)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[2] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert rates[4] == rates[5] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(rates[:4], rates[1:5], strict=True))
+    assert annealed_learning_rate(replace(config, final_learning_rate=None), 75) == 1e-3
+    with pytest.raises(ValueError, match="final_learning_rate"):
+        TrainingConfig(learning_rate=1e-4, final_learning_rate=1e-3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import math
 import os
 import threading
 import time
@@ -46,7 +47,9 @@ _VAL_TILE = 256
 # bundled nuclei model, with and without cutting waisted seeds.
 _TUNED_THRESHOLDS = (0.5, 0.7, 0.9)
 _TUNED_SPLITS = (0.0, 0.85)
-# AP@0.5 by which a later candidate must beat an earlier one to be chosen.
+# AP@0.5 by which a later candidate must beat an earlier one to be chosen:
+# at least this, and at least one held-out object's worth (1 / objects), so
+# that a handful of held-out objects cannot pick settings by chance.
 _TUNING_TOLERANCE = 0.02
 
 
@@ -179,7 +182,7 @@ def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
     First the neutral settings (`InstanceConfig`'s defaults: threshold 0.5,
     no seed splitting; ``current``'s seed threshold and minimum size), then
     ``current``, then the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings. `evaluate`
-    keeps the first whose score is within `_TUNING_TOLERANCE` of the best:
+    keeps the first whose score is within a tolerance of the best (`tuning_tolerance`):
     a parent's settings suit the parent's images (the bundled model's strict
     threshold and seed splitting thin and cut rod-shaped bacteria), and a
     few held-out objects rarely show a difference larger than noise.
@@ -211,12 +214,13 @@ def evaluate(
     (average precision of instances at IoU 0.5). The instances are made
     with each of ``candidates`` from the same prediction; the scores are
     those of the first candidate whose ``ap50`` is within
-    `_TUNING_TOLERANCE` of the best, returned with it.
+    `tuning_tolerance` of the best, returned with it.
     """
     was_training = model.training
     model.eval()
     predictor = make_predictor(model, device)
     losses, weights = [], []
+    held_out_objects = 0
     dices, ious, aps = ([[] for _ in candidates] for _ in range(3))
     for sample, box in _validation_boxes(samples):
         crop = sample.image[(slice(None), *box)]
@@ -233,6 +237,7 @@ def evaluate(
         t = sample.val_targets[box]
         k = t != IGNORE
         truth = np.where(k, sample.instances[box], 0)
+        held_out_objects += len(np.unique(truth)) - 1
         if prob.shape[0] == 1:
             p_true = np.where(t > 0, prob[0], 1 - prob[0])
         else:
@@ -252,7 +257,7 @@ def evaluate(
         return {"loss": nan, "dice": nan, "iou": nan, "ap50": nan}, candidates[0]
     w = np.asarray(weights, float)
     ap50 = np.array([np.average(a, weights=w) for a in aps])
-    best = int(np.flatnonzero(ap50 >= ap50.max() - _TUNING_TOLERANCE)[0])
+    best = int(np.flatnonzero(ap50 >= ap50.max() - tuning_tolerance(held_out_objects))[0])
     scores = {
         name: float(np.average(values, weights=w))
         for name, values in (
@@ -263,6 +268,16 @@ def evaluate(
         )
     }
     return scores, candidates[best]
+
+
+def tuning_tolerance(held_out_objects: int) -> float:
+    """Return the AP@0.5 margin by which a later instance candidate must win.
+
+    One held-out object's worth of AP (``1 / held_out_objects``), and at
+    least `_TUNING_TOLERANCE`: with 4 held-out bacteria one lucky split
+    moves AP by 0.25, which says nothing about the next images.
+    """
+    return max(_TUNING_TOLERANCE, 1.0 / max(held_out_objects, 1))
 
 
 def _validation_boxes(samples: Sequence[Sample]) -> Iterator[tuple[Sample, tuple[slice, ...]]]:
@@ -459,6 +474,9 @@ def iter_fine_tune(
                 y = torch.from_numpy(targets).to(device)
                 with autocast(device, use_amp):
                     loss = masked_loss(model(x), y, config.boundary_weight, config.contact_weight)
+                if config.final_learning_rate is not None:
+                    for group in optimizer.param_groups:
+                        group["lr"] = annealed_learning_rate(config, train_seconds)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -531,6 +549,15 @@ def iter_fine_tune(
     new = Checkpoint.from_model(model, new_card(model_cfg, **inherited))
     path = save_checkpoint(new, output) if output is not None else None
     return FineTuneResult(new, before, best_scores, path, stop_reason, held_out, history)
+
+
+def annealed_learning_rate(config: TrainingConfig, train_seconds: float) -> float:
+    """Return the step size after ``train_seconds`` of training (half a cosine to the end)."""
+    start, end = config.learning_rate, config.final_learning_rate
+    if end is None:
+        return start
+    done = min(train_seconds / config.max_seconds, 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def fine_tune(
