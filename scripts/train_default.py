@@ -2,7 +2,13 @@
 
     .venv/bin/python scripts/train_default.py [--seconds 1800] [--features 16] [--depth 4]
         [--outputs boundary3_distance|boundary3] [--output PATH] [--report results.json]
+        [--learning-rate 1e-3] [--final-lr LR] [--init CHECKPOINT]
         [--score-only | --retune]
+
+The shipped default is the run with the defaults (1800 s, constant learning
+rate, from scratch). ``--final-lr`` anneals the learning rate over the run
+and ``--init`` continues another checkpoint (never the output file); neither
+helped the default so far (benchmarks/results/default_variants).
 
 ``--score-only`` trains nothing: it scores the checkpoint at ``--output`` on
 the held-out sets and writes ``--report`` (with the flags given, which
