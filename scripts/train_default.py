@@ -291,6 +291,8 @@ def main() -> None:
         help="choose the instance settings of the checkpoint at --output again and rewrite it",
     )
     args = parser.parse_args()
+    if args.init and args.init.resolve() == args.output.resolve():
+        parser.error("--init and --output are the same file: write the new checkpoint elsewhere")
     if args.score_only or args.retune:
         checkpoint = load_checkpoint(args.output)
         steps = sum(run.get("steps", 0) for run in checkpoint.card.training)
@@ -317,8 +319,6 @@ def main() -> None:
         freeze_batch_norm=False,
         **STRONG_AUGMENTATION,
     )
-    if args.init and args.init.resolve() == args.output.resolve():
-        parser.error("--init and --output are the same file: write the new checkpoint elsewhere")
     parent = load_checkpoint(args.init) if args.init else None
     run = iter_fine_tune(
         pairs,
