@@ -67,6 +67,7 @@ import datasets  # noqa: E402
 # Nuclei diameters (pixels) every training image is rescaled to; scale
 # factors outside SCALE_LIMITS are skipped (too blurry or too coarse).
 TARGET_DIAMETERS = (12.0, 18.0, 26.0, 38.0, 52.0)
+DEFAULT_LEARNING_RATE = TrainingConfig().learning_rate
 SCALE_LIMITS = (0.3, 2.5)
 
 STRONG_AUGMENTATION = {
@@ -262,7 +263,7 @@ def main() -> None:
         "--crowd", type=float, default=0.5, help="nuclei pasted per nucleus in crowded copies"
     )
     parser.add_argument("--contact-weight", type=float, default=3.0)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
     parser.add_argument(
         "--final-lr",
         type=float,
@@ -380,12 +381,11 @@ def write_report(args, steps: int, scores: dict, tuning: list[dict] | None = Non
         f"--outputs {args.outputs}"
     )
     if args.init:
-        flags += (
-            f" --init {args.init.name} --learning-rate {args.learning_rate:g}"
-            f" --final-lr {args.final_lr:g}"
-        )
-    elif args.final_lr is not None:
-        flags += f" --learning-rate {args.learning_rate:g} --final-lr {args.final_lr:g}"
+        flags += f" --init {args.init.name}"
+    if args.init or args.final_lr is not None or args.learning_rate != DEFAULT_LEARNING_RATE:
+        flags += f" --learning-rate {args.learning_rate:g}"
+    if args.final_lr is not None:
+        flags += f" --final-lr {args.final_lr:g}"
     report = {"flags": flags, "steps": steps, "scores": scores}
     if tuning:
         report["instance_tuning"] = tuning

@@ -474,9 +474,8 @@ def iter_fine_tune(
                 y = torch.from_numpy(targets).to(device)
                 with autocast(device, use_amp):
                     loss = masked_loss(model(x), y, config.boundary_weight, config.contact_weight)
-                if config.final_learning_rate is not None:
-                    for group in optimizer.param_groups:
-                        group["lr"] = annealed_learning_rate(config, train_seconds)
+                for group in optimizer.param_groups:
+                    group["lr"] = annealed_learning_rate(config, train_seconds)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -552,7 +551,11 @@ def iter_fine_tune(
 
 
 def annealed_learning_rate(config: TrainingConfig, train_seconds: float) -> float:
-    """Return the step size after ``train_seconds`` of training (half a cosine to the end)."""
+    """Return the step size after ``train_seconds`` of training (half a cosine to the end).
+
+    By time, not by step (torch's ``CosineAnnealingLR`` counts steps): a
+    run's length is its time budget, and how many steps fit is not known.
+    """
     start, end = config.learning_rate, config.final_learning_rate
     if end is None:
         return start
