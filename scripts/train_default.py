@@ -3,12 +3,15 @@
     .venv/bin/python scripts/train_default.py [--seconds 1800] [--features 16] [--depth 4]
         [--outputs boundary3_distance|boundary3] [--output PATH] [--report results.json]
         [--learning-rate 1e-3] [--final-lr LR] [--init CHECKPOINT]
-        [--score-only | --retune]
+        [--bbbc007] [--squeeze] [--score-only | --retune]
 
 The shipped default is the run with the defaults (1800 s, constant learning
 rate, from scratch). ``--final-lr`` anneals the learning rate over the run
-and ``--init`` continues another checkpoint (never the output file); neither
-helped the default so far (benchmarks/results/default_variants).
+and ``--init`` continues another checkpoint (never the output file);
+``--bbbc007`` adds BBBC007 Drosophila nuclei to the training data and
+``--squeeze`` makes the crowded copies' pasted nuclei meet their neighbours
+along a seam instead of covering them. None of these made a better default
+so far (benchmarks/results/default_variants, BENCHMARKS.md).
 
 ``--score-only`` trains nothing: it scores the checkpoint at ``--output`` on
 the held-out sets and writes ``--report`` (with the flags given, which
@@ -108,7 +111,13 @@ def rescaled_pairs(pairs, diameter: float):
     return out
 
 
-def crowded(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, share: float):
+def crowded(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    share: float,
+    squeeze: bool = False,
+):
     """A copy of ``(image, labels)`` with nuclei pasted so that they touch others.
 
     The training labels (computer-made) almost never have touching nuclei:
@@ -117,12 +126,17 @@ def crowded(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, sha
     separates two nuclei. Pasting copies of the image's own nuclei (their
     pixels and masks, over what was there) next to other nuclei gives
     contacts without a gap, with the pasted nucleus' own rim as the only cue.
+    With ``squeeze``, the pasted nucleus takes only the overlapping pixels
+    nearer its centre than the other's: both are flattened against a
+    straight seam of interior pixels, with no rim and no dark gap between
+    them, as where nuclei press against each other.
     """
     out_image = image.astype(np.float32, copy=True)
     out_labels = labels.copy()
     objects = [p for p in regionprops(labels) if 20 <= p.area]
     if len(objects) < 2:
         return None
+    centres = {p.label: np.array(p.centroid) for p in regionprops(labels)}
     next_id = int(labels.max()) + 1
     for _ in range(int(share * len(objects))):
         source, anchor = (objects[i] for i in rng.choice(len(objects), 2, replace=False))
@@ -135,18 +149,41 @@ def crowded(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, sha
         if (corner < 0).any() or (corner + mask.shape > np.array(labels.shape)).any():
             continue
         target = tuple(slice(c, c + n) for c, n in zip(corner, mask.shape, strict=True))
+        if squeeze:
+            mask = mask & _nearer_new_centre(out_labels[target], corner, centre, centres)
         out_image[target][mask] = image[source.slice][mask]
         out_labels[target][mask] = next_id
+        centres[next_id] = centre
         next_id += 1
     return out_image, out_labels
 
 
-def training_pairs(crowd: float) -> tuple[list, dict[str, float]]:
-    pairs, diameters = [], training_diameters()
+def _nearer_new_centre(under: np.ndarray, corner, centre, centres) -> np.ndarray:
+    """Pixels of the window ``under`` (labels) that are background or nearer ``centre``.
+
+    ``corner`` is the window's offset in the image; ``centres`` maps the
+    labels to their centroids in image coordinates.
+    """
+    grid = np.indices(under.shape).reshape(2, -1).T + corner
+    ids = under.ravel()
+    covered = ids > 0
+    other = np.full(ids.shape, np.inf)
+    if covered.any():
+        present, index = np.unique(ids[covered], return_inverse=True)
+        their_centres = np.array([centres[label] for label in present])
+        other[covered] = np.linalg.norm(grid[covered] - their_centres[index], axis=1)
+    return (np.linalg.norm(grid - centre, axis=1) <= other).reshape(under.shape)
+
+
+def training_pairs(
+    crowd: float, squeeze: bool = False, bbbc007: bool = False
+) -> tuple[list, dict[str, float]]:
+    pairs, diameters = [], training_diameters(bbbc007)
     rng = np.random.default_rng(0)
-    for name, subset in datasets.training_sets().items():
+    for name, subset in datasets.training_sets(bbbc007).items():
         if crowd > 0:
-            subset = subset + [c for c in (crowded(*p, rng, crowd) for p in subset) if c]
+            copies = (crowded(*p, rng, crowd, squeeze) for p in subset)
+            subset = subset + [c for c in copies if c]
         pairs += rescaled_pairs(subset, diameters[name])
     return pairs, diameters
 
@@ -262,6 +299,16 @@ def main() -> None:
     parser.add_argument(
         "--crowd", type=float, default=0.5, help="nuclei pasted per nucleus in crowded copies"
     )
+    parser.add_argument(
+        "--squeeze",
+        action="store_true",
+        help="crowded copies: pasted nuclei meet others along a seam instead of covering them",
+    )
+    parser.add_argument(
+        "--bbbc007",
+        action="store_true",
+        help="also train on BBBC007 Drosophila nuclei (datasets.bbbc007_nuclei)",
+    )
     parser.add_argument("--contact-weight", type=float, default=3.0)
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
     parser.add_argument(
@@ -300,9 +347,9 @@ def main() -> None:
         if args.score_only:
             write_report(args, steps, evaluate(checkpoint))
             return
-        write_report(args, steps, *finish(args, checkpoint, training_diameters()))
+        write_report(args, steps, *finish(args, checkpoint, training_diameters(args.bbbc007)))
         return
-    pairs, diameters = training_pairs(args.crowd)
+    pairs, diameters = training_pairs(args.crowd, args.squeeze, args.bbbc007)
     print(f"{len(pairs)} training images; median diameters {diameters}", flush=True)
     config = TrainingConfig(
         mode="corrections",
@@ -363,11 +410,11 @@ def finish(args, checkpoint, diameters: dict[str, float]) -> tuple[dict, list[di
     return scores, tuning
 
 
-def training_diameters() -> dict[str, float]:
+def training_diameters(bbbc007: bool = False) -> dict[str, float]:
     """Median nucleus diameter of each training set (for the card)."""
     return {
         name: round(median_diameter([labels for _, labels in subset]), 1)
-        for name, subset in datasets.training_sets().items()
+        for name, subset in datasets.training_sets(bbbc007).items()
     }
 
 
@@ -380,6 +427,10 @@ def write_report(args, steps: int, scores: dict, tuning: list[dict] | None = Non
         f"--crowd {args.crowd:g} --contact-weight {args.contact_weight:g} "
         f"--outputs {args.outputs}"
     )
+    if args.squeeze:
+        flags += " --squeeze"
+    if args.bbbc007:
+        flags += " --bbbc007"
     if args.init:
         flags += f" --init {args.init.name}"
     if args.init or args.final_lr is not None or args.learning_rate != DEFAULT_LEARNING_RATE:
