@@ -110,8 +110,8 @@ def variants_section() -> list[str]:
         "instance settings then chosen by `--retune` (best mean AP@0.5 over the held-out "
         "computer-labelled sets and crowded copies of them; foreground threshold / seed "
         "threshold / split solidity), and its checkpoint scored on the held-out sets above "
-        "(AP@0.5). The shipped default is the row marked *shipped*. Rows without a BBBC007 "
-        "score were chosen and scored before that set was added; later rows also tune on it.",
+        "(AP@0.5). The shipped default is the row marked *shipped*. A - marks a set added "
+        "after that run was tuned and scored; runs after it also tune on that set.",
         "",
         "| run | steps | instances | "
         + " | ".join(n.split(",")[0].split(" (")[0] for n in names)
@@ -304,7 +304,7 @@ def main() -> None:
             f"Target: AP@0.5 of at least 0.85 on hand-annotated images never seen: "
             f"**{'met' if hand['ap50'] >= 0.85 else 'not met'}** ({hand['ap50']:.3f}). The "
             "misses on that image are touching nuclei of similar brightness still merged into "
-            "one object (14 of 18 in session 6's count) and small pieces at the image border.",
+            "one object (14 of its 18 misses) and small pieces at the image border.",
             "",
             "The computer-made labels of the other sets favour methods like the one that made "
             "them: BBBC007's look made by a threshold-and-split pipeline (loose outlines), which "

@@ -133,10 +133,11 @@ def crowded(
     """
     out_image = image.astype(np.float32, copy=True)
     out_labels = labels.copy()
-    objects = [p for p in regionprops(labels) if 20 <= p.area]
+    props = regionprops(labels)
+    objects = [p for p in props if 20 <= p.area]
     if len(objects) < 2:
         return None
-    centres = {p.label: np.array(p.centroid) for p in regionprops(labels)}
+    centres = {p.label: np.array(p.centroid) for p in props}
     next_id = int(labels.max()) + 1
     for _ in range(int(share * len(objects))):
         source, anchor = (objects[i] for i in rng.choice(len(objects), 2, replace=False))
@@ -178,9 +179,10 @@ def _nearer_new_centre(under: np.ndarray, corner, centre, centres) -> np.ndarray
 def training_pairs(
     crowd: float, squeeze: bool = False, bbbc007: bool = False
 ) -> tuple[list, dict[str, float]]:
-    pairs, diameters = [], training_diameters(bbbc007)
+    sets = datasets.training_sets(bbbc007)
+    pairs, diameters = [], training_diameters(sets)
     rng = np.random.default_rng(0)
-    for name, subset in datasets.training_sets(bbbc007).items():
+    for name, subset in sets.items():
         if crowd > 0:
             copies = (crowded(*p, rng, crowd, squeeze) for p in subset)
             subset = subset + [c for c in copies if c]
@@ -353,7 +355,8 @@ def main() -> None:
         if args.score_only:
             write_report(args, steps, evaluate(checkpoint))
             return
-        write_report(args, steps, *finish(args, checkpoint, training_diameters(args.bbbc007)))
+        diameters = training_diameters(datasets.training_sets(args.bbbc007))
+        write_report(args, steps, *finish(args, checkpoint, diameters))
         return
     pairs, diameters = training_pairs(args.crowd, args.squeeze, args.bbbc007)
     print(f"{len(pairs)} training images; median diameters {diameters}", flush=True)
@@ -416,11 +419,11 @@ def finish(args, checkpoint, diameters: dict[str, float]) -> tuple[dict, list[di
     return scores, tuning
 
 
-def training_diameters(bbbc007: bool = False) -> dict[str, float]:
-    """Median nucleus diameter of each training set (for the card)."""
+def training_diameters(sets: dict[str, list]) -> dict[str, float]:
+    """Median nucleus diameter of each training set (`datasets.training_sets`), for the card."""
     return {
         name: round(median_diameter([labels for _, labels in subset]), 1)
-        for name, subset in datasets.training_sets(bbbc007).items()
+        for name, subset in sets.items()
     }
 
 
