@@ -97,7 +97,11 @@ def architecture_section(arch: dict | None) -> list[str]:
 
 def variants_section() -> list[str]:
     """Training recipes tried for the default, from ``scripts/train_default.py --report``."""
-    runs = sorted((RESULTS / "default_variants").glob("*.json"))
+    # Named "<order>_<what>.json": sorted by the number, so 10_ follows 9_.
+    runs = sorted(
+        (RESULTS / "default_variants").glob("*.json"),
+        key=lambda path: int(path.stem.split("_")[0]),
+    )
     if not runs:
         return []
     reports = [json.loads(path.read_text()) for path in runs]
