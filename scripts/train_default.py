@@ -345,7 +345,10 @@ def main() -> None:
         help="each set's share of the patches: its pixels, or their square root",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="random seed of the weights and the patches"
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of the weights, the patches and the validation split",
     )
     parser.add_argument("--contact-weight", type=float, default=3.0)
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
