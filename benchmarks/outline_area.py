@@ -1,0 +1,77 @@
+"""How the foreground threshold sizes the outlines of checkpoints on the held-out sets.
+
+    .venv/bin/python benchmarks/outline_area.py CHECKPOINT [CHECKPOINT ...]
+
+For each checkpoint and held-out set (`datasets.held_out_sets`), and for
+foreground thresholds 0.5 / 0.7 / 0.9 (the card's other instance settings
+kept), prints AP@0.5, AP@0.75 and the median ratio of predicted to true
+area over the nuclei found (IoU > 0.5). A diagnosis, not a benchmark: it is
+not run by run_all.sh, and nothing is chosen from the hand-annotated image.
+It showed that at the card's threshold (0.9) outlines on the hand-annotated
+DSB2018 image cover less of each nucleus than on the computer-labelled sets,
+and more so for a model trained longer (BENCHMARKS.md, "Recipes tried").
+About 15 s per checkpoint on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from skimage.metrics import contingency_table
+
+from napari_unet_tuner import load_checkpoint, segment
+from napari_unet_tuner.inference.instances import probabilities_to_labels
+
+import datasets
+
+THRESHOLDS = (0.5, 0.7, 0.9)
+
+
+def matched_area_ratio(truth: np.ndarray, prediction: np.ndarray) -> list[float]:
+    """Predicted / true area of each true object whose best match has IoU > 0.5."""
+    overlap = contingency_table(truth, prediction).toarray()
+    true_area, predicted_area = overlap.sum(axis=1), overlap.sum(axis=0)
+    ratios = []
+    for i in range(1, overlap.shape[0]):
+        j = int(overlap[i, 1:].argmax()) + 1
+        shared = overlap[i, j]
+        if shared / (true_area[i] + predicted_area[j] - shared) > 0.5:
+            ratios.append(predicted_area[j] / true_area[i])
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", type=Path, nargs="+")
+    args = parser.parse_args()
+    sets = datasets.held_out_sets()
+    for path in args.checkpoints:
+        checkpoint = load_checkpoint(path)
+        instances = checkpoint.card.instance_config
+        kind = checkpoint.model_config.output_kind
+        print(f"{path}: {instances}")
+        for name, pairs in sets.items():
+            probabilities = [
+                segment(image, checkpoint, return_probabilities=True).probabilities
+                for image, _ in pairs
+            ]
+            cells = []
+            for threshold in THRESHOLDS:
+                config = replace(instances, threshold=threshold)
+                predictions = [probabilities_to_labels(p, kind, config) for p in probabilities]
+                ap = datasets.mean_ap([truth for _, truth in pairs], predictions)
+                ratios = [
+                    r
+                    for (_, truth), prediction in zip(pairs, predictions, strict=True)
+                    for r in matched_area_ratio(truth, prediction)
+                ]
+                area = f"{np.median(ratios):.2f}" if ratios else "-"
+                cells.append(f"{threshold}: {ap['ap50']:.3f} / {ap['ap75']:.3f}, area {area}")
+            print(f"  {name[:40]:40s} " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
