@@ -356,6 +356,14 @@ def main() -> None:
         default=200,
         help="training steps between validations (each costs about 35 s on 2 threads)",
     )
+    parser.add_argument(
+        "--snapshot-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="also save the model every SECONDS of wall time as <output>_step<N>.safetensors "
+        "(score one later with --retune --output it): how training length matters, in one run",
+    )
     parser.add_argument("--contact-weight", type=float, default=3.0)
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
     parser.add_argument(
@@ -426,10 +434,15 @@ def main() -> None:
             out_channels=4 if args.outputs == "boundary3_distance" else 3,
         ),
         name="nuclei default",
+        preview_every=args.snapshot_every,
     )
     t0 = time.time()
 
     def show(progress) -> None:
+        if progress.kind == "preview":
+            snapshot = args.output.with_name(f"{args.output.stem}_step{progress.step}.safetensors")
+            save_checkpoint(progress.snapshot, snapshot, overwrite=True)
+            print(f"{time.time() - t0:7.0f}s step {progress.step:5d} saved {snapshot}", flush=True)
         if progress.kind == "validation":
             print(
                 f"{time.time() - t0:7.0f}s step {progress.step:5d} val {progress.scores}",
