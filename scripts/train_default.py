@@ -364,6 +364,13 @@ def main() -> None:
         help="also save the model every SECONDS of wall time as <output>_step<N>.safetensors "
         "(score one later with --retune --output it): how training length matters, in one run",
     )
+    parser.add_argument(
+        "--boundary-weight",
+        type=float,
+        default=TrainingConfig().boundary_weight,
+        help="loss weight of rim pixels (contacts weigh --contact-weight times more); above 1 it "
+        "tends to widen the predicted foreground, which the tuned threshold then trims",
+    )
     parser.add_argument("--contact-weight", type=float, default=3.0)
     parser.add_argument("--learning-rate", type=float, default=DEFAULT_LEARNING_RATE)
     parser.add_argument(
@@ -417,6 +424,7 @@ def main() -> None:
         seed=args.seed,
         batch_size=8,
         num_threads=args.threads,
+        boundary_weight=args.boundary_weight,
         contact_weight=args.contact_weight,
         learning_rate=args.learning_rate,
         final_learning_rate=args.final_lr,
@@ -494,6 +502,8 @@ def write_report(args, steps: int, scores: dict, tuning: list[dict] | None = Non
         flags += " --bbbc007"
     if args.seed:
         flags += f" --seed {args.seed}"
+    if args.boundary_weight != TrainingConfig().boundary_weight:
+        flags += f" --boundary-weight {args.boundary_weight:g}"
     if args.validate_every != 200:
         flags += f" --validate-every {args.validate_every}"
     if args.balance != "pixels":
