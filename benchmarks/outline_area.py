@@ -20,10 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from skimage.metrics import contingency_table
 
 from napari_unet_tuner import load_checkpoint, segment
 from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.training.metrics import matched_ious
 
 import datasets
 
@@ -31,16 +31,12 @@ THRESHOLDS = (0.5, 0.7, 0.9)
 
 
 def matched_area_ratio(truth: np.ndarray, prediction: np.ndarray) -> list[float]:
-    """Predicted / true area of each true object whose best match has IoU > 0.5."""
-    overlap = contingency_table(truth, prediction).toarray()
-    true_area, predicted_area = overlap.sum(axis=1), overlap.sum(axis=0)
-    ratios = []
-    for i in range(1, overlap.shape[0]):
-        j = int(overlap[i, 1:].argmax()) + 1
-        shared = overlap[i, j]
-        if shared / (true_area[i] + predicted_area[j] - shared) > 0.5:
-            ratios.append(predicted_area[j] / true_area[i])
-    return ratios
+    """Predicted / true area of each true object matched at IoU > 0.5 (a match is unique)."""
+    ious = matched_ious(truth, prediction)
+    true_area = np.unique(truth[truth > 0], return_counts=True)[1]
+    predicted_area = np.unique(prediction[prediction > 0], return_counts=True)[1]
+    rows, cols = np.nonzero(ious > 0.5)
+    return list(predicted_area[cols] / true_area[rows])
 
 
 def main() -> None:

@@ -3,7 +3,8 @@
     .venv/bin/python scripts/train_default.py [--seconds 1800] [--features 16] [--depth 4]
         [--outputs boundary3_distance|boundary3] [--output PATH] [--report results.json]
         [--learning-rate 1e-3] [--final-lr LR] [--init CHECKPOINT]
-        [--bbbc007] [--squeeze] [--balance sqrt] [--seed N] [--score-only | --retune]
+        [--bbbc007] [--squeeze] [--balance sqrt] [--seed N] [--boundary-weight 4]
+        [--validate-every 200] [--snapshot-every SECONDS] [--score-only | --retune]
 
 The shipped default is the run with the defaults (1800 s, constant learning
 rate, from scratch). ``--final-lr`` anneals the learning rate over the run
@@ -72,6 +73,8 @@ import datasets  # noqa: E402
 # factors outside SCALE_LIMITS are skipped (too blurry or too coarse).
 TARGET_DIAMETERS = (12.0, 18.0, 26.0, 38.0, 52.0)
 DEFAULT_LEARNING_RATE = TrainingConfig().learning_rate
+DEFAULT_BOUNDARY_WEIGHT = TrainingConfig().boundary_weight
+VALIDATE_EVERY = 200
 SCALE_LIMITS = (0.3, 2.5)
 
 STRONG_AUGMENTATION = {
@@ -353,7 +356,7 @@ def main() -> None:
     parser.add_argument(
         "--validate-every",
         type=int,
-        default=200,
+        default=VALIDATE_EVERY,
         help="training steps between validations (each costs about 35 s on 2 threads)",
     )
     parser.add_argument(
@@ -367,7 +370,7 @@ def main() -> None:
     parser.add_argument(
         "--boundary-weight",
         type=float,
-        default=TrainingConfig().boundary_weight,
+        default=DEFAULT_BOUNDARY_WEIGHT,
         help="loss weight of rim pixels (contacts weigh --contact-weight times more); above 1 it "
         "tends to widen the predicted foreground, which the tuned threshold then trims",
     )
@@ -502,9 +505,9 @@ def write_report(args, steps: int, scores: dict, tuning: list[dict] | None = Non
         flags += " --bbbc007"
     if args.seed:
         flags += f" --seed {args.seed}"
-    if args.boundary_weight != TrainingConfig().boundary_weight:
+    if args.boundary_weight != DEFAULT_BOUNDARY_WEIGHT:
         flags += f" --boundary-weight {args.boundary_weight:g}"
-    if args.validate_every != 200:
+    if args.validate_every != VALIDATE_EVERY:
         flags += f" --validate-every {args.validate_every}"
     if args.balance != "pixels":
         flags += f" --balance {args.balance}"
