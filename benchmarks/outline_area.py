@@ -1,12 +1,15 @@
 """How the foreground threshold sizes the outlines of checkpoints on the held-out sets.
 
     .venv/bin/python benchmarks/outline_area.py CHECKPOINT [CHECKPOINT ...]
+        [--thresholds 0.5 0.7 0.9] [--instances-from CHECKPOINT]
 
 For each checkpoint and held-out set (`datasets.held_out_sets`), and for
 foreground thresholds 0.5 / 0.7 / 0.9 (the card's other instance settings
-kept), prints AP@0.5, AP@0.75 and the median ratio of predicted to true
-area over the nuclei found (IoU > 0.5). A diagnosis, not a benchmark: it is
-not run by run_all.sh, and nothing is chosen from the hand-annotated image.
+kept, or those of ``--instances-from``: snapshots saved during training
+carry the trainer's interim settings, not tuned ones), prints AP@0.5,
+AP@0.75 and the median ratio of predicted to true area over the nuclei
+found (IoU > 0.5). A diagnosis, not a benchmark: it is not run by
+run_all.sh, and nothing is chosen from the hand-annotated image.
 It showed that at the card's threshold (0.9) outlines on the hand-annotated
 DSB2018 image cover less of each nucleus than on the computer-labelled sets,
 and more so for a model trained longer (BENCHMARKS.md, "Recipes tried").
@@ -42,11 +45,20 @@ def matched_area_ratio(truth: np.ndarray, prediction: np.ndarray) -> list[float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", type=Path, nargs="+")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
+    parser.add_argument(
+        "--instances-from",
+        type=Path,
+        help="use this checkpoint's instance settings (all but the threshold) for every one",
+    )
     args = parser.parse_args()
     sets = datasets.held_out_sets()
+    shared = None
+    if args.instances_from:
+        shared = load_checkpoint(args.instances_from).card.instance_config
     for path in args.checkpoints:
         checkpoint = load_checkpoint(path)
-        instances = checkpoint.card.instance_config
+        instances = shared or checkpoint.card.instance_config
         kind = checkpoint.model_config.output_kind
         print(f"{path}: {instances}")
         for name, pairs in sets.items():
@@ -55,7 +67,7 @@ def main() -> None:
                 for image, _ in pairs
             ]
             cells = []
-            for threshold in THRESHOLDS:
+            for threshold in args.thresholds:
                 config = replace(instances, threshold=threshold)
                 predictions = [probabilities_to_labels(p, kind, config) for p in probabilities]
                 ap = datasets.mean_ap([truth for _, truth in pairs], predictions)
