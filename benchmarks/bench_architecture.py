@@ -42,6 +42,9 @@ def train(config: str, seconds: float) -> dict:
             [
                 sys.executable,
                 str(ROOT / "scripts/train_default.py"),
+                # Equal time, not equal steps: the comparison is of quality per compute.
+                "--steps",
+                "0",
                 "--seconds",
                 str(seconds),
                 "--features",
