@@ -10,9 +10,11 @@
 The shipped default is the run with the defaults (3870 steps, constant
 learning rate, from scratch). It was trained for 1800 s, which gave 3870
 steps on the machine of the time; a later machine ran 11,049 steps in the
-same 1800 s, and that model scored 0.71 instead of 0.80 on the
-hand-annotated image, so the recipe is a number of steps (``--steps``), not
-seconds. ``--seconds`` then only caps the wall time of training; with
+same 1800 s, so the recipe is a number of steps (``--steps``), not
+seconds. Even so a run is only reproducible on the same CPU: the same
+3870 steps on the later machine gave other weights, which scored 0.71
+instead of 0.80 on the hand-annotated image (BENCHMARKS.md, records 13
+and 14). ``--seconds`` then only caps the wall time of training; with
 ``--steps 0`` the run is budgeted in seconds alone, and ``--final-lr``
 anneals the learning rate over it. ``--init`` continues another checkpoint
 (never the output file); ``--bbbc007`` adds BBBC007 Drosophila nuclei to
