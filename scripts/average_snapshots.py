@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import train_default
+from torch.optim.swa_utils import update_bn
 
 from napari_unet_tuner import Checkpoint, TrainingConfig, load_checkpoint, save_checkpoint
 from napari_unet_tuner.config import NormalizationConfig
@@ -45,25 +46,14 @@ def averaged(checkpoints: list[Checkpoint]) -> Checkpoint:
 
 
 def remeasure_batch_norm(checkpoint: Checkpoint, batches: int) -> Checkpoint:
-    """``checkpoint`` with batch-norm statistics averaged over training patches."""
+    """``checkpoint`` with batch-norm statistics averaged over training patches (`update_bn`)."""
     pairs, _ = train_default.training_pairs(crowd=0.5)
     samples, _ = build_samples(pairs, "corrections", 2, 1, NormalizationConfig())
     augmentation = TrainingConfig(**train_default.STRONG_AUGMENTATION)
     sampler = PatchSampler(samples, PATCH_SHAPE, augmentation, np.random.default_rng(0))
     model = checkpoint.build_model()
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        # None: a plain mean over all batches instead of a running average.
-        norm.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            images, _ = sampler.batch(BATCH_SIZE)
-            model(torch.from_numpy(images))
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
+    batches_of_patches = (torch.from_numpy(sampler.batch(BATCH_SIZE)[0]) for _ in range(batches))
+    update_bn(batches_of_patches, model)
     return Checkpoint.from_model(model.eval(), checkpoint.card)
 
 
