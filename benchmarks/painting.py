@@ -37,3 +37,54 @@ def paint_scribbles(
             stroke = ndimage.binary_dilation(stroke, iterations=3) & ~foreground
             out[i][stroke & (out[i] == 0)] = SCRIBBLE_BACKGROUND
     return out
+
+
+def correct_worst(
+    prediction: np.ndarray, truth: np.ndarray, k: int, deletions: int | None = None
+) -> tuple[np.ndarray, list[int], list[int]]:
+    """The simulated user of a prediction: fix the ``k`` worst true objects, delete false ones.
+
+    The ``k`` true objects that no predicted object matches (IoU < 0.5),
+    worst first, are corrected: every predicted object overlapping one is
+    erased, and every true object those erasures touch is painted whole (so
+    a merged pair becomes its two nuclei). Then up to ``deletions`` (default
+    ``k``) false objects (no true match, mostly on true background), the
+    largest first, are erased. Returns the annotation (a corrected copy of
+    ``prediction``), the corrected true ids and the deleted predicted ids.
+    """
+    from napari_unet_tuner.training.metrics import matched_ious
+
+    deletions = k if deletions is None else deletions
+    ious = matched_ious(truth, prediction)
+    true_ids = np.unique(truth[truth > 0])
+    pred_ids = np.unique(prediction[prediction > 0])
+    best = ious.max(axis=1) if ious.shape[1] else np.zeros(len(true_ids))
+    wrong = [int(true_ids[i]) for i in np.argsort(best, kind="stable") if best[i] < 0.5][:k]
+    annotation = prediction.astype(np.int32, copy=True)
+    corrected: set[int] = set()
+    erased = np.zeros(truth.shape, bool)
+    for t in wrong:
+        row = int(np.searchsorted(true_ids, t))
+        for col in np.flatnonzero(ious[row] > 0):
+            erased |= prediction == pred_ids[col]
+        corrected.add(t)
+    # Paint every true object that lost at least a third of itself to the erasing.
+    for t in np.unique(truth[erased & (truth > 0)]):
+        if np.count_nonzero(erased & (truth == t)) >= np.count_nonzero(truth == t) / 3:
+            corrected.add(int(t))
+    annotation[erased] = 0
+    next_label = int(annotation.max()) + 1
+    for t in sorted(corrected):
+        annotation[truth == t] = next_label
+        next_label += 1
+    sizes = ndimage.sum_labels(np.ones(truth.shape), prediction, pred_ids)
+    on_background = ndimage.sum_labels(truth == 0, prediction, pred_ids)
+    unmatched = ious.max(axis=0) < 0.5 if ious.shape[0] else np.ones(len(pred_ids), bool)
+    false = [
+        int(pred_ids[j])
+        for j in np.argsort(-sizes, kind="stable")
+        if unmatched[j] and on_background[j] > 0.5 * sizes[j]
+        and not erased[prediction == pred_ids[j]].any()
+    ][:deletions]
+    annotation[np.isin(prediction, false)] = 0
+    return annotation, sorted(corrected), false

@@ -158,21 +158,17 @@ def test_finetune_writes_a_new_checkpoint_and_reports_scores(
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "ann.tif", labels)
     out = tmp_path / "tuned.safetensors"
-    args = [
-        "finetune",
-        str(tmp_path / "img.tif"),
-        str(tmp_path / "ann.tif"),
-        "-o",
-        str(out),
-        "--checkpoint",
-        str(tiny_checkpoint_file),
-        "--seconds",
-        "2",
-        "--device",
-        "cpu",
-    ]
+    pair = [str(tmp_path / "img.tif"), str(tmp_path / "ann.tif")]
+    budget = ["--seconds", "2", "--device", "cpu"]
+    # An annotation equal to the prediction it came from teaches nothing.
+    unchanged = ["finetune", *pair, "-o", str(out), "--checkpoint", str(tiny_checkpoint_file)]
+    assert main([*unchanged, "--prediction", pair[1], *budget]) == 1
+    assert "nothing to learn" in caplog.text and not out.exists()
+    assert main([*unchanged, "--prediction", pair[1], "--prediction", pair[1]]) == 1
+    assert "one --prediction per IMAGE ANNOTATION pair" in caplog.text
+    args = ["finetune", *pair, "-o", str(out), "--from-scratch", *budget]
     assert main(args) == 0
-    assert "ap50  before" in caplog.text
+    assert "wrote" in caplog.text and "trained" in caplog.text
     assert main(["info", str(out)]) == 0
     # Never over an existing file, and odd argument counts are refused.
     assert main(args) == 1 and "exists" in caplog.text

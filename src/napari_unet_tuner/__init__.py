@@ -44,9 +44,18 @@ from napari_unet_tuner.model import (
     save_checkpoint,
 )
 from napari_unet_tuner.model.checkpoint import with_card
-from napari_unet_tuner.training import FineTuneResult, TrainingProgress, fine_tune, iter_fine_tune
+from napari_unet_tuner.training import (
+    AnnotatedImage,
+    CorrectionCounts,
+    FineTuneResult,
+    TrainingProgress,
+    fine_tune,
+    iter_fine_tune,
+)
 
 __all__ = [
+    "AnnotatedImage",
+    "CorrectionCounts",
     "Checkpoint",
     "ChunkProgress",
     "ChunkedConfig",

@@ -124,6 +124,14 @@ def _build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--seconds", type=float, default=TrainingConfig.max_seconds, help="time budget"
     )
+    tune.add_argument(
+        "--prediction",
+        type=Path,
+        action="append",
+        metavar="LABELS",
+        help="corrections: the predicted labels an ANNOTATION was edited from (once per pair, "
+        "in order); without it the starting model's own prediction is compared",
+    )
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--axes", help="axes of the images, letters from TZCYX (default: inferred)")
     tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -376,15 +384,28 @@ def _finetune(args: argparse.Namespace) -> int:
 
     from napari_unet_tuner.io import open_image
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.training.data import AnnotatedImage
     from napari_unet_tuner.training.trainer import iter_fine_tune
 
     if len(args.files) % 2:
         raise UnetTunerError("give files in pairs: IMAGE ANNOTATION [IMAGE ANNOTATION ...]")
     if args.output.exists():
         raise FileExistsError(f"{args.output} exists; choose a new file for the fine-tuned model")
+    predictions = args.prediction or [None] * (len(args.files) // 2)
+    if len(predictions) != len(args.files) // 2:
+        raise UnetTunerError(
+            f"give one --prediction per IMAGE ANNOTATION pair ({len(args.files) // 2}), "
+            f"not {len(predictions)}"
+        )
     pairs = [
-        (open_image(image), np.asarray(open_image(annotation)[...]))
-        for image, annotation in zip(args.files[::2], args.files[1::2], strict=True)
+        AnnotatedImage(
+            open_image(image),
+            np.asarray(open_image(annotation)[...]),
+            prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
+        )
+        for image, annotation, predicted in zip(
+            args.files[::2], args.files[1::2], predictions, strict=True
+        )
     ]
     start = (
         None
@@ -401,21 +422,23 @@ def _finetune(args: argparse.Namespace) -> int:
 
         def show(progress):
             bar.n = min(round(args.seconds - progress.eta), bar.total)
-            postfix = {"step": progress.step, "loss": f"{progress.loss or float('nan'):.3f}"}
-            if progress.scores:
-                postfix["val AP50"] = f"{progress.scores['ap50']:.3f}"
+            postfix = {"step": progress.step, "steps/s": f"{progress.steps_per_second:.1f}"}
+            if progress.corrections is not None and progress.corrections.to_fix:
+                postfix["corrections"] = f"{progress.corrections.fixed}/{progress.corrections.to_fix}"
             bar.set_postfix(postfix)
 
         result = run_to_completion(run, show)
-    where = (
-        "held-out regions"
-        if result.held_out
-        else "the training annotation (too little to hold out)"
-    )
-    before, after = result.scores_before, result.scores_after
-    log.info("validation on %s:", where)
-    for key in ("ap50", "dice", "loss"):
-        log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
+    log.info("%s", result.message)
+    if result.corrections_after is not None:
+        log.info("on the annotation: %s", result.corrections_after.describe())
+    if result.held_out:
+        before, after = result.scores_before, result.scores_after
+        log.info("held-out objects (never trained on):")
+        for key in ("ap50", "dice", "loss"):
+            log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
+    if not result.learned:
+        log.error("no model written: %s", result.message)
+        return 1
     log.info("stopped by %s; wrote %s", result.stop_reason, result.path)
     return 0
 

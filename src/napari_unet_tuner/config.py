@@ -345,7 +345,7 @@ class TrainingConfig(_DictMixin):
         Scribbles only: objects painted whole (their rim is their boundary) or
         marked by strokes inside them.
     max_seconds : float
-        Wall-time budget of the training steps.
+        Wall-time budget of the whole run: preparation, steps and validations.
     max_epochs : int
         Upper bound on epochs of ``steps_per_epoch`` steps.
     steps_per_epoch : int
@@ -369,8 +369,14 @@ class TrainingConfig(_DictMixin):
     contact_weight : float
         Extra loss weight (a factor on ``boundary_weight``) of boundary pixels
         where two objects touch: higher values separate crowded objects.
+    correction_weight : float
+        Loss weight of the pixels where a correction differs from the
+        prediction it was edited from (and of the corrected and deleted
+        objects), relative to the unchanged pixels.
     validation_fraction : float
-        Share of the annotated objects held out (by image region) for validation.
+        Share of the unchanged objects held out (whole objects, by image
+        region, the same in every plane) to report how the model generalizes;
+        corrections are never held out.
     freeze_encoder_levels : int
         Encoder blocks (from the top) whose weights are not trained.
     freeze_batch_norm : bool or None
@@ -401,7 +407,8 @@ class TrainingConfig(_DictMixin):
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
     mixed_precision : bool
-        Half-precision autocast on CUDA.
+        Half-precision autocast on CUDA; bfloat16 autocast on CPUs that
+        compute it natively (AVX512-BF16 or AMX), float32 on other CPUs.
     num_threads : int or None
         CPU threads for torch; ``None`` keeps torch's default.
     """
@@ -418,6 +425,7 @@ class TrainingConfig(_DictMixin):
     final_learning_rate: float | None = None
     boundary_weight: float = 4.0
     contact_weight: float = 1.0
+    correction_weight: float = 5.0
     validation_fraction: float = 0.2
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
@@ -461,5 +469,7 @@ class TrainingConfig(_DictMixin):
             )
         if self.contact_weight < 1.0:
             raise ValueError(f"contact_weight must be >= 1, got {self.contact_weight}")
+        if self.correction_weight < 1.0:
+            raise ValueError(f"correction_weight must be >= 1, got {self.correction_weight}")
         if self.blur_max < 0 or self.noise_max < 0:
             raise ValueError("blur_max and noise_max must be >= 0")

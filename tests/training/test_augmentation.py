@@ -4,7 +4,7 @@ import pytest
 from napari_unet_tuner import TrainingConfig
 from napari_unet_tuner.training import IGNORE
 from napari_unet_tuner.training.data import PatchSampler, Sample, _augment
-from napari_unet_tuner.training.trainer import _validation_boxes
+from napari_unet_tuner.training.validation import plan_validation
 
 from conftest import disc_labels
 
@@ -57,7 +57,6 @@ def test_sampler_uses_augmentation_only_when_asked():
         targets=(labels > 0).astype(np.uint8),
         instances=labels,
         val_targets=np.full((40, 40), IGNORE, np.uint8),
-        known=np.ones((40, 40), bool),
     )
     plain = PatchSampler([sample], (16, 16), None, np.random.default_rng(0))
     images, _ = plain.batch(4)
@@ -77,9 +76,8 @@ def test_validation_predicts_each_held_out_region_not_their_bounding_box():
         targets=np.zeros((512, 512), np.uint8),
         instances=labels,
         val_targets=val,
-        known=np.ones((512, 512), bool),
     )
-    boxes = [box for _, box in _validation_boxes([sample])]
+    boxes = [crop.box for crop in plan_validation([sample], np.random.default_rng(0))]
     assert len(boxes) == 2
     for box in boxes:
         covered = val[box] != IGNORE

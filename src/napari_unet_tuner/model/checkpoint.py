@@ -66,7 +66,11 @@ class Checkpoint:
     @classmethod
     def from_model(cls, model: UNet, card: ModelCard) -> Checkpoint:
         """Snapshot a model's weights (copied to the CPU) with a card."""
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        # Contiguous: a model trained in channels-last layout has strided weights.
+        state = {
+            k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+            for k, v in model.state_dict().items()
+        }
         return cls(model_config=model.config, card=card, state_dict=state)
 
     def build_model(self, device: str | torch.device = "cpu") -> UNet:

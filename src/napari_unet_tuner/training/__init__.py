@@ -1,5 +1,8 @@
 """Fine-tuning on user annotations (corrections or sparse scribbles)."""
 
+from napari_unet_tuner.training.corrections import CorrectionCounts
+from napari_unet_tuner.training.data import AnnotatedImage
+from napari_unet_tuner.training.losses import masked_loss
 from napari_unet_tuner.training.targets import (
     IGNORE,
     SCRIBBLE_BACKGROUND,
@@ -10,13 +13,13 @@ from napari_unet_tuner.training.targets import (
 from napari_unet_tuner.training.trainer import (
     FineTuneResult,
     TrainingProgress,
-    evaluate,
     fine_tune,
     iter_fine_tune,
-    masked_loss,
 )
 
 __all__ = [
+    "AnnotatedImage",
+    "CorrectionCounts",
     "IGNORE",
     "SCRIBBLE_BACKGROUND",
     "SCRIBBLE_UNLABELED",
@@ -24,7 +27,6 @@ __all__ = [
     "TrainingProgress",
     "annotation_to_targets",
     "check_annotation",
-    "evaluate",
     "fine_tune",
     "iter_fine_tune",
     "masked_loss",

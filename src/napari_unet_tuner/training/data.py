@@ -1,11 +1,9 @@
-"""Training samples from (image, annotation) pairs: split, patch sampling, augmentation."""
+"""Training samples from annotated images, and augmented patches drawn from them."""
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -14,6 +12,7 @@ from scipy import ndimage
 from napari_unet_tuner.config import NormalizationConfig, TrainingConfig
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
+from napari_unet_tuner.training.corrections import CorrectionMap, find_corrections
 from napari_unet_tuner.training.targets import (
     IGNORE,
     AnnotationMode,
@@ -24,7 +23,52 @@ from napari_unet_tuner.training.targets import (
     classes_to_distance,
 )
 
-_SPLIT_BLOCKS_PER_AXIS = 4
+# Share of training patches centred on a corrected pixel, when there are any:
+# a few corrections among a whole image of unchanged objects are seen every
+# other step instead of once in fifty.
+CORRECTION_PATCH_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class AnnotatedImage:
+    """An image with what the user painted on it, to fine-tune on.
+
+    Parameters
+    ----------
+    image : array-like
+        The image (numpy, dask, zarr), axes as for segmentation.
+    labels : numpy.ndarray
+        Integer labels of the image's shape without channels. Never modified.
+    mode : {"corrections", "scribbles"} or None
+        How to read ``labels``; ``None``: `TrainingConfig.mode`.
+    prediction : numpy.ndarray, optional
+        Corrections only: the predicted labels the user edited into
+        ``labels``. Where they differ is where the model was wrong, and
+        fine-tuning stresses it. Without it, the starting model's
+        prediction is computed again.
+    axes : str, optional
+        Axes of ``image`` (e.g. ``"ZYX"``); inferred when omitted.
+    """
+
+    image: Any
+    labels: Any
+    mode: AnnotationMode | None = None
+    prediction: Any = None
+    axes: str | None = None
+
+
+def as_annotated_images(
+    pairs: Sequence[AnnotatedImage | tuple[Any, Any]],
+    mode: AnnotationMode,
+    axes: Sequence[str | None] | None = None,
+) -> list[AnnotatedImage]:
+    """Normalize (image, labels) tuples and `AnnotatedImage` to the latter, modes filled in."""
+    axes = list(axes) if axes is not None else [None] * len(pairs)
+    out = []
+    for pair, ax in zip(pairs, axes, strict=True):
+        item = pair if isinstance(pair, AnnotatedImage) else AnnotatedImage(*pair)
+        out.append(replace(item, mode=item.mode or mode, axes=item.axes or ax))
+    return out
 
 
 @dataclass
@@ -41,15 +85,20 @@ class Sample:
         Classes of the held-out region only (`IGNORE` elsewhere).
     instances : numpy.ndarray
         Object instances of the annotation, for instance scores.
-    known : numpy.ndarray of bool
-        Pixels whose truth is known (annotated, or reviewed corrections).
+    source : int
+        Index of the annotated image the sample comes from (its planes and
+        time points share one held-out split).
+    corrections : CorrectionMap or None
+        What the user corrected; ``None`` until the starting model's
+        prediction is known.
     """
 
     image: np.ndarray
     targets: np.ndarray
     val_targets: np.ndarray
     instances: np.ndarray
-    known: np.ndarray
+    source: int = 0
+    corrections: CorrectionMap | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -67,68 +116,82 @@ class AnnotationSummary:
 
 
 def build_samples(
-    pairs: Sequence[tuple[Any, np.ndarray]],
-    mode: AnnotationMode,
+    annotated: Sequence[AnnotatedImage],
     spatial_dims: int,
     in_channels: int,
     normalization: NormalizationConfig,
-    axes: Sequence[str | None] | None = None,
     scribble_objects: ScribbleObjects = "whole",
 ) -> tuple[list[Sample], AnnotationSummary]:
-    """Check every pair, then normalize images and make targets.
+    """Check every annotated image, then normalize images and make targets.
 
     Every check runs before any plane is prepared, so bad input fails fast
     with a message that says what to fix. Annotations are never modified.
+    Scribbles, and corrections given with their prediction, get their
+    `CorrectionMap` here.
 
     Raises
     ------
     InputError
         If an image or annotation cannot be used.
     """
-    if not pairs:
+    if not annotated:
         raise InputError("no (image, annotation) pairs given")
-    axes = list(axes) if axes is not None else [None] * len(pairs)
     readers = []
-    for i, ((image, annotation), ax) in enumerate(zip(pairs, axes, strict=True)):
-        shape = tuple(int(s) for s in image.shape)
+    for i, item in enumerate(annotated):
+        shape = tuple(int(s) for s in item.image.shape)
         reader = ImageReader(
-            image,
-            ax or infer_axes(shape, spatial_dims, in_channels),
+            item.image,
+            item.axes or infer_axes(shape, spatial_dims, in_channels),
             spatial_dims,
             in_channels,
             normalization,
         )
         label_shape = tuple(reader.shape[a] for a in reader.label_axes)
-        annotation = np.asarray(annotation)
+        labels = np.asarray(item.labels)
+        prediction = None if item.prediction is None else np.asarray(item.prediction)
         try:
-            check_annotation(annotation, label_shape, mode)
+            check_annotation(labels, label_shape, item.mode)
+            if prediction is not None and prediction.shape != labels.shape:
+                raise InputError(
+                    f"the prediction has shape {prediction.shape} but the annotation "
+                    f"{labels.shape}; give the labels the annotation was edited from"
+                )
         except InputError as exc:
-            raise InputError(f"pair {i + 1}: {exc}" if len(pairs) > 1 else str(exc)) from None
-        readers.append((reader, annotation))
+            where = f"pair {i + 1}: " if len(annotated) > 1 else ""
+            raise InputError(f"{where}{exc}") from None
+        readers.append((reader, labels, prediction, item.mode))
     samples = []
-    objects = object_pixels = annotated = 0
-    for reader, annotation in readers:
+    objects = object_pixels = annotated_pixels = 0
+    for source, (reader, labels, prediction, mode) in enumerate(readers):
         full = tuple(slice(0, s) for s in reader.spatial_shape)
         for batch_index in reader.batch_indices():
-            plane_labels = annotation[reader.label_index(batch_index)]
-            plane_labels = _to_spatial_order(plane_labels, reader)
+            index = reader.label_index(batch_index)
+            plane_labels = _to_spatial_order(labels[index], reader)
             targets = annotation_to_targets(plane_labels, mode, scribble_objects=scribble_objects)
             if not (targets != IGNORE).any():
                 continue
             instances = annotation_to_instances(plane_labels, mode)
             objects += len(np.unique(instances)) - 1
             object_pixels += int(np.count_nonzero(instances))
-            annotated += int(np.count_nonzero(targets != IGNORE))
+            annotated_pixels += int(np.count_nonzero(targets != IGNORE))
+            corrections = None
+            if mode == "scribbles":
+                corrections = find_corrections(plane_labels, mode)
+            elif prediction is not None:
+                plane_prediction = _to_spatial_order(prediction[index], reader)
+                corrections = find_corrections(plane_labels, mode, plane_prediction)
             samples.append(
                 Sample(
                     image=reader.read(batch_index, full),
                     targets=targets,
                     val_targets=np.full_like(targets, IGNORE),
                     instances=instances,
-                    known=targets != IGNORE,
+                    source=source,
+                    corrections=corrections,
                 )
             )
-    return samples, AnnotationSummary(objects, object_pixels, annotated, len(samples))
+    summary = AnnotationSummary(objects, object_pixels, annotated_pixels, len(samples))
+    return samples, summary
 
 
 def _to_spatial_order(plane: np.ndarray, reader: ImageReader) -> np.ndarray:
@@ -136,59 +199,17 @@ def _to_spatial_order(plane: np.ndarray, reader: ImageReader) -> np.ndarray:
     return plane.transpose([order.index(a) for a in reader.spatial_axes])
 
 
-def split_validation(samples: list[Sample], fraction: float, rng: np.random.Generator) -> bool:
-    """Hold out image regions holding about ``fraction`` of the annotated objects.
-
-    Each sample is cut into a grid of blocks; random blocks go to validation
-    until they hold ``fraction`` of the object pixels. Held-out pixels are
-    removed from the training targets. Returns False (and holds nothing out)
-    when there is too little annotation to spare any: validation then runs
-    on the training annotation.
-    """
-    blocks = []
-    for index, sample in enumerate(samples):
-        grid = [
-            range(0, s, max(1, math.ceil(s / _SPLIT_BLOCKS_PER_AXIS)))
-            for s in sample.targets.shape
-        ]
-        steps = [max(1, math.ceil(s / _SPLIT_BLOCKS_PER_AXIS)) for s in sample.targets.shape]
-        for corner in itertools.product(*grid):
-            region = tuple(slice(c, c + st) for c, st in zip(corner, steps, strict=True))
-            count = int(np.count_nonzero(sample.instances[region]))
-            if count:
-                blocks.append((index, region, count))
-    total = sum(b[2] for b in blocks)
-    n_objects = sum(len(np.unique(s.instances)) - 1 for s in samples)
-    if fraction <= 0 or n_objects < 4 or len(blocks) < 2:
-        for sample in samples:
-            sample.val_targets = sample.targets.copy()
-        return False
-    held = 0
-    for i in rng.permutation(len(blocks)):
-        if held >= fraction * total:
-            break
-        index, region, count = blocks[i]
-        if held + count > 0.5 * total:
-            continue
-        sample = samples[index]
-        sample.val_targets[region] = sample.targets[region]
-        sample.targets[region] = IGNORE
-        held += count
-    if held == 0:
-        for sample in samples:
-            sample.val_targets = sample.targets.copy()
-        return False
-    return True
-
-
 class PatchSampler:
     """Draws augmented training patches centred on annotated pixels.
 
-    Half of the patches are centred on an object pixel, the rest on any
-    annotated pixel, so a few objects among much background still get seen.
-    With ``with_distance`` each target patch is ``(2, *patch)``: the classes
-    and their `classes_to_distance` (computed on whole samples, so that
-    objects cut by a patch's edge keep their true centres).
+    `CORRECTION_PATCH_SHARE` of the patches are centred on a corrected
+    pixel (`CorrectionMap.emphasis`) when a sample has any; of the rest,
+    half are centred on an object pixel and half on any annotated pixel, so
+    a few objects among much background still get seen. Each target patch
+    is ``(K, *patch)``: the classes, their `classes_to_distance` with
+    ``with_distance`` (computed on whole samples, so that objects cut by a
+    patch's edge keep their true centres), and last the emphasis (1 on
+    corrected pixels, 0 elsewhere, `IGNORE` in padding).
     """
 
     def __init__(
@@ -205,30 +226,42 @@ class PatchSampler:
         self.patch_shape = patch_shape
         self.augment = augment
         self.rng = rng
-        self._targets = [
-            np.stack([s.targets, classes_to_distance(s.targets)])
-            if with_distance
-            else s.targets[None]
-            for s in self.samples
-        ]
+        self._targets = []
+        self._emphasis = []
+        for s in self.samples:
+            emphasis = np.zeros(s.targets.shape, bool)
+            if s.corrections is not None:
+                emphasis = s.corrections.emphasis & (s.targets != IGNORE)
+            channels = [s.targets]
+            if with_distance:
+                channels.append(classes_to_distance(s.targets))
+            channels.append(emphasis.astype(np.uint8))
+            self._targets.append(np.stack(channels))
+            self._emphasis.append(np.flatnonzero(emphasis))
         self._known = [np.flatnonzero(s.targets != IGNORE) for s in self.samples]
         self._objects = [
             np.flatnonzero((s.targets != IGNORE) & (s.targets > 0)) for s in self.samples
         ]
         weights = np.array([len(k) for k in self._known], float)
         self._sample_p = weights / weights.sum()
+        corrected = np.array([len(e) for e in self._emphasis], float)
+        self._corrected_p = corrected / corrected.sum() if corrected.sum() else None
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(images (N, C, *patch), targets (N, *patch) or (N, 2, *patch))``."""
+        """Return ``(images (N, C, *patch), targets (N, K, *patch))`` (see the class)."""
         images, targets = zip(*(self._patch() for _ in range(size)), strict=True)
-        targets = np.stack(targets)
-        return np.stack(images), targets[:, 0] if targets.shape[1] == 1 else targets
+        return np.stack(images), np.stack(targets)
 
     def _patch(self) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
-        i = rng.choice(len(self.samples), p=self._sample_p)
+        if self._corrected_p is not None and rng.random() < CORRECTION_PATCH_SHARE:
+            i = rng.choice(len(self.samples), p=self._corrected_p)
+            pool = self._emphasis[i]
+        else:
+            i = rng.choice(len(self.samples), p=self._sample_p)
+            objects = self._objects[i]
+            pool = objects if len(objects) and rng.random() < 0.5 else self._known[i]
         sample = self.samples[i]
-        pool = self._objects[i] if len(self._objects[i]) and rng.random() < 0.5 else self._known[i]
         center = np.unravel_index(pool[rng.integers(len(pool))], sample.targets.shape)
         image, target = _crop(sample.image, self._targets[i], center, self.patch_shape, rng)
         if self.augment is not None:

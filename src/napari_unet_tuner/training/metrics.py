@@ -36,25 +36,22 @@ def matched_ious(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | 
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
 
 
-def average_precision(
+def match_counts(
     truth: np.ndarray,
     prediction: np.ndarray,
     threshold: float = 0.5,
     known: np.ndarray | None = None,
-) -> float:
-    """Average precision TP / (TP + FP + FN) at an IoU threshold.
+) -> tuple[int, int, int]:
+    """Return ``(tp, fp, fn)``: objects matched at IoU >= ``threshold``, and not.
 
-    The definition of the cell-segmentation literature (StarDist, Cellpose).
-    Pairs with IoU >= ``threshold`` are matched greedily, best first, each
-    object at most once; above 0.5 a pair can only match one way anyway, so
-    greedy matching is optimal there. Two empty images score 1.
+    Pairs are matched greedily, best first, each object at most once; above
+    0.5 a pair can only match one way anyway, so greedy matching is optimal
+    there. Counts from several images or regions add up to a pooled score.
     """
     if threshold < 0.5:
         raise ValueError("threshold must be >= 0.5 for unique matching")
     ious = matched_ious(truth, prediction, known)
     n_true, n_pred = ious.shape
-    if n_true == 0 and n_pred == 0:
-        return 1.0
     rows, cols = np.nonzero(ious >= threshold)
     order = np.argsort(-ious[rows, cols], kind="stable")
     used_true, used_pred = set(), set()
@@ -63,7 +60,27 @@ def average_precision(
             used_true.add(r)
             used_pred.add(c)
     tp = len(used_true)
-    return tp / (n_true + n_pred - tp)
+    return tp, n_pred - tp, n_true - tp
+
+
+def pooled_precision(tp: int, fp: int, fn: int) -> float:
+    """Average precision TP / (TP + FP + FN) of pooled counts; 1 when there is nothing."""
+    total = tp + fp + fn
+    return tp / total if total else 1.0
+
+
+def average_precision(
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    threshold: float = 0.5,
+    known: np.ndarray | None = None,
+) -> float:
+    """Average precision TP / (TP + FP + FN) at an IoU threshold.
+
+    The definition of the cell-segmentation literature (StarDist, Cellpose),
+    with objects matched by `match_counts`. Two empty images score 1.
+    """
+    return pooled_precision(*match_counts(truth, prediction, threshold, known))
 
 
 def dice_iou(

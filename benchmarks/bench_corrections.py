@@ -1,0 +1,219 @@
+"""Does fine-tuning learn what the user corrected? A simulated user on real images.
+
+    .venv/bin/python benchmarks/bench_corrections.py [--seeds 0 1 2] [--sets dsb hela ...]
+
+For each set, the bundled default segments the image to correct. The
+simulated user (`painting.correct_worst`) fixes the K worst true objects
+(erases the wrong predicted objects, paints the true ones) and deletes up to
+K false objects, then fine-tunes the default on that one annotation, with
+the prediction it was edited from, and segments again. Reported, per set,
+K, time budget, precision and seed:
+
+- corrected objects right (IoU >= 0.5) and deleted objects gone (less than
+  half of them foreground) on the corrected image;
+- AP@0.5 of the whole corrected image, and of the rest of it (outside the
+  corrected and deleted objects), before and after;
+- AP@0.5 on other images of the same kind (never trained on), before and after;
+- wall time of the run (the budget covers everything), steps, stop reason.
+
+Sets: DSB2018 (hand-annotated; left half corrected, right half the other
+image), HeLa (CTC; frame 15 of the right third corrected, frames 17-19
+other), BBBC007 (first held-out field corrected, the other two other),
+bacteria (trpL phase contrast, far from the default's training data; frame
+12 corrected, 17-19 other). Writes results/corrections.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from painting import correct_worst
+
+from napari_unet_tuner import (
+    AnnotatedImage,
+    TrainingConfig,
+    fine_tune,
+    load_checkpoint,
+    segment,
+)
+from napari_unet_tuner.inference.device import cpu_computes_bf16
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+from napari_unet_tuner.training.metrics import average_precision, matched_ious
+
+import datasets
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def sets() -> dict[str, tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarray, np.ndarray]]]]:
+    """``{name: ((image, truth) to correct, [(image, truth) of the same kind])}``."""
+    dsb, dsb_truth = datasets.stardist_nuclei_2d()
+    hela, hela_truth = datasets.hela()
+    x = datasets.HELA_SPLIT_X
+    bbbc = datasets.bbbc007_nuclei()[1]
+    bacteria, bacteria_truth = datasets.bacteria()
+    return {
+        "dsb": ((dsb[:, :256], dsb_truth[:, :256]), [(dsb[:, 256:], dsb_truth[:, 256:])]),
+        "hela": (
+            (hela[15][:, x:], hela_truth[15][:, x:]),
+            [(hela[t][:, x:], hela_truth[t][:, x:]) for t in (17, 18, 19)],
+        ),
+        "bbbc007": (bbbc[0], bbbc[1:]),
+        "bacteria": (
+            (bacteria[12], bacteria_truth[12]),
+            [(bacteria[t], bacteria_truth[t]) for t in (17, 18, 19)],
+        ),
+    }
+
+
+def ap(truth, labels, known=None) -> float:
+    return average_precision(truth, labels, 0.5, known)
+
+
+def share_right(truth, labels, ids) -> float:
+    if not ids:
+        return float("nan")
+    ious = matched_ious(np.where(np.isin(truth, ids), truth, 0), labels)
+    return float(np.mean(ious.max(axis=1) >= 0.5)) if ious.shape[1] else 0.0
+
+
+def share_gone(prediction, labels, ids) -> float:
+    if not ids:
+        return float("nan")
+    gone = [np.mean(labels[prediction == i] > 0) < 0.5 for i in ids]
+    return float(np.mean(gone))
+
+
+def one_run(name, data, start, k, budget, precision, seed) -> dict:
+    (image, truth), others = data
+    before = segment(image, start).labels
+    annotation, corrected, deleted = correct_worst(before, truth, k)
+    config = TrainingConfig(
+        max_seconds=budget, seed=seed, device="cpu", mixed_precision=precision == "bf16"
+    )
+    t0 = time.perf_counter()
+    result = fine_tune([AnnotatedImage(image, annotation, prediction=before)], start, config)
+    wall = time.perf_counter() - t0
+    model = result.checkpoint
+    after = segment(image, model).labels
+    touched = np.isin(truth, corrected) | np.isin(before, deleted)
+    rest = ~touched
+    other_before = [ap(t, segment(i, start).labels) for i, t in others]
+    other_after = [ap(t, segment(i, model).labels) for i, t in others]
+    return {
+        "set": name,
+        "k": k,
+        "budget": budget,
+        "precision": precision,
+        "seed": seed,
+        "corrected": len(corrected),
+        "deleted": len(deleted),
+        "corrected_right": share_right(truth, after, corrected),
+        "deleted_gone": share_gone(before, after, deleted),
+        "ap_image_before": ap(truth, before),
+        "ap_image_after": ap(truth, after),
+        "ap_rest_before": ap(truth, before, rest),
+        "ap_rest_after": ap(truth, after, rest),
+        "ap_other_before": float(np.mean(other_before)),
+        "ap_other_after": float(np.mean(other_after)),
+        "learned": result.learned,
+        "message": result.message,
+        "wall_seconds": round(wall, 1),
+        "steps": result.history[-1].step if result.history else 0,
+        "stop_reason": result.stop_reason,
+    }
+
+
+def plan(args) -> list[tuple[int, float, str]]:
+    runs = [(k, 60.0, "auto") for k in (5, 10, 20)]
+    runs += [(10, budget, "auto") for budget in (15.0, 30.0)]
+    if args.precision_sets:
+        runs.append((10, 60.0, "fp32"))
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--sets", nargs="+", default=["dsb", "hela", "bbbc007", "bacteria"])
+    parser.add_argument(
+        "--precision-sets",
+        nargs="*",
+        default=["dsb", "bacteria"],
+        help="sets also run in float32 (K=10, 60 s) beside the default precision",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "corrections.json")
+    args = parser.parse_args()
+    start = load_checkpoint(default_checkpoint_path())
+    data = sets()
+    auto = "bf16" if cpu_computes_bf16() else "fp32"
+    report = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "auto_precision": auto,
+        "runs": [],
+    }
+    for name in args.sets:
+        for k, budget, precision in plan(args):
+            if precision == "fp32" and name not in args.precision_sets:
+                continue
+            for seed in args.seeds:
+                chosen = auto if precision == "auto" else precision
+                row = one_run(name, data[name], start, k, budget, chosen, seed)
+                report["runs"].append(row)
+                print(json.dumps(row), flush=True)
+                args.output.parent.mkdir(exist_ok=True)
+                args.output.write_text(json.dumps(report, indent=1))
+    plot(report, args.output.with_suffix(".png"))
+
+
+def summary(rows: list[dict], key: str) -> tuple[float, float]:
+    values = np.array([r[key] for r in rows], float)
+    values = values[np.isfinite(values)]
+    return (float(values.mean()), float(values.std())) if len(values) else (np.nan, np.nan)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["runs"] if r["precision"] == report["auto_precision"]]
+    names = list(dict.fromkeys(r["set"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
+    for name in names:
+        by_k = sorted({r["k"] for r in rows if r["set"] == name and r["budget"] == 60})
+        for ax, key in zip(axes[:2], ("corrected_right", "deleted_gone"), strict=True):
+            stats = [
+                summary([r for r in rows if r["set"] == name and r["k"] == k and r["budget"] == 60], key)
+                for k in by_k
+            ]
+            ax.errorbar(by_k, [s[0] for s in stats], [s[1] for s in stats], marker="o", label=name, capsize=3)
+        budgets = sorted({r["budget"] for r in rows if r["set"] == name and r["k"] == 10})
+        stats = [
+            summary([r for r in rows if r["set"] == name and r["k"] == 10 and r["budget"] == b], "corrected_right")
+            for b in budgets
+        ]
+        axes[2].errorbar(budgets, [s[0] for s in stats], [s[1] for s in stats], marker="o", label=name, capsize=3)
+    axes[0].set_title("corrected objects right (60 s)")
+    axes[1].set_title("deleted objects gone (60 s)")
+    axes[2].set_title("corrected objects right (K = 10)")
+    for ax in axes[:2]:
+        ax.set_xlabel("K corrections")
+    axes[2].set_xlabel("time budget (s)")
+    for ax in axes:
+        ax.set_ylim(0, 1.05)
+        ax.axhline(0.9, color="grey", ls=":", lw=1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""What the user corrected, and whether a model now reproduces it.
+
+A correction annotation starts as a model's prediction: the user erases
+wrong objects, paints missed ones, splits merged ones. The difference
+between that prediction and the annotation is where the model was wrong,
+and what fine-tuning must learn. For every plane (or volume) of an
+annotation this module sorts the objects into three kinds:
+
+``corrected``
+    Annotated objects that no predicted object matched closely
+    (IoU < `UNCHANGED_IOU`): added, redrawn, split or merged by the user.
+    In scribbles every painted object is one (every stroke counts).
+``deleted``
+    Predicted objects the user removed (most of their pixels are
+    background in the annotation). In scribbles: each connected
+    background stroke, which must stay free of objects.
+``kept``
+    Annotated objects left as they were predicted: what must not be
+    forgotten.
+
+`CorrectionCounts` then says how many of each a new prediction gets right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from napari_unet_tuner.inference.instances import labels_to_classes
+from napari_unet_tuner.training.metrics import matched_ious
+from napari_unet_tuner.training.targets import (
+    SCRIBBLE_BACKGROUND,
+    AnnotationMode,
+    annotation_to_instances,
+)
+
+# An annotated object this close to a predicted one was left as predicted
+# (a stray brush pixel on its rim does not make it a correction).
+UNCHANGED_IOU = 0.9
+# An object is reproduced when a predicted object matches it at this IoU, the
+# threshold of AP@0.5; a deleted object is gone when less than this share of
+# its pixels is predicted as foreground.
+MATCH_IOU = 0.5
+# Pixels around a corrected object that weigh more too: its new rim.
+_EMPHASIS_MARGIN = 2
+
+
+@dataclass
+class CorrectionMap:
+    """The objects of one plane (or volume) sorted by what the user did to them.
+
+    Attributes
+    ----------
+    corrected, deleted, kept : numpy.ndarray
+        int32 labels of each kind of object (0 elsewhere); see the module
+        docstring.
+    emphasis : numpy.ndarray of bool
+        Pixels where the annotation differs from the prediction, plus the
+        corrected and deleted objects with their rims: weighed more in the
+        loss and sampled more often. Empty for scribbles and for annotations
+        without a prediction.
+    known : numpy.ndarray of bool
+        Pixels whose truth is known: where objects are scored.
+    scribbles : bool
+        Made from scribbles (painted objects and background strokes).
+    """
+
+    corrected: np.ndarray
+    deleted: np.ndarray
+    kept: np.ndarray
+    emphasis: np.ndarray
+    known: np.ndarray
+    scribbles: bool = False
+
+    def crop(self, box: tuple[slice, ...]) -> CorrectionMap:
+        """Return the same map cut to ``box``."""
+        return CorrectionMap(
+            self.corrected[box],
+            self.deleted[box],
+            self.kept[box],
+            self.emphasis[box],
+            self.known[box],
+            self.scribbles,
+        )
+
+    @property
+    def fix_mask(self) -> np.ndarray:
+        """Pixels of corrected and deleted objects and of every other change."""
+        return (self.corrected > 0) | (self.deleted > 0) | self.emphasis
+
+
+def find_corrections(
+    annotation: np.ndarray, mode: AnnotationMode, prediction: np.ndarray | None = None
+) -> CorrectionMap:
+    """Sort an annotation's objects by comparing it with the prediction it started from.
+
+    Parameters
+    ----------
+    annotation : numpy.ndarray
+        One plane (or volume) of labels, as painted.
+    mode : {"corrections", "scribbles"}
+        How to read them (`napari_unet_tuner.training.targets`).
+    prediction : numpy.ndarray, optional
+        Corrections only: the predicted labels the annotation was edited
+        from. Without it every object counts as kept (nothing is known to
+        be a correction).
+    """
+    annotation = np.asarray(annotation)
+    instances = annotation_to_instances(annotation, mode)
+    empty = np.zeros_like(instances)
+    if mode == "scribbles":
+        strokes, _ = ndimage.label(annotation == SCRIBBLE_BACKGROUND)
+        nothing = np.zeros(instances.shape, bool)
+        return CorrectionMap(
+            instances.copy(),
+            strokes.astype(np.int32),
+            empty,
+            nothing,
+            annotation != 0,
+            scribbles=True,
+        )
+    known = np.ones(instances.shape, bool)
+    if prediction is None:
+        return CorrectionMap(
+            empty, empty.copy(), instances.copy(), np.zeros(known.shape, bool), known
+        )
+    prediction = np.asarray(prediction).astype(np.int32, copy=False)
+    if prediction.shape != instances.shape:
+        raise ValueError(
+            f"the prediction has shape {prediction.shape}, the annotation {instances.shape}"
+        )
+    ious = matched_ious(instances, prediction)
+    annotated_ids = np.unique(instances[instances > 0])
+    best = ious.max(axis=1) if ious.shape[1] else np.zeros(len(annotated_ids))
+    changed_ids = annotated_ids[best < UNCHANGED_IOU]
+    corrected = np.where(np.isin(instances, changed_ids), instances, 0)
+    kept = np.where(corrected > 0, 0, instances)
+    predicted_ids, sizes = np.unique(prediction[prediction > 0], return_counts=True)
+    on_background = np.bincount(
+        prediction[(prediction > 0) & (instances == 0)], minlength=int(prediction.max()) + 1
+    )
+    removed = predicted_ids[on_background[predicted_ids] > MATCH_IOU * sizes]
+    deleted = np.where(np.isin(prediction, removed), prediction, 0)
+    changes = labels_to_classes(instances) != labels_to_classes(prediction)
+    grown = ndimage.binary_dilation((corrected > 0) | (deleted > 0), iterations=_EMPHASIS_MARGIN)
+    return CorrectionMap(corrected, deleted, kept, changes | grown, known)
+
+
+@dataclass(frozen=True)
+class CorrectionCounts:
+    """How many corrected, deleted and kept objects a prediction gets right.
+
+    Attributes
+    ----------
+    corrected, corrected_right : int
+        Corrected objects, and those a predicted object matches (IoU >= 0.5).
+    deleted, deleted_gone : int
+        Deleted objects, and those now mostly background.
+    kept, kept_right : int
+        Objects left as predicted, and those still matched.
+    scribbles : bool
+        Counts of scribbles: painted objects and background strokes.
+    """
+
+    corrected: int = 0
+    corrected_right: int = 0
+    deleted: int = 0
+    deleted_gone: int = 0
+    kept: int = 0
+    kept_right: int = 0
+    scribbles: bool = False
+
+    def __add__(self, other: CorrectionCounts) -> CorrectionCounts:
+        return CorrectionCounts(
+            self.corrected + other.corrected,
+            self.corrected_right + other.corrected_right,
+            self.deleted + other.deleted,
+            self.deleted_gone + other.deleted_gone,
+            self.kept + other.kept,
+            self.kept_right + other.kept_right,
+            self.scribbles or other.scribbles,
+        )
+
+    @property
+    def to_fix(self) -> int:
+        """Corrected plus deleted objects: what the parent got wrong."""
+        return self.corrected + self.deleted
+
+    @property
+    def fixed(self) -> int:
+        """Corrected objects now right plus deleted objects now gone."""
+        return self.corrected_right + self.deleted_gone
+
+    @property
+    def scored(self) -> int:
+        """Objects counted."""
+        return self.to_fix + self.kept
+
+    @property
+    def objective(self) -> float:
+        """Mean of the share of corrections reproduced and the share of kept objects kept.
+
+        Each half weighs the same, so that a few corrections among a hundred
+        unchanged objects are not drowned, nor is a forgotten object free.
+        NaN when nothing is counted.
+        """
+        parts = [n / d for n, d in ((self.fixed, self.to_fix), (self.kept_right, self.kept)) if d]
+        return float(np.mean(parts)) if parts else float("nan")
+
+    def describe(self) -> str:
+        """Plain words, e.g. ``corrected objects right 9/10 · deleted objects gone 5/5``."""
+        if self.scribbles:
+            names = ("painted objects right", "background strokes clear", "")
+        else:
+            names = ("corrected objects right", "deleted objects gone", "unchanged objects kept")
+        parts = [
+            f"{name} {n}/{d}"
+            for name, n, d in zip(
+                names,
+                (self.corrected_right, self.deleted_gone, self.kept_right),
+                (self.corrected, self.deleted, self.kept),
+                strict=True,
+            )
+            if d
+        ]
+        return " · ".join(parts)
+
+    def to_dict(self) -> dict[str, int]:
+        """Return the counts as a dict (for the model card)."""
+        return {k: v for k, v in vars(self).items() if k != "scribbles"}
+
+
+def count_corrections(
+    labels: np.ndarray, corrections: CorrectionMap, region: np.ndarray | None = None
+) -> CorrectionCounts:
+    """Count the objects of ``corrections`` that ``labels`` (a new prediction) gets right.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Predicted instance labels of the same shape.
+    corrections : CorrectionMap
+        The sorted objects (or a crop of them).
+    region : numpy.ndarray of bool, optional
+        Count only objects that lie in this region (e.g. one validation crop).
+    """
+
+    def inside(objects: np.ndarray) -> np.ndarray:
+        return objects if region is None else np.where(region, objects, 0)
+
+    corrected, deleted, kept = (
+        inside(corrections.corrected),
+        inside(corrections.deleted),
+        inside(corrections.kept),
+    )
+    known = corrections.known
+    corrected_right = _matched(corrected, labels, known)
+    kept_right = _matched(kept, labels, known)
+    deleted_ids, sizes = np.unique(deleted[deleted > 0], return_counts=True)
+    if len(deleted_ids):
+        on_objects = ndimage.sum_labels(labels > 0, deleted, deleted_ids)
+        deleted_gone = int(np.count_nonzero(on_objects < MATCH_IOU * sizes))
+    else:
+        deleted_gone = 0
+    return CorrectionCounts(
+        corrected=_count(corrected),
+        corrected_right=corrected_right,
+        deleted=len(deleted_ids),
+        deleted_gone=deleted_gone,
+        kept=_count(kept),
+        kept_right=kept_right,
+        scribbles=corrections.scribbles,
+    )
+
+
+def _count(objects: np.ndarray) -> int:
+    return len(np.unique(objects[objects > 0]))
+
+
+def _matched(objects: np.ndarray, labels: np.ndarray, known: np.ndarray) -> int:
+    """Objects that some predicted object matches at IoU >= `MATCH_IOU` (on known pixels)."""
+    if not objects.any():
+        return 0
+    ious = matched_ious(objects, labels, known)
+    if ious.shape[1] == 0:
+        return 0
+    return int(np.count_nonzero(ious.max(axis=1) >= MATCH_IOU))

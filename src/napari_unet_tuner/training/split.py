@@ -1,0 +1,119 @@
+"""Holding out whole objects, by image region, for a validation that does not leak."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import numpy as np
+
+from napari_unet_tuner.training.data import Sample
+from napari_unet_tuner.training.targets import IGNORE
+
+_SPLIT_BLOCKS_PER_AXIS = 5
+# Fewer unchanged objects than this: hold nothing out (a score on one or two
+# objects says nothing).
+_MIN_OBJECTS_TO_SPLIT = 10
+# At most this share of the objects is held out, whatever the blocks hold.
+_MAX_HELD_OUT_SHARE = 0.5
+
+
+def split_validation(samples: list[Sample], fraction: float, rng: np.random.Generator) -> bool:
+    """Hold out about ``fraction`` of the unchanged objects, by region, for validation.
+
+    Each annotated image is cut into a grid of blocks over Y and X, the
+    same blocks in every plane and time point of that image: the same
+    nucleus one plane or one frame away is held out with it. A held-out
+    block takes the whole objects that touch it, so no held-out object is
+    partly trained on. Blocks with a correction (a corrected, deleted or
+    painted object, or any changed pixel) are never held out: what the user
+    corrected is always learned. Held-out pixels are removed from the
+    training targets and from the objects `count_corrections` scores.
+
+    Returns False (and holds nothing out) when too few objects could be
+    spared. Validation then scores the corrections on the training
+    annotation, or, for annotations with no corrections known (training
+    from scratch), the training annotation itself.
+    """
+    blocks = _candidate_blocks(samples) if fraction > 0 else []
+    total = sum(count for _, count in blocks)
+    held = 0
+    if total >= _MIN_OBJECTS_TO_SPLIT and len(blocks) >= 2:
+        for i in rng.permutation(len(blocks)):
+            if held >= fraction * total:
+                break
+            masks, count = blocks[i]
+            if held + count > _MAX_HELD_OUT_SHARE * total:
+                continue
+            for index, mask in masks.items():
+                sample = samples[index]
+                sample.val_targets[mask] = sample.targets[mask]
+                sample.targets[mask] = IGNORE
+                if sample.corrections is not None:
+                    sample.corrections.kept[mask] = 0
+            held += count
+    if held:
+        return True
+    if all(_nothing_to_fix(s) for s in samples):
+        for sample in samples:
+            sample.val_targets = sample.targets.copy()
+    return False
+
+
+def _nothing_to_fix(sample: Sample) -> bool:
+    return sample.corrections is None or not sample.corrections.fix_mask.any()
+
+
+def _candidate_blocks(samples: list[Sample]) -> list[tuple[dict[int, np.ndarray], int]]:
+    """Blocks that may be held out: ``({sample index: held-out mask}, unchanged objects)``."""
+    by_source: dict[int, list[int]] = defaultdict(list)
+    for index, sample in enumerate(samples):
+        by_source[sample.source].append(index)
+    fixes = [
+        s.corrections.fix_mask if s.corrections is not None else np.zeros(s.targets.shape, bool)
+        for s in samples
+    ]
+    blocks = []
+    for indices in by_source.values():
+        plane_shape = samples[indices[0]].targets.shape[-2:]
+        steps = [max(1, math.ceil(s / _SPLIT_BLOCKS_PER_AXIS)) for s in plane_shape]
+        for y, x in itertools.product(
+            *(range(0, s, st) for s, st in zip(plane_shape, steps, strict=True))
+        ):
+            block = (..., slice(y, y + steps[0]), slice(x, x + steps[1]))
+            masks, count = {}, 0
+            for index in indices:
+                mask, objects = _held_out_mask(samples[index], fixes[index], block)
+                if mask is None:
+                    masks, count = {}, 0
+                    break
+                if objects:
+                    masks[index], count = mask, count + objects
+            if count:
+                blocks.append((masks, count))
+    return blocks
+
+
+def _held_out_mask(
+    sample: Sample, fixes: np.ndarray, block: tuple
+) -> tuple[np.ndarray | None, int]:
+    """Return the block grown to the whole objects touching it, and their number.
+
+    ``None`` when the block may not be held out (it holds a correction, or
+    an object touching it touches one).
+    """
+    if fixes[block].any():
+        return None, 0
+    touching = np.unique(sample.instances[block])
+    touching = touching[touching > 0]
+    mask = np.zeros(sample.targets.shape, bool)
+    mask[block] = sample.targets[block] != IGNORE
+    if len(touching):
+        lookup = np.zeros(int(sample.instances.max()) + 1, bool)
+        lookup[touching] = True
+        whole = lookup[sample.instances]
+        if (whole & fixes).any():
+            return None, 0
+        mask |= whole
+    return mask, len(touching)

@@ -1,0 +1,337 @@
+"""Validation during fine-tuning: are corrections reproduced, does the model generalize.
+
+A run is judged on a fixed, small set of crops chosen before training
+(`plan_validation`): crops around the corrected, deleted and (a sample of)
+unchanged objects of the training annotation, scored by
+`count_corrections`; and crops around the held-out objects, scored by
+average precision pooled over all of them (TP / (TP + FP + FN) of every
+crop together, not a mean of per-crop scores).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.measure import block_reduce
+
+from napari_unet_tuner.config import InstanceConfig
+from napari_unet_tuner.inference.instances import DISTANCE, probabilities_to_labels
+from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.tiling import predict_tiled
+from napari_unet_tuner.model.unet import UNet
+from napari_unet_tuner.training.corrections import (
+    CorrectionCounts,
+    CorrectionMap,
+    count_corrections,
+)
+from napari_unet_tuner.training.data import Sample
+from napari_unet_tuner.training.metrics import match_counts, pooled_precision
+from napari_unet_tuner.training.targets import IGNORE
+
+_VAL_MARGIN = 32
+_VAL_TILE = 256
+# At most this many corrected/deleted, and this many unchanged, objects are
+# scored at each validation (a fixed random sample when there are more).
+MAX_SCORED_OBJECTS = 48
+# Instance settings tried at each validation (`TrainingConfig.tune_instances`):
+# from the loose threshold that suits thin objects to the strict one of the
+# bundled nuclei model, with and without cutting waisted seeds.
+_TUNED_THRESHOLDS = (0.5, 0.7, 0.9)
+_TUNED_SPLITS = (0.0, 0.85)
+# Score by which a later candidate must beat an earlier one to be chosen:
+# at least this, and at least one scored object's worth (1 / objects), so
+# that a handful of objects cannot pick settings by chance.
+_TUNING_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class ValidationCrop:
+    """One region predicted at each validation.
+
+    Attributes
+    ----------
+    sample : int
+        Index of the sample it is cut from.
+    box : tuple of slice
+        The crop, with context around the region.
+    held_out : numpy.ndarray of bool
+        Held-out pixels of the region (scored by AP), within ``box``.
+    region : numpy.ndarray of bool
+        The region within ``box``: objects are scored only here.
+    corrections : CorrectionMap or None
+        The scored objects of the training annotation, cut to ``box``.
+    """
+
+    sample: int
+    box: tuple[slice, ...]
+    held_out: np.ndarray
+    region: np.ndarray
+    corrections: CorrectionMap | None
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Scores of one validation.
+
+    Attributes
+    ----------
+    scores : dict
+        Held-out ``loss``, ``dice``, ``iou`` and ``ap50`` (NaN without a
+        held-out part), and ``reproduced``: the `CorrectionCounts.objective`
+        of the training annotation (NaN when nothing is known to be corrected).
+    corrections : CorrectionCounts or None
+        The counts behind ``reproduced``.
+    instances : InstanceConfig
+        The instance settings these scores were made with.
+    """
+
+    scores: dict[str, float]
+    corrections: CorrectionCounts | None
+    instances: InstanceConfig
+    held_out_objects: int = field(default=0, repr=False)
+
+    def rank(self) -> tuple[float, ...]:
+        """Ordering of results: corrections reproduced, then held-out AP, Dice, lower loss."""
+        s = self.scores
+        return tuple(
+            float(np.nan_to_num(v, nan=-np.inf))
+            for v in (s["reproduced"], s["ap50"], s["dice"], -s["loss"])
+        )
+
+
+def regions(mask: np.ndarray, margin: int = _VAL_MARGIN) -> Iterator[tuple[tuple, np.ndarray]]:
+    """Each separate region of ``mask`` as ``(box, region within box)``, widened by context.
+
+    On a grid of cells, parts closer than two margins share one region;
+    each box is the cells of its region plus one margin. Predicting region
+    by region rather than the box around all of ``mask`` keeps validation
+    to about the masked share of the pixels.
+    """
+    cell = margin // 2
+    coarse = block_reduce(mask, (cell,) * mask.ndim, np.max)
+    near = ndimage.binary_dilation(coarse, iterations=2)
+    labelled, _ = ndimage.label(near)
+    for index, found in enumerate(ndimage.find_objects(labelled), start=1):
+        box = tuple(
+            slice(r.start * cell, min(r.stop * cell, s))
+            for r, s in zip(found, mask.shape, strict=True)
+        )
+        region = labelled[found] == index
+        for axis in range(mask.ndim):
+            region = np.repeat(region, cell, axis=axis)
+        region = region[tuple(slice(0, sl.stop - sl.start) for sl in box)]
+        if (mask[box] & region).any():
+            yield box, region
+
+
+def plan_validation(samples: Sequence[Sample], rng: np.random.Generator) -> list[ValidationCrop]:
+    """Choose the crops every validation of a run predicts (see the module docstring)."""
+    scored = _scored_corrections(samples, rng)
+    crops = []
+    for index, sample in enumerate(samples):
+        held_out = sample.val_targets != IGNORE
+        corrections = scored[index]
+        mask = held_out.copy()
+        if corrections is not None:
+            mask |= (
+                (corrections.corrected > 0) | (corrections.deleted > 0) | (corrections.kept > 0)
+            )
+        for box, region in regions(mask):
+            crops.append(
+                ValidationCrop(
+                    index,
+                    box,
+                    held_out[box] & region,
+                    region,
+                    None if corrections is None else corrections.crop(box),
+                )
+            )
+    return crops
+
+
+def _scored_corrections(
+    samples: Sequence[Sample], rng: np.random.Generator
+) -> list[CorrectionMap | None]:
+    """Each sample's corrections, cut down to at most `MAX_SCORED_OBJECTS` of each kind.
+
+    Corrected and deleted objects are drawn together, unchanged ones apart.
+    """
+    chosen: set[tuple[int, str, int]] = set()
+    for layers in (("corrected", "deleted"), ("kept",)):
+        objects = [
+            (index, layer, int(i))
+            for index, sample in enumerate(samples)
+            if sample.corrections is not None
+            for layer in layers
+            for i in _ids(getattr(sample.corrections, layer))
+        ]
+        if len(objects) > MAX_SCORED_OBJECTS:
+            drawn = rng.choice(len(objects), MAX_SCORED_OBJECTS, replace=False)
+            objects = [objects[i] for i in sorted(drawn)]
+        chosen.update(objects)
+    out: list[CorrectionMap | None] = []
+    for index, sample in enumerate(samples):
+        c = sample.corrections
+        if c is None:
+            out.append(None)
+            continue
+        kept_layers = {}
+        for layer in ("corrected", "deleted", "kept"):
+            objects = getattr(c, layer)
+            ids = [i for (s, name, i) in chosen if s == index and name == layer]
+            kept_layers[layer] = np.where(np.isin(objects, ids), objects, 0)
+        out.append(replace(c, **kept_layers))
+    return out
+
+
+def _ids(objects: np.ndarray) -> np.ndarray:
+    return np.unique(objects[objects > 0])
+
+
+def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
+    """Return the instance settings a validation tries, the preferred first.
+
+    First the neutral settings (`InstanceConfig`'s defaults: threshold 0.5,
+    no seed splitting; ``current``'s seed threshold and minimum size), then
+    ``current``, then the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings.
+    `evaluate` keeps the first whose score is within a tolerance of the best
+    (`tuning_tolerance`): a parent's settings suit the parent's images (the
+    bundled model's strict threshold and seed splitting thin and cut
+    rod-shaped bacteria), and a few objects rarely show a difference larger
+    than noise.
+    """
+    neutral = InstanceConfig()
+    grid = [
+        replace(current, threshold=neutral.threshold, split_solidity=neutral.split_solidity),
+        current,
+        *(
+            replace(current, threshold=threshold, split_solidity=split)
+            for threshold in _TUNED_THRESHOLDS
+            for split in _TUNED_SPLITS
+        ),
+    ]
+    return list(dict.fromkeys(grid))
+
+
+def tuning_tolerance(objects: int) -> float:
+    """Return the score margin by which a later instance candidate must win.
+
+    One scored object's worth (``1 / objects``), and at least
+    `_TUNING_TOLERANCE`: with 4 held-out bacteria one lucky split moves AP
+    by 0.25, which says nothing about the next images.
+    """
+    return max(_TUNING_TOLERANCE, 1.0 / max(objects, 1))
+
+
+def evaluate(
+    model: UNet,
+    samples: Sequence[Sample],
+    crops: Sequence[ValidationCrop],
+    candidates: Sequence[InstanceConfig],
+    device: torch.device,
+) -> list[ValidationResult]:
+    """Score ``model`` on ``crops`` with each of the instance ``candidates``.
+
+    The crops are predicted once; each candidate makes its own instances
+    from the same probabilities. `choose` picks among the results.
+    """
+    was_training = model.training
+    predictor = make_predictor(model, device)
+    n = len(candidates)
+    matches = np.zeros((n, 3), np.int64)  # held-out tp, fp, fn
+    overlap = np.zeros((n, 3), np.int64)  # held-out foreground: both, truth, prediction
+    counts = [CorrectionCounts() for _ in candidates]
+    loss_sum = loss_pixels = held_out_objects = 0
+    for crop in crops:
+        sample = samples[crop.sample]
+        image = sample.image[(slice(None), *crop.box)]
+        prob = predict_probabilities(predictor, image, model.config.out_channels)
+        held = crop.held_out
+        if held.any():
+            t = sample.val_targets[crop.box]
+            truth = np.where(held, sample.instances[crop.box], 0)
+            held_out_objects += len(np.unique(truth)) - 1
+            loss_sum += _cross_entropy(prob, t, held)
+            loss_pixels += int(held.sum())
+        for i, candidate in enumerate(candidates):
+            labels = probabilities_to_labels(prob, model.config.output_kind, candidate)
+            if held.any():
+                matches[i] += match_counts(truth, labels, 0.5, held)
+                predicted = (labels > 0) & held
+                overlap[i] += (
+                    np.count_nonzero(predicted & (truth > 0)),
+                    np.count_nonzero(truth),
+                    np.count_nonzero(predicted),
+                )
+            if crop.corrections is not None:
+                counts[i] = counts[i] + count_corrections(labels, crop.corrections, crop.region)
+    model.train(was_training)
+    loss = loss_sum / loss_pixels if loss_pixels else np.nan
+    results = []
+    for i, candidate in enumerate(candidates):
+        both, truth_px, predicted_px = overlap[i]
+        union = truth_px + predicted_px
+        scores = {
+            "loss": loss,
+            "dice": 2 * both / union if union else np.nan,
+            "iou": both / (union - both) if union else np.nan,
+            "ap50": pooled_precision(*matches[i]) if matches[i].sum() else np.nan,
+            # Without corrections (training from scratch) the held-out score decides.
+            "reproduced": counts[i].objective if counts[i].to_fix else np.nan,
+        }
+        results.append(
+            ValidationResult(
+                {k: float(v) for k, v in scores.items()},
+                counts[i] if counts[i].scored else None,
+                candidate,
+                held_out_objects,
+            )
+        )
+    return results
+
+
+def choose(results: Sequence[ValidationResult]) -> ValidationResult:
+    """Return the first result within `tuning_tolerance` of the best.
+
+    Judged on the corrections reproduced where corrections are known, else
+    on held-out AP@0.5.
+    """
+    reproduced = np.array([r.scores["reproduced"] for r in results])
+    if np.isfinite(reproduced).any():
+        primary = reproduced
+        objects = results[0].corrections.scored
+    else:
+        primary = np.array([r.scores["ap50"] for r in results])
+        objects = results[0].held_out_objects
+    if not np.isfinite(primary).any():
+        return results[0]
+    good = np.nan_to_num(primary, nan=-1) >= np.nanmax(primary) - tuning_tolerance(objects)
+    return results[int(np.flatnonzero(good)[0])]
+
+
+def predict_probabilities(predictor, image: np.ndarray, out_channels: int) -> np.ndarray:
+    """Class probabilities of a normalized ``(C, *spatial)`` image, in tiles."""
+    shape = image.shape[1:]
+    return predict_tiled(
+        lambda sl: image[(slice(None), *sl)],
+        shape,
+        predictor,
+        out_channels,
+        tuple(min(_VAL_TILE, s) for s in shape),
+        out=np.empty((out_channels, *shape), np.float32),
+    )
+
+
+def _cross_entropy(prob: np.ndarray, targets: np.ndarray, where: np.ndarray) -> float:
+    """Return the summed cross-entropy of the true classes over the pixels ``where``."""
+    if prob.shape[0] == 1:
+        p_true = np.where(targets > 0, prob[0], 1 - prob[0])
+    else:
+        classes = prob[:DISTANCE]  # without a distance channel, if the model has one
+        index = np.where(where, targets, 0)[None].astype(np.intp)
+        p_true = np.take_along_axis(classes, index, 0)[0]
+    return float(-np.log(np.clip(p_true[where], 1e-6, 1)).sum())
