@@ -90,12 +90,16 @@ def share_gone(prediction, labels, ids) -> float:
     return float(np.mean(gone))
 
 
-def one_run(name, data, start, k, budget, precision, seed) -> dict:
+def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
     (image, truth), others = data
     before = segment(image, start).labels
     annotation, corrected, deleted = correct_worst(before, truth, k)
     config = TrainingConfig(
-        max_seconds=budget, seed=seed, device="cpu", mixed_precision=precision == "bf16"
+        max_seconds=budget,
+        seed=seed,
+        device="cpu",
+        mixed_precision=precision == "bf16",
+        **overrides,
     )
     t0 = time.perf_counter()
     result = fine_tune([AnnotatedImage(image, annotation, prediction=before)], start, config)

@@ -39,15 +39,66 @@ def _private_config_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("UNET_TUNER_CONFIG_DIR", str(tmp_path / "config"))
 
 
-@pytest.fixture
-def tuner(make_napari_viewer, tmp_path, monkeypatch):
-    """The widget docked in a real viewer, with a tiny model instead of the bundled one."""
+def dock_tuner(viewer, checkpoint: Checkpoint, path, monkeypatch):
+    """Dock the widget in ``viewer`` with ``checkpoint`` as its default model."""
     from napari_unet_tuner._widgets import model_panel
     from napari_unet_tuner._widgets.tuner import UNetTunerWidget
 
-    path = save_checkpoint(make_checkpoint(), tmp_path / "tiny.safetensors")
+    path = save_checkpoint(checkpoint, path)
     monkeypatch.setattr(model_panel, "default_checkpoint_path", lambda: path)
-    viewer = make_napari_viewer()
     widget = UNetTunerWidget(viewer)
     viewer.window.add_dock_widget(widget)
     return widget
+
+
+@pytest.fixture
+def tuner(make_napari_viewer, tmp_path, monkeypatch):
+    """The widget docked in a real viewer, with a tiny model instead of the bundled one."""
+    return dock_tuner(
+        make_napari_viewer(), make_checkpoint(), tmp_path / "tiny.safetensors", monkeypatch
+    )
+
+
+def disc_images(count: int = 3, shape=(96, 96)) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Bright discs on a noisy background, with their labels."""
+    pairs = []
+    for seed in range(count):
+        rng = np.random.default_rng(seed)
+        centers = [(int(y), int(x)) for y, x in rng.integers(12, min(shape) - 12, (6, 2))]
+        labels = disc_labels(shape, centers, radius=7)
+        image = (labels > 0) * 900 + 300 + rng.normal(0, 30, shape)
+        pairs.append((image.astype(np.float32), labels))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def disc_model() -> Checkpoint:
+    """A tiny model trained from scratch to segment `disc_images` (a few seconds)."""
+    from napari_unet_tuner import TrainingConfig, fine_tune
+
+    config = TrainingConfig(
+        max_seconds=60,
+        max_epochs=3,
+        steps_per_epoch=30,
+        patch_shape=(64, 64),
+        batch_size=4,
+        learning_rate=3e-3,
+        device="cpu",
+    )
+    result = fine_tune(disc_images(), None, config, model_config=ModelConfig(features=8, depth=2))
+    return result.checkpoint
+
+
+def dim_disc_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Six bright discs and two dim ones (ids 7, 8), which `disc_model` misses.
+
+    Returns the image, the true labels and the ids of the dim discs: a
+    deliberate correction the model can learn in a few steps.
+    """
+    rng = np.random.default_rng(100 + seed)
+    bright = [(20, 20), (20, 50), (50, 20), (50, 75), (80, 30), (80, 70)]
+    dim = [(20, 80), (75, 50)] if seed % 2 == 0 else [(45, 48), (85, 10)]
+    labels = disc_labels((96, 96), bright + dim, radius=7)
+    intensity = np.where(labels >= 7, 250, 900) * (labels > 0)
+    image = intensity + 300 + rng.normal(0, 30, labels.shape)
+    return image.astype(np.float32), labels, [7, 8]

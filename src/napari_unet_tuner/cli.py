@@ -424,7 +424,8 @@ def _finetune(args: argparse.Namespace) -> int:
             bar.n = min(round(args.seconds - progress.eta), bar.total)
             postfix = {"step": progress.step, "steps/s": f"{progress.steps_per_second:.1f}"}
             if progress.corrections is not None and progress.corrections.to_fix:
-                postfix["corrections"] = f"{progress.corrections.fixed}/{progress.corrections.to_fix}"
+                counts = progress.corrections
+                postfix["corrections"] = f"{counts.fixed}/{counts.to_fix}"
             bar.set_postfix(postfix)
 
         result = run_to_completion(run, show)

@@ -28,6 +28,7 @@ def run_result(run, on_record=lambda record: None):
     except StopIteration as done:
         return done.value
 
+
 FAST = TrainingConfig(
     max_seconds=60,
     max_epochs=2,
@@ -295,14 +296,14 @@ def test_instance_settings_are_chosen_on_held_out_annotations():
     assert tuned.checkpoint.card.training[-1]["instances_tuned"] is True
 
 
-def test_instance_candidates_prefer_neutral_then_the_parents_settings():
+def test_instance_candidates_prefer_the_parents_settings_then_neutral():
     from napari_unet_tuner import InstanceConfig
     from napari_unet_tuner.training.validation import instance_candidates
 
     parent = InstanceConfig(threshold=0.9, split_solidity=0.85, min_size=40)
     candidates = instance_candidates(parent)
-    assert candidates[0] == InstanceConfig(threshold=0.5, split_solidity=0.0, min_size=40)
-    assert candidates[1] == parent
+    assert candidates[0] == parent
+    assert candidates[1] == InstanceConfig(threshold=0.5, split_solidity=0.0, min_size=40)
     assert len(set(candidates)) == len(candidates) == 6
     assert all(c.min_size == 40 for c in candidates)
 

@@ -5,7 +5,7 @@ import pytest
 
 from napari_unet_tuner import load_checkpoint
 
-from conftest import disc_labels
+from conftest import dim_disc_scene, disc_labels, dock_tuner
 
 pytest.importorskip("napari")
 
@@ -50,9 +50,19 @@ def test_widget_opens_with_model_preselected(tuner):
     assert tuner.model_panel.device.value == "cpu"
 
 
-def test_whole_loop_segment_annotate_finetune_stop_rollback_save(tuner, qtbot, tmp_path):
+@pytest.fixture
+def disc_tuner(make_napari_viewer, disc_model, tmp_path, monkeypatch):
+    """The widget with a small model that finds bright discs and misses dim ones."""
+    from napari_unet_tuner import with_card
+
+    model = with_card(disc_model, name="tiny")
+    return dock_tuner(make_napari_viewer(), model, tmp_path / "discs.safetensors", monkeypatch)
+
+
+def test_whole_loop_segment_annotate_finetune_stop_rollback_save(disc_tuner, qtbot, tmp_path):
+    tuner = disc_tuner
     viewer = tuner.viewer
-    image, truth = cells_image()
+    image, truth, _ = dim_disc_scene(0)
     layer = viewer.add_image(image, name="cells", scale=(0.5, 0.5), translate=(3, 4))
     original = image.copy()
 
@@ -72,24 +82,26 @@ def test_whole_loop_segment_annotate_finetune_stop_rollback_save(tuner, qtbot, t
 
     # Annotate: corrections copy the prediction; paint the truth in programmatically.
     corrections = tuner.annotate_panel.make_corrections_layer()
-    assert corrections.mode == "paint" and tuner.train_panel.mode.value == "corrections"
-    corrections.data = truth.copy()
-    assert "6 objects" in tuner.annotate_panel.summary.value
+    assert corrections.mode == "paint"
+    # The unedited prediction is never offered; the corrections layer is, chosen.
+    assert tuner.train_panel.annotation.value == [corrections]
+    assert [layer for _, layer in tuner.train_panel._annotation_choices()] == [corrections]
+    corrections.data = truth.copy()  # the dim discs the model missed painted in
+    assert "8 objects" in tuner.annotate_panel.summary.value
 
-    # Fine-tune a few steps, stop: the best model becomes a new active version.
+    # Fine-tune: the model reproduces the corrections and becomes a new active version.
     tuner.train_panel.seconds.value = 30
     tuner.train_panel.preview.value = False
     meter = StallMeter()
-    worker = tuner.train_panel.run()
-    with qtbot.waitSignal(worker.yielded, timeout=30_000):
-        pass
-    qtbot.waitUntil(lambda: len(tuner.train_panel.plot.steps) >= 2, timeout=30_000)
-    tuner.train_panel.stop()
+    tuner.train_panel.run()
     wait_idle(qtbot, tuner.train_panel)
     train_stall = meter.stop()
     assert len(tuner.versions.versions) == 2 and tuner.versions.active_index == 1
-    assert "→" in tuner.train_panel.scores.value
+    assert tuner.train_panel.status.value.startswith("learned")
+    assert "corrected objects right" in tuner.train_panel.scores.value
     assert tuner.versions.active.card.parent["sha256"] == tuner.versions.versions[0].sha256
+    # What the user sees next is the new result, not the painting over it.
+    assert not corrections.visible
     # The image is re-segmented with the new model.
     wait_idle(qtbot, tuner.segment_panel)
 
@@ -114,7 +126,9 @@ def test_scribble_layer_and_field_of_view(tuner, qtbot):
     viewer.add_image(image, name="cells")
     scribbles = tuner.annotate_panel.make_scribble_layer()
     assert scribbles.data.dtype == np.uint16 and not scribbles.data.any()
-    assert scribbles.selected_label == 2 and tuner.train_panel.mode.value == "scribbles"
+    assert scribbles.selected_label == 2
+    assert tuner.train_panel.annotation.value == [scribbles]
+    assert "(scribbles)" in tuner.train_panel._annotation_choices()[0][0]
     viewer.camera.zoom = 8
     tuner.segment_panel.run(field_of_view=True)
     wait_idle(qtbot, tuner.segment_panel)
@@ -142,8 +156,8 @@ def test_errors_are_notifications_not_crashes(tuner, qtbot, tmp_path, monkeypatc
     image, _ = cells_image()
     viewer.add_image(image, name="cells")
     wrong = viewer.add_labels(np.zeros((10, 10), np.int32), name="wrong size")
-    tuner.train_panel.annotation.reset_choices()
-    tuner.train_panel.annotation.value = wrong
+    tuner.train_panel.reset_choices()
+    assert tuner.train_panel.annotation.value == [wrong]  # a layer of the user's own
     errors = []
     # napari relays worker errors to its notifications (raised here by the test viewer).
     with qtbot.capture_exceptions() as raised:
@@ -279,3 +293,25 @@ def test_rescale_keeps_labels_on_the_image_grid(tuner, qtbot, tmp_path, monkeypa
     assert panel.run() is None
     assert "set rescale to 1" in messages[-1]
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_every_annotation_of_the_session_is_learned_with_its_own_image(tuner, qtbot):
+    viewer = tuner.viewer
+    first, _ = cells_image()
+    second = first[::-1].copy()
+    layers = []
+    for name, image in (("first", first), ("second", second)):
+        tuner.segment_panel.image.value = viewer.add_image(image, name=name)
+        tuner.segment_panel.run()
+        wait_idle(qtbot, tuner.segment_panel)
+        layers.append(tuner.annotate_panel.make_corrections_layer())
+    # Both are listed and chosen, the prediction layers are not.
+    assert tuner.train_panel.annotation.value == layers
+    pairs = tuner.train_panel.annotated_images()
+    assert np.array_equal(pairs[0].image, first) and np.array_equal(pairs[1].image, second)
+    for pair, name in zip(pairs, ("first", "second"), strict=True):
+        assert pair.mode == "corrections"
+        assert np.array_equal(pair.prediction, viewer.layers[f"{name} labels"].data)
+    # Leaving one out.
+    tuner.train_panel.annotation.value = layers[1:]
+    assert len(tuner.train_panel.annotated_images()) == 1

@@ -40,6 +40,7 @@ class AnnotatePanel(Container):
     def __init__(self, tuner: UNetTunerWidget) -> None:
         super().__init__()
         self._tuner = tuner
+        self._layer = None
         self.correct_button = PushButton(
             text="Correct the prediction",
             tooltip="Copy the prediction into a new layer to fix: erase, paint, split. "
@@ -73,7 +74,13 @@ class AnnotatePanel(Container):
             name=f"{image.name} corrections",
             scale=prediction.scale,
             translate=prediction.translate,
-            metadata={LAYER_TAG: True, "mode": "corrections"},
+            # The prediction it started from: where they differ is what to learn.
+            metadata={
+                LAYER_TAG: True,
+                "mode": "corrections",
+                "image": image.name,
+                "prediction": np.array(prediction.data, copy=True),
+            },
         )
         return self._activate(layer, "corrections", int(np.max(layer.data)) + 1)
 
@@ -89,7 +96,7 @@ class AnnotatePanel(Container):
             name=f"{image.name} scribbles",
             scale=image.scale,
             translate=image.translate,
-            metadata={LAYER_TAG: True, "mode": "scribbles"},
+            metadata={LAYER_TAG: True, "mode": "scribbles", "image": image.name},
         )
         layer.colormap = scribble_colormap(layer.colormap)
         return self._activate(layer, "scribbles", _FIRST_OBJECT)
@@ -102,20 +109,18 @@ class AnnotatePanel(Container):
         layer.brush_size = 5
         layer.events.paint.connect(self.update_summary)
         layer.events.data.connect(self.update_summary)
-        train = self._tuner.train_panel
-        train.annotation.reset_choices()
-        train.annotation.value = layer
-        train.mode.value = mode
+        self._tuner.train_panel.reset_choices()
+        self._layer = layer
         self.update_summary()
         return layer
 
     def update_summary(self, event=None) -> None:
-        """Count annotated objects and pixels of the chosen annotation layer."""
-        layer = self._tuner.train_panel.annotation.value
-        if layer is None or not layer.metadata.get("mode"):
+        """Count annotated objects and pixels of the layer made last."""
+        layer = self._layer
+        if layer is None or layer not in self._tuner.viewer.layers:
             self.summary.value = "nothing annotated yet: make a layer to correct or scribble on"
             return
-        mode = self._tuner.train_panel.mode.value
+        mode = layer.metadata["mode"]
         objects, pixels = annotation_counts(layer.data, mode)
         if mode == "scribbles":
             self.summary.value = f"{objects} objects, {pixels} pixels annotated"

@@ -26,7 +26,10 @@ class LossPlot(QWidget):
         super().__init__()
         self.setMinimumHeight(120)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip("Training loss (blue) and validation AP@0.5 (orange) per step.")
+        self.setToolTip(
+            "Training loss (blue) and, per validation (orange), the share of corrections "
+            "reproduced (or held-out AP@0.5 when nothing is corrected)."
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -83,9 +86,7 @@ class LossPlot(QWidget):
             painter.drawEllipse(p, 2.5, 2.5)
         painter.setPen(QPen(self.palette().text().color(), 1))
         painter.drawText(2, _MARGIN - 6, f"loss (max {top_loss:.2f})")
-        painter.drawText(self.width() - 110, _MARGIN - 6, "val AP50 (0-1)")
+        painter.drawText(self.width() - 110, _MARGIN - 6, "learned (0-1)")
         painter.drawText(_MARGIN, self.height() - 8, f"step 0 ... {last_step}")
         if self.val_ap:
-            painter.drawText(
-                self.width() - 110, self.height() - 8, f"last AP50 {self.val_ap[-1]:.2f}"
-            )
+            painter.drawText(self.width() - 110, self.height() - 8, f"last {self.val_ap[-1]:.2f}")

@@ -1,4 +1,4 @@
-"""Fine-tune panel: train on the painted layer in a worker, with a live curve and preview."""
+"""Fine-tune panel: train on every painted layer in a worker, with a live curve and preview."""
 
 from __future__ import annotations
 
@@ -6,21 +6,14 @@ import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    Label,
-    PushButton,
-    SpinBox,
-    create_widget,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Select, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_unet_tuner._widgets.loss_plot import LossPlot
-from napari_unet_tuner._widgets.segment_panel import layer_array
+from napari_unet_tuner._widgets.segment_panel import LAYER_TAG, layer_array
 from napari_unet_tuner.config import TrainingConfig
+from napari_unet_tuner.training.data import AnnotatedImage
 from napari_unet_tuner.training.trainer import FineTuneResult, TrainingProgress, iter_fine_tune
 
 if TYPE_CHECKING:
@@ -44,8 +37,17 @@ def _warm_up_imports() -> None:
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 
 
+def is_annotation(layer) -> bool:
+    """Whether a layer is something the user painted (not one of the plugin's predictions)."""
+    from napari.layers import Labels
+
+    if not isinstance(layer, Labels):
+        return False
+    return bool(layer.metadata.get("mode")) or not layer.metadata.get(LAYER_TAG)
+
+
 class TrainPanel(Container):
-    """Fine-tune the active model on an annotation layer of the chosen image."""
+    """Fine-tune the active model on every annotation layer of the session, each with its image."""
 
     def __init__(self, tuner: UNetTunerWidget) -> None:
         super().__init__()
@@ -54,15 +56,21 @@ class TrainPanel(Container):
         self._stop = threading.Event()
         self._preview_worker = None
         self._result: FineTuneResult | None = None
-        self.annotation = create_widget(
-            annotation="napari.layers.Labels",
-            label="annotation",
-            options={"tooltip": "The layer you painted (corrections or scribbles)."},
+        self._listed: set[int] = set()
+        self.annotation = Select(
+            label="learn from",
+            choices=self._annotation_choices,
+            allow_multiple=True,
+            tooltip="Every layer you corrected or scribbled on, each with its image: all are "
+            "learned together, so nothing corrected earlier is forgotten. Deselect one to "
+            "leave it out.",
         )
+        self.annotation.native.setMaximumHeight(80)
         self.mode = ComboBox(
             label="mode",
             choices=["corrections", "scribbles"],
-            tooltip="corrections: 0 = background, each label an object, everything reviewed.\n"
+            tooltip="For layers you made yourself (the Annotate buttons set it for theirs).\n"
+            "corrections: 0 = background, each label an object, everything reviewed.\n"
             "scribbles: 0 = not annotated, 1 = background, 2, 3, ... = objects.",
         )
         self.seconds = SpinBox(
@@ -80,7 +88,7 @@ class TrainPanel(Container):
             f"every {PREVIEW_SECONDS:.0f} s.",
         )
         self.run_button = PushButton(
-            text="Fine-tune", tooltip="Train the active model on the annotation."
+            text="Fine-tune", tooltip="Train the active model on the selected annotations."
         )
         self.stop_button = PushButton(
             text="Stop", enabled=False, tooltip="Stop now and keep the best model so far."
@@ -90,7 +98,9 @@ class TrainPanel(Container):
         self.plot = LossPlot()
         self.status = Label(value="", tooltip="Time per step and time left.")
         self.scores = Label(
-            value="", tooltip="Validation on held-out annotation, before and after."
+            value="",
+            tooltip="How many of your corrections the model reproduces, and how many of the "
+            "objects you left unchanged it keeps.",
         )
         buttons = Container(
             widgets=[self.run_button, self.stop_button], layout="horizontal", labels=False
@@ -102,31 +112,67 @@ class TrainPanel(Container):
         # worker still running when the viewer closes dies on deleted Qt signals.
         threading.Thread(target=_warm_up_imports, name="unet-tuner warm-up", daemon=True).start()
 
+    def _annotation_choices(self, widget=None) -> list[tuple[str, object]]:
+        layers = [layer for layer in self._tuner.viewer.layers if is_annotation(layer)]
+        return [(f"{layer.name} ({self._mode_of(layer)})", layer) for layer in layers]
+
+    def reset_choices(self, event=None) -> None:
+        """List the annotation layers; layers new to the list start selected."""
+        chosen = list(self.annotation.value)
+        super().reset_choices(event)
+        available = [layer for _, layer in self._annotation_choices()]
+        new = [layer for layer in available if id(layer) not in self._listed]
+        self._listed = {id(layer) for layer in available}
+        self.annotation.value = [ly for ly in available if ly in chosen or ly in new]
+
+    def _mode_of(self, layer) -> str:
+        return layer.metadata.get("mode") or self.mode.value
+
+    def annotated_images(self) -> list[AnnotatedImage]:
+        """Return the selected layers with their images (snapshots: painting may go on)."""
+        viewer, current = self._tuner.viewer, self._tuner.image_layer
+        out = []
+        for layer in self.annotation.value:
+            name = layer.metadata.get("image")
+            image = viewer.layers[name] if name in viewer.layers else current
+            if image is None:
+                continue
+            data, axes = layer_array(image)
+            prediction = layer.metadata.get("prediction")
+            out.append(
+                AnnotatedImage(
+                    data,
+                    np.array(layer.data, copy=True),
+                    mode=self._mode_of(layer),
+                    prediction=None if prediction is None else np.asarray(prediction),
+                    axes=axes,
+                )
+            )
+        return out
+
     def run(self):
         """Start fine-tuning in a worker; return the worker (None if the input is not ready)."""
-        image, annotation = self._tuner.image_layer, self.annotation.value
         start = self._tuner.versions.active
-        if image is None or annotation is None:
-            show_error("Choose an image (segment panel) and an annotation layer to learn from.")
-            return None
         if self.worker is not None:
             show_error("Fine-tuning is already running.")
             return None
-        data, axes = layer_array(image)
-        # A copy: the user may go on painting while the model trains on this state.
-        labels = np.array(annotation.data, copy=True)
+        annotated = self.annotated_images()
+        if not annotated:
+            show_error(
+                "Nothing to learn from: correct a prediction or scribble on an image "
+                "(Annotate), and keep its layer selected under 'learn from'."
+            )
+            return None
         config = TrainingConfig(
-            mode=self.mode.value,
             max_seconds=float(self.seconds.value),
             device=self._tuner.model_panel.device.value,
         )
         self._stop.clear()
         worker = create_worker(
             iter_fine_tune,
-            [(data, labels)],
+            annotated,
             start,
             config,
-            axes=[axes],
             stop=self._stop,
             preview_every=PREVIEW_SECONDS if self.preview.value else None,
             _start_thread=False,
@@ -156,13 +202,15 @@ class TrainPanel(Container):
         if record.kind == "step":
             self.plot.add_step(record.step, record.loss)
             self.status.value = (
-                f"step {record.step}: {record.seconds_per_step:.2f} s/step, "
+                f"step {record.step} · {record.steps_per_second:.1f} steps/s · "
                 f"~{record.eta:.0f} s left"
             )
         elif record.kind == "validation":
-            self.plot.add_validation(record.step, record.scores["ap50"])
-            if record.step == 0:
-                self.scores.value = f"before: val AP50 {record.scores['ap50']:.2f}"
+            self.plot.add_validation(record.step, _curve_score(record.scores))
+            counts = record.corrections
+            if counts is not None:
+                prefix = "before: " if record.step == 0 else "now: "
+                self.scores.value = prefix + counts.describe()
         elif (
             record.kind == "preview"
             and self._preview_worker is None
@@ -178,24 +226,36 @@ class TrainPanel(Container):
         self._preview_worker = None
 
     def _on_result(self, result: FineTuneResult) -> None:
-        before, after = result.scores_before["ap50"], result.scores_after["ap50"]
-        where = "held-out" if result.held_out else "training (too little to hold out)"
-        self.scores.value = f"val AP50 ({where}): {before:.2f} → {after:.2f}"
+        after = result.corrections_after
+        self.scores.value = after.describe() if after is not None else ""
+        show_info(result.message[:1].upper() + result.message[1:])
+        if not result.learned:
+            self.status.value = "no new version: " + result.message
+            return
         self._result = result
         self._tuner.versions.add(result.checkpoint)
         self._tuner.on_model_changed()
-        show_info(f"Fine-tuning done ({result.stop_reason}): AP50 {before:.2f} -> {after:.2f}")
 
     def _done(self) -> None:
         finished, self._result = self._result, None
         self.worker = None
         self.run_button.enabled, self.stop_button.enabled = True, False
         if finished is None:
-            self.status.value = "no new model"
+            if not self.status.value.startswith("no new version"):
+                self.status.value = "no new version"
             return
-        self.status.value = f"done ({finished.stop_reason})"
+        self.status.value = finished.message
+        # Show the new result, not the painting over it.
+        for layer in self.annotation.value:
+            layer.visible = False
         # Re-segment with the new active model once any preview has finished.
         if self._preview_worker is not None:
             self._preview_worker.finished.connect(lambda: self._tuner.segment_panel.run())
         else:
             self._tuner.segment_panel.run()
+
+
+def _curve_score(scores: dict[str, float]) -> float:
+    """Return what the curve shows: the corrections reproduced, else held-out AP@0.5."""
+    reproduced = scores["reproduced"]
+    return reproduced if np.isfinite(reproduced) else scores["ap50"]

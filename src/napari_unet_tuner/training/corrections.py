@@ -23,11 +23,14 @@ annotation this module sorts the objects into three kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
 
+from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.instances import labels_to_classes
 from napari_unet_tuner.training.metrics import matched_ious
 from napari_unet_tuner.training.targets import (
@@ -35,6 +38,9 @@ from napari_unet_tuner.training.targets import (
     AnnotationMode,
     annotation_to_instances,
 )
+
+if TYPE_CHECKING:
+    from napari_unet_tuner.training.data import Sample
 
 # An annotated object this close to a predicted one was left as predicted
 # (a stray brush pixel on its rim does not make it a correction).
@@ -287,3 +293,28 @@ def _matched(objects: np.ndarray, labels: np.ndarray, known: np.ndarray) -> int:
     if ious.shape[1] == 0:
         return 0
     return int(np.count_nonzero(ious.max(axis=1) >= MATCH_IOU))
+
+
+def complete_corrections(
+    samples: Sequence[Sample], predict_labels: Callable[[np.ndarray], np.ndarray] | None
+) -> None:
+    """Give every sample its `CorrectionMap`, predicting where no prediction was given.
+
+    Corrections given without the prediction they were edited from are
+    compared with ``predict_labels(sample.image)``, the starting model's own
+    labels; without a starting model (``None``) every object counts as kept.
+
+    Raises
+    ------
+    InputError
+        If correction annotations are exactly the prediction (nothing to learn).
+    """
+    for sample in samples:
+        if sample.corrections is None:
+            prediction = None if predict_labels is None else predict_labels(sample.image)
+            sample.corrections = find_corrections(sample.instances, "corrections", prediction)
+    if predict_labels is not None and not any(s.corrections.fix_mask.any() for s in samples):
+        raise InputError(
+            "the annotation is the same as the model's prediction, so there is nothing to "
+            "learn: erase wrong objects, paint missed ones or split merged ones, then fine-tune"
+        )

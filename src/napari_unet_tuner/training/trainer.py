@@ -9,16 +9,15 @@ import os
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
-from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.device import (
     cpu_threads,
     select_device,
@@ -28,15 +27,21 @@ from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.model.checkpoint import Checkpoint, new_card, save_checkpoint
 from napari_unet_tuner.model.unet import UNet
-from napari_unet_tuner.training.corrections import CorrectionCounts, find_corrections
+from napari_unet_tuner.training.corrections import complete_corrections
 from napari_unet_tuner.training.data import (
     AnnotatedImage,
     PatchSampler,
-    Sample,
     as_annotated_images,
     build_samples,
 )
 from napari_unet_tuner.training.losses import masked_loss
+from napari_unet_tuner.training.records import (
+    FineTuneResult,
+    TrainingProgress,
+    all_reproduced,
+    counts_dict,
+    describe_run,
+)
 from napari_unet_tuner.training.split import split_validation
 from napari_unet_tuner.training.validation import (
     ValidationResult,
@@ -50,94 +55,6 @@ from napari_unet_tuner.training.validation import (
 # Validations in a row at which every correction is reproduced and every
 # unchanged object kept before a run stops: learned, and confirmed once.
 _PERFECT_TO_STOP = 2
-
-
-@dataclass(frozen=True)
-class TrainingProgress:
-    """A progress record, yielded after every step and after every validation.
-
-    Attributes
-    ----------
-    kind : {"validation", "step", "preview"}
-        ``"validation"`` records carry ``scores`` (the first, at step 0, is the
-        starting model's); ``"preview"`` records carry a ``snapshot`` of the
-        current weights for a live preview.
-    step, epoch : int
-        Optimizer steps and validations done.
-    loss : float or None
-        Training loss of the last step.
-    scores : dict or None
-        Validation scores (`ValidationResult.scores`): held-out ``loss``,
-        ``dice``, ``iou``, ``ap50``, and ``reproduced``.
-    best_score : float or None
-        Held-out AP@0.5 of the model kept if stopped now.
-    seconds_per_step : float
-        Mean wall time of a training step.
-    elapsed, eta : float
-        Seconds since the start (everything included), and seconds left of
-        the budget.
-    snapshot : Checkpoint or None
-        Current weights (CPU copy), on ``"preview"`` records only.
-    corrections : CorrectionCounts or None
-        On validation records: how many corrections the model reproduces.
-    """
-
-    kind: Literal["validation", "step", "preview"]
-    step: int
-    epoch: int
-    loss: float | None
-    scores: dict[str, float] | None
-    best_score: float | None
-    seconds_per_step: float
-    elapsed: float
-    eta: float
-    snapshot: Checkpoint | None = None
-    corrections: CorrectionCounts | None = None
-
-    @property
-    def steps_per_second(self) -> float:
-        """Training steps per second of training time."""
-        return 1.0 / self.seconds_per_step if self.seconds_per_step > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class FineTuneResult:
-    """What a finished run produced.
-
-    Attributes
-    ----------
-    checkpoint : Checkpoint
-        The best model, with its card recording parent, settings and
-        scores; the starting checkpoint itself when nothing was learned.
-    scores_before, scores_after : dict
-        Validation scores of the starting model and of the kept one.
-    path : Path or None
-        Where the checkpoint was saved (never when nothing was learned).
-    stop_reason : str
-        ``"time"``, ``"epochs"``, ``"early stopping"``, ``"learned"``
-        (every correction reproduced) or ``"stopped"``.
-    held_out : bool
-        Whether validation used held-out regions.
-    learned : bool
-        False when no step did better than the starting model: the result
-        is the parent and must not be shown as a new version.
-    corrections_before, corrections_after : CorrectionCounts or None
-        The corrections the starting and the kept model reproduce.
-    message : str
-        What happened, in plain words, for the user.
-    """
-
-    checkpoint: Checkpoint
-    scores_before: dict[str, float]
-    scores_after: dict[str, float]
-    path: Path | None
-    stop_reason: str
-    held_out: bool
-    history: list[TrainingProgress] = field(default_factory=list)
-    learned: bool = True
-    corrections_before: CorrectionCounts | None = None
-    corrections_after: CorrectionCounts | None = None
-    message: str = ""
 
 
 def _defaults(
@@ -243,7 +160,7 @@ def iter_fine_tune(
     )
     model = checkpoint.build_model(device) if from_checkpoint else UNet(model_cfg).to(device)
     with cpu_threads(config.num_threads):
-        _find_missing_corrections(samples, model if from_checkpoint else None, card, device)
+        complete_corrections(samples, _labeller(model, card, device) if from_checkpoint else None)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     held_out = split_validation(samples, config.validation_fraction, rng)
@@ -370,7 +287,7 @@ def iter_fine_tune(
                 )
             else:
                 since_best += 1
-            perfect_in_a_row = perfect_in_a_row + 1 if _all_reproduced(result) else 0
+            perfect_in_a_row = perfect_in_a_row + 1 if all_reproduced(result) else 0
             record = progress("validation", history[-1].loss, result)
             history.append(record)
             yield record
@@ -421,8 +338,8 @@ def iter_fine_tune(
         "validation_held_out": held_out,
         "scores_before": before.scores,
         "scores_after": best.scores,
-        "corrections_before": _counts_dict(before.corrections),
-        "corrections_after": _counts_dict(best.corrections),
+        "corrections_before": counts_dict(before.corrections),
+        "corrections_after": counts_dict(best.corrections),
         "instances_tuned": len(candidates) > 1,
         "parent": checkpoint.as_parent() if from_checkpoint else None,
     }
@@ -454,77 +371,16 @@ def iter_fine_tune(
     )
 
 
-def _find_missing_corrections(
-    samples: Sequence[Sample], model: UNet | None, card, device: torch.device
-) -> None:
-    """Give every sample its `CorrectionMap`, predicting with ``model`` where none was given.
+def _labeller(model: UNet, card, device: torch.device):
+    """Return a function giving ``model``'s labels (card's instance settings) for an image."""
+    predictor = make_predictor(model, device)
+    config = model.config
 
-    Corrections given without the prediction they were edited from are
-    compared with ``model``'s own prediction (with the card's instance
-    settings); without a starting model every object counts as kept.
+    def predict_labels(image: np.ndarray) -> np.ndarray:
+        probabilities = predict_probabilities(predictor, image, config.out_channels)
+        return probabilities_to_labels(probabilities, config.output_kind, card.instance_config)
 
-    Raises
-    ------
-    InputError
-        If correction annotations are exactly the prediction (nothing to learn).
-    """
-    missing = [s for s in samples if s.corrections is None]
-    predictor = make_predictor(model, device) if model is not None and missing else None
-    for sample in missing:
-        prediction = None
-        if predictor is not None:
-            probabilities = predict_probabilities(
-                predictor, sample.image, model.config.out_channels
-            )
-            prediction = probabilities_to_labels(
-                probabilities, model.config.output_kind, card.instance_config
-            )
-        sample.corrections = find_corrections(sample.instances, "corrections", prediction)
-    if model is not None and samples and not any(s.corrections.fix_mask.any() for s in samples):
-        raise InputError(
-            "the annotation is the same as the model's prediction, so there is nothing to "
-            "learn: erase wrong objects, paint missed ones or split merged ones, then fine-tune"
-        )
-
-
-def _all_reproduced(result: ValidationResult) -> bool:
-    c = result.corrections
-    return c is not None and c.to_fix > 0 and c.fixed == c.to_fix and c.kept_right == c.kept
-
-
-def _counts_dict(counts: CorrectionCounts | None) -> dict[str, int] | None:
-    return None if counts is None else counts.to_dict()
-
-
-def describe_run(
-    learned: bool,
-    before: ValidationResult,
-    after: ValidationResult,
-    seconds: float,
-    steps: int,
-    stop_reason: str,
-) -> str:
-    """Say in plain words what a run learned, e.g. ``learned 9 of 10 corrections in 45 s``."""
-    counts = after.corrections
-    if not learned:
-        if counts is not None and counts.to_fix and _all_reproduced(before):
-            why = "the model already reproduced every correction"
-        else:
-            why = (
-                f"no step reproduced more of the corrections than the starting model "
-                f"({steps} steps in {seconds:.0f} s); give it more time or correct more objects"
-            )
-        return f"nothing was learned: {why}"
-    if counts is not None and counts.to_fix:
-        text = f"learned {counts.fixed} of {counts.to_fix} corrections in {seconds:.0f} s"
-        if counts.kept:
-            text += f", kept {counts.kept_right} of {counts.kept} unchanged objects"
-    else:
-        text = f"trained {steps} steps in {seconds:.0f} s"
-    ap_before, ap_after = before.scores["ap50"], after.scores["ap50"]
-    if math.isfinite(ap_before) and math.isfinite(ap_after):
-        text += f"; held-out AP50 {ap_before:.2f} -> {ap_after:.2f}"
-    return text
+    return predict_labels
 
 
 def annealed_learning_rate(config: TrainingConfig, seconds: float) -> float:

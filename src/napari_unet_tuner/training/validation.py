@@ -195,19 +195,20 @@ def _ids(objects: np.ndarray) -> np.ndarray:
 def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
     """Return the instance settings a validation tries, the preferred first.
 
-    First the neutral settings (`InstanceConfig`'s defaults: threshold 0.5,
-    no seed splitting; ``current``'s seed threshold and minimum size), then
-    ``current``, then the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS` settings.
-    `evaluate` keeps the first whose score is within a tolerance of the best
-    (`tuning_tolerance`): a parent's settings suit the parent's images (the
-    bundled model's strict threshold and seed splitting thin and cut
-    rod-shaped bacteria), and a few objects rarely show a difference larger
-    than noise.
+    First ``current`` (the parent's: the unchanged objects the user accepted
+    were made with them), then the neutral settings (`InstanceConfig`'s
+    defaults: threshold 0.5, no seed splitting; ``current``'s seed threshold
+    and minimum size), then the other `_TUNED_THRESHOLDS` x `_TUNED_SPLITS`
+    settings. `choose` keeps the first whose score is within a tolerance of
+    the best (`tuning_tolerance`): other settings must reproduce clearly more
+    (the bundled model's strict threshold and seed splitting thin and cut
+    rod-shaped bacteria, which their corrections show), and a few objects
+    rarely show a difference larger than noise.
     """
     neutral = InstanceConfig()
     grid = [
-        replace(current, threshold=neutral.threshold, split_solidity=neutral.split_solidity),
         current,
+        replace(current, threshold=neutral.threshold, split_solidity=neutral.split_solidity),
         *(
             replace(current, threshold=threshold, split_solidity=split)
             for threshold in _TUNED_THRESHOLDS

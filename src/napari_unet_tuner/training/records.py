@@ -1,0 +1,142 @@
+"""What fine-tuning reports: progress records, the result, and what was learned in words."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from napari_unet_tuner.model.checkpoint import Checkpoint
+from napari_unet_tuner.training.corrections import CorrectionCounts
+from napari_unet_tuner.training.validation import ValidationResult
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """A progress record, yielded after every step and after every validation.
+
+    Attributes
+    ----------
+    kind : {"validation", "step", "preview"}
+        ``"validation"`` records carry ``scores`` (the first, at step 0, is the
+        starting model's); ``"preview"`` records carry a ``snapshot`` of the
+        current weights for a live preview.
+    step, epoch : int
+        Optimizer steps and validations done.
+    loss : float or None
+        Training loss of the last step.
+    scores : dict or None
+        Validation scores (`ValidationResult.scores`): held-out ``loss``,
+        ``dice``, ``iou``, ``ap50``, and ``reproduced``.
+    best_score : float or None
+        Held-out AP@0.5 of the model kept if stopped now.
+    seconds_per_step : float
+        Mean wall time of a training step.
+    elapsed, eta : float
+        Seconds since the start (everything included), and seconds left of
+        the budget.
+    snapshot : Checkpoint or None
+        Current weights (CPU copy), on ``"preview"`` records only.
+    corrections : CorrectionCounts or None
+        On validation records: how many corrections the model reproduces.
+    """
+
+    kind: Literal["validation", "step", "preview"]
+    step: int
+    epoch: int
+    loss: float | None
+    scores: dict[str, float] | None
+    best_score: float | None
+    seconds_per_step: float
+    elapsed: float
+    eta: float
+    snapshot: Checkpoint | None = None
+    corrections: CorrectionCounts | None = None
+
+    @property
+    def steps_per_second(self) -> float:
+        """Training steps per second of training time."""
+        return 1.0 / self.seconds_per_step if self.seconds_per_step > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    """What a finished run produced.
+
+    Attributes
+    ----------
+    checkpoint : Checkpoint
+        The best model, with its card recording parent, settings and
+        scores; the starting checkpoint itself when nothing was learned.
+    scores_before, scores_after : dict
+        Validation scores of the starting model and of the kept one.
+    path : Path or None
+        Where the checkpoint was saved (never when nothing was learned).
+    stop_reason : str
+        ``"time"``, ``"epochs"``, ``"early stopping"``, ``"learned"``
+        (every correction reproduced) or ``"stopped"``.
+    held_out : bool
+        Whether validation used held-out regions.
+    learned : bool
+        False when no step did better than the starting model: the result
+        is the parent and must not be shown as a new version.
+    corrections_before, corrections_after : CorrectionCounts or None
+        The corrections the starting and the kept model reproduce.
+    message : str
+        What happened, in plain words, for the user.
+    """
+
+    checkpoint: Checkpoint
+    scores_before: dict[str, float]
+    scores_after: dict[str, float]
+    path: Path | None
+    stop_reason: str
+    held_out: bool
+    history: list[TrainingProgress] = field(default_factory=list)
+    learned: bool = True
+    corrections_before: CorrectionCounts | None = None
+    corrections_after: CorrectionCounts | None = None
+    message: str = ""
+
+
+def all_reproduced(result: ValidationResult) -> bool:
+    """Whether every correction is reproduced and every unchanged object kept."""
+    c = result.corrections
+    return c is not None and c.to_fix > 0 and c.fixed == c.to_fix and c.kept_right == c.kept
+
+
+def counts_dict(counts: CorrectionCounts | None) -> dict[str, int] | None:
+    """Return the counts as a dict for the model card (``None`` stays ``None``)."""
+    return None if counts is None else counts.to_dict()
+
+
+def describe_run(
+    learned: bool,
+    before: ValidationResult,
+    after: ValidationResult,
+    seconds: float,
+    steps: int,
+    stop_reason: str,
+) -> str:
+    """Say in plain words what a run learned, e.g. ``learned 9 of 10 corrections in 45 s``."""
+    counts = after.corrections
+    if not learned:
+        if counts is not None and counts.to_fix and all_reproduced(before):
+            why = "the model already reproduced every correction"
+        else:
+            why = (
+                f"no step reproduced more of the corrections than the starting model "
+                f"({steps} steps in {seconds:.0f} s); give it more time or correct more objects"
+            )
+        return f"nothing was learned: {why}"
+    if counts is not None and counts.to_fix:
+        text = f"learned {counts.fixed} of {counts.to_fix} corrections in {seconds:.0f} s"
+        if counts.kept:
+            text += f", kept {counts.kept_right} of {counts.kept} unchanged objects"
+    else:
+        text = f"trained {steps} steps in {seconds:.0f} s"
+    ap_before, ap_after = before.scores["ap50"], after.scores["ap50"]
+    if math.isfinite(ap_before) and math.isfinite(ap_after):
+        text += f"; held-out AP50 {ap_before:.2f} -> {ap_after:.2f}"
+    return text
