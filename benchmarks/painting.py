@@ -40,7 +40,11 @@ def paint_scribbles(
 
 
 def correct_worst(
-    prediction: np.ndarray, truth: np.ndarray, k: int, deletions: int | None = None
+    prediction: np.ndarray,
+    truth: np.ndarray,
+    k: int,
+    deletions: int | None = None,
+    min_area: int = 40,
 ) -> tuple[np.ndarray, list[int], list[int]]:
     """The simulated user of a prediction: fix the ``k`` worst true objects, delete false ones.
 
@@ -49,8 +53,10 @@ def correct_worst(
     erased, and every true object those erasures touch is painted whole (so
     a merged pair becomes its two nuclei). Then up to ``deletions`` (default
     ``k``) false objects (no true match, mostly on true background), the
-    largest first, are erased. Returns the annotation (a corrected copy of
-    ``prediction``), the corrected true ids and the deleted predicted ids.
+    largest first, are erased. True objects under ``min_area`` pixels (slivers
+    at the image border, specks in computer-made labels) are never painted:
+    nobody corrects a 3-pixel object. Returns the annotation (a corrected copy
+    of ``prediction``), the corrected true ids and the deleted predicted ids.
     """
     from napari_unet_tuner.training.metrics import matched_ious
 
@@ -59,7 +65,12 @@ def correct_worst(
     true_ids = np.unique(truth[truth > 0])
     pred_ids = np.unique(prediction[prediction > 0])
     best = ious.max(axis=1) if ious.shape[1] else np.zeros(len(true_ids))
-    wrong = [int(true_ids[i]) for i in np.argsort(best, kind="stable") if best[i] < 0.5][:k]
+    areas = ndimage.sum_labels(np.ones(truth.shape), truth, true_ids)
+    wrong = [
+        int(true_ids[i])
+        for i in np.argsort(best, kind="stable")
+        if best[i] < 0.5 and areas[i] >= min_area
+    ][:k]
     annotation = prediction.astype(np.int32, copy=True)
     corrected: set[int] = set()
     erased = np.zeros(truth.shape, bool)
@@ -70,7 +81,8 @@ def correct_worst(
         corrected.add(t)
     # Paint every true object that lost at least a third of itself to the erasing.
     for t in np.unique(truth[erased & (truth > 0)]):
-        if np.count_nonzero(erased & (truth == t)) >= np.count_nonzero(truth == t) / 3:
+        area = np.count_nonzero(truth == t)
+        if area >= min_area and np.count_nonzero(erased & (truth == t)) >= area / 3:
             corrected.add(int(t))
     annotation[erased] = 0
     next_label = int(annotation.max()) + 1
@@ -83,7 +95,8 @@ def correct_worst(
     false = [
         int(pred_ids[j])
         for j in np.argsort(-sizes, kind="stable")
-        if unmatched[j] and on_background[j] > 0.5 * sizes[j]
+        if unmatched[j]
+        and on_background[j] > 0.5 * sizes[j]
         and not erased[prediction == pred_ids[j]].any()
     ][:deletions]
     annotation[np.isin(prediction, false)] = 0

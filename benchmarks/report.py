@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from report_corrections import corrections_section
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 
@@ -412,6 +414,7 @@ def main() -> None:
             "",
         ]
     lines += chunked_section(load("chunked"))
+    lines += corrections_section(load("corrections"))
     ft = load("finetune")
     if ft:
         lines += [

@@ -7,6 +7,7 @@ cd "$(dirname "$0")"
 py=../.venv/bin/python
 $py bench_quality.py
 $py bench_segmentation.py
+$py bench_corrections.py
 $py bench_finetune.py
 $py bench_peer.py
 $py bench_architecture.py

@@ -77,7 +77,7 @@ def test_validation_predicts_each_held_out_region_not_their_bounding_box():
         instances=labels,
         val_targets=val,
     )
-    boxes = [crop.box for crop in plan_validation([sample], np.random.default_rng(0))]
+    boxes = [crop.box for crop in plan_validation([sample], np.random.default_rng(0)).crops]
     assert len(boxes) == 2
     for box in boxes:
         covered = val[box] != IGNORE

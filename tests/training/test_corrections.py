@@ -47,7 +47,9 @@ def test_objects_are_sorted_by_what_the_user_did():
     # The annotation itself reproduces everything; the prediction nothing that changed.
     perfect = count_corrections(annotation, corrections)
     assert (perfect.fixed, perfect.to_fix, perfect.kept_right, perfect.kept) == (4, 4, 2, 2)
-    assert perfect.objective == 1.0
+    assert perfect.objective() == 1.0
+    # Every object counts the same: 1 of 4 corrections and 2 of 2 kept is 3 of 6.
+    assert count_corrections(prediction, corrections).objective() == 3 / 6
     parent = count_corrections(prediction, corrections)
     # The merged disc matches the larger half of its split at IoU > 0.5 (AP@0.5's
     # rule), not the smaller; the added and the deleted objects are wrong.
@@ -55,6 +57,12 @@ def test_objects_are_sorted_by_what_the_user_did():
     assert parent.describe() == (
         "corrected objects right 1/3 · deleted objects gone 0/1 · unchanged objects kept 2/2"
     )
+    # A new object on background counts against, as a false positive does in AP.
+    extra = annotation.copy()
+    extra[2:8, 70:78] = 99
+    counted = count_corrections(extra, corrections)
+    assert counted.false == 1 and counted.objective() == 6 / 7
+    assert counted.describe().endswith("new false objects 1")
     # The arrays the user painted are not modified.
     assert (annotation == 9).sum() == 0 and (prediction == 9).sum() == 15 * 15
 

@@ -90,14 +90,15 @@ def test_whole_loop_segment_annotate_finetune_stop_rollback_save(disc_tuner, qtb
     assert "8 objects" in tuner.annotate_panel.summary.value
 
     # Fine-tune: the model reproduces the corrections and becomes a new active version.
-    tuner.train_panel.seconds.value = 30
+    tuner.train_panel.seconds.value = 60  # it stops once every correction is reproduced
     tuner.train_panel.preview.value = False
     meter = StallMeter()
     tuner.train_panel.run()
     wait_idle(qtbot, tuner.train_panel)
     train_stall = meter.stop()
-    assert len(tuner.versions.versions) == 2 and tuner.versions.active_index == 1
-    assert tuner.train_panel.status.value.startswith("learned")
+    status = tuner.train_panel.status.value
+    assert len(tuner.versions.versions) == 2 and tuner.versions.active_index == 1, status
+    assert status.startswith("learned"), status
     assert "corrected objects right" in tuner.train_panel.scores.value
     assert tuner.versions.active.card.parent["sha256"] == tuner.versions.versions[0].sha256
     # What the user sees next is the new result, not the painting over it.

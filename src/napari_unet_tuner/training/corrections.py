@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.instances import labels_to_classes
-from napari_unet_tuner.training.metrics import matched_ious
+from napari_unet_tuner.training.metrics import matched_ious, overlap_table
 from napari_unet_tuner.training.targets import (
     SCRIBBLE_BACKGROUND,
     AnnotationMode,
@@ -69,6 +69,9 @@ class CorrectionMap:
         without a prediction.
     known : numpy.ndarray of bool
         Pixels whose truth is known: where objects are scored.
+    annotated : numpy.ndarray
+        All annotated objects (also those not scored): a predicted object
+        that matches none of them is a false object.
     scribbles : bool
         Made from scribbles (painted objects and background strokes).
     """
@@ -78,6 +81,7 @@ class CorrectionMap:
     kept: np.ndarray
     emphasis: np.ndarray
     known: np.ndarray
+    annotated: np.ndarray
     scribbles: bool = False
 
     def crop(self, box: tuple[slice, ...]) -> CorrectionMap:
@@ -88,6 +92,7 @@ class CorrectionMap:
             self.kept[box],
             self.emphasis[box],
             self.known[box],
+            self.annotated[box],
             self.scribbles,
         )
 
@@ -125,12 +130,13 @@ def find_corrections(
             empty,
             nothing,
             annotation != 0,
+            instances,
             scribbles=True,
         )
     known = np.ones(instances.shape, bool)
     if prediction is None:
         return CorrectionMap(
-            empty, empty.copy(), instances.copy(), np.zeros(known.shape, bool), known
+            empty, empty.copy(), instances.copy(), np.zeros(known.shape, bool), known, instances
         )
     prediction = np.asarray(prediction).astype(np.int32, copy=False)
     if prediction.shape != instances.shape:
@@ -151,7 +157,7 @@ def find_corrections(
     deleted = np.where(np.isin(prediction, removed), prediction, 0)
     changes = labels_to_classes(instances) != labels_to_classes(prediction)
     grown = ndimage.binary_dilation((corrected > 0) | (deleted > 0), iterations=_EMPHASIS_MARGIN)
-    return CorrectionMap(corrected, deleted, kept, changes | grown, known)
+    return CorrectionMap(corrected, deleted, kept, changes | grown, known, instances)
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,9 @@ class CorrectionCounts:
         Deleted objects, and those now mostly background.
     kept, kept_right : int
         Objects left as predicted, and those still matched.
+    false : int
+        Predicted objects that match no annotated object (nor lie on a
+        deleted one): objects on background, or extra pieces of split ones.
     scribbles : bool
         Counts of scribbles: painted objects and background strokes.
     """
@@ -176,6 +185,7 @@ class CorrectionCounts:
     deleted_gone: int = 0
     kept: int = 0
     kept_right: int = 0
+    false: int = 0
     scribbles: bool = False
 
     def __add__(self, other: CorrectionCounts) -> CorrectionCounts:
@@ -186,6 +196,7 @@ class CorrectionCounts:
             self.deleted_gone + other.deleted_gone,
             self.kept + other.kept,
             self.kept_right + other.kept_right,
+            self.false + other.false,
             self.scribbles or other.scribbles,
         )
 
@@ -204,16 +215,20 @@ class CorrectionCounts:
         """Objects counted."""
         return self.to_fix + self.kept
 
-    @property
-    def objective(self) -> float:
-        """Mean of the share of corrections reproduced and the share of kept objects kept.
+    def objective(self, fix_weight: float = 1.0, kept_weight: float = 1.0) -> float:
+        """Share of the objects right, as average precision counts them: TP / (TP + FP + FN).
 
-        Each half weighs the same, so that a few corrections among a hundred
-        unchanged objects are not drowned, nor is a forgotten object free.
-        NaN when nothing is counted.
+        Every object the user reviewed counts the same, corrections and kept
+        alike, and every false object counts against: deleting nine false
+        objects does not pay for losing twenty that were right or adding
+        twenty new ones. The weights stand for objects left out of a sampled
+        count (`napari_unet_tuner.training.validation`; false objects are
+        found around the unchanged ones). NaN when nothing is counted.
         """
-        parts = [n / d for n, d in ((self.fixed, self.to_fix), (self.kept_right, self.kept)) if d]
-        return float(np.mean(parts)) if parts else float("nan")
+        total = self.to_fix * fix_weight + (self.kept + self.false) * kept_weight
+        if not total:
+            return float("nan")
+        return (self.fixed * fix_weight + self.kept_right * kept_weight) / total
 
     def describe(self) -> str:
         """Plain words, e.g. ``corrected objects right 9/10 · deleted objects gone 5/5``."""
@@ -231,6 +246,8 @@ class CorrectionCounts:
             )
             if d
         ]
+        if self.false:
+            parts.append(f"new false objects {self.false}")
         return " · ".join(parts)
 
     def to_dict(self) -> dict[str, int]:
@@ -264,12 +281,8 @@ def count_corrections(
     known = corrections.known
     corrected_right = _matched(corrected, labels, known)
     kept_right = _matched(kept, labels, known)
-    deleted_ids, sizes = np.unique(deleted[deleted > 0], return_counts=True)
-    if len(deleted_ids):
-        on_objects = ndimage.sum_labels(labels > 0, deleted, deleted_ids)
-        deleted_gone = int(np.count_nonzero(on_objects < MATCH_IOU * sizes))
-    else:
-        deleted_gone = 0
+    deleted_ids = np.unique(deleted[deleted > 0])
+    deleted_gone = int(np.count_nonzero(deleted_is_gone(deleted, labels)))
     return CorrectionCounts(
         corrected=_count(corrected),
         corrected_right=corrected_right,
@@ -277,8 +290,43 @@ def count_corrections(
         deleted_gone=deleted_gone,
         kept=_count(kept),
         kept_right=kept_right,
+        false=_false_objects(labels, corrections, deleted, region),
         scribbles=corrections.scribbles,
     )
+
+
+def deleted_is_gone(deleted: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """For each deleted object (sorted ids), whether ``labels`` no longer predicts it.
+
+    Gone: less than half of it is foreground, and no predicted object lies
+    mostly on it (a shrunken remnant is not gone).
+    """
+    table, deleted_ids, predicted_ids = overlap_table(np.ravel(deleted), np.ravel(labels))
+    covered = table[1:, 1:].sum(axis=1)
+    sizes = table[1:].sum(axis=1)
+    remnant = (table[1:, 1:] >= MATCH_IOU * table[:, 1:].sum(axis=0)).any(axis=1)
+    return (covered < MATCH_IOU * sizes) & ~remnant
+
+
+def _false_objects(
+    labels: np.ndarray, corrections: CorrectionMap, deleted: np.ndarray, region: np.ndarray | None
+) -> int:
+    """Predicted objects, mostly in ``region`` and on known pixels, that match no annotated one.
+
+    Those mostly on a deleted object are not counted again.
+    """
+    ids, sizes = np.unique(labels[labels > 0], return_counts=True)
+    if not len(ids):
+        return 0
+    known = corrections.known if region is None else corrections.known & region
+    inside = ndimage.sum_labels(known, labels, ids) >= MATCH_IOU * sizes
+    on_deleted = ndimage.sum_labels(deleted > 0, labels, ids) >= MATCH_IOU * sizes
+    seen = np.where(corrections.known, labels, 0)
+    seen_ids = np.unique(seen[seen > 0])
+    ious = matched_ious(corrections.annotated, seen, corrections.known)
+    matched_ids = seen_ids[ious.max(axis=0) >= MATCH_IOU] if ious.shape[0] else seen_ids[:0]
+    matched = np.isin(ids, matched_ids)
+    return int(np.count_nonzero(inside & ~on_deleted & ~matched))
 
 
 def _count(objects: np.ndarray) -> int:

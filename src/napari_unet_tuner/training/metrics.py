@@ -24,7 +24,7 @@ def matched_ious(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | 
     if known is not None:
         truth = np.where(known, truth, 0)
         prediction = np.where(known, prediction, 0)
-    overlap, t_ids, p_ids = _overlap_table(np.ravel(truth), np.ravel(prediction))
+    overlap, t_ids, p_ids = overlap_table(np.ravel(truth), np.ravel(prediction))
     t_size = overlap.sum(1, keepdims=True)
     p_size = overlap.sum(0, keepdims=True)
     t_keep, p_keep = t_ids != 0, p_ids != 0
@@ -38,8 +38,12 @@ def matched_ious(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | 
 _DIRECT_TABLE_SIZE = 1 << 24
 
 
-def _overlap_table(truth: np.ndarray, prediction: np.ndarray):
-    """Pixel counts of every (true id, predicted id) pair, with the ids present (0 included)."""
+def overlap_table(truth: np.ndarray, prediction: np.ndarray):
+    """Return pixel counts of every (true id, predicted id) pair, and the ids present.
+
+    Row and column 0 are background. ``truth`` and ``prediction`` are flat
+    integer label arrays of one size.
+    """
     if truth.size == 0:
         return np.zeros((1, 1), np.int64), np.zeros(1, int), np.zeros(1, int)
     t_max, p_max = int(truth.max()), int(prediction.max())

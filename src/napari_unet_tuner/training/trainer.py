@@ -164,7 +164,7 @@ def iter_fine_tune(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     held_out = split_validation(samples, config.validation_fraction, rng)
-    crops = plan_validation(samples, rng)
+    plan = plan_validation(samples, rng)
     sampler = PatchSampler(
         samples,
         patch_shape,
@@ -174,7 +174,7 @@ def iter_fine_tune(
     )
     candidates = (
         instance_candidates(card.instance_config)
-        if config.tune_instances and (held_out or any(c.corrections for c in crops))
+        if config.tune_instances and (held_out or any(c.corrections for c in plan.crops))
         else [card.instance_config]
     )
     for block in list(model.down)[: config.freeze_encoder_levels]:
@@ -214,7 +214,7 @@ def iter_fine_tune(
         )
 
     def validate() -> list[ValidationResult]:
-        results = evaluate(model, samples, crops, candidates, device)
+        results = evaluate(model, samples, plan, candidates, device)
         set_train_mode()
         return results
 

@@ -74,6 +74,24 @@ class ValidationCrop:
 
 
 @dataclass(frozen=True)
+class ValidationPlan:
+    """The crops every validation of a run predicts, and how to weigh sampled objects.
+
+    Attributes
+    ----------
+    crops : list of ValidationCrop
+        Regions to predict.
+    fix_weight, kept_weight : float
+        Objects each scored corrected/deleted or unchanged object stands
+        for (more than 1 when there were more than `MAX_SCORED_OBJECTS`).
+    """
+
+    crops: list[ValidationCrop]
+    fix_weight: float = 1.0
+    kept_weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class ValidationResult:
     """Scores of one validation.
 
@@ -128,9 +146,9 @@ def regions(mask: np.ndarray, margin: int = _VAL_MARGIN) -> Iterator[tuple[tuple
             yield box, region
 
 
-def plan_validation(samples: Sequence[Sample], rng: np.random.Generator) -> list[ValidationCrop]:
+def plan_validation(samples: Sequence[Sample], rng: np.random.Generator) -> ValidationPlan:
     """Choose the crops every validation of a run predicts (see the module docstring)."""
-    scored = _scored_corrections(samples, rng)
+    scored, weights = _scored_corrections(samples, rng)
     crops = []
     for index, sample in enumerate(samples):
         held_out = sample.val_targets != IGNORE
@@ -150,17 +168,19 @@ def plan_validation(samples: Sequence[Sample], rng: np.random.Generator) -> list
                     None if corrections is None else corrections.crop(box),
                 )
             )
-    return crops
+    return ValidationPlan(crops, *weights)
 
 
 def _scored_corrections(
     samples: Sequence[Sample], rng: np.random.Generator
-) -> list[CorrectionMap | None]:
+) -> tuple[list[CorrectionMap | None], tuple[float, float]]:
     """Each sample's corrections, cut down to at most `MAX_SCORED_OBJECTS` of each kind.
 
-    Corrected and deleted objects are drawn together, unchanged ones apart.
+    Corrected and deleted objects are drawn together, unchanged ones apart;
+    also returns how many objects each drawn one stands for, of each kind.
     """
     chosen: set[tuple[int, str, int]] = set()
+    weights = []
     for layers in (("corrected", "deleted"), ("kept",)):
         objects = [
             (index, layer, int(i))
@@ -169,6 +189,7 @@ def _scored_corrections(
             for layer in layers
             for i in _ids(getattr(sample.corrections, layer))
         ]
+        weights.append(max(len(objects) / MAX_SCORED_OBJECTS, 1.0))
         if len(objects) > MAX_SCORED_OBJECTS:
             drawn = rng.choice(len(objects), MAX_SCORED_OBJECTS, replace=False)
             objects = [objects[i] for i in sorted(drawn)]
@@ -185,7 +206,7 @@ def _scored_corrections(
             ids = [i for (s, name, i) in chosen if s == index and name == layer]
             kept_layers[layer] = np.where(np.isin(objects, ids), objects, 0)
         out.append(replace(c, **kept_layers))
-    return out
+    return out, (weights[0], weights[1])
 
 
 def _ids(objects: np.ndarray) -> np.ndarray:
@@ -231,11 +252,11 @@ def tuning_tolerance(objects: int) -> float:
 def evaluate(
     model: UNet,
     samples: Sequence[Sample],
-    crops: Sequence[ValidationCrop],
+    plan: ValidationPlan,
     candidates: Sequence[InstanceConfig],
     device: torch.device,
 ) -> list[ValidationResult]:
-    """Score ``model`` on ``crops`` with each of the instance ``candidates``.
+    """Score ``model`` on the crops of ``plan`` with each of the instance ``candidates``.
 
     The crops are predicted once; each candidate makes its own instances
     from the same probabilities. `choose` picks among the results.
@@ -247,7 +268,7 @@ def evaluate(
     overlap = np.zeros((n, 3), np.int64)  # held-out foreground: both, truth, prediction
     counts = [CorrectionCounts() for _ in candidates]
     loss_sum = loss_pixels = held_out_objects = 0
-    for crop in crops:
+    for crop in plan.crops:
         sample = samples[crop.sample]
         image = sample.image[(slice(None), *crop.box)]
         prob = predict_probabilities(predictor, image, model.config.out_channels)
@@ -282,7 +303,11 @@ def evaluate(
             "iou": both / (union - both) if union else np.nan,
             "ap50": pooled_precision(*matches[i]) if matches[i].sum() else np.nan,
             # Without corrections (training from scratch) the held-out score decides.
-            "reproduced": counts[i].objective if counts[i].to_fix else np.nan,
+            "reproduced": (
+                counts[i].objective(plan.fix_weight, plan.kept_weight)
+                if counts[i].to_fix
+                else np.nan
+            ),
         }
         results.append(
             ValidationResult(
