@@ -229,49 +229,28 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in report["runs"] if r["precision"] == report["auto_precision"]]
-    names = list(dict.fromkeys(r["set"] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
-    for name in names:
-        by_k = sorted({r["k"] for r in rows if r["set"] == name and r["budget"] == 60})
-        for ax, key in zip(axes[:2], ("corrected_right", "deleted_gone"), strict=True):
-            stats = [
-                summary(
-                    [r for r in rows if r["set"] == name and r["k"] == k and r["budget"] == 60],
-                    key,
-                )
-                for k in by_k
-            ]
-            ax.errorbar(
-                by_k,
-                [s[0] for s in stats],
-                [s[1] for s in stats],
-                marker="o",
-                label=name,
-                capsize=3,
-            )
-        budgets = sorted({r["budget"] for r in rows if r["set"] == name and r["k"] == 10})
-        stats = [
-            summary(
-                [r for r in rows if r["set"] == name and r["k"] == 10 and r["budget"] == b],
-                "corrected_right",
-            )
-            for b in budgets
-        ]
-        axes[2].errorbar(
-            budgets,
-            [s[0] for s in stats],
-            [s[1] for s in stats],
-            marker="o",
-            label=name,
-            capsize=3,
-        )
-    axes[0].set_title("corrected objects right (60 s)")
-    axes[1].set_title("deleted objects gone (60 s)")
-    axes[2].set_title("corrected objects right (K = 10)")
-    for ax in axes[:2]:
-        ax.set_xlabel("K corrections")
-    axes[2].set_xlabel("time budget (s)")
-    for ax in axes:
+    panels = (
+        (axes[0], "k", 60, "corrected_right", "corrected objects right (60 s)", "K corrections"),
+        (axes[1], "k", 60, "deleted_gone", "deleted objects gone (60 s)", "K corrections"),
+        (
+            axes[2],
+            "budget",
+            10,
+            "corrected_right",
+            "corrected objects right (K = 10)",
+            "time budget (s)",
+        ),
+    )
+    for ax, across, fixed, key, title, xlabel in panels:
+        other = "budget" if across == "k" else "k"
+        for name in dict.fromkeys(r["set"] for r in rows):
+            mine = [r for r in rows if r["set"] == name and r[other] == fixed]
+            xs = sorted({r[across] for r in mine})
+            stats = [summary([r for r in mine if r[across] == x], key) for x in xs]
+            ax.errorbar(xs, *zip(*stats, strict=True), marker="o", label=name, capsize=3)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
         ax.set_ylim(0, 1.05)
         ax.axhline(0.9, color="grey", ls=":", lw=1)
     axes[0].legend(fontsize=7)

@@ -351,7 +351,8 @@ class TrainingConfig(_DictMixin):
     steps_per_epoch : int
         Optimizer steps between two validations.
     patience : int
-        Stop after this many epochs without a better validation score.
+        Stop after this many validations without a better score, once a
+        better one than the starting model's was found.
     patch_shape : tuple of int or None
         Training patch size; ``None``: 128 x 128 (2D) or 16 x 64 x 64 (3D) on
         the CPU, twice that per axis on a GPU.

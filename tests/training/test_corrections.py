@@ -208,3 +208,14 @@ def test_the_best_validation_is_kept_and_patience_stops_the_run(disc_model, monk
     for key, value in result.checkpoint.state_dict.items():
         assert torch.equal(value, seen[2][key].cpu()), key  # the 0.9 one
     assert result.scores_after["reproduced"] == 0.9
+
+
+def test_no_early_stop_before_anything_was_learned(disc_model, monkeypatch):
+    image, truth, _ = dim_disc_scene(0)
+    parent = segment(image, disc_model).labels
+    seen = scripted_validations(monkeypatch, [0.5] + [0.1] * 6)
+    config = replace(QUICK, steps_per_epoch=2, patience=2, max_epochs=5, tune_instances=False)
+    result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
+    # Patience 2 would have stopped after 3 validations; the whole run is tried.
+    assert len(seen) == 6 and result.stop_reason == "epochs"
+    assert not result.learned and result.checkpoint is disc_model

@@ -300,26 +300,32 @@ def iter_fine_tune(
             if perfect_in_a_row >= _PERFECT_TO_STOP:
                 stop_reason = "learned"
                 break
-            if since_best >= config.patience:
+            # Only once something was learned: a few corrections can take most of
+            # the budget, and stopping before would keep the parent unseen.
+            if best_step > 0 and since_best >= config.patience:
                 stop_reason = "early stopping"
                 break
     learned = best_step > 0 or best.rank() > before.rank()
     seconds = elapsed()
     message = describe_run(learned, before, best, seconds, step, stop_reason)
-    if not learned and from_checkpoint:
+
+    def result(kept: Checkpoint, path: Path | None) -> FineTuneResult:
         return FineTuneResult(
-            checkpoint,
+            kept,
             before.scores,
             best.scores,
-            None,
+            path,
             stop_reason,
             held_out,
             history,
-            learned=False,
+            learned=learned,
             corrections_before=before.corrections,
             corrections_after=best.corrections,
             message=message,
         )
+
+    if not learned and from_checkpoint:
+        return result(checkpoint, None)
     model.load_state_dict(best_state)
     run = {
         "started": started,
@@ -355,20 +361,7 @@ def iter_fine_tune(
         instances=best.instances.to_dict(),
     )
     new = Checkpoint.from_model(model, new_card(model_cfg, **inherited))
-    path = save_checkpoint(new, output) if output is not None else None
-    return FineTuneResult(
-        new,
-        before.scores,
-        best.scores,
-        path,
-        stop_reason,
-        held_out,
-        history,
-        learned=True,
-        corrections_before=before.corrections,
-        corrections_after=best.corrections,
-        message=message,
-    )
+    return result(new, save_checkpoint(new, output) if output is not None else None)
 
 
 def _labeller(model: UNet, card, device: torch.device):
