@@ -159,7 +159,7 @@ def test_finetune_writes_a_new_checkpoint_and_reports_scores(
     tifffile.imwrite(tmp_path / "ann.tif", labels)
     out = tmp_path / "tuned.safetensors"
     pair = [str(tmp_path / "img.tif"), str(tmp_path / "ann.tif")]
-    budget = ["--seconds", "2", "--device", "cpu"]
+    budget = ["--seconds", "5", "--device", "cpu"]
     # An annotation equal to the prediction it came from teaches nothing.
     unchanged = ["finetune", *pair, "-o", str(out), "--checkpoint", str(tiny_checkpoint_file)]
     assert main([*unchanged, "--prediction", pair[1], *budget]) == 1

@@ -9,14 +9,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from napari_unet_tuner._generators import run_to_completion
+from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
 from napari_unet_tuner.config import (
     ChunkedConfig,
     InferenceConfig,
     InstanceConfig,
-    TrainingConfig,
 )
 from napari_unet_tuner.errors import UnetTunerError
 
@@ -107,35 +105,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
-    tune = commands.add_parser(
-        "finetune",
-        help="fine-tune a model on painted annotations",
-        description=(
-            "Fine-tune on (IMAGE, ANNOTATION) pairs and write a new checkpoint. corrections: "
-            "instance labels, 0 = background. scribbles: 0 = not annotated, 1 = background, "
-            "2, 3, ... = objects."
-        ),
-    )
-    tune.add_argument("files", nargs="+", type=Path, metavar="IMAGE ANNOTATION")
-    tune.add_argument("-o", "--output", type=Path, required=True, help="new checkpoint file")
-    tune.add_argument("--checkpoint", type=Path, help="starting model (default: the bundled one)")
-    tune.add_argument("--from-scratch", action="store_true", help="start from random weights")
-    tune.add_argument("--mode", choices=["corrections", "scribbles"], default="corrections")
-    tune.add_argument(
-        "--seconds", type=float, default=TrainingConfig.max_seconds, help="time budget"
-    )
-    tune.add_argument(
-        "--prediction",
-        type=Path,
-        action="append",
-        metavar="LABELS",
-        help="corrections: the predicted labels an ANNOTATION was edited from (once per pair, "
-        "in order); without it the starting model's own prediction is compared",
-    )
-    tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--axes", help="axes of the images, letters from TZCYX (default: inferred)")
-    tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    tune.add_argument("--name", help="name for the new model card")
+    add_finetune_parser(commands)
 
     info = commands.add_parser("info", help="show a checkpoint's model card and architecture")
     info.add_argument(
@@ -165,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "info":
             return _info(args)
         if args.command == "finetune":
-            return _finetune(args)
+            return run_finetune(args)
         return _segment(args)
     except (UnetTunerError, OSError) as exc:
         log.error("error: %s", exc)
@@ -377,71 +347,6 @@ def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, 
         labels_path,
         resumed,
     )
-
-
-def _finetune(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from napari_unet_tuner.io import open_image
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
-    from napari_unet_tuner.training.data import AnnotatedImage
-    from napari_unet_tuner.training.trainer import iter_fine_tune
-
-    if len(args.files) % 2:
-        raise UnetTunerError("give files in pairs: IMAGE ANNOTATION [IMAGE ANNOTATION ...]")
-    if args.output.exists():
-        raise FileExistsError(f"{args.output} exists; choose a new file for the fine-tuned model")
-    predictions = args.prediction or [None] * (len(args.files) // 2)
-    if len(predictions) != len(args.files) // 2:
-        raise UnetTunerError(
-            f"give one --prediction per IMAGE ANNOTATION pair ({len(args.files) // 2}), "
-            f"not {len(predictions)}"
-        )
-    pairs = [
-        AnnotatedImage(
-            open_image(image),
-            np.asarray(open_image(annotation)[...]),
-            prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
-        )
-        for image, annotation, predicted in zip(
-            args.files[::2], args.files[1::2], predictions, strict=True
-        )
-    ]
-    start = (
-        None
-        if args.from_scratch
-        else load_checkpoint(args.checkpoint or default_checkpoint_path())
-    )
-    config = TrainingConfig(
-        mode=args.mode, max_seconds=args.seconds, seed=args.seed, device=args.device
-    )
-    run = iter_fine_tune(
-        pairs, start, config, axes=[args.axes] * len(pairs), output=args.output, name=args.name
-    )
-    with tqdm(total=round(args.seconds), unit="s", file=sys.stderr, desc="fine-tuning") as bar:
-
-        def show(progress):
-            bar.n = min(round(args.seconds - progress.eta), bar.total)
-            postfix = {"step": progress.step, "steps/s": f"{progress.steps_per_second:.1f}"}
-            if progress.corrections is not None and progress.corrections.to_fix:
-                counts = progress.corrections
-                postfix["corrections"] = f"{counts.fixed}/{counts.to_fix}"
-            bar.set_postfix(postfix)
-
-        result = run_to_completion(run, show)
-    log.info("%s", result.message)
-    if result.corrections_after is not None:
-        log.info("on the annotation: %s", result.corrections_after.describe())
-    if result.held_out:
-        before, after = result.scores_before, result.scores_after
-        log.info("held-out objects (never trained on):")
-        for key in ("ap50", "dice", "loss"):
-            log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
-    if not result.learned:
-        log.error("no model written: %s", result.message)
-        return 1
-    log.info("stopped by %s; wrote %s", result.stop_reason, result.path)
-    return 0
 
 
 if __name__ == "__main__":

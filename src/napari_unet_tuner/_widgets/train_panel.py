@@ -96,12 +96,16 @@ class TrainPanel(Container):
         self.run_button.changed.connect(self.run)
         self.stop_button.changed.connect(self.stop)
         self.plot = LossPlot()
-        self.status = Label(value="", tooltip="Time per step and time left.")
+        self.status = Label(
+            value="", tooltip="Steps per second and time left; at the end, what was learned."
+        )
         self.scores = Label(
             value="",
             tooltip="How many of your corrections the model reproduces, and how many of the "
             "objects you left unchanged it keeps.",
         )
+        for label in (self.status, self.scores):
+            label.native.setWordWrap(True)  # messages are sentences, not one-word states
         buttons = Container(
             widgets=[self.run_button, self.stop_button], layout="horizontal", labels=False
         )

@@ -324,8 +324,11 @@ def iter_fine_tune(
             message=message,
         )
 
-    if not learned and from_checkpoint:
-        return result(checkpoint, None)
+    if not learned:
+        # Nothing better than the start: the parent itself (or, from scratch,
+        # the untrained model), never saved.
+        start = checkpoint if from_checkpoint else Checkpoint.from_model(model, card)
+        return result(start, None)
     model.load_state_dict(best_state)
     run = {
         "started": started,
