@@ -138,14 +138,15 @@ def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
     }
 
 
-def loop_on_a_megapixel(start, seed: int) -> dict:
-    """Time the loop on 1024 x 1024 (DSB2018 tiled 2 x 2): segment, correct, tune, segment."""
-    dsb, truth = datasets.stardist_nuclei_2d()
-    image = np.tile(dsb, (2, 2))
-    offsets = np.array([[0, 1], [2, 3]]) * (int(truth.max()) + 1)
-    truth = np.block(
-        [[np.where(truth > 0, truth + offsets[i, j], 0) for j in range(2)] for i in range(2)]
-    )
+def loop_on_a_full_frame(start, seed: int) -> dict:
+    """Time the whole loop on a full 727 x 1026 bacteria frame: segment, correct, tune, segment.
+
+    A natural frame of 0.75 megapixels (a 2 x 2 tiling of DSB2018 would be 1 MP
+    but cuts nuclei at the seams, and those cut halves are what the simulated
+    user would correct first).
+    """
+    images, truths = datasets.bacteria()
+    image, truth = images[12], truths[12]
     t0 = time.perf_counter()
     before = segment(image, start).labels
     t1 = time.perf_counter()
@@ -160,6 +161,7 @@ def loop_on_a_megapixel(start, seed: int) -> dict:
     t3 = time.perf_counter()
     return {
         "seed": seed,
+        "megapixels": round(image.size / 1e6, 2),
         "segment_seconds": round(t1 - t0, 1),
         "finetune_seconds": round(t2 - t1, 1),
         "segment_again_seconds": round(t3 - t2, 1),
@@ -210,7 +212,7 @@ def main() -> None:
                 args.output.write_text(json.dumps(report, indent=1))
     report["loop"] = []
     for seed in args.seeds:
-        report["loop"].append(loop_on_a_megapixel(start, seed))
+        report["loop"].append(loop_on_a_full_frame(start, seed))
         print(json.dumps(report["loop"][-1]), flush=True)
         args.output.write_text(json.dumps(report, indent=1))
     plot(report, args.output.with_suffix(".png"))

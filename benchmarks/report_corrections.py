@@ -123,7 +123,8 @@ def corrections_section(report: dict | None) -> list[str]:
     if loop:
         lines += [
             "",
-            "The whole loop on a 1-megapixel image (DSB2018 tiled 2 x 2, K = 10, 60 s budget): "
+            f"The whole loop on a full {loop[0]['megapixels']}-megapixel frame (phase-contrast "
+            "bacteria, K = 10, 60 s budget): "
             f"segment {mean_sd(loop, 'segment_seconds', 1)} s, fine-tune "
             f"{mean_sd(loop, 'finetune_seconds', 1)} s, segment again "
             f"{mean_sd(loop, 'segment_again_seconds', 1)} s: **{mean_sd(loop, 'loop_seconds', 0)} "
