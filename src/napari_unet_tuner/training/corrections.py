@@ -215,7 +215,9 @@ class CorrectionCounts:
         """Objects counted."""
         return self.to_fix + self.kept
 
-    def objective(self, fix_weight: float = 1.0, kept_weight: float = 1.0) -> float:
+    def objective(
+        self, corrected_weight: float = 1.0, deleted_weight: float = 1.0, kept_weight: float = 1.0
+    ) -> float:
         """Share of the objects right, as average precision counts them: TP / (TP + FP + FN).
 
         Every object the user reviewed counts the same, corrections and kept
@@ -225,10 +227,19 @@ class CorrectionCounts:
         count (`napari_unet_tuner.training.validation`; false objects are
         found around the unchanged ones). NaN when nothing is counted.
         """
-        total = self.to_fix * fix_weight + (self.kept + self.false) * kept_weight
+        total = (
+            self.corrected * corrected_weight
+            + self.deleted * deleted_weight
+            + (self.kept + self.false) * kept_weight
+        )
         if not total:
             return float("nan")
-        return (self.fixed * fix_weight + self.kept_right * kept_weight) / total
+        right = (
+            self.corrected_right * corrected_weight
+            + self.deleted_gone * deleted_weight
+            + self.kept_right * kept_weight
+        )
+        return right / total
 
     def describe(self) -> str:
         """Plain words, e.g. ``corrected objects right 9/10 · deleted objects gone 5/5``."""

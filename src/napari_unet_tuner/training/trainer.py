@@ -237,7 +237,13 @@ def iter_fine_tune(
             return elapsed() + validation_seconds >= config.max_seconds
 
         while epoch < config.max_epochs and not out_of_time():
-            for _ in range(config.steps_per_epoch):
+            # At least as much time training as validating: large scribbles
+            # (long background strokes) make validations of several seconds.
+            steps = max(
+                config.steps_per_epoch,
+                math.ceil(validation_seconds * step / max(train_seconds, 1e-3)) if step else 0,
+            )
+            for _ in range(steps):
                 t_step = time.perf_counter()
                 images, targets = sampler.batch(batch_size)
                 x = torch.from_numpy(images).to(device)
@@ -305,7 +311,12 @@ def iter_fine_tune(
             if best_step > 0 and since_best >= config.patience:
                 stop_reason = "early stopping"
                 break
-    learned = best_step > 0 or best.rank() > before.rank()
+    if math.isfinite(before.scores["reproduced"]):
+        # Learned means more of what the user reviewed is right, not a loss
+        # that moved in its fourth decimal.
+        learned = best.scores["reproduced"] > before.scores["reproduced"]
+    else:
+        learned = best_step > 0 or best.rank() > before.rank()
     seconds = elapsed()
     message = describe_run(learned, before, best, seconds, step, stop_reason)
 

@@ -81,14 +81,13 @@ class ValidationPlan:
     ----------
     crops : list of ValidationCrop
         Regions to predict.
-    fix_weight, kept_weight : float
-        Objects each scored corrected/deleted or unchanged object stands
+    weights : tuple of float
+        Objects each scored corrected, deleted and unchanged object stands
         for (more than 1 when there were more than `MAX_SCORED_OBJECTS`).
     """
 
     crops: list[ValidationCrop]
-    fix_weight: float = 1.0
-    kept_weight: float = 1.0
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def plan_validation(samples: Sequence[Sample], rng: np.random.Generator) -> Vali
                     None if corrections is None else corrections.crop(box),
                 )
             )
-    return ValidationPlan(crops, *weights)
+    return ValidationPlan(crops, weights)
 
 
 def _scored_corrections(
@@ -176,12 +175,13 @@ def _scored_corrections(
 ) -> tuple[list[CorrectionMap | None], tuple[float, float]]:
     """Each sample's corrections, cut down to at most `MAX_SCORED_OBJECTS` of each kind.
 
-    Corrected and deleted objects are drawn together, unchanged ones apart;
-    also returns how many objects each drawn one stands for, of each kind.
+    Each kind is drawn on its own (thousands of deleted specks must not
+    crowd out the corrected objects); also returns how many objects each
+    drawn one stands for, by kind.
     """
     chosen: set[tuple[int, str, int]] = set()
     weights = []
-    for layers in (("corrected", "deleted"), ("kept",)):
+    for layers in (("corrected",), ("deleted",), ("kept",)):
         objects = [
             (index, layer, int(i))
             for index, sample in enumerate(samples)
@@ -206,7 +206,7 @@ def _scored_corrections(
             ids = [i for (s, name, i) in chosen if s == index and name == layer]
             kept_layers[layer] = np.where(np.isin(objects, ids), objects, 0)
         out.append(replace(c, **kept_layers))
-    return out, (weights[0], weights[1])
+    return out, (weights[0], weights[1], weights[2])
 
 
 def _ids(objects: np.ndarray) -> np.ndarray:
@@ -303,11 +303,7 @@ def evaluate(
             "iou": both / (union - both) if union else np.nan,
             "ap50": pooled_precision(*matches[i]) if matches[i].sum() else np.nan,
             # Without corrections (training from scratch) the held-out score decides.
-            "reproduced": (
-                counts[i].objective(plan.fix_weight, plan.kept_weight)
-                if counts[i].to_fix
-                else np.nan
-            ),
+            "reproduced": (counts[i].objective(*plan.weights) if counts[i].to_fix else np.nan),
         }
         results.append(
             ValidationResult(
