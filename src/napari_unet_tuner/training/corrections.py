@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.instances import labels_to_classes
-from napari_unet_tuner.training.metrics import matched_ious, overlap_table
+from napari_unet_tuner.training.metrics import iou_table, matched_ious, overlap_table
 from napari_unet_tuner.training.targets import (
     SCRIBBLE_BACKGROUND,
     AnnotationMode,
@@ -289,19 +289,22 @@ def count_corrections(
         inside(corrections.deleted),
         inside(corrections.kept),
     )
-    known = corrections.known
-    corrected_right = _matched(corrected, labels, known)
-    kept_right = _matched(kept, labels, known)
-    deleted_ids = np.unique(deleted[deleted > 0])
-    deleted_gone = int(np.count_nonzero(deleted_is_gone(deleted, labels)))
+    # One IoU table of every annotated object against the prediction serves the
+    # corrected, the kept and the false objects alike.
+    ious, annotated_ids, predicted_ids = iou_table(
+        corrections.annotated, labels, corrections.known
+    )
+    right = annotated_ids[_best(ious, axis=1) >= MATCH_IOU]
+    matched = predicted_ids[_best(ious, axis=0) >= MATCH_IOU]
+    corrected_ids, kept_ids = object_ids(corrected), object_ids(kept)
     return CorrectionCounts(
-        corrected=_count(corrected),
-        corrected_right=corrected_right,
-        deleted=len(deleted_ids),
-        deleted_gone=deleted_gone,
-        kept=_count(kept),
-        kept_right=kept_right,
-        false=_false_objects(labels, corrections, deleted, region),
+        corrected=len(corrected_ids),
+        corrected_right=int(np.isin(corrected_ids, right).sum()),
+        deleted=len(object_ids(deleted)),
+        deleted_gone=int(np.count_nonzero(deleted_is_gone(deleted, labels))),
+        kept=len(kept_ids),
+        kept_right=int(np.isin(kept_ids, right).sum()),
+        false=_false_objects(labels, corrections, deleted, region, matched),
         scribbles=corrections.scribbles,
     )
 
@@ -320,9 +323,13 @@ def deleted_is_gone(deleted: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def _false_objects(
-    labels: np.ndarray, corrections: CorrectionMap, deleted: np.ndarray, region: np.ndarray | None
+    labels: np.ndarray,
+    corrections: CorrectionMap,
+    deleted: np.ndarray,
+    region: np.ndarray | None,
+    matched: np.ndarray,
 ) -> int:
-    """Predicted objects, mostly in ``region`` and on known pixels, that match no annotated one.
+    """Predicted objects, mostly in ``region`` and on known pixels, not among ``matched``.
 
     Those mostly on a deleted object are not counted again.
     """
@@ -332,26 +339,19 @@ def _false_objects(
     known = corrections.known if region is None else corrections.known & region
     inside = ndimage.sum_labels(known, labels, ids) >= MATCH_IOU * sizes
     on_deleted = ndimage.sum_labels(deleted > 0, labels, ids) >= MATCH_IOU * sizes
-    seen = np.where(corrections.known, labels, 0)
-    seen_ids = np.unique(seen[seen > 0])
-    ious = matched_ious(corrections.annotated, seen, corrections.known)
-    matched_ids = seen_ids[ious.max(axis=0) >= MATCH_IOU] if ious.shape[0] else seen_ids[:0]
-    matched = np.isin(ids, matched_ids)
-    return int(np.count_nonzero(inside & ~on_deleted & ~matched))
+    return int(np.count_nonzero(inside & ~on_deleted & ~np.isin(ids, matched)))
 
 
-def _count(objects: np.ndarray) -> int:
-    return len(np.unique(objects[objects > 0]))
+def object_ids(objects: np.ndarray) -> np.ndarray:
+    """Return the sorted ids of the objects in a label image (0 excluded)."""
+    return np.unique(objects[objects > 0])
 
 
-def _matched(objects: np.ndarray, labels: np.ndarray, known: np.ndarray) -> int:
-    """Objects that some predicted object matches at IoU >= `MATCH_IOU` (on known pixels)."""
-    if not objects.any():
-        return 0
-    ious = matched_ious(objects, labels, known)
-    if ious.shape[1] == 0:
-        return 0
-    return int(np.count_nonzero(ious.max(axis=1) >= MATCH_IOU))
+def _best(ious: np.ndarray, axis: int) -> np.ndarray:
+    """Best IoU of each row (``axis=1``) or column (``axis=0``); 0 where there is no partner."""
+    if ious.shape[axis] == 0:
+        return np.zeros(ious.shape[1 - axis])
+    return ious.max(axis=axis)
 
 
 def complete_corrections(

@@ -21,6 +21,11 @@ def matched_ious(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | 
     ious : numpy.ndarray
         ``(n_true, n_pred)`` IoU matrix.
     """
+    return iou_table(truth, prediction, known)[0]
+
+
+def iou_table(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | None = None):
+    """Return `matched_ious` and the ids of its rows and columns (true, predicted)."""
     if known is not None:
         truth = np.where(known, truth, 0)
         prediction = np.where(known, prediction, 0)
@@ -30,7 +35,7 @@ def matched_ious(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | 
     t_keep, p_keep = t_ids != 0, p_ids != 0
     inter = overlap[np.ix_(t_keep, p_keep)]
     union = t_size[t_keep] + p_size[:, p_keep] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0), t_ids[t_keep], p_ids[p_keep]
 
 
 # Largest (true ids x predicted ids) table counted directly; larger ids are

@@ -27,6 +27,7 @@ from napari_unet_tuner.training.corrections import (
     CorrectionCounts,
     CorrectionMap,
     count_corrections,
+    object_ids,
 )
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.metrics import match_counts, pooled_precision
@@ -187,7 +188,7 @@ def _scored_corrections(
             for index, sample in enumerate(samples)
             if sample.corrections is not None
             for layer in layers
-            for i in _ids(getattr(sample.corrections, layer))
+            for i in object_ids(getattr(sample.corrections, layer))
         ]
         weights.append(max(len(objects) / MAX_SCORED_OBJECTS, 1.0))
         if len(objects) > MAX_SCORED_OBJECTS:
@@ -207,10 +208,6 @@ def _scored_corrections(
             kept_layers[layer] = np.where(np.isin(objects, ids), objects, 0)
         out.append(replace(c, **kept_layers))
     return out, (weights[0], weights[1], weights[2])
-
-
-def _ids(objects: np.ndarray) -> np.ndarray:
-    return np.unique(objects[objects > 0])
 
 
 def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:
