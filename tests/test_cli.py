@@ -223,3 +223,34 @@ def test_batch_on_a_local_cluster_skips_a_corrupt_file(
     assert sorted(p.name for p in out.iterdir()) == ["cells_labels.zarr", "copy_labels.zarr"]
     assert "LocalCluster: 2 workers" in caplog.text
     assert "1 of 3 input(s) failed" in caplog.text and "broken.zarr" in caplog.text
+
+
+def test_an_output_of_another_kind_is_refused_not_made_a_folder(
+    tmp_path, image_file, tiny_checkpoint_file, caplog
+):
+    out = tmp_path / "out.png"
+    code = main(
+        ["segment", str(image_file), "-o", str(out), "--checkpoint"] + [str(tiny_checkpoint_file)]
+    )
+    assert code == 1 and "name a .tif or .zarr output" in caplog.text
+    assert not out.exists()
+
+
+def test_help_shows_defaults_and_answers_without_torch(capsys):
+    import subprocess
+    import sys
+
+    for command in ("segment", "finetune"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # as read, not as wrapped
+    assert "(default: 60.0)" in text and "(default: corrections)" in text
+    assert "(default: 0.125)" in text and "(default: None)" not in text
+    # --help imports neither torch nor dask: it answers at once.
+    probe = (
+        "import sys\nfrom napari_unet_tuner.cli import main\n"
+        "try:\n    main(['segment', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'dask', 'skimage') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -4,6 +4,7 @@ The package never imports Qt or napari at import time: everything here can
 run in a script or on a cluster node without a display.
 """
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -21,37 +22,48 @@ from napari_unet_tuner.config import (
     TrainingConfig,
 )
 from napari_unet_tuner.errors import CheckpointError, ConfigError, InputError, UnetTunerError
-from napari_unet_tuner.inference import (
-    SegmentationProgress,
-    SegmentationResult,
-    iter_segment,
-    segment,
-)
-from napari_unet_tuner.inference.chunked import (
-    ChunkedResult,
-    ChunkProgress,
-    iter_segment_to_zarr,
-    segment_to_zarr,
-)
-from napari_unet_tuner.io import FileImage
-from napari_unet_tuner.model import (
-    Checkpoint,
-    UNet,
-    default_checkpoint_path,
-    import_state_dict,
-    load_checkpoint,
-    new_card,
-    save_checkpoint,
-)
-from napari_unet_tuner.model.checkpoint import with_card
-from napari_unet_tuner.training import (
-    AnnotatedImage,
-    CorrectionCounts,
-    FineTuneResult,
-    TrainingProgress,
-    fine_tune,
-    iter_fine_tune,
-)
+
+# The rest is imported on first use (PEP 562): ``unet-tuner --help`` and
+# config-only scripts do not pay for torch, dask and scikit-image.
+_LAZY = {
+    "SegmentationProgress": "napari_unet_tuner.inference.pipeline",
+    "SegmentationResult": "napari_unet_tuner.inference.pipeline",
+    "iter_segment": "napari_unet_tuner.inference.pipeline",
+    "segment": "napari_unet_tuner.inference.pipeline",
+    "ChunkedResult": "napari_unet_tuner.inference.chunked",
+    "ChunkProgress": "napari_unet_tuner.inference.chunked",
+    "iter_segment_to_zarr": "napari_unet_tuner.inference.chunked",
+    "segment_to_zarr": "napari_unet_tuner.inference.chunked",
+    "FileImage": "napari_unet_tuner.io",
+    "Checkpoint": "napari_unet_tuner.model.checkpoint",
+    "default_checkpoint_path": "napari_unet_tuner.model.checkpoint",
+    "load_checkpoint": "napari_unet_tuner.model.checkpoint",
+    "new_card": "napari_unet_tuner.model.checkpoint",
+    "with_card": "napari_unet_tuner.model.checkpoint",
+    "UNet": "napari_unet_tuner.model.unet",
+    "save_checkpoint": "napari_unet_tuner.model.saving",
+    "import_state_dict": "napari_unet_tuner.model.torch_import",
+    "AnnotatedImage": "napari_unet_tuner.training.data",
+    "CorrectionCounts": "napari_unet_tuner.training.corrections",
+    "FineTuneResult": "napari_unet_tuner.training.records",
+    "TrainingProgress": "napari_unet_tuner.training.records",
+    "fine_tune": "napari_unet_tuner.training.trainer",
+    "iter_fine_tune": "napari_unet_tuner.training.trainer",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AnnotatedImage",

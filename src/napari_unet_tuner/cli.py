@@ -17,8 +17,28 @@ from napari_unet_tuner.config import (
     InstanceConfig,
 )
 from napari_unet_tuner.errors import UnetTunerError
+from napari_unet_tuner.outputs import check_output
 
 log = logging.getLogger("napari_unet_tuner")
+
+# Errors a user can fix, reported in one line: this package's own, files that
+# cannot be read or written, and values refused (a truncated TIFF is a
+# ValueError to tifffile). Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (UnetTunerError, OSError, ValueError)
+_INTERRUPTED = {
+    "segment": "interrupted: finished outputs are kept and no partial .tif was written; "
+    "an unfinished .zarr output resumes when the same command is run again",
+    "finetune": "interrupted: no model was written",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -30,6 +50,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     seg = commands.add_parser(
         "segment",
+        formatter_class=HelpFormatter,
         help="segment images into instance labels",
         description=(
             "Segment images (TIFF, .npy, zarr, OME-Zarr) into int32 labels. A .zarr output is "
@@ -105,9 +126,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
-    add_finetune_parser(commands)
+    add_finetune_parser(commands, HelpFormatter)
 
-    info = commands.add_parser("info", help="show a checkpoint's model card and architecture")
+    info = commands.add_parser(
+        "info",
+        help="show a checkpoint's model card and architecture",
+        formatter_class=HelpFormatter,
+    )
     info.add_argument(
         "checkpoint",
         type=Path,
@@ -137,11 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "finetune":
             return run_finetune(args)
         return _segment(args)
-    except (UnetTunerError, OSError) as exc:
+    except EXPECTED_ERRORS as exc:
         log.error("error: %s", exc)
         return 1
     except KeyboardInterrupt:
-        log.error("interrupted; no partial output was written")
+        log.error("%s", _INTERRUPTED.get(args.command, "interrupted"))
         return 130
 
 
@@ -174,15 +199,40 @@ def _info(args: argparse.Namespace) -> int:
         f"created:      {card.created} by napari-unet-tuner {card.package_version}",
         f"sha256:       {ckpt.sha256}",
     ]
-    for run in card.training:
-        lines.append(f"  - {json.dumps(run)}")
+    lines += [f"  - {_describe_training(run)}" for run in card.training]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _describe_training(run: dict) -> str:
+    """One line per training run of a card (``--json`` has everything)."""
+    parts = [
+        str(run.get("started", "?")),
+        f"{run.get('seconds', '?')} s",
+        f"{run.get('steps', '?')} steps on {run.get('device', '?')}",
+        f"stopped by {run.get('stop_reason', '?')}",
+    ]
+    after = run.get("corrections_after") or {}
+    if after.get("corrected") or after.get("deleted"):
+        parts.append(
+            f"corrected objects right {after.get('corrected_right')}/{after.get('corrected')}, "
+            f"deleted gone {after.get('deleted_gone')}/{after.get('deleted')}"
+        )
+    before, now = run.get("scores_before") or {}, run.get("scores_after") or {}
+    ap_before, ap_after = before.get("ap50"), now.get("ap50")
+    if isinstance(ap_after, float) and ap_after == ap_after:  # not NaN
+        parts.append(f"held-out AP50 {ap_before:.2f} -> {ap_after:.2f}")
+    return ", ".join(parts)
 
 
 def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
     """(input, labels path, probabilities path) per input."""
     suffix = args.output.suffix.lower()
+    if suffix and suffix not in (".tif", ".tiff", ".zarr"):
+        raise UnetTunerError(
+            f"cannot write labels as {args.output.name}: name a .tif or .zarr output, "
+            "or a folder (without a suffix) for several inputs"
+        )
     single_file = len(args.inputs) == 1 and suffix in (".tif", ".tiff", ".zarr")
     if not single_file and suffix in (".tif", ".tiff", ".zarr"):
         raise UnetTunerError(
@@ -198,6 +248,8 @@ def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
             extension = args.format or ("zarr" if is_zarr else "tif")
             labels = args.output / f"{stem}_labels.{extension}"
         probs = labels.with_name(labels.stem.removesuffix("_labels") + "_probabilities.tif")
+        for written in (labels, probs) if args.probabilities else (labels,):
+            check_output(written, args.inputs)
         paths.append((image, labels, probs))
     return paths
 
@@ -256,7 +308,7 @@ def _segment(args: argparse.Namespace) -> int:
                     _segment_to_tiff(
                         args, image_path, labels_path, probs_path, ckpt, inference, instances
                     )
-            except (UnetTunerError, OSError) as exc:
+            except EXPECTED_ERRORS as exc:
                 log.error("error: %s: %s", image_path, exc)
                 failures.append((image_path, exc))
     if failures:

@@ -12,14 +12,16 @@ import numpy as np
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.errors import UnetTunerError
+from napari_unet_tuner.outputs import check_output
 
 log = logging.getLogger("napari_unet_tuner")
 
 
-def add_finetune_parser(commands) -> None:
+def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> None:
     """Add the ``finetune`` subcommand to the ``unet-tuner`` parser's subcommands."""
     tune = commands.add_parser(
         "finetune",
+        formatter_class=formatter_class,
         help="fine-tune a model on painted annotations",
         description=(
             "Fine-tune on (IMAGE, ANNOTATION) pairs and write a new checkpoint. corrections: "
@@ -31,7 +33,12 @@ def add_finetune_parser(commands) -> None:
     tune.add_argument("-o", "--output", type=Path, required=True, help="new checkpoint file")
     tune.add_argument("--checkpoint", type=Path, help="starting model (default: the bundled one)")
     tune.add_argument("--from-scratch", action="store_true", help="start from random weights")
-    tune.add_argument("--mode", choices=["corrections", "scribbles"], default="corrections")
+    tune.add_argument(
+        "--mode",
+        choices=["corrections", "scribbles"],
+        default="corrections",
+        help="how the annotations are read (see above)",
+    )
     tune.add_argument(
         "--seconds", type=float, default=TrainingConfig.max_seconds, help="time budget"
     )
@@ -43,7 +50,7 @@ def add_finetune_parser(commands) -> None:
         help="corrections: the predicted labels an ANNOTATION was edited from (once per pair, "
         "in order); without it the starting model's own prediction is compared",
     )
-    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--seed", type=int, default=0, help="random seed of the run")
     tune.add_argument("--axes", help="axes of the images, letters from TZCYX (default: inferred)")
     tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     tune.add_argument("--name", help="name for the new model card")
@@ -55,13 +62,19 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     from napari_unet_tuner.io import open_image
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.model.saving import check_checkpoint_path
     from napari_unet_tuner.training.data import AnnotatedImage
     from napari_unet_tuner.training.trainer import iter_fine_tune
 
     if len(args.files) % 2:
         raise UnetTunerError("give files in pairs: IMAGE ANNOTATION [IMAGE ANNOTATION ...]")
-    if args.output.exists():
-        raise FileExistsError(f"{args.output} exists; choose a new file for the fine-tuned model")
+    start = (
+        None
+        if args.from_scratch
+        else load_checkpoint(args.checkpoint or default_checkpoint_path())
+    )
+    check_checkpoint_path(args.output, start)
+    check_output(args.output, args.files)
     predictions = args.prediction or [None] * (len(args.files) // 2)
     if len(predictions) != len(args.files) // 2:
         raise UnetTunerError(
@@ -78,18 +91,17 @@ def run_finetune(args: argparse.Namespace) -> int:
             args.files[::2], args.files[1::2], predictions, strict=True
         )
     ]
-    start = (
-        None
-        if args.from_scratch
-        else load_checkpoint(args.checkpoint or default_checkpoint_path())
-    )
     config = TrainingConfig(
         mode=args.mode, max_seconds=args.seconds, seed=args.seed, device=args.device
     )
     run = iter_fine_tune(
         pairs, start, config, axes=[args.axes] * len(pairs), output=args.output, name=args.name
     )
-    with tqdm(total=round(args.seconds), unit="s", file=sys.stderr, desc="fine-tuning") as bar:
+    # Seconds of the budget, not a rate: no "s/s" in the bar.
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}"
+    with tqdm(
+        total=round(args.seconds), file=sys.stderr, desc="fine-tuning", bar_format=bar_format
+    ) as bar:
 
         def show(progress):
             bar.n = min(round(args.seconds - progress.eta), bar.total)
@@ -110,6 +122,9 @@ def run_finetune(args: argparse.Namespace) -> int:
             log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
     if not result.learned:
         log.error("no model written: %s", result.message)
+        return 1
+    if result.path is None:
+        log.error("error: the model was not written (see above)")
         return 1
     log.info("stopped by %s; wrote %s", result.stop_reason, result.path)
     return 0

@@ -8,12 +8,17 @@ hand-edited file is an error, not a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from napari_unet_tuner.errors import ConfigError
 
 OutputKind = Literal["boundary3", "boundary3_distance", "foreground"]
+# Largest U-Net a config may describe: beyond this it is a damaged file, not a
+# model (depth 8 already needs tiles of 256 pixels and more).
+_MAX_DEPTH = 8
+_MAX_FEATURES = 1024
 
 
 class _DictMixin:
@@ -84,13 +89,18 @@ class ModelConfig(_DictMixin):
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+            raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         for name in ("in_channels", "out_channels", "features", "depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.depth > _MAX_DEPTH or self.features > _MAX_FEATURES:
+            raise ConfigError(
+                f"depth {self.depth} and features {self.features}: at most depth "
+                f"{_MAX_DEPTH} and {_MAX_FEATURES} features (each level halves the image)"
+            )
         if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def output_kind(self) -> OutputKind:
@@ -127,9 +137,11 @@ class NormalizationConfig(_DictMixin):
 
     def __post_init__(self) -> None:
         if self.kind not in ("percentile", "none"):
-            raise ValueError(f"normalization kind must be 'percentile' or 'none', got {self.kind}")
+            raise ConfigError(
+                f"normalization kind must be 'percentile' or 'none', got {self.kind}"
+            )
         if not 0.0 <= self.low < self.high <= 100.0:
-            raise ValueError(f"need 0 <= low < high <= 100, got low={self.low}, high={self.high}")
+            raise ConfigError(f"need 0 <= low < high <= 100, got low={self.low}, high={self.high}")
 
 
 @dataclass(frozen=True)
@@ -164,11 +176,11 @@ class InstanceConfig(_DictMixin):
     def __post_init__(self) -> None:
         for name in ("threshold", "seed_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if self.min_size < 0:
-            raise ValueError(f"min_size must be >= 0, got {self.min_size}")
+            raise ConfigError(f"min_size must be >= 0, got {self.min_size}")
         if not 0.0 <= self.split_solidity <= 1.0:
-            raise ValueError(f"split_solidity must be in [0, 1], got {self.split_solidity}")
+            raise ConfigError(f"split_solidity must be in [0, 1], got {self.split_solidity}")
 
 
 @dataclass(frozen=True)
@@ -208,13 +220,13 @@ class InferenceConfig(_DictMixin):
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.scale <= 10:
-            raise ValueError(f"scale must be in [0.1, 10], got {self.scale}")
+            raise ConfigError(f"scale must be in [0.1, 10], got {self.scale}")
         if not 0.0 <= self.overlap < 0.5:
-            raise ValueError(f"overlap must be in [0, 0.5), got {self.overlap}")
+            raise ConfigError(f"overlap must be in [0, 0.5), got {self.overlap}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.tile_shape is not None and any(int(s) < 1 for s in self.tile_shape):
-            raise ValueError(f"tile_shape must be positive, got {self.tile_shape}")
+            raise ConfigError(f"tile_shape must be positive, got {self.tile_shape}")
 
 
 @dataclass(frozen=True)
@@ -249,13 +261,13 @@ class ChunkedConfig(_DictMixin):
 
     def __post_init__(self) -> None:
         if self.chunk_shape is not None and any(int(s) < 1 for s in self.chunk_shape):
-            raise ValueError(f"chunk_shape must be positive, got {self.chunk_shape}")
+            raise ConfigError(f"chunk_shape must be positive, got {self.chunk_shape}")
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.threads_per_worker < 1:
-            raise ValueError(f"threads_per_worker must be >= 1, got {self.threads_per_worker}")
+            raise ConfigError(f"threads_per_worker must be >= 1, got {self.threads_per_worker}")
         if self.workers is not None and self.scheduler is not None:
-            raise ValueError("give either workers (a new local cluster) or a scheduler address")
+            raise ConfigError("give either workers (a new local cluster) or a scheduler address")
 
 
 @dataclass(frozen=True)
@@ -443,34 +455,43 @@ class TrainingConfig(_DictMixin):
 
     def __post_init__(self) -> None:
         if self.mode not in ("corrections", "scribbles"):
-            raise ValueError(f"mode must be 'corrections' or 'scribbles', got {self.mode!r}")
+            raise ConfigError(f"mode must be 'corrections' or 'scribbles', got {self.mode!r}")
         if self.scribble_objects not in ("whole", "strokes"):
-            raise ValueError(
+            raise ConfigError(
                 f"scribble_objects must be 'whole' or 'strokes', got {self.scribble_objects!r}"
             )
-        if self.max_seconds <= 0 or self.max_epochs < 1 or self.steps_per_epoch < 1:
-            raise ValueError("max_seconds, max_epochs and steps_per_epoch must be positive")
+        # NaN passes every comparison: a budget must be a finite positive number.
+        if (
+            not (0 < self.max_seconds < math.inf)
+            or self.max_epochs < 1
+            or self.steps_per_epoch < 1
+        ):
+            raise ConfigError(
+                "max_seconds must be a positive number of seconds, and max_epochs and "
+                f"steps_per_epoch positive; got {self.max_seconds}, {self.max_epochs}, "
+                f"{self.steps_per_epoch}"
+            )
         if not 0.0 <= self.validation_fraction < 0.9:
-            raise ValueError(
+            raise ConfigError(
                 f"validation_fraction must be in [0, 0.9), got {self.validation_fraction}"
             )
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         for name in ("intensity_range", "gamma_range"):
             low, high = getattr(self, name)
             if not 0 < low <= high:
-                raise ValueError(f"{name} must be (low, high) with 0 < low <= high")
+                raise ConfigError(f"{name} must be (low, high) with 0 < low <= high")
         if self.learning_rate <= 0 or (
             self.final_learning_rate is not None
             and not 0 < self.final_learning_rate <= self.learning_rate
         ):
-            raise ValueError(
+            raise ConfigError(
                 "learning_rate must be > 0 and final_learning_rate in (0, learning_rate], got "
                 f"{self.learning_rate} and {self.final_learning_rate}"
             )
         if self.contact_weight < 1.0:
-            raise ValueError(f"contact_weight must be >= 1, got {self.contact_weight}")
+            raise ConfigError(f"contact_weight must be >= 1, got {self.contact_weight}")
         if self.correction_weight < 1.0:
-            raise ValueError(f"correction_weight must be >= 1, got {self.correction_weight}")
+            raise ConfigError(f"correction_weight must be >= 1, got {self.correction_weight}")
         if self.blur_max < 0 or self.noise_max < 0:
-            raise ValueError("blur_max and noise_max must be >= 0")
+            raise ConfigError("blur_max and noise_max must be >= 0")

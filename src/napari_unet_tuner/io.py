@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -177,6 +179,29 @@ def open_image(path: str | os.PathLike) -> Any:
     return FileImage(path).array
 
 
+# A temporary file untouched this long belongs to a run that was killed.
+STALE_TEMPORARY_SECONDS = 600
+
+
+def temporary_beside(path: Path) -> Path:
+    """Return a fresh temporary name beside ``path``, removing stale ones of earlier runs.
+
+    Writes go to ``.<name>.<random>.tmp`` and are renamed into place; a run
+    killed mid-write (``kill -9``, power loss) leaves its temporary behind,
+    which the next write to the same name removes once it is
+    `STALE_TEMPORARY_SECONDS` old (a younger one may be another run's
+    write in progress).
+    """
+    now = time.time()
+    for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - old.stat().st_mtime > STALE_TEMPORARY_SECONDS:
+                old.unlink()
+        except OSError:
+            pass  # removed meanwhile, or not ours to remove
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def write_tiff_atomic(
     path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False, **kwargs: Any
 ) -> Path:
@@ -195,9 +220,10 @@ def write_tiff_atomic(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another output or allow overwriting")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = temporary_beside(path)
     try:
         tifffile.imwrite(tmp, array, compression="zlib", **kwargs)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -208,13 +234,20 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` under a temporary name, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = temporary_beside(path)
     try:
         tmp.write_bytes(data)
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file to the disk before it is renamed into place."""
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

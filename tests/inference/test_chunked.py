@@ -231,11 +231,13 @@ def test_ome_zarr_in_ome_zarr_out(tmp_path, image, sharp_checkpoint):
     source = FileImage(tmp_path / "image.ome.zarr")
     assert source.ome and source.axes == "CYX" and source.shape == (1, *image.shape)
     out = tmp_path / "labels.ome.zarr"
+    expected, instances = in_memory(image, sharp_checkpoint)
     result = segment_to_zarr(
         source,
         out,
         sharp_checkpoint,
         inference=INFERENCE,
+        instances=instances,
         chunked=ChunkedConfig(chunk_shape=CHUNK),
         ome=True,
         scale=(0.5, 0.5),
@@ -243,7 +245,8 @@ def test_ome_zarr_in_ome_zarr_out(tmp_path, image, sharp_checkpoint):
     labels = FileImage(out)
     assert result.axes == "YX" and labels.ome and labels.axes == "YX"
     assert labels.scale == (0.5, 0.5) and labels.shape == image.shape
-    assert np.array_equal(labels[:], open_labels_zarr(out)[:])
+    # What the OME-Zarr holds is the in-memory segmentation of the same image.
+    assert expected.max() > 50 and same_up_to_renumbering(expected, np.asarray(labels[:]))
 
 
 def test_a_3d_model_in_3d_chunks(tmp_path):

@@ -64,10 +64,18 @@ def test_nan_is_a_clear_error():
 
 
 def test_rgb_goes_to_one_channel_models_as_grey():
-    img = np.zeros((16, 16, 3), np.uint8)
-    img[..., 0] = np.arange(16)[None] * 10
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
     reader = ImageReader(img, "YXC", 2, 1)
-    assert reader.read((), (slice(0, 16), slice(0, 16))).shape == (1, 16, 16)
+    grey = reader.read((), (slice(0, 16), slice(0, 16)))
+    assert grey.shape == (1, 16, 16)
+    # The mean of the three channels, each normalized by its own percentiles.
+    lo, hi = reader.time_point_statistics(())
+    channels = [(img[..., c] - lo[c]) / (hi[c] - lo[c]) for c in range(3)]
+    np.testing.assert_allclose(grey[0], np.mean(channels, axis=0), rtol=1e-5, atol=1e-6)
+    # Not one channel alone: each one matters.
+    for c in range(3):
+        assert not np.allclose(grey[0], channels[c])
 
 
 def test_statistics_are_shared_within_a_time_point():

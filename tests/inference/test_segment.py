@@ -5,27 +5,50 @@ from napari_unet_tuner import InferenceConfig, InputError, ModelConfig, iter_seg
 
 from conftest import make_checkpoint
 
+
+@pytest.fixture(scope="module")
+def sharp_tiny_checkpoint():
+    """A tiny random model whose outputs vary enough to make several objects."""
+    import torch
+
+    ckpt = make_checkpoint()
+    model = ckpt.build_model()
+    with torch.no_grad():
+        model.final_conv.weight.mul_(50.0)
+        model.final_conv.bias.zero_()
+    return type(ckpt).from_model(model, ckpt.card)
+
+
 SMALL_TILES = InferenceConfig(tile_shape=(32, 32), device="cpu")
 
 
-def test_time_series_gives_labels_unique_across_frames(tiny_checkpoint, monkeypatch):
-    from napari_unet_tuner.inference import pipeline as seg
+def test_time_series_gives_labels_unique_across_frames(sharp_tiny_checkpoint):
+    # The same frame three times: the real instance step finds the same objects
+    # in each, numbered on from the frame before.
+    from scipy import ndimage
 
-    calls = []
+    from napari_unet_tuner import InstanceConfig
 
-    def fake_labels(prob, kind, config, out=None):
-        calls.append(prob.shape)
-        out = np.zeros(prob.shape[1:], np.int32) if out is None else out
-        out[:4, :4], out[10:14, 10:14] = 1, 2
-        return out
-
-    monkeypatch.setattr(seg, "probabilities_to_labels", fake_labels)
-    img = np.random.default_rng(0).random((3, 40, 50), dtype=np.float32)
-    result = segment(img, tiny_checkpoint, axes="TYX", inference=SMALL_TILES)
+    rng = np.random.default_rng(0)
+    frame = ndimage.gaussian_filter(rng.normal(100, 10, (40, 50)), 2).astype(np.float32)
+    img = np.stack([frame] * 3)
+    prob = segment(
+        frame, sharp_tiny_checkpoint, inference=SMALL_TILES, return_probabilities=True
+    ).probabilities.astype(np.float32)
+    # Thresholds that make objects of this random model's output.
+    instances = InstanceConfig(
+        threshold=float(1 - np.quantile(prob[0], 0.6)),
+        seed_threshold=float(np.quantile(prob[1], 0.8)),
+        min_size=3,
+    )
+    run = {"inference": SMALL_TILES, "instances": instances}
+    single = segment(frame, sharp_tiny_checkpoint, **run).labels
+    count = int(single.max())
+    assert count >= 2
+    result = segment(img, sharp_tiny_checkpoint, axes="TYX", **run)
     assert result.axes == "TYX" and result.labels.shape == (3, 40, 50)
-    assert calls == [(3, 40, 50)] * 3
-    per_frame = [set(np.unique(f)) - {0} for f in result.labels]
-    assert per_frame == [{1, 2}, {3, 4}, {5, 6}]
+    for t, labels in enumerate(result.labels):
+        np.testing.assert_array_equal(labels, np.where(single > 0, single + t * count, 0))
 
 
 def test_3d_model_segments_a_volume_and_returns_probabilities():
@@ -66,14 +89,31 @@ def test_dask_and_zarr_inputs_match_numpy(tiny_checkpoint, tmp_path):
 
 
 def test_progress_then_cancel(tiny_checkpoint):
+    import time
+
+    from napari_unet_tuner.inference.pipeline import make_predictor
+
+    batches = []
+    predict = make_predictor(tiny_checkpoint.build_model(), "cpu")
+
+    def counting(batch):
+        batches.append(len(batch))
+        return predict(batch)
+
     img = np.zeros((2, 64, 64), np.float32)
-    run = iter_segment(img, tiny_checkpoint, axes="TYX", inference=SMALL_TILES)
+    run = iter_segment(img, tiny_checkpoint, axes="TYX", inference=SMALL_TILES, predictor=counting)
     records = [next(run) for _ in range(10)]
     assert [r.stage for r in records] == ["predict"] * 9 + ["instances"]
     assert records[0].tiles_total == 2 * 9 and records[0].planes == 2
     fractions = [r.fraction for r in records]
     assert fractions == sorted(fractions)
+    predicted = sum(batches)
+    assert predicted == 9  # the first plane only, so far
     run.close()
+    time.sleep(0.3)  # nothing left running in the background predicts more tiles
+    assert sum(batches) == predicted
+    with pytest.raises(StopIteration):
+        next(run)
 
 
 def test_bad_input_is_reported_before_work(tiny_checkpoint):

@@ -5,10 +5,13 @@ import pytest
 import torch
 
 from napari_unet_tuner import (
+    Checkpoint,
     CheckpointError,
     ModelConfig,
+    UNet,
     import_state_dict,
     load_checkpoint,
+    new_card,
     save_checkpoint,
 )
 from napari_unet_tuner.model.checkpoint import FORMAT_VERSION, file_sha256, with_card
@@ -17,7 +20,15 @@ from conftest import TINY, make_checkpoint
 
 
 def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path):
-    ckpt = make_checkpoint(ModelConfig(features=4, depth=2, dropout=0.1), seed=3)
+    config = ModelConfig(features=4, depth=2, dropout=0.1, batch_norm=True)
+    model = UNet(config)
+    model.train()
+    with torch.no_grad():  # batch-norm statistics away from their defaults (0 and 1)
+        for _ in range(3):
+            model(torch.randn(4, 1, 32, 32) * 3 + 2)
+    running = [m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert running and all(r.abs().sum() > 0 for r in running)
+    ckpt = Checkpoint.from_model(model.eval(), new_card(config, name="bn"))
     path = save_checkpoint(ckpt, tmp_path / "model")
     assert path.suffix == ".safetensors"
     loaded = load_checkpoint(path)
@@ -141,6 +152,17 @@ def _drop_tensor(path, key):
     save_file(tensors, str(path), metadata=meta)
 
 
+def _poison_weights(path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors["final_conv.bias"][0] = float("nan")
+    save_file(tensors, str(path), metadata=meta)
+
+
 def _set_meta(key, value):
     def edit(header):
         header["__metadata__"][key] = value
@@ -179,6 +201,32 @@ def _set_meta(key, value):
             "missing weights",
         ),
         (lambda p: _drop_tensor(p, "final_conv.weight"), "missing weights final_conv.weight"),
+        (lambda p: _corrupt_header(p, _set_meta("format_version", "-1")), "format_version -1"),
+        (
+            lambda p: _corrupt_header(
+                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "depth": 50}))
+            ),
+            "depth 50",
+        ),
+        (
+            lambda p: _corrupt_header(p, _set_meta("card", "[1, 2]")),
+            "invalid model config or card",
+        ),
+        (
+            lambda p: _corrupt_header(p, lambda h: h.update(__metadata__=["format"])),
+            "corrupt safetensors header",
+        ),
+        (
+            lambda p: _corrupt_header(
+                p, lambda h: h["final_conv.weight"].update(data_offsets="0-10")
+            ),
+            "corrupt safetensors header",
+        ),
+        (
+            lambda p: _corrupt_header(p, lambda h: h["final_conv.weight"].update(shape=None)),
+            "corrupt safetensors header",
+        ),
+        (_poison_weights, "NaN or infinite weights"),
     ],
 )
 def test_bad_checkpoints_give_specific_errors(tiny_checkpoint_file, damage, message):
@@ -207,3 +255,25 @@ def test_missing_file_and_non_torch_pt(tmp_path):
     fake.write_text("hello")
     with pytest.raises(CheckpointError, match="not a PyTorch file"):
         load_checkpoint(fake)
+
+
+def test_content_decides_how_a_file_is_read_not_its_suffix(tiny_checkpoint_file, tmp_path):
+    renamed = tmp_path / "model.pt"
+    renamed.write_bytes(tiny_checkpoint_file.read_bytes())
+    assert load_checkpoint(renamed).sha256 == load_checkpoint(tiny_checkpoint_file).sha256
+
+
+def test_a_zip_that_would_inflate_far_beyond_its_size_is_refused_unread(tmp_path):
+    import tracemalloc
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (64 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match="would inflate"):
+        load_checkpoint(bomb)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 8 << 20

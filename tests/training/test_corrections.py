@@ -17,8 +17,9 @@ from napari_unet_tuner.training import trainer
 from napari_unet_tuner.training.corrections import count_corrections, find_corrections
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.metrics import match_counts, matched_ious, pooled_precision
-from napari_unet_tuner.training.split import split_validation
+from napari_unet_tuner.training.split import MANY_CORRECTIONS, many_corrections, split_validation
 from napari_unet_tuner.training.targets import IGNORE, annotation_to_targets
+from napari_unet_tuner.training.validation import ValidationResult
 
 from conftest import dim_disc_scene, disc_labels
 
@@ -124,6 +125,48 @@ def test_corrected_objects_are_never_held_out():
         trial = replace(sample, targets=targets.copy(), val_targets=sample.val_targets.copy())
         split_validation([trial], 0.3, np.random.default_rng(seed))
         assert np.all(trial.targets[annotation == 1] != IGNORE)
+
+
+def test_a_large_labelling_holds_out_corrected_objects_and_ranks_by_them():
+    # A new kind of image labelled whole: the parent found none of 64 objects.
+    centers = [(int(y), int(x)) for y in range(8, 128, 15) for x in range(8, 128, 15)]
+    annotation = disc_labels((128, 128), centers, radius=6)
+    targets = annotation_to_targets(annotation, "corrections")
+    sample = Sample(
+        image=np.zeros((1, 128, 128), np.float32),
+        targets=targets,
+        val_targets=np.full_like(targets, IGNORE),
+        instances=annotation,
+        corrections=find_corrections(annotation, "corrections", np.zeros_like(annotation)),
+    )
+    assert many_corrections([sample]) and len(centers) >= MANY_CORRECTIONS
+    assert split_validation([sample], 0.2, np.random.default_rng(0), spare_corrections=True)
+    held_ids = np.setdiff1d(np.unique(annotation[sample.val_targets != IGNORE]), [0])
+    assert 0 < len(held_ids) <= len(centers) // 2
+    whole = np.isin(annotation, held_ids)
+    assert np.all(sample.targets[whole] == IGNORE)
+    # Held-out objects are not scored as reproduced: they were never trained on.
+    assert not np.isin(sample.corrections.corrected, held_ids).any()
+    assert not sample.corrections.emphasis[whole].any()
+    # The model kept generalizes to them first, then reproduces the rest.
+    scores = {"loss": 0.1, "dice": 0.9, "iou": 0.8, "fit_loss": 0.1}
+    memorized = ValidationResult({**scores, "reproduced": 1.0, "ap50": 0.6}, None, None)
+    general = ValidationResult({**scores, "reproduced": 0.95, "ap50": 0.8}, None, None)
+    assert memorized.rank() > general.rank()  # a review: what the user corrected first
+    memorized, general = (replace(r, generalization_first=True) for r in (memorized, general))
+    assert general.rank() > memorized.rank() and general.improves_on(memorized)
+
+
+def test_among_models_that_reproduce_as_much_the_tighter_fit_is_kept():
+    scores = {"loss": np.nan, "dice": np.nan, "iou": np.nan, "ap50": np.nan, "reproduced": 0.9}
+    early = ValidationResult({**scores, "fit_loss": 0.4}, None, None)
+    later = ValidationResult({**scores, "fit_loss": 0.2}, None, None)
+    assert later.rank() > early.rank()
+    # ... but a tighter fit alone is not something learned.
+    assert not later.improves_on(early)
+    assert ValidationResult(
+        {**scores, "reproduced": 0.95, "fit_loss": 0.4}, None, None
+    ).improves_on(later)
 
 
 def test_a_deliberate_change_changes_the_output_there(disc_model, tmp_path):

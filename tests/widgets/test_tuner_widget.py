@@ -5,7 +5,7 @@ import pytest
 
 from napari_unet_tuner import load_checkpoint
 
-from conftest import dim_disc_scene, disc_labels, dock_tuner
+from conftest import dim_disc_scene, disc_labels, dock_tuner, make_checkpoint
 
 pytest.importorskip("napari")
 
@@ -316,3 +316,51 @@ def test_every_annotation_of_the_session_is_learned_with_its_own_image(tuner, qt
     # Leaving one out.
     tuner.train_panel.annotation.value = layers[1:]
     assert len(tuner.train_panel.annotated_images()) == 1
+
+
+def test_an_image_closed_while_it_is_segmented_gets_no_labels_layer(tuner, qtbot):
+    viewer = tuner.viewer
+    image, _ = cells_image()
+    layer = viewer.add_image(np.tile(image, (4, 4)), name="cells")
+    worker = tuner.segment_panel.run()
+    viewer.layers.remove(layer)
+    wait_idle(qtbot, tuner.segment_panel)
+    assert not worker.is_running
+    assert [layer.name for layer in viewer.layers] == []
+
+
+def test_closing_the_viewer_during_fine_tuning_raises_nothing(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    viewer = make_napari_viewer()
+    tuner = dock_tuner(viewer, make_checkpoint(), tmp_path / "tiny.safetensors", monkeypatch)
+    image, truth = cells_image()
+    viewer.add_image(image, name="cells")
+    layer = tuner.annotate_panel.make_scribble_layer()
+    layer.data = np.where(truth > 0, truth + 1, 1).astype(np.uint16)
+    tuner.train_panel.seconds.value = 600
+    worker = tuner.train_panel.run()
+    qtbot.waitUntil(lambda: len(tuner.train_panel.plot.steps) >= 1, timeout=30_000)
+    errors = []
+    worker.errored.connect(errors.append)
+    viewer.close()
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=10_000)
+    qtbot.wait(200)  # let any late signal reach a deleted widget
+    assert errors == []
+
+
+def test_cancel_stops_a_segmentation_and_adds_nothing(tuner, qtbot):
+    viewer = tuner.viewer
+    image, _ = cells_image()
+    viewer.add_image(np.tile(image, (2, 8, 8)), name="big")  # 2 planes of 768 x 768
+    panel = tuner.segment_panel
+    worker = panel.run()
+    aborted = []
+    worker.aborted.connect(lambda: aborted.append(True))
+    qtbot.waitUntil(lambda: worker.is_running, timeout=10_000)
+    assert panel.cancel_button.enabled and not panel.run_button.enabled
+    panel.cancel_button.native.click()  # as the user does
+    wait_idle(qtbot, panel)
+    assert aborted == [True]
+    assert "big labels" not in viewer.layers
+    assert panel.run_button.enabled and not panel.cancel_button.enabled

@@ -10,11 +10,8 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.inference.device import available_devices
-from napari_unet_tuner.model.checkpoint import (
-    default_checkpoint_path,
-    load_checkpoint,
-    save_checkpoint,
-)
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+from napari_unet_tuner.model.saving import save_checkpoint
 from napari_unet_tuner.versions import recent_checkpoints, remember_checkpoint
 
 if TYPE_CHECKING:

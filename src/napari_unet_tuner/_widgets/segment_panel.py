@@ -205,6 +205,10 @@ class SegmentPanel(Container):
         self, image: napari.layers.Image, result: SegmentationResult, region: tuple | None
     ) -> None:
         viewer = self._tuner.viewer
+        if image not in viewer.layers:
+            # The image was closed while it was segmented: no orphan labels layer.
+            show_info(f"{image.name} was closed; its segmentation was discarded.")
+            return
         name = labels_name(image)
         existing = viewer.layers[name] if name in viewer.layers else None
         full_shape = layer_array(image)[0].shape[: image.ndim]

@@ -52,7 +52,7 @@ class UNetTunerWidget(Container):
         if app is not None:
             app.aboutToQuit.connect(self.shutdown)
         segment, train = self.segment_panel, self.train_panel
-        self.native.destroyed.connect(lambda *_: _stop_workers(segment, train))
+        self.native.destroyed.connect(lambda *_: _stop_workers(segment, train, detach=True))
 
     @property
     def image_layer(self) -> napari.layers.Image | None:
@@ -76,8 +76,29 @@ class UNetTunerWidget(Container):
 _SHUTDOWN_WAIT_MS = 3000
 
 
-def _stop_workers(segment: SegmentPanel, train: TrainPanel) -> None:
-    """Quit both panels' workers at their next yield and wait for them."""
+def _stop_workers(segment: SegmentPanel, train: TrainPanel, detach: bool = False) -> None:
+    """Quit both panels' workers at their next yield and wait for them.
+
+    With ``detach`` (the widget is being deleted) their signals are first
+    disconnected: a progress record or a "finished" already on its way
+    would otherwise reach buttons and plots that no longer exist.
+    """
+    if detach:
+        workers = (segment.worker, train.worker, getattr(train, "_preview_worker", None))
+        for worker in workers:
+            if worker is not None:
+                _disconnect(worker)
     segment.cancel()
     train.abort()
     WorkerBase.await_workers(msecs=_SHUTDOWN_WAIT_MS)
+
+
+def _disconnect(worker: WorkerBase) -> None:
+    for name in ("yielded", "returned", "finished", "aborted"):
+        signal = getattr(worker, name, None)  # a function worker yields nothing
+        if signal is None:
+            continue
+        try:
+            signal.disconnect()
+        except (TypeError, RuntimeError):
+            pass  # nothing connected, or already gone

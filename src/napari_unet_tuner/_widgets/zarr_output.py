@@ -64,6 +64,8 @@ def start_zarr_run(
         bar.total = record.total
         bar.n = record.done
         bar.refresh()
+        if image not in viewer.layers:
+            return  # closed: the run goes on writing the file, but shows no layer
         if "layer" not in shown:
             shown["layer"] = viewer.add_labels(
                 open_labels_zarr(output),
@@ -77,7 +79,7 @@ def start_zarr_run(
 
     def on_returned(result: ChunkedResult) -> None:
         layer = shown.get("layer")
-        if layer is not None:
+        if layer is not None and layer in viewer.layers:
             # Reopened: the array's metadata changed (complete, object count).
             layer.data = open_labels_zarr(output)
         show_info(f"{result.objects} objects written to {result.path} in {result.seconds:.0f} s.")

@@ -82,6 +82,7 @@ from napari_unet_tuner.io import (
     write_json_atomic,
 )
 from napari_unet_tuner.model.checkpoint import Checkpoint
+from napari_unet_tuner.outputs import OutputLock, check_output
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +449,9 @@ def _fingerprint(
         "checkpoint_sha256": spec.checkpoint.sha256,
         "instances": spec.instances.to_dict(),
         "normalization": spec.normalization.to_dict(),
-        "overlap": spec.inference.overlap,
+        # Every setting that changes the labels: batch size and precision change
+        # the last bits of the probabilities, so a seed at a threshold may move.
+        "inference": {k: v for k, v in spec.inference.to_dict().items() if k != "num_threads"},
         "tile_shape": list(spec.tile_shape),
         "chunk_shape": list(chunk_shape),
     }
@@ -622,68 +625,75 @@ def iter_segment_to_zarr(
         )
         array.attrs[ATTRS_KEY] = {"complete": False}
 
-    source_name = str(getattr(image, "path", type(image).__name__))
-    work_dir = _prepare_output(
-        path,
-        _fingerprint(spec, source_name, reader.sample_digest(), chunk_shape),
-        create,
-        overwrite,
-    )
-    segmented = {int(p.stem) for p in (work_dir / "segmented").glob("*.npz")}
-    relabelled = {int(p.name) for p in (work_dir / "relabelled").glob("[0-9]*")}
-    resumed = len(segmented)
-    if resumed:
-        log.info("%s: resuming, %d of %d chunks already segmented", path, resumed, len(chunks))
-    by_position = {(c.batch_index, c.grid): c for c in chunks}
-    local_threads = chunked.threads_per_worker if chunked.workers else (os.cpu_count() or 1)
-    # On the threaded scheduler the chunks share this process's torch thread
-    # pool: one torch thread per chunk, restored for the caller afterwards.
-    with _dask_client(chunked) as client, cpu_threads(threads if client is None else None):
-        workers = local_threads if client is None else max(1, len(client.nthreads()))
-        jobs = [
-            (
-                chunk,
-                [
-                    (offset, _shared(chunk.grown, other.grown))
-                    for offset, other in _neighbours(chunk, by_position)
-                ],
-            )
-            for chunk in chunks
-            if chunk.index not in segmented
-        ]
-        done = resumed
-        yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0)
-        for chunk in _run_tasks(client, _segment_chunk, spec, jobs, workers):
-            done += 1
-            region = reader.label_region(chunk.batch_index, chunk.core)
-            yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0, region)
-        yield ChunkProgress("stitch", 0, 1, time.perf_counter() - t0)
-        luts = _stitch(work_dir, chunks, instances.min_size)
-        yield ChunkProgress("stitch", 1, 1, time.perf_counter() - t0)
-        jobs = [(c, luts[c.index]) for c in chunks if c.index not in relabelled]
-        done = len(chunks) - len(jobs)
-        for chunk in _run_tasks(client, _relabel_chunk, spec, jobs, workers):
-            done += 1
-            region = reader.label_region(chunk.batch_index, chunk.core)
-            yield ChunkProgress("relabel", done, len(chunks), time.perf_counter() - t0, region)
-    objects = int(max((int(lut.max(initial=0)) for lut in luts), default=0))
-    labels = open_labels_zarr(path, mode="r+")
-    labels.attrs[ATTRS_KEY] = {
-        "complete": True,
-        "objects": objects,
-        "checkpoint": {"name": ckpt.card.name, "sha256": ckpt.sha256},
-        "instances": instances.to_dict(),
-    }
-    shutil.rmtree(work_dir)
-    return ChunkedResult(
-        path=path,
-        axes=label_axes,
-        shape=label_shape,
-        objects=objects,
-        chunks=len(chunks),
-        resumed=resumed,
-        seconds=time.perf_counter() - t0,
-    )
+    source_path = getattr(image, "path", None)
+    if source_path is not None:
+        check_output(path, [source_path])
+    # The file itself, however its path was spelled (a relative path resumes too).
+    source_name = str(Path(source_path).resolve()) if source_path else type(image).__name__
+    # One writer at a time: a second run on the same output would mix its
+    # provisional labels into the first one's result.
+    with OutputLock(path):
+        work_dir = _prepare_output(
+            path,
+            _fingerprint(spec, source_name, reader.sample_digest(), chunk_shape),
+            create,
+            overwrite,
+        )
+        segmented = {int(p.stem) for p in (work_dir / "segmented").glob("*.npz")}
+        relabelled = {int(p.name) for p in (work_dir / "relabelled").glob("[0-9]*")}
+        resumed = len(segmented)
+        if resumed:
+            log.info("%s: resuming, %d of %d chunks already segmented", path, resumed, len(chunks))
+        by_position = {(c.batch_index, c.grid): c for c in chunks}
+        local_threads = chunked.threads_per_worker if chunked.workers else (os.cpu_count() or 1)
+        # On the threaded scheduler the chunks share this process's torch thread
+        # pool: one torch thread per chunk, restored for the caller afterwards.
+        with _dask_client(chunked) as client, cpu_threads(threads if client is None else None):
+            workers = local_threads if client is None else max(1, len(client.nthreads()))
+            jobs = [
+                (
+                    chunk,
+                    [
+                        (offset, _shared(chunk.grown, other.grown))
+                        for offset, other in _neighbours(chunk, by_position)
+                    ],
+                )
+                for chunk in chunks
+                if chunk.index not in segmented
+            ]
+            done = resumed
+            yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0)
+            for chunk in _run_tasks(client, _segment_chunk, spec, jobs, workers):
+                done += 1
+                region = reader.label_region(chunk.batch_index, chunk.core)
+                yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0, region)
+            yield ChunkProgress("stitch", 0, 1, time.perf_counter() - t0)
+            luts = _stitch(work_dir, chunks, instances.min_size)
+            yield ChunkProgress("stitch", 1, 1, time.perf_counter() - t0)
+            jobs = [(c, luts[c.index]) for c in chunks if c.index not in relabelled]
+            done = len(chunks) - len(jobs)
+            for chunk in _run_tasks(client, _relabel_chunk, spec, jobs, workers):
+                done += 1
+                region = reader.label_region(chunk.batch_index, chunk.core)
+                yield ChunkProgress("relabel", done, len(chunks), time.perf_counter() - t0, region)
+        objects = int(max((int(lut.max(initial=0)) for lut in luts), default=0))
+        labels = open_labels_zarr(path, mode="r+")
+        labels.attrs[ATTRS_KEY] = {
+            "complete": True,
+            "objects": objects,
+            "checkpoint": {"name": ckpt.card.name, "sha256": ckpt.sha256},
+            "instances": instances.to_dict(),
+        }
+        shutil.rmtree(work_dir)
+        return ChunkedResult(
+            path=path,
+            axes=label_axes,
+            shape=label_shape,
+            objects=objects,
+            chunks=len(chunks),
+            resumed=resumed,
+            seconds=time.perf_counter() - t0,
+        )
 
 
 def segment_to_zarr(

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
+from napari_unet_tuner.errors import ConfigError
+
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
     """Return the device to run on.
@@ -31,11 +33,13 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     try:
         chosen = torch.device(device)
     except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'") from exc
+        raise ConfigError(
+            f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'mps'"
+        ) from exc
     if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use 'cpu'")
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use 'cpu'")
     if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("device 'mps' requested but Apple MPS is not available; use 'cpu'")
+        raise ConfigError("device 'mps' requested but Apple MPS is not available; use 'cpu'")
     return chosen
 
 

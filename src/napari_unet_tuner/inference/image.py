@@ -49,6 +49,8 @@ def infer_axes(shape: tuple[int, ...], spatial_dims: int = 2, in_channels: int =
         If the image has fewer than 2 or more than 5 dimensions.
     """
     ndim = len(shape)
+    if 0 in shape:
+        raise InputError(f"the image is empty (shape {tuple(shape)}); open an image with pixels")
     rgb_last = ndim >= 3 and shape[-1] in (3, 4) and in_channels in (1, shape[-1])
     if ndim == 2:
         return "YX"
@@ -127,9 +129,12 @@ class ImageReader:
     spatial_axes: str = field(init=False)
     _stats: dict[int, tuple[np.ndarray, np.ndarray]] = field(init=False, default_factory=dict)
     _digest: Any = field(init=False, default_factory=lambda: hashlib.sha256())
+    _digested_raw: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         shape = tuple(int(s) for s in self.data.shape)
+        if 0 in shape:
+            raise InputError(f"the image is empty (shape {shape}); open an image with pixels")
         self.axes = validate_axes(self.axes, shape, self.spatial_dims)
         dtype = np.dtype(self.data.dtype)
         if dtype.kind not in "uifb":
@@ -213,7 +218,13 @@ class ImageReader:
         tile = (tile - lo[view]) / (hi - lo)[view]
         if tile.shape[0] != self.in_channels:
             tile = tile[:3].mean(axis=0, keepdims=True)
-        return tile.astype(np.float32, copy=False)
+        tile = tile.astype(np.float32, copy=False)
+        if not np.isfinite(tile).all():
+            raise InputError(
+                "the image's values are too large for the model once normalized (beyond "
+                "float32); use percentile normalization or rescale the image"
+            )
+        return tile
 
     def _read_raw(
         self, batch_index: tuple[int, ...], spatial: tuple[slice, ...], step: int = 1
@@ -239,14 +250,23 @@ class ImageReader:
                 f"the image has NaN or infinite values{where_text}; "
                 "replace them first, e.g. with numpy.nan_to_num"
             )
-        return raw.astype(np.float32, copy=False)
+        # Wide integers and float64 keep their precision until normalized:
+        # 2**40 + 3 and 2**40 + 5 are one float32, and 1e300 is infinite.
+        wide = raw.dtype.itemsize > 4 or (raw.dtype.kind in "iu" and raw.dtype.itemsize == 4)
+        return raw.astype(np.float64 if wide else np.float32, copy=False)
 
     def sample_digest(self) -> str:
         """Return a digest of the pixels sampled for the statistics so far.
 
         Tells two images of the same shape apart without reading either whole
-        (a resumed run must be of the same image).
+        (a resumed run must be of the same image). Without percentile
+        statistics (normalization "none") the first time point is sampled
+        for it here.
         """
+        if not self._stats or self.normalization.kind == "none":
+            if not self._digested_raw:
+                self._digest.update(self._sample_time_point(0).tobytes())
+                self._digested_raw = True
         return self._digest.hexdigest()
 
     def time_point(self, batch_index: tuple[int, ...]) -> int:
@@ -265,9 +285,12 @@ class ImageReader:
         else:
             samples = self._sample_time_point(t)
             self._digest.update(samples.tobytes())
-            lo, hi = np.percentile(samples, [cfg.low, cfg.high], axis=1).astype(np.float32)
+            # In the samples' precision (float64 for wide types, see _read_raw).
+            lo, hi = np.percentile(samples, [cfg.low, cfg.high], axis=1).astype(samples.dtype)
             # A constant image (hi == lo) maps to 0 instead of dividing by zero.
-            hi = np.where(hi > lo, hi, lo + 1.0).astype(np.float32)
+            # (lo + 1 is lo itself for large float32 values: at least one step above it.)
+            step_up = np.maximum(lo + 1.0, np.nextafter(lo, np.inf))
+            hi = np.where(hi > lo, hi, step_up).astype(samples.dtype)
             stats = (lo, hi)
         self._stats[t] = stats
         return stats

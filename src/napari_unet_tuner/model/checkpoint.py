@@ -16,9 +16,7 @@ import datetime
 import hashlib
 import json
 import os
-import pickle
 import struct
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -120,72 +118,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(
-    checkpoint: Checkpoint,
-    path: str | os.PathLike,
-    *,
-    overwrite: bool = False,
-    half: bool = False,
-) -> Path:
-    """Write a checkpoint atomically and return the path written.
-
-    The file is written beside its destination under a temporary name and
-    renamed into place, so a crash or a full disk never leaves a half-written
-    checkpoint under ``path``.
-
-    Parameters
-    ----------
-    checkpoint : Checkpoint
-        What to write.
-    path : path-like
-        Destination; ``.safetensors`` is appended if it has no suffix.
-    overwrite : bool
-        Replace an existing file. A file that is this checkpoint's parent is
-        never replaced, whatever ``overwrite`` says.
-    half : bool
-        Store floating-point weights as float16: half the file size (the
-        shipped default uses it). They are read back as float32.
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and may not be replaced.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if not path.suffix:
-        path = path.with_suffix(SUFFIX)
-    if path.exists():
-        parent_sha = (checkpoint.card.parent or {}).get("sha256")
-        if parent_sha and file_sha256(path) == parent_sha:
-            raise FileExistsError(
-                f"{path} is the parent of this checkpoint; choose another file name "
-                "(a parent checkpoint is never overwritten)"
-            )
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.state_dict.items()}
-    if half:
-        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "model_config": json.dumps(checkpoint.model_config.to_dict()),
-        "card": json.dumps(checkpoint.card.to_dict()),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def load_checkpoint(
     path: str | os.PathLike, model_config: ModelConfig | None = None
 ) -> Checkpoint:
@@ -219,8 +151,10 @@ def load_checkpoint(
     if not is_safetensors and (
         head.startswith(_ZIP_MAGIC) or (head[:1] and head[0] == _PICKLE_PROTO)
     ):
+        from napari_unet_tuner.model.torch_import import import_state_dict
+
         return import_state_dict(path, model_config)
-    if path.suffix.lower() in (".pt", ".pth"):
+    if not is_safetensors and path.suffix.lower() in (".pt", ".pth"):
         raise CheckpointError(f"{path} is not a PyTorch file (no zip or pickle header)")
     return _load_safetensors(path)
 
@@ -242,20 +176,41 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} has a corrupt safetensors header")
+    if not isinstance(header, dict) or not all(
+        _valid_header_entry(key, entry) for key, entry in header.items()
+    ):
+        raise CheckpointError(
+            f"{path} has a corrupt safetensors header (an entry of the wrong form); "
+            "copy the file again or export it anew"
+        )
     data_len = size - 8 - header_len
-    ends = [
-        entry["data_offsets"][1]
-        for key, entry in header.items()
-        if key != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
-    ]
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
     if ends and max(ends) > data_len:
         raise CheckpointError(
             f"{path} is truncated: its header describes {max(ends)} bytes of weights "
             f"but only {data_len} are there. Copy the file again."
         )
     return header
+
+
+def _valid_header_entry(key: str, entry: Any) -> bool:
+    """Whether a safetensors header entry has the form the format defines."""
+    if key == "__metadata__":
+        return isinstance(entry, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entry.items()
+        )
+    if not isinstance(entry, dict):
+        return False
+    offsets, shape = entry.get("data_offsets"), entry.get("shape")
+    return (
+        isinstance(entry.get("dtype"), str)
+        and isinstance(shape, list)
+        and all(isinstance(n, int) and n >= 0 for n in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(n, int) and n >= 0 for n in offsets)
+        and offsets[0] <= offsets[1]
+    )
 
 
 def _load_safetensors(path: Path) -> Checkpoint:
@@ -273,6 +228,8 @@ def _load_safetensors(path: Path) -> Checkpoint:
         version = int(meta.get("format_version", ""))
     except ValueError:
         raise CheckpointError(f"{path} has no valid format_version") from None
+    if version < 1:
+        raise CheckpointError(f"{path} has an invalid format_version {version}")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} was written in checkpoint format {version}; this napari-unet-tuner "
@@ -281,7 +238,8 @@ def _load_safetensors(path: Path) -> Checkpoint:
     try:
         model_config = ModelConfig.from_dict(json.loads(meta["model_config"]))
         card = ModelCard.from_dict(json.loads(meta["card"]))
-    except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+    except (KeyError, json.JSONDecodeError, ConfigError, TypeError, AttributeError) as exc:
+        # Fields of the wrong type (a list where a dict belongs) are as invalid as bad JSON.
         raise CheckpointError(f"{path} has an invalid model config or card: {exc}") from exc
     try:
         state_dict = load_file(str(path), device="cpu")
@@ -292,106 +250,19 @@ def _load_safetensors(path: Path) -> Checkpoint:
         k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
         for k, v in state_dict.items()
     }
-    _check_state_dict(state_dict, model_config, path)
+    check_state_dict(state_dict, model_config, path)
     return Checkpoint(model_config, card, state_dict, path=path, sha256=file_sha256(path))
 
 
-def import_state_dict(
-    path: str | os.PathLike, model_config: ModelConfig | None = None
-) -> Checkpoint:
-    """Import a plain PyTorch state dict (``.pt``/``.pth``) without running its code.
-
-    The file is read with ``torch.load(weights_only=True)``, which only
-    rebuilds tensors and containers; anything else in the pickle is refused.
-
-    Parameters
-    ----------
-    path : path-like
-        The file. A dict with a ``"state_dict"`` or ``"model_state_dict"``
-        entry is unwrapped.
-    model_config : ModelConfig, optional
-        The architecture; inferred from the weights' names and shapes if omitted.
-
-    Raises
-    ------
-    CheckpointError
-        If the file holds pickled objects other than tensors, is corrupt, or
-        does not fit the architecture.
-    """
-    path = Path(path)
-    try:
-        # A file handle, not the path: torch.load dispatches on a .safetensors
-        # suffix, and the bytes, not the name, decide how a file is read here.
-        with open(path, "rb") as fh:
-            obj = torch.load(fh, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refused {path}: it contains pickled Python objects beyond tensors, which "
-            "could run code when loaded. Nothing from it was executed. Save only the "
-            "model's state_dict (or a .safetensors file) and try again.\n"
-            f"torch said: {str(exc).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable PyTorch file: {exc}") from None
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    ):
-        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    state_dict = {k.removeprefix("module."): v for k, v in obj.items()}
-    if model_config is None:
-        model_config = infer_model_config(state_dict, path)
-    _check_state_dict(state_dict, model_config, path)
-    card = new_card(
-        model_config,
-        name=path.stem,
-        description=f"Imported from the PyTorch state dict {path.name}.",
-    )
-    return Checkpoint(model_config, card, state_dict, path=path, sha256=file_sha256(path))
-
-
-def infer_model_config(
-    state_dict: Mapping[str, torch.Tensor], path: Path | str = ""
-) -> ModelConfig:
-    """Infer a `ModelConfig` from the names and shapes of a `UNet` state dict.
-
-    Raises
-    ------
-    CheckpointError
-        If the weights are not those of a `UNet`.
-    """
-    try:
-        first = state_dict["down.0.0.weight"]
-        final = state_dict["final_conv.weight"]
-    except KeyError:
-        raise CheckpointError(
-            f"{path}: cannot infer the architecture (no 'down.0.0.weight' and "
-            "'final_conv.weight'); these are not napari-unet-tuner UNet weights"
-        ) from None
-    depth = len({k.split(".")[1] for k in state_dict if k.startswith("down.")})
-    try:
-        return ModelConfig(
-            spatial_dims=final.ndim - 2,
-            in_channels=int(first.shape[1]),
-            out_channels=int(final.shape[0]),
-            features=int(first.shape[0]),
-            depth=depth,
-            batch_norm="down.0.1.running_mean" in state_dict,
-        )
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: cannot infer the architecture: {exc}") from None
-
-
-def _check_state_dict(
+def check_state_dict(
     state_dict: Mapping[str, torch.Tensor], model_config: ModelConfig, path: Path | str
 ) -> None:
-    """Raise a `CheckpointError` naming every key or shape that does not fit."""
-    with torch.device("meta"):
-        expected = UNet(model_config).state_dict()
+    """Raise a `CheckpointError` naming every key or shape that does not fit, or bad values."""
+    try:
+        with torch.device("meta"):
+            expected = UNet(model_config).state_dict()
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: its architecture cannot be built ({exc})") from None
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     wrong = [
@@ -409,6 +280,15 @@ def _check_state_dict(
     if problems:
         raise CheckpointError(
             f"{path} does not fit its architecture {model_config}: " + "; ".join(problems)
+        )
+    # NaN or infinite weights segment every image to nothing, without a word.
+    broken = [
+        k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if broken:
+        raise CheckpointError(
+            f"{path} has NaN or infinite weights ({_short(broken)}): the model is broken "
+            "(training diverged or the file was damaged); use another checkpoint"
         )
 
 

@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from napari_unet_tuner.training.corrections import object_ids
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.targets import IGNORE
 
@@ -17,26 +18,38 @@ _SPLIT_BLOCKS_PER_AXIS = 5
 _MIN_OBJECTS_TO_SPLIT = 10
 # At most this share of the objects is held out, whatever the blocks hold.
 _MAX_HELD_OUT_SHARE = 0.5
+# This many corrected objects or more make a labelling rather than a review
+# (a new kind of image labelled whole, or many scribbled objects): a part of
+# them is held out too, and the model kept is the one that generalizes best.
+MANY_CORRECTIONS = 50
 
 
-def split_validation(samples: list[Sample], fraction: float, rng: np.random.Generator) -> bool:
-    """Hold out about ``fraction`` of the unchanged objects, by region, for validation.
+def split_validation(
+    samples: list[Sample],
+    fraction: float,
+    rng: np.random.Generator,
+    spare_corrections: bool = False,
+) -> bool:
+    """Hold out about ``fraction`` of the objects that may be spared, by region, for validation.
 
     Each annotated image is cut into a grid of blocks over Y and X, the
     same blocks in every plane and time point of that image: the same
     nucleus one plane or one frame away is held out with it. A held-out
     block takes the whole objects that touch it, so no held-out object is
     partly trained on. Blocks with a correction (a corrected, deleted or
-    painted object, or any changed pixel) are never held out: what the user
-    corrected is always learned. Held-out pixels are removed from the
-    training targets and from the objects `count_corrections` scores.
+    painted object, or any changed pixel) are not held out: what the user
+    corrected is learned. With ``spare_corrections`` (`many_corrections`:
+    a labelling rather than a review) any block may be: only a held-out
+    part of a large labelling tells a model that generalizes from one that
+    memorized. Held-out pixels are removed from the training targets and
+    from the objects `count_corrections` scores.
 
     Returns False (and holds nothing out) when too few objects could be
     spared. Validation then scores the corrections on the training
     annotation, or, for annotations with no corrections known (training
     from scratch), the training annotation itself.
     """
-    blocks = _candidate_blocks(samples) if fraction > 0 else []
+    blocks = _candidate_blocks(samples, spare_corrections) if fraction > 0 else []
     total = sum(count for _, count in blocks)
     held = 0
     if total >= _MIN_OBJECTS_TO_SPLIT and len(blocks) >= 2:
@@ -51,7 +64,13 @@ def split_validation(samples: list[Sample], fraction: float, rng: np.random.Gene
                 sample.val_targets[mask] = sample.targets[mask]
                 sample.targets[mask] = IGNORE
                 if sample.corrections is not None:
-                    sample.corrections.kept[mask] = 0
+                    for objects in (
+                        sample.corrections.kept,
+                        sample.corrections.corrected,
+                        sample.corrections.deleted,
+                    ):
+                        objects[mask] = 0
+                    sample.corrections.emphasis[mask] = False
             held += count
     if held:
         return True
@@ -65,13 +84,25 @@ def _nothing_to_fix(sample: Sample) -> bool:
     return sample.corrections is None or not sample.corrections.fix_mask.any()
 
 
-def _candidate_blocks(samples: list[Sample]) -> list[tuple[dict[int, np.ndarray], int]]:
+def many_corrections(samples: list[Sample]) -> bool:
+    """Whether the annotations correct `MANY_CORRECTIONS` objects or more together."""
+    return (
+        sum(len(object_ids(s.corrections.corrected)) for s in samples if s.corrections)
+        >= MANY_CORRECTIONS
+    )
+
+
+def _candidate_blocks(
+    samples: list[Sample], spare_corrections: bool
+) -> list[tuple[dict[int, np.ndarray], int]]:
     """Blocks that may be held out: ``({sample index: held-out mask}, unchanged objects)``."""
     by_source: dict[int, list[int]] = defaultdict(list)
     for index, sample in enumerate(samples):
         by_source[sample.source].append(index)
     fixes = [
-        s.corrections.fix_mask if s.corrections is not None else np.zeros(s.targets.shape, bool)
+        s.corrections.fix_mask
+        if s.corrections is not None and not spare_corrections
+        else np.zeros(s.targets.shape, bool)
         for s in samples
     ]
     blocks = []

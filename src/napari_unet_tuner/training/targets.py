@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import relabel_sequential
 
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.instances import BACKGROUND, BOUNDARY, INTERIOR, labels_to_classes
@@ -120,7 +121,15 @@ def check_annotation(
 
 
 def annotation_to_instances(annotation: np.ndarray, mode: AnnotationMode) -> np.ndarray:
-    """Object instance labels of an annotation (0 for background and unannotated)."""
+    """Object instance labels of an annotation (0 for background and unannotated), int32.
+
+    Label values beyond int32 (ids from other tools: 2**32 + 1, or uint32
+    ids from 2**31 up) are renumbered, one id per value, instead of wrapping
+    around onto other objects or below zero.
+    """
+    objects = np.where(annotation >= 2, annotation, 0) if mode == "scribbles" else annotation
+    if annotation.size and int(annotation.max()) > np.iinfo(np.int32).max:
+        return relabel_sequential(np.asarray(objects))[0].astype(np.int32)
     if mode == "scribbles":
         return np.where(annotation >= 2, annotation - 1, 0).astype(np.int32)
     return annotation.astype(np.int32, copy=False)

@@ -25,7 +25,8 @@ from napari_unet_tuner.inference.device import (
 )
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
-from napari_unet_tuner.model.checkpoint import Checkpoint, new_card, save_checkpoint
+from napari_unet_tuner.model.checkpoint import Checkpoint, new_card
+from napari_unet_tuner.model.saving import check_checkpoint_path, save_checkpoint_somewhere
 from napari_unet_tuner.model.unet import UNet
 from napari_unet_tuner.training.corrections import complete_corrections
 from napari_unet_tuner.training.data import (
@@ -42,7 +43,7 @@ from napari_unet_tuner.training.records import (
     counts_dict,
     describe_run,
 )
-from napari_unet_tuner.training.split import split_validation
+from napari_unet_tuner.training.split import many_corrections, split_validation
 from napari_unet_tuner.training.validation import (
     ValidationResult,
     choose,
@@ -109,7 +110,11 @@ def iter_fine_tune(
     axes : sequence of str or None, optional
         Axes of each image; inferred when omitted.
     output : path-like, optional
-        Save the result there (atomically; never over the parent).
+        Save the result there, atomically. An existing file (the parent
+        above all) is refused before training; if the file cannot be
+        written after training (a full disk), the model is saved under a
+        free name beside it or in the temporary folder, and the result's
+        ``message`` says where.
     name : str, optional
         Name for the new checkpoint's card.
     stop : threading.Event, optional
@@ -123,6 +128,8 @@ def iter_fine_tune(
     InputError
         Before any training, if an image or annotation cannot be used, or if
         a correction annotation is the same as the model's prediction.
+    FileExistsError
+        Before any training, if ``output`` exists.
     """
     config = config or TrainingConfig()
     t_start = time.perf_counter()
@@ -136,11 +143,9 @@ def iter_fine_tune(
     normalization = (
         checkpoint.card.normalization_config if from_checkpoint else NormalizationConfig()
     )
-    if output is not None and from_checkpoint and checkpoint.path is not None:
-        if Path(output).resolve() == Path(checkpoint.path).resolve():
-            raise FileExistsError(
-                f"{output} is the starting checkpoint; save the new one elsewhere"
-            )
+    if output is not None:
+        # Before any training: a taken name must not cost the user a trained model.
+        check_checkpoint_path(output, checkpoint)
     annotated = as_annotated_images(pairs, config.mode, axes)
     samples, summary = build_samples(
         annotated,
@@ -163,8 +168,15 @@ def iter_fine_tune(
         complete_corrections(samples, _labeller(model, card, device) if from_checkpoint else None)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    held_out = split_validation(samples, config.validation_fraction, rng)
-    plan = plan_validation(samples, rng)
+    labelling = many_corrections(samples)
+    if labelling:
+        # Every object is a correction: weighing them (and their rims) more than
+        # the background would only bias the model towards foreground.
+        for sample in samples:
+            if sample.corrections is not None:
+                sample.corrections.emphasis[...] = False
+    held_out = split_validation(samples, config.validation_fraction, rng, labelling)
+    plan = plan_validation(samples, rng, generalization_first=held_out and labelling)
     sampler = PatchSampler(
         samples,
         patch_shape,
@@ -311,12 +323,9 @@ def iter_fine_tune(
             if best_step > 0 and since_best >= config.patience:
                 stop_reason = "early stopping"
                 break
-    if math.isfinite(before.scores["reproduced"]):
-        # Learned means more of what the user reviewed is right, not a loss
-        # that moved in its fourth decimal.
-        learned = best.scores["reproduced"] > before.scores["reproduced"]
-    else:
-        learned = best_step > 0 or best.rank() > before.rank()
+    # Learned means more of what the user reviewed (or of the held-out part of
+    # a labelling) is right, not a loss that moved in its fourth decimal.
+    learned = best.improves_on(before) or (best_step > 0 and not math.isfinite(best.rank()[0]))
     seconds = elapsed()
     message = describe_run(learned, before, best, seconds, step, stop_reason)
 
@@ -375,7 +384,12 @@ def iter_fine_tune(
         instances=best.instances.to_dict(),
     )
     new = Checkpoint.from_model(model, new_card(model_cfg, **inherited))
-    return result(new, save_checkpoint(new, output) if output is not None else None)
+    if output is None:
+        return result(new, None)
+    written, note = save_checkpoint_somewhere(new, output)
+    if note:
+        message = f"{message}\n{note}"
+    return result(new, written)
 
 
 def _labeller(model: UNet, card, device: torch.device):

@@ -85,10 +85,15 @@ class ValidationPlan:
     weights : tuple of float
         Objects each scored corrected, deleted and unchanged object stands
         for (more than 1 when there were more than `MAX_SCORED_OBJECTS`).
+    generalization_first : bool
+        Rank by held-out AP before corrections reproduced: the annotation
+        is a labelling with a part of its corrections held out
+        (`napari_unet_tuner.training.split.many_corrections`).
     """
 
     crops: list[ValidationCrop]
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    generalization_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,8 +104,10 @@ class ValidationResult:
     ----------
     scores : dict
         Held-out ``loss``, ``dice``, ``iou`` and ``ap50`` (NaN without a
-        held-out part), and ``reproduced``: the `CorrectionCounts.objective`
-        of the training annotation (NaN when nothing is known to be corrected).
+        held-out part); ``reproduced``: the `CorrectionCounts.objective`
+        of the training annotation (NaN when nothing is known to be
+        corrected); ``fit_loss``: the cross-entropy on the training
+        annotation within the crops (how tightly it is fitted).
     corrections : CorrectionCounts or None
         The counts behind ``reproduced``.
     instances : InstanceConfig
@@ -111,14 +118,38 @@ class ValidationResult:
     corrections: CorrectionCounts | None
     instances: InstanceConfig
     held_out_objects: int = field(default=0, repr=False)
+    generalization_first: bool = field(default=False, repr=False)
 
     def rank(self) -> tuple[float, ...]:
-        """Ordering of results: corrections reproduced, then held-out AP, Dice, lower loss."""
+        """Ordering of results, best last.
+
+        Corrections reproduced, then held-out AP, Dice and loss, then the
+        fit to the training annotation: among models that get the same
+        reviewed objects right, the one that generalizes, else the one
+        trained furthest (the first to reproduce a few scribbles is barely
+        trained). Held-out AP comes first with `ValidationPlan.generalization_first`.
+        """
         s = self.scores
+        reviewed, held_out = s["reproduced"], s["ap50"]
+        first = (held_out, reviewed) if self.generalization_first else (reviewed, held_out)
         return tuple(
             float(np.nan_to_num(v, nan=-np.inf))
-            for v in (s["reproduced"], s["ap50"], s["dice"], -s["loss"])
+            for v in (*first, s["dice"], -s["loss"], -s["fit_loss"])
         )
+
+    def improves_on(self, other: ValidationResult) -> bool:
+        """Whether this is something learned over ``other``.
+
+        More reviewed objects right; with `generalization_first`, a higher
+        held-out AP, or the same and more reviewed objects right; with
+        neither corrections known nor held-out objects, any higher rank.
+        """
+        mine, theirs = self.rank(), other.rank()
+        if self.generalization_first:
+            return mine[:2] > theirs[:2]
+        if np.isfinite(mine[0]) or np.isfinite(theirs[0]):
+            return mine[0] > theirs[0]
+        return mine > theirs
 
 
 def regions(mask: np.ndarray, margin: int = _VAL_MARGIN) -> Iterator[tuple[tuple, np.ndarray]]:
@@ -146,7 +177,9 @@ def regions(mask: np.ndarray, margin: int = _VAL_MARGIN) -> Iterator[tuple[tuple
             yield box, region
 
 
-def plan_validation(samples: Sequence[Sample], rng: np.random.Generator) -> ValidationPlan:
+def plan_validation(
+    samples: Sequence[Sample], rng: np.random.Generator, generalization_first: bool = False
+) -> ValidationPlan:
     """Choose the crops every validation of a run predicts (see the module docstring)."""
     scored, weights = _scored_corrections(samples, rng)
     crops = []
@@ -168,12 +201,12 @@ def plan_validation(samples: Sequence[Sample], rng: np.random.Generator) -> Vali
                     None if corrections is None else corrections.crop(box),
                 )
             )
-    return ValidationPlan(crops, weights)
+    return ValidationPlan(crops, weights, generalization_first)
 
 
 def _scored_corrections(
     samples: Sequence[Sample], rng: np.random.Generator
-) -> tuple[list[CorrectionMap | None], tuple[float, float]]:
+) -> tuple[list[CorrectionMap | None], tuple[float, float, float]]:
     """Each sample's corrections, cut down to at most `MAX_SCORED_OBJECTS` of each kind.
 
     Each kind is drawn on its own (thousands of deleted specks must not
@@ -264,12 +297,17 @@ def evaluate(
     matches = np.zeros((n, 3), np.int64)  # held-out tp, fp, fn
     overlap = np.zeros((n, 3), np.int64)  # held-out foreground: both, truth, prediction
     counts = [CorrectionCounts() for _ in candidates]
-    loss_sum = loss_pixels = held_out_objects = 0
+    loss_sum = loss_pixels = held_out_objects = fit_sum = fit_pixels = 0
     for crop in plan.crops:
         sample = samples[crop.sample]
         image = sample.image[(slice(None), *crop.box)]
         prob = predict_probabilities(predictor, image, model.config.out_channels)
         held = crop.held_out
+        trained = sample.targets[crop.box]
+        fitted = (trained != IGNORE) & crop.region
+        if fitted.any():
+            fit_sum += _cross_entropy(prob, trained, fitted)
+            fit_pixels += int(fitted.sum())
         if held.any():
             t = sample.val_targets[crop.box]
             truth = np.where(held, sample.instances[crop.box], 0)
@@ -290,6 +328,7 @@ def evaluate(
                 counts[i] = counts[i] + count_corrections(labels, crop.corrections, crop.region)
     model.train(was_training)
     loss = loss_sum / loss_pixels if loss_pixels else np.nan
+    fit_loss = fit_sum / fit_pixels if fit_pixels else np.nan
     results = []
     for i, candidate in enumerate(candidates):
         both, truth_px, predicted_px = overlap[i]
@@ -301,6 +340,7 @@ def evaluate(
             "ap50": pooled_precision(*matches[i]) if matches[i].sum() else np.nan,
             # Without corrections (training from scratch) the held-out score decides.
             "reproduced": (counts[i].objective(*plan.weights) if counts[i].to_fix else np.nan),
+            "fit_loss": fit_loss,
         }
         results.append(
             ValidationResult(
@@ -308,6 +348,7 @@ def evaluate(
                 counts[i] if counts[i].scored else None,
                 candidate,
                 held_out_objects,
+                plan.generalization_first,
             )
         )
     return results
@@ -316,11 +357,11 @@ def evaluate(
 def choose(results: Sequence[ValidationResult]) -> ValidationResult:
     """Return the first result within `tuning_tolerance` of the best.
 
-    Judged on the corrections reproduced where corrections are known, else
-    on held-out AP@0.5.
+    Judged on the corrections reproduced where corrections are known (and
+    not `ValidationResult.generalization_first`), else on held-out AP@0.5.
     """
     reproduced = np.array([r.scores["reproduced"] for r in results])
-    if np.isfinite(reproduced).any():
+    if np.isfinite(reproduced).any() and not results[0].generalization_first:
         primary = reproduced
         objects = results[0].corrections.scored
     else:
