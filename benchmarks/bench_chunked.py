@@ -179,13 +179,13 @@ def chunk_breakdown() -> dict:
 
     from napari_unet_tuner import load_checkpoint
     from napari_unet_tuner.config import ChunkedConfig
-    from napari_unet_tuner.inference import chunked
+    from napari_unet_tuner.inference import chunk_tasks, chunked
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path
 
     torch.set_num_threads(1)
     checkpoint = load_checkpoint(default_checkpoint_path())
     model_seconds = [0.0]
-    original = chunked.make_predictor
+    original = chunk_tasks.make_predictor
 
     def timed(*args, **kwargs):
         predictor = original(*args, **kwargs)
@@ -198,14 +198,14 @@ def chunk_breakdown() -> dict:
 
         return run
 
-    chunked.make_predictor = timed
+    chunk_tasks.make_predictor = timed
     image = mosaic(3 * CHUNK)
     out = WORK / "breakdown.zarr"
     shutil.rmtree(out, ignore_errors=True)
     result = chunked.segment_to_zarr(
         image, out, checkpoint, chunked=ChunkedConfig(chunk_shape=(CHUNK, CHUNK))
     )
-    chunked.make_predictor = original
+    chunk_tasks.make_predictor = original
     shutil.rmtree(out, ignore_errors=True)
     per_chunk = result.seconds / result.chunks
     model = model_seconds[0] / result.chunks

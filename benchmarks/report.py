@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from report_corrections import corrections_section
+from report_corrections import corrections_section, finetune_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -415,45 +415,7 @@ def main() -> None:
         ]
     lines += chunked_section(load("chunked"))
     lines += corrections_section(load("corrections"))
-    ft = load("finetune")
-    if ft:
-        lines += [
-            "## Fine-tuning on a domain shift (`benchmarks/bench_finetune.py`)",
-            "",
-            f"From the default nuclei model to phase-contrast bacteria; {ft['painted_objects']} "
-            f"objects painted whole plus background strokes ({ft['painted_pixels']} pixels) on "
-            f"frames 12-15; AP on held-out frames {list(ft['test_frames'])}; {ft['machine']}.",
-            "",
-            "| training | time budget (s) | wall time (s) | steps | AP@0.5 | AP@0.75 |",
-            "|---|---|---|---|---|---|",
-            f"| none (default model) | 0 | 0 | 0 | {ft['before']['ap50']:.3f} | "
-            f"{ft['before']['ap75']:.3f} |",
-        ]
-        for budget, r in ft["scribbles"].items():
-            lines.append(
-                f"| painted scribbles | {float(budget):.0f} | {r['wall_seconds']} | "
-                f"{r['steps']} | {r['ap50']:.3f} | {r['ap75']:.3f} |"
-            )
-        full = ft["full_labels"]
-        at60 = ft["scribbles"].get("60")
-        ratio = at60["ap50"] / full["ap50"] if at60 and full["ap50"] else float("nan")
-        lines += [
-            f"| fully labelled frames 0-15 (reference) | {full['train_seconds']} | "
-            f"{full['wall_seconds']} | | {full['ap50']:.3f} | {full['ap75']:.3f} |",
-            "",
-            f"After 60 s on the CPU, scribbles reach **{ratio:.2f}** of the "
-            "AP@0.5 of training on the fully labelled frames (target: at least 0.8).",
-            "",
-            "Since fine-tuning keeps the model that reproduces most of what was annotated "
-            "(`bench_corrections.py`), scribbles are scored on the painted objects themselves "
-            "instead of a held-out fifth of them. On these held-out frames, one seed each, that "
-            "is a regression: 60 s gives 0.735 (0.790 before), and the fully labelled reference, "
-            "where every object is a correction of the nuclei model, stops early at 0.518 "
-            "(0.830 before). Not yet understood; to be measured over seeds before any fix.",
-            "",
-            "![fine-tuning curve](benchmarks/results/finetune.png)",
-            "",
-        ]
+    lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))
     if resp:
         lines += [

@@ -2,6 +2,9 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
 
+Every shot is of a 1280 x 720 window, a laptop screen, with the tab of the
+step it shows in front.
+
 Writes docs/screenshots/: the nuclei sample segmented by the default model;
 the hand-annotated DSB2018 image corrected (10 worst errors fixed by the
 simulated user of benchmarks/painting.py) and after fine-tuning on the
@@ -51,7 +54,7 @@ def main() -> None:
         viewer.window._qt_window.grab().save(str(OUT / name))
 
     viewer = napari.Viewer(title="napari-unet-tuner")
-    viewer.window._qt_window.resize(1400, 900)
+    viewer.window._qt_window.resize(1280, 720)
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
     if only == "corrections":
         corrections_learned(viewer, widget, settle, shot)
@@ -66,6 +69,7 @@ def main() -> None:
         widget.segment_panel.to_zarr.value = False
     viewer.open_sample("napari-unet-tuner", "nuclei")
     widget.segment_panel.image.reset_choices()
+    widget.show_tab(widget.segment_panel)
     widget.segment_panel.run()
     settle(widget.segment_panel)
     viewer.reset_view()
@@ -80,15 +84,17 @@ def main() -> None:
     widget.segment_panel.run()
     settle(widget.segment_panel)
     viewer.camera.center = (0, 380, 260)
-    viewer.camera.zoom = 2.2
+    viewer.camera.zoom = 1.6
     shot(viewer, "bacteria_before.png")
 
     _, masks = datasets.bacteria()
+    widget.show_tab(widget.annotate_panel)
     layer = widget.annotate_panel.make_scribble_layer()
     layer.data = paint_scribbles([masks[19]], n_objects=10, seed=1)[0]
     viewer.layers["bacteria labels"].visible = False
     shot(viewer, "bacteria_scribbles.png")
 
+    widget.show_tab(widget.train_panel)
     widget.train_panel.seconds.value = 45
     widget.train_panel.run()
     settle(widget.train_panel)
@@ -107,6 +113,7 @@ def corrections_learned(viewer, widget, settle, shot) -> None:
     widget.segment_panel.image.value = viewer.layers["DSB nuclei"]
     widget.segment_panel.run()
     settle(widget.segment_panel)
+    widget.show_tab(widget.annotate_panel)
     layer = widget.annotate_panel.make_corrections_layer()
     prediction = viewer.layers["DSB nuclei labels"].data
     layer.data = correct_worst(prediction, truth, 10)[0]
@@ -114,6 +121,7 @@ def corrections_learned(viewer, widget, settle, shot) -> None:
     viewer.layers["DSB nuclei labels"].visible = False
     viewer.reset_view()
     shot(viewer, "corrections_painted.png")
+    widget.show_tab(widget.train_panel)
     widget.train_panel.preview.value = False
     widget.train_panel.seconds.value = 60
     widget.train_panel.run()
@@ -138,6 +146,7 @@ def zarr_filling(viewer, widget, settle, shot) -> None:
     limits = tuple(float(v) for v in np.percentile(image[::8, ::8], [1, 99.8]))
     viewer.add_image(levels, name="HeLa mosaic", multiscale=True, contrast_limits=limits)
     panel = widget.segment_panel
+    widget.show_tab(panel)
     panel.image.reset_choices()
     panel.image.value = viewer.layers["HeLa mosaic"]
     panel.to_zarr.value = True

@@ -190,7 +190,7 @@ def test_finetune_writes_a_new_checkpoint_and_reports_scores(
 
 def test_zarr_input_to_zarr_output_chunk_by_chunk(tmp_path, tiny_checkpoint_file, caplog):
     zarr = pytest.importorskip("zarr")
-    from napari_unet_tuner.inference.chunked import is_complete
+    from napari_unet_tuner.inference.chunked_output import is_complete
     from napari_unet_tuner.io import open_labels_zarr
 
     image = zarr.create_array(

@@ -15,7 +15,8 @@ from napari_unet_tuner import TrainingConfig, fine_tune, load_checkpoint
 from napari_unet_tuner.cli import main
 from napari_unet_tuner.config import InferenceConfig, NormalizationConfig
 from napari_unet_tuner.errors import ConfigError, InputError
-from napari_unet_tuner.inference.chunked import WORK_DIR, iter_segment_to_zarr
+from napari_unet_tuner.inference.chunked import iter_segment_to_zarr
+from napari_unet_tuner.inference.chunked_output import WORK_DIR
 from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.io import STALE_TEMPORARY_SECONDS, FileImage, write_tiff_atomic
 from napari_unet_tuner.model.saving import save_checkpoint, save_checkpoint_somewhere
@@ -262,6 +263,27 @@ def test_a_killed_tiff_write_leaves_nothing_under_the_name_and_is_cleaned_up(tmp
     os.utime(stale, (old, old))
     write_tiff_atomic(target, np.ones((8, 8), np.int32))
     assert not stale.exists() and tifffile.imread(target).sum() == 64
+
+
+def test_a_checkpoint_save_killed_mid_way_leaves_the_old_file_whole(tmp_path, tiny_checkpoint):
+    target = save_checkpoint(tiny_checkpoint, tmp_path / "model.safetensors")
+    before = target.read_bytes()
+    script = (
+        "import os, signal\n"
+        "import safetensors.torch\n"
+        "from napari_unet_tuner import load_checkpoint\n"
+        "from napari_unet_tuner.model.saving import save_checkpoint\n"
+        "def killed(tensors, path, metadata=None):\n"
+        "    open(path, 'wb').write(b'half a checkpoint')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "safetensors.torch.save_file = killed\n"
+        f"ckpt = load_checkpoint({str(target)!r})\n"
+        f"save_checkpoint(ckpt, {str(target)!r}, overwrite=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert done.returncode == -9
+    assert target.read_bytes() == before  # the old model, whole
+    assert load_checkpoint(target).sha256 is not None
 
 
 def test_a_zarr_run_killed_mid_way_resumes_to_the_same_labels(tmp_path, tiny_checkpoint_file):

@@ -267,7 +267,7 @@ def _chunked_config(args: argparse.Namespace) -> ChunkedConfig:
 def _segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from napari_unet_tuner.inference.chunked import local_cluster
+    from napari_unet_tuner.inference.dask_run import local_cluster
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint or default_checkpoint_path())

@@ -10,12 +10,8 @@ from scipy import ndimage
 from napari_unet_tuner import Checkpoint, UNet, new_card
 from napari_unet_tuner.config import ChunkedConfig, InferenceConfig, InstanceConfig
 from napari_unet_tuner.inference import chunked as chunked_module
-from napari_unet_tuner.inference.chunked import (
-    WORK_DIR,
-    is_complete,
-    iter_segment_to_zarr,
-    segment_to_zarr,
-)
+from napari_unet_tuner.inference.chunked import iter_segment_to_zarr, segment_to_zarr
+from napari_unet_tuner.inference.chunked_output import WORK_DIR, is_complete
 from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
@@ -171,8 +167,8 @@ def test_an_interrupted_run_resumes_without_redoing_finished_chunks(
     assert json.loads((work / "manifest.json").read_text())["chunk_shape"] == [64, 64]
     finished = len(list(work.glob("segmented/*.npz"))), len(list(work.glob("relabelled/*")))
 
-    segmented = count_calls(monkeypatch, "_segment_chunk")
-    relabelled = count_calls(monkeypatch, "_relabel_chunk")
+    segmented = count_calls(monkeypatch, "segment_chunk")
+    relabelled = count_calls(monkeypatch, "relabel_chunk")
     result = segment_to_zarr(image, out, sharp_checkpoint, **kwargs)
     if stop_stage == "segment":
         assert 5 <= finished[0] < 12 and finished[1] == 0

@@ -128,12 +128,12 @@ def test_corrected_objects_are_never_held_out():
 
 
 def test_a_large_labelling_holds_out_corrected_objects_and_ranks_by_them():
-    # A new kind of image labelled whole: the parent found none of 64 objects.
-    centers = [(int(y), int(x)) for y in range(8, 128, 15) for x in range(8, 128, 15)]
-    annotation = disc_labels((128, 128), centers, radius=6)
+    # A new kind of image labelled whole: the parent found none of 289 objects.
+    centers = [(int(y), int(x)) for y in range(8, 256, 15) for x in range(8, 256, 15)]
+    annotation = disc_labels((256, 256), centers, radius=6)
     targets = annotation_to_targets(annotation, "corrections")
     sample = Sample(
-        image=np.zeros((1, 128, 128), np.float32),
+        image=np.zeros((1, 256, 256), np.float32),
         targets=targets,
         val_targets=np.full_like(targets, IGNORE),
         instances=annotation,
@@ -221,8 +221,11 @@ def test_a_second_fine_tune_keeps_what_the_first_learned(disc_model):
     assert right(segment(image2, second.checkpoint).labels, truth2, dim2) == len(dim2)
 
 
-def scripted_validations(monkeypatch, objectives):
-    """Make validation report ``objectives`` in turn, recording the weights it saw."""
+def scripted_validations(monkeypatch, objectives, fit_losses=None):
+    """Make validation report ``objectives`` (and fit losses, else 1) in turn.
+
+    Also records the weights each validation saw.
+    """
     seen = []
     real_evaluate, real_choose = trainer.evaluate, trainer.choose
 
@@ -232,7 +235,9 @@ def scripted_validations(monkeypatch, objectives):
 
     def fake_choose(results):
         chosen = real_choose(results)
-        scores = {**chosen.scores, "reproduced": objectives[len(seen) - 1], "ap50": 0.0}
+        i = len(seen) - 1
+        fit = 1.0 if fit_losses is None else fit_losses[i]
+        scores = {**chosen.scores, "reproduced": objectives[i], "ap50": 0.0, "fit_loss": fit}
         return replace(chosen, scores=scores, corrections=None)
 
     monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
@@ -251,6 +256,21 @@ def test_the_best_validation_is_kept_and_patience_stops_the_run(disc_model, monk
     for key, value in result.checkpoint.state_dict.items():
         assert torch.equal(value, seen[2][key].cpu()), key  # the 0.9 one
     assert result.scores_after["reproduced"] == 0.9
+
+
+def test_a_model_still_fitting_its_annotation_is_not_stopped_early(disc_model, monkeypatch):
+    image, truth, _ = dim_disc_scene(0)
+    parent = segment(image, disc_model).labels
+    # Reproduction saturates at the third validation; the fit keeps improving.
+    objectives = [0.1, 0.9, 1.0] + [0.99] * 7
+    fits = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3]
+    seen = scripted_validations(monkeypatch, objectives, fits)
+    config = replace(QUICK, steps_per_epoch=2, patience=2, max_epochs=9, tune_instances=False)
+    result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
+    # Without the fit, patience 2 would stop after the fifth validation; it stops
+    # two validations after the fit stopped improving (the sixth).
+    assert result.stop_reason == "early stopping" and len(seen) == 8
+    assert result.scores_after["reproduced"] == 1.0  # the model kept is still the best
 
 
 def test_no_early_stop_before_anything_was_learned(disc_model, monkeypatch):

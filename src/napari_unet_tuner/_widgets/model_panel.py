@@ -50,7 +50,7 @@ class ModelPanel(Container):
             choices=available_devices(),
             tooltip="Where segmentation and fine-tuning run; a GPU is preselected when present.",
         )
-        self.card = Label(value="", tooltip="The active model's card.")
+        self.card = Label(value="")
         self.card.native.setWordWrap(True)
         self.save_button = PushButton(
             text="Save active model...", tooltip="Write the active version to a new file."
@@ -97,7 +97,8 @@ class ModelPanel(Container):
         with self.recent.changed.blocked():
             self.recent.reset_choices()
         active = versions.active
-        self.card.value = "" if active is None else _card_text(active)
+        self.card.value = "" if active is None else _card_summary(active)
+        self.card.tooltip = "" if active is None else _card_details(active)
 
     def save_active(self, path: str | Path) -> Path | None:
         """Write the active version to ``path`` (never over its parent)."""
@@ -137,21 +138,31 @@ class ModelPanel(Container):
             self.save_active(path)
 
 
-def _card_text(checkpoint) -> str:
+def _card_summary(checkpoint) -> str:
+    """Return one line saying what the model is (the whole card is in the tooltip)."""
+    card = checkpoint.card
+    cfg = checkpoint.model_config
+    trained = f" · fine-tuned {len(card.training) - 1}x" if len(card.training) > 1 else ""
+    return f"<b>{card.name}</b> · {cfg.spatial_dims}D · {', '.join(card.channel_names)}{trained}"
+
+
+def _card_details(checkpoint) -> str:
+    """Return the card in words for the tooltip: description, input, architecture, runs."""
     card = checkpoint.card
     cfg = checkpoint.model_config
     lines = [
-        f"<b>{card.name}</b>",
-        card.description[:300],
-        f"input: {', '.join(card.channel_names)} ({card.input_axes}), "
-        f"{cfg.spatial_dims}D, pixel size: {card.pixel_size or 'unknown'}",
-        f"U-Net depth {cfg.depth}, {cfg.features} features",
+        card.name,
+        card.description,
+        f"Input: {', '.join(card.channel_names)} ({card.input_axes}), {cfg.spatial_dims}D, "
+        f"pixel size {card.pixel_size or 'unknown'}.",
+        f"U-Net of depth {cfg.depth} with {cfg.features} features.",
     ]
     for run in card.training[-3:]:
-        before = run.get("scores_before", {}).get("ap50", float("nan"))
-        after = run.get("scores_after", {}).get("ap50", float("nan"))
-        lines.append(
-            f"trained {run.get('started', '')[:16]}: {run.get('steps')} steps, "
-            f"val AP50 {before:.2f} → {after:.2f}"
+        after = run.get("corrections_after") or {}
+        learned = (
+            f"corrected objects right {after.get('corrected_right')}/{after.get('corrected')}"
+            if after.get("corrected")
+            else f"{run.get('steps')} steps"
         )
-    return "<br>".join(line for line in lines if line)
+        lines.append(f"Trained {run.get('started', '')[:16]}: {learned}.")
+    return "\n".join(line for line in lines if line)

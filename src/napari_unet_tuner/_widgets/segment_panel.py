@@ -18,6 +18,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner._widgets.zarr_output import check_zarr_path, start_zarr_run
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.errors import InputError
@@ -140,6 +141,12 @@ class SegmentPanel(Container):
             return None
         fov = self.field_of_view.value if field_of_view is None else field_of_view
         data, axes = layer_array(layer)
+        if layer.rgb and checkpoint.model_config.in_channels == 1 and field_of_view is None:
+            show_info(
+                f"{layer.name} is RGB and the model reads one channel: it segments the mean "
+                "of red, green and blue. Split the channels (right-click the layer) to "
+                "segment one of them."
+            )
         region = visible_region(self._tuner.viewer, layer) if fov else None
         source = data[region] if region is not None else data
         if region is not None:
@@ -170,7 +177,9 @@ class SegmentPanel(Container):
             inference=inference,
             return_probabilities=self.probabilities.value and region is None,
             _start_thread=False,
+            _ignore_errors=True,
         )
+        report_errors_plainly(worker)
         bar = progress(total=0, desc=f"Segmenting {layer.name}")
 
         def on_yielded(p) -> None:
@@ -182,7 +191,6 @@ class SegmentPanel(Container):
         return self._start(worker, bar)
 
     def _start(self, worker, bar):
-        # Errors reach napari's notifications through the worker itself.
         worker.aborted.connect(lambda: show_info("Segmentation cancelled."))
         worker.finished.connect(lambda: self._done(bar))
         self.worker = worker

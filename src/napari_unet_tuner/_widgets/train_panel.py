@@ -12,6 +12,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_unet_tuner._widgets.loss_plot import LossPlot
 from napari_unet_tuner._widgets.segment_panel import LAYER_TAG, layer_array
+from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.training.data import AnnotatedImage
 from napari_unet_tuner.training.trainer import FineTuneResult, TrainingProgress, iter_fine_tune
@@ -180,10 +181,11 @@ class TrainPanel(Container):
             stop=self._stop,
             preview_every=PREVIEW_SECONDS if self.preview.value else None,
             _start_thread=False,
+            _ignore_errors=True,
         )
+        report_errors_plainly(worker)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
-        # Errors reach napari's notifications through the worker itself.
         worker.finished.connect(self._done)
         self.plot.reset()
         self.status.value, self.scores.value = "preparing...", ""

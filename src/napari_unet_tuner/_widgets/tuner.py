@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import Container, Label
+from magicgui.widgets import Container
 from napari.qt.threading import WorkerBase
-from qtpy.QtWidgets import QApplication
+from qtpy.QtWidgets import QApplication, QTabWidget
 
 from napari_unet_tuner._widgets.annotate_panel import AnnotatePanel
 from napari_unet_tuner._widgets.model_panel import ModelPanel
@@ -16,6 +16,8 @@ from napari_unet_tuner.versions import ModelVersions
 
 if TYPE_CHECKING:
     import napari
+
+TAB_TITLES = ("1 Model", "2 Segment", "3 Annotate", "4 Fine-tune")
 
 
 class UNetTunerWidget(Container):
@@ -35,14 +37,13 @@ class UNetTunerWidget(Container):
         self.segment_panel = SegmentPanel(self)
         self.annotate_panel = AnnotatePanel(self)
         self.train_panel = TrainPanel(self)
-        for title, panel in (
-            ("1. Model", self.model_panel),
-            ("2. Segment", self.segment_panel),
-            ("3. Annotate", self.annotate_panel),
-            ("4. Fine-tune", self.train_panel),
-        ):
-            heading = Label(value=f"<b>{title}</b>")
-            self.extend([heading, panel])
+        # One step of the loop at a time, in tabs: four panels stacked need more
+        # height than a 1280 x 720 laptop screen has.
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        for title, panel in zip(TAB_TITLES, self.panels, strict=True):
+            self.tabs.addTab(panel.native, title)
+        self.native.layout().addWidget(self.tabs)
         self.native.setMinimumWidth(300)
         self.native.setMaximumWidth(480)
         self.model_panel.load_default()
@@ -53,6 +54,15 @@ class UNetTunerWidget(Container):
             app.aboutToQuit.connect(self.shutdown)
         segment, train = self.segment_panel, self.train_panel
         self.native.destroyed.connect(lambda *_: _stop_workers(segment, train, detach=True))
+
+    @property
+    def panels(self) -> tuple[Container, ...]:
+        """The model, segment, annotate and fine-tune panels, in the order of the loop."""
+        return self.model_panel, self.segment_panel, self.annotate_panel, self.train_panel
+
+    def show_tab(self, panel: Container) -> None:
+        """Bring a panel's tab to the front."""
+        self.tabs.setCurrentIndex(self.panels.index(panel))
 
     @property
     def image_layer(self) -> napari.layers.Image | None:
@@ -69,7 +79,9 @@ class UNetTunerWidget(Container):
 
     def reset_choices(self, event=None) -> None:
         """Keep every layer combo in sync with the viewer's layers."""
-        super().reset_choices(event)
+        # The panels live in tabs, not in this container's own list of widgets.
+        for panel in self.panels:
+            panel.reset_choices(event)
         self.annotate_panel.update_summary()
 
 

@@ -9,6 +9,7 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_info
 
+from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.inference.chunked import ChunkedResult, ChunkProgress, iter_segment_to_zarr
 from napari_unet_tuner.io import open_labels_zarr
@@ -55,7 +56,9 @@ def start_zarr_run(
         axes=axes,
         inference=inference,
         _start_thread=False,
+        _ignore_errors=True,
     )
+    report_errors_plainly(worker)
     bar = progress(total=0, desc=f"Segmenting {image.name} to {output.name}")
     shown: dict[str, Any] = {}
 

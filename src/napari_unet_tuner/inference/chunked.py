@@ -35,24 +35,14 @@ at the end, when the work folder is removed.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import io
-import itertools
-import json
 import logging
-import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import numpy as np
-import torch
 
 from napari_unet_tuner.config import (
     ChunkedConfig,
@@ -60,37 +50,34 @@ from napari_unet_tuner.config import (
     InstanceConfig,
     NormalizationConfig,
 )
-from napari_unet_tuner.errors import InputError, UnetTunerError
-from napari_unet_tuner.inference.device import cpu_threads, select_device
+from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.inference.chunk_tasks import (
+    RunSpec,
+    neighbours,
+    plan_chunks,
+    relabel_chunk,
+    segment_chunk,
+    shared_region,
+    stitch,
+)
+from napari_unet_tuner.inference.chunked_output import (
+    ATTRS_KEY,
+    WORK_DIR,
+    fingerprint,
+    prepare_output,
+)
+from napari_unet_tuner.inference.dask_run import dask_client, run_tasks
+from napari_unet_tuner.inference.device import cpu_threads
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
-from napari_unet_tuner.inference.instances import (
-    WATERSHED_HALO,
-    grow_markers,
-    grow_region,
-    seed_markers,
-)
-from napari_unet_tuner.inference.pipeline import (
-    DEFAULT_TILE_SHAPE,
-    as_checkpoint,
-    make_predictor,
-)
-from napari_unet_tuner.inference.tiling import fit_tile_shape, predict_region
-from napari_unet_tuner.io import (
-    create_labels_zarr,
-    open_labels_zarr,
-    write_bytes_atomic,
-    write_json_atomic,
-)
+from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, as_checkpoint
+from napari_unet_tuner.inference.tiling import fit_tile_shape
+from napari_unet_tuner.io import create_labels_zarr, open_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.outputs import OutputLock, check_output
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SHAPE = {2: (2048, 2048), 3: (64, 512, 512)}
-PROVISIONAL = 1 << 30
-"""Labels at or above this are a chunk's provisional ids (``PROVISIONAL + local``)."""
-WORK_DIR = ".unet_tuner_run"
-ATTRS_KEY = "napari_unet_tuner"
 
 
 @dataclass(frozen=True)
@@ -151,346 +138,6 @@ class ChunkedResult:
     chunks: int
     resumed: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class _Chunk:
-    index: int
-    batch_index: tuple[int, ...]
-    grid: tuple[int, ...]
-    core: tuple[slice, ...]
-    grown: tuple[slice, ...]
-
-
-@dataclass(frozen=True)
-class _RunSpec:
-    """Everything a chunk task needs; shipped to the workers once per run."""
-
-    source: Any
-    axes: str
-    checkpoint: Checkpoint
-    inference: InferenceConfig
-    instances: InstanceConfig
-    normalization: NormalizationConfig
-    statistics: dict[int, tuple[np.ndarray, np.ndarray]]
-    tile_shape: tuple[int, ...]
-    threads: int
-    output: str
-    work_dir: str
-
-    def reader(self) -> ImageReader:
-        cfg = self.checkpoint.model_config
-        return ImageReader(
-            self.source,
-            self.axes,
-            cfg.spatial_dims,
-            cfg.in_channels,
-            self.normalization,
-            statistics=self.statistics,
-        )
-
-
-def _plan(reader: ImageReader, chunk_shape: tuple[int, ...]) -> list[_Chunk]:
-    spatial = reader.spatial_shape
-    grid_shape = [math.ceil(s / c) for s, c in zip(spatial, chunk_shape, strict=True)]
-    chunks = []
-    for batch_index in reader.batch_indices():
-        for grid in np.ndindex(*grid_shape):
-            core = tuple(
-                slice(g * c, min((g + 1) * c, s))
-                for g, c, s in zip(grid, chunk_shape, spatial, strict=True)
-            )
-            chunks.append(
-                _Chunk(
-                    len(chunks),
-                    tuple(batch_index),
-                    tuple(grid),
-                    core,
-                    grow_region(core, spatial, WATERSHED_HALO),
-                )
-            )
-    return chunks
-
-
-def _offsets(ndim: int) -> Iterator[tuple[int, ...]]:
-    return (o for o in itertools.product((-1, 0, 1), repeat=ndim) if any(o))
-
-
-def _key(offset: tuple[int, ...]) -> str:
-    return "overlap_" + "_".join(str(o) for o in offset)
-
-
-def _shared(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
-    """Intersection of two regions, None if empty."""
-    out = tuple(
-        slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
-    )
-    return out if all(s.stop > s.start for s in out) else None
-
-
-def _local(region: tuple[slice, ...], within: tuple[slice, ...]) -> tuple[slice, ...]:
-    return tuple(
-        slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, within, strict=True)
-    )
-
-
-def _neighbours(chunk: _Chunk, by_position: dict) -> Iterator[tuple[tuple[int, ...], _Chunk]]:
-    for offset in _offsets(len(chunk.grid)):
-        grid = tuple(g + o for g, o in zip(chunk.grid, offset, strict=True))
-        other = by_position.get((chunk.batch_index, grid))
-        if other is not None:
-            yield offset, other
-
-
-def _segment_chunk(spec: _RunSpec, chunk: _Chunk, neighbours: list) -> int:
-    """Stage 1 for one chunk; returns its number of local seeds."""
-    if torch.get_num_threads() != spec.threads:
-        torch.set_num_threads(spec.threads)
-    reader = spec.reader()
-    cfg = spec.checkpoint.model_config
-    device = select_device(spec.inference.device)
-    predictor = make_predictor(
-        spec.checkpoint.build_model(device), device, spec.inference.mixed_precision
-    )
-    probabilities = predict_region(
-        lambda spatial: reader.read(chunk.batch_index, spatial),
-        reader.spatial_shape,
-        chunk.grown,
-        predictor,
-        cfg.out_channels,
-        spec.tile_shape,
-        spec.inference.overlap,
-        spec.inference.batch_size,
-    )
-    markers = seed_markers(probabilities, cfg.output_kind, spec.instances)
-    grown = grow_markers(probabilities, markers, cfg.output_kind, spec.instances)
-    del probabilities
-    core = grown[_local(chunk.core, chunk.grown)]
-    count = int(markers.max(initial=0))
-    record: dict[str, np.ndarray] = {
-        "count": np.array(count),
-        "sizes": np.bincount(core.ravel(), minlength=count + 1),
-    }
-    for offset, shared in neighbours:
-        record[_key(offset)] = markers[_local(shared, chunk.grown)]
-    provisional = np.where(core > 0, core + PROVISIONAL, 0).astype(np.int32)
-    output = open_labels_zarr(spec.output, mode="r+")
-    output[reader.label_region(chunk.batch_index, chunk.core)] = reader.to_label_order(provisional)
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **record)
-    # Renamed into place after the labels are written: its presence means "done".
-    write_bytes_atomic(Path(spec.work_dir) / "segmented" / f"{chunk.index}.npz", buffer.getvalue())
-    return count
-
-
-def _relabel_chunk(spec: _RunSpec, chunk: _Chunk, lut: np.ndarray) -> int:
-    """Stage 3 for one chunk: provisional ids to final ones (idempotent)."""
-    reader = spec.reader()
-    output = open_labels_zarr(spec.output, mode="r+")
-    where = reader.label_region(chunk.batch_index, chunk.core)
-    block = np.asarray(output[where])
-    provisional = block >= PROVISIONAL
-    block[provisional] = lut[block[provisional] - PROVISIONAL]
-    output[where] = block
-    write_bytes_atomic(Path(spec.work_dir) / "relabelled" / f"{chunk.index}", b"")
-    return chunk.index
-
-
-def _stitch(work_dir: Path, chunks: list[_Chunk], min_size: int) -> list[np.ndarray]:
-    """Stage 2: one lookup table (local id -> final label) per chunk."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    by_position = {(c.batch_index, c.grid): c for c in chunks}
-    counts, sizes, edges = [], [], []
-    for chunk in chunks:
-        with np.load(work_dir / "segmented" / f"{chunk.index}.npz") as record:
-            counts.append(int(record["count"]))
-            sizes.append(record["sizes"][1:])
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    for chunk in chunks:
-        with np.load(work_dir / "segmented" / f"{chunk.index}.npz") as mine:
-            for offset, other in _neighbours(chunk, by_position):
-                if other.index < chunk.index:
-                    continue
-                back = tuple(-o for o in offset)
-                with np.load(work_dir / "segmented" / f"{other.index}.npz") as theirs:
-                    a, b = mine[_key(offset)], theirs[_key(back)]
-                both = (a > 0) & (b > 0)
-                if both.any():
-                    pairs = np.unique(np.stack([a[both], b[both]]), axis=1)
-                    edges.append(
-                        np.stack(
-                            [
-                                pairs[0] - 1 + offsets[chunk.index],
-                                pairs[1] - 1 + offsets[other.index],
-                            ]
-                        )
-                    )
-    nodes = int(offsets[-1])
-    if nodes == 0:
-        return [np.zeros(1, np.int32) for _ in chunks]
-    pairs = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
-    graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), (nodes, nodes))
-    _, component = connected_components(graph, directed=False)
-    object_sizes = np.bincount(component, weights=np.concatenate(sizes))
-    keep = object_sizes >= max(min_size, 1)
-    if int(keep.sum()) >= PROVISIONAL:
-        raise UnetTunerError(
-            f"{int(keep.sum())} objects do not fit the int32 labels (at most {PROVISIONAL - 1})"
-        )
-    final = np.where(keep, np.cumsum(keep), 0).astype(np.int32)[component]
-    return [
-        np.concatenate([[0], final[offsets[i] : offsets[i + 1]]]).astype(np.int32)
-        for i in range(len(chunks))
-    ]
-
-
-# dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=64 KiB, which also
-# turns off glibc's adaptive mmap threshold: every large tensor is then mmapped
-# and unmapped, and torch runs 1.8x slower (2.7 s vs 1.5 s for ten 256 x 256
-# forward passes here). A fixed 32 MiB mmap threshold with trimming above
-# 256 MiB makes a worker as fast as a plain process (1.4 s).
-_WORKER_ENVIRON = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
-    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
-}
-
-
-@contextmanager
-def local_cluster(config: ChunkedConfig) -> Iterator[ChunkedConfig]:
-    """Start the LocalCluster a config asks for; yield the config pointing at it.
-
-    A config without ``workers`` is yielded unchanged. Several runs (a batch
-    of files) can share one cluster this way.
-    """
-    if config.workers is None:
-        yield config
-        return
-    import dask
-    from distributed import LocalCluster
-
-    with (
-        dask.config.set(_WORKER_ENVIRON),
-        LocalCluster(
-            n_workers=config.workers,
-            threads_per_worker=config.threads_per_worker,
-            processes=True,
-            memory_limit=config.memory_limit or "auto",
-            # ":0": any free port, so that several clusters never collide on 8787.
-            dashboard_address=":0",
-        ) as cluster,
-    ):
-        log.info("dask LocalCluster: %d workers at %s", config.workers, cluster.scheduler_address)
-        yield dataclasses.replace(config, workers=None, scheduler=cluster.scheduler_address)
-
-
-@contextmanager
-def _dask_client(config: ChunkedConfig) -> Iterator[Any]:
-    """Yield a dask.distributed client for the config, or None for the threaded scheduler."""
-    if config.workers is None and config.scheduler is None:
-        yield None
-        return
-    from distributed import Client
-
-    with local_cluster(config) as running, Client(running.scheduler) as client:
-        yield client
-
-
-def _run_tasks(
-    client: Any,
-    function: Callable,
-    spec: _RunSpec,
-    jobs: Sequence[tuple[_Chunk, Any]],
-    threads: int,
-) -> Iterator[_Chunk]:
-    """Run ``function(spec, chunk, arg)`` for every job on dask; yield chunks as they finish.
-
-    Closing the iterator cancels what has not started (on the threaded
-    scheduler: after the current batch).
-    """
-    import dask
-
-    if client is None:
-        for first in range(0, len(jobs), threads):
-            batch = jobs[first : first + threads]
-            # A partial keeps dask from looking inside the arguments: a dask
-            # array in ``spec`` must stay lazy, not be computed whole first.
-            tasks = [
-                dask.delayed(functools.partial(function, spec, chunk, arg))()
-                for chunk, arg in batch
-            ]
-            dask.compute(*tasks, scheduler="threads", num_workers=threads)
-            yield from (chunk for chunk, _ in batch)
-        return
-    from distributed import as_completed
-
-    shipped = client.scatter(spec, broadcast=True, hash=False)
-    futures = {
-        client.submit(function, shipped, chunk, arg, pure=False): chunk for chunk, arg in jobs
-    }
-    try:
-        for future in as_completed(futures):
-            future.result()  # raises the task's error here, in the caller
-            yield futures[future]
-    finally:
-        client.cancel(list(futures))
-
-
-def _fingerprint(
-    spec: _RunSpec, source_name: str, digest: str, chunk_shape: tuple[int, ...]
-) -> dict:
-    return {
-        "input": source_name,
-        "input_sample_sha256": digest,
-        "input_shape": [int(s) for s in spec.source.shape],
-        "input_dtype": str(np.dtype(spec.source.dtype)),
-        "axes": spec.axes,
-        "checkpoint_sha256": spec.checkpoint.sha256,
-        "instances": spec.instances.to_dict(),
-        "normalization": spec.normalization.to_dict(),
-        # Every setting that changes the labels: batch size and precision change
-        # the last bits of the probabilities, so a seed at a threshold may move.
-        "inference": {k: v for k, v in spec.inference.to_dict().items() if k != "num_threads"},
-        "tile_shape": list(spec.tile_shape),
-        "chunk_shape": list(chunk_shape),
-    }
-
-
-def _prepare_output(
-    path: Path,
-    fingerprint: dict,
-    create: Callable[[], Any],
-    overwrite: bool,
-) -> Path:
-    """Create the output and its work folder, or find an interrupted run to resume."""
-    work_dir = path / WORK_DIR
-    if path.exists():
-        manifest = work_dir / "manifest.json"
-        resumable = manifest.exists() and _read_json(manifest) == fingerprint
-        if overwrite:
-            shutil.rmtree(path)
-        elif not resumable:
-            state = (
-                "is a finished result"
-                if not work_dir.exists()
-                else "is an interrupted run with other settings or input"
-            )
-            raise FileExistsError(
-                f"{path} exists and {state}; choose another output or allow overwriting"
-            )
-        else:
-            return work_dir
-    create()
-    write_json_atomic(work_dir / "manifest.json", fingerprint)
-    return work_dir
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except ValueError:
-        return None
 
 
 def check_chunked_inference(inference: InferenceConfig) -> None:
@@ -593,13 +240,13 @@ def iter_segment_to_zarr(
         cfg.size_multiple,
         inference.overlap,
     )
-    chunks = _plan(reader, chunk_shape)
+    chunks = plan_chunks(reader, chunk_shape)
     # One statistic per time point, for every chunk alike.
     firsts = {reader.time_point(c.batch_index): c.batch_index for c in chunks}
     statistics = {t: reader.time_point_statistics(b) for t, b in firsts.items()}
     path = Path(output)
     threads = chunked.threads_per_worker
-    spec = _RunSpec(
+    spec = RunSpec(
         source=image,
         axes=reader.axes,
         checkpoint=ckpt,
@@ -633,9 +280,9 @@ def iter_segment_to_zarr(
     # One writer at a time: a second run on the same output would mix its
     # provisional labels into the first one's result.
     with OutputLock(path):
-        work_dir = _prepare_output(
+        work_dir = prepare_output(
             path,
-            _fingerprint(spec, source_name, reader.sample_digest(), chunk_shape),
+            fingerprint(spec, source_name, reader.sample_digest(), chunk_shape),
             create,
             overwrite,
         )
@@ -648,14 +295,14 @@ def iter_segment_to_zarr(
         local_threads = chunked.threads_per_worker if chunked.workers else (os.cpu_count() or 1)
         # On the threaded scheduler the chunks share this process's torch thread
         # pool: one torch thread per chunk, restored for the caller afterwards.
-        with _dask_client(chunked) as client, cpu_threads(threads if client is None else None):
+        with dask_client(chunked) as client, cpu_threads(threads if client is None else None):
             workers = local_threads if client is None else max(1, len(client.nthreads()))
             jobs = [
                 (
                     chunk,
                     [
-                        (offset, _shared(chunk.grown, other.grown))
-                        for offset, other in _neighbours(chunk, by_position)
+                        (offset, shared_region(chunk.grown, other.grown))
+                        for offset, other in neighbours(chunk, by_position)
                     ],
                 )
                 for chunk in chunks
@@ -663,16 +310,16 @@ def iter_segment_to_zarr(
             ]
             done = resumed
             yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0)
-            for chunk in _run_tasks(client, _segment_chunk, spec, jobs, workers):
+            for chunk in run_tasks(client, segment_chunk, spec, jobs, workers):
                 done += 1
                 region = reader.label_region(chunk.batch_index, chunk.core)
                 yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0, region)
             yield ChunkProgress("stitch", 0, 1, time.perf_counter() - t0)
-            luts = _stitch(work_dir, chunks, instances.min_size)
+            luts = stitch(work_dir, chunks, instances.min_size)
             yield ChunkProgress("stitch", 1, 1, time.perf_counter() - t0)
             jobs = [(c, luts[c.index]) for c in chunks if c.index not in relabelled]
             done = len(chunks) - len(jobs)
-            for chunk in _run_tasks(client, _relabel_chunk, spec, jobs, workers):
+            for chunk in run_tasks(client, relabel_chunk, spec, jobs, workers):
                 done += 1
                 region = reader.label_region(chunk.batch_index, chunk.core)
                 yield ChunkProgress("relabel", done, len(chunks), time.perf_counter() - t0, region)
@@ -711,12 +358,3 @@ def segment_to_zarr(
     from napari_unet_tuner._generators import run_to_completion
 
     return run_to_completion(iter_segment_to_zarr(image, output, checkpoint, **kwargs))
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """Whether a chunked output on disk was finished."""
-    try:
-        labels = open_labels_zarr(path)
-    except Exception:  # noqa: BLE001 - anything unreadable is not a finished result
-        return False
-    return bool(dict(labels.attrs).get(ATTRS_KEY, {}).get("complete"))

@@ -240,6 +240,7 @@ def iter_fine_tune(
         validation_seconds = time.perf_counter() - t_validation
         best_state = copy.deepcopy(model.state_dict())
         since_best = 0
+        best_fit = best.scores["fit_loss"]
         record = progress("validation", None, before)
         history.append(record)
         yield record
@@ -303,8 +304,14 @@ def iter_fine_tune(
                     step,
                     0,
                 )
+            elif result.scores["fit_loss"] < best_fit:
+                # Still learning the annotation: on a labelling whose objects are
+                # all reproduced, a sampled object flipping back and forth must not
+                # end the run while the model keeps getting better at the rest.
+                since_best = 0
             else:
                 since_best += 1
+            best_fit = min(best_fit, result.scores["fit_loss"])
             perfect_in_a_row = perfect_in_a_row + 1 if all_reproduced(result) else 0
             record = progress("validation", history[-1].loss, result)
             history.append(record)
