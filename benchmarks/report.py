@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from report_corrections import corrections_section, finetune_section
+from report_corrections import corrections_section, finetune_section, recheck_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -415,6 +415,7 @@ def main() -> None:
         ]
     lines += chunked_section(load("chunked"))
     lines += corrections_section(load("corrections"))
+    lines += recheck_section(load("corrections"), load("corrections_quick"))
     lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))
     if resp:

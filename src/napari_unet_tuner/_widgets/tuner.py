@@ -42,6 +42,7 @@ class UNetTunerWidget(Container):
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         for title, panel in zip(TAB_TITLES, self.panels, strict=True):
+            panel.native.layout().addStretch(1)  # controls at the top, not spread out
             self.tabs.addTab(panel.native, title)
         self.native.layout().addWidget(self.tabs)
         self.native.setMinimumWidth(300)
