@@ -40,6 +40,18 @@ def held_out_ap(checkpoint, images, masks) -> dict[str, float]:
     return datasets.mean_ap([masks[t] for t in TEST_FRAMES], predictions)
 
 
+def _record(result, seconds: float, seed: int, images, masks) -> dict:
+    """One fine-tuning run: held-out AP of what it kept, and how it ran."""
+    return {
+        **held_out_ap(result.checkpoint, images, masks),
+        "seed": seed,
+        "wall_seconds": round(seconds, 1),
+        "steps": result.history[-1].step,
+        "stop_reason": result.stop_reason,
+        "instances": result.checkpoint.card.instances,
+    }
+
+
 def _summary(runs: list[dict]) -> dict:
     """Mean and sd of each score over seeds, with the runs themselves."""
     out = {}
@@ -82,14 +94,7 @@ def main() -> None:
             )
             t0 = time.perf_counter()
             result = fine_tune(painted, start, config)
-            run = {
-                **held_out_ap(result.checkpoint, images, masks),
-                "seed": seed,
-                "wall_seconds": round(time.perf_counter() - t0, 1),
-                "steps": result.history[-1].step,
-                "stop_reason": result.stop_reason,
-                "instances": result.checkpoint.card.instances,
-            }
+            run = _record(result, time.perf_counter() - t0, seed, images, masks)
             runs[f"{budget:g}"].append(run)
             print(budget, run, flush=True)
     report["painted_objects"] = float(np.mean(painted_objects))
@@ -106,14 +111,7 @@ def main() -> None:
                 mode="corrections", max_seconds=args.reference, device=args.device, seed=seed
             ),
         )
-        run = {
-            **held_out_ap(reference.checkpoint, images, masks),
-            "seed": seed,
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "steps": reference.history[-1].step,
-            "stop_reason": reference.stop_reason,
-            "instances": reference.checkpoint.card.instances,
-        }
+        run = _record(reference, time.perf_counter() - t0, seed, images, masks)
         reference_runs.append(run)
         print("full labels", run, flush=True)
     report["full_labels"] = {**_summary(reference_runs), "train_seconds": args.reference}

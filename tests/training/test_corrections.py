@@ -108,19 +108,25 @@ def test_held_out_objects_are_whole_and_the_same_in_every_plane():
         assert not np.isin(sample.corrections.kept, held_ids).any()
 
 
-def test_corrected_objects_are_never_held_out():
-    centers = [(int(y), int(x)) for y in range(10, 120, 22) for x in range(10, 120, 22)]
-    annotation = disc_labels((128, 128), centers, radius=7)
-    prediction = annotation.copy()
-    prediction[prediction == 1] = 0  # every object but one left as predicted
+def corrected_sample(annotation, prediction) -> Sample:
+    """A training sample of a blank image whose annotation corrects ``prediction``."""
     targets = annotation_to_targets(annotation, "corrections")
-    sample = Sample(
-        image=np.zeros((1, 128, 128), np.float32),
+    return Sample(
+        image=np.zeros((1, *annotation.shape), np.float32),
         targets=targets,
         val_targets=np.full_like(targets, IGNORE),
         instances=annotation,
         corrections=find_corrections(annotation, "corrections", prediction),
     )
+
+
+def test_corrected_objects_are_never_held_out():
+    centers = [(int(y), int(x)) for y in range(10, 120, 22) for x in range(10, 120, 22)]
+    annotation = disc_labels((128, 128), centers, radius=7)
+    prediction = annotation.copy()
+    prediction[prediction == 1] = 0  # every object but one left as predicted
+    sample = corrected_sample(annotation, prediction)
+    targets = sample.targets
     for seed in range(5):
         trial = replace(sample, targets=targets.copy(), val_targets=sample.val_targets.copy())
         split_validation([trial], 0.3, np.random.default_rng(seed))
@@ -131,14 +137,7 @@ def test_a_large_labelling_holds_out_corrected_objects_and_ranks_by_them():
     # A new kind of image labelled whole: the parent found none of 289 objects.
     centers = [(int(y), int(x)) for y in range(8, 256, 15) for x in range(8, 256, 15)]
     annotation = disc_labels((256, 256), centers, radius=6)
-    targets = annotation_to_targets(annotation, "corrections")
-    sample = Sample(
-        image=np.zeros((1, 256, 256), np.float32),
-        targets=targets,
-        val_targets=np.full_like(targets, IGNORE),
-        instances=annotation,
-        corrections=find_corrections(annotation, "corrections", np.zeros_like(annotation)),
-    )
+    sample = corrected_sample(annotation, np.zeros_like(annotation))
     assert many_corrections([sample]) and len(centers) >= MANY_CORRECTIONS
     assert split_validation([sample], 0.2, np.random.default_rng(0), spare_corrections=True)
     held_ids = np.setdiff1d(np.unique(annotation[sample.val_targets != IGNORE]), [0])

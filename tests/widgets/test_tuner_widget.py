@@ -227,15 +227,20 @@ def test_rgb_layer_and_field_of_view_on_a_stack(tuner, qtbot):
     assert not labels[0].any() and not labels[2].any()  # only the plane in view
 
 
-def test_shutdown_abandons_a_running_fine_tuning(tuner, qtbot):
-    viewer = tuner.viewer
+def start_a_long_fine_tuning(tuner, qtbot):
+    """Scribble every cell of an image and start a 10-minute fine-tuning; return its worker."""
     image, truth = cells_image()
-    viewer.add_image(image, name="cells")
+    tuner.viewer.add_image(image, name="cells")
     layer = tuner.annotate_panel.make_scribble_layer()
     layer.data = np.where(truth > 0, truth + 1, 1).astype(np.uint16)
     tuner.train_panel.seconds.value = 600
     worker = tuner.train_panel.run()
     qtbot.waitUntil(lambda: len(tuner.train_panel.plot.steps) >= 1, timeout=30_000)
+    return worker
+
+
+def test_shutdown_abandons_a_running_fine_tuning(tuner, qtbot):
+    worker = start_a_long_fine_tuning(tuner, qtbot)
     tuner.shutdown()
     assert not worker.is_running
     qtbot.waitUntil(lambda: tuner.train_panel.worker is None, timeout=10_000)
@@ -342,13 +347,7 @@ def test_closing_the_viewer_during_fine_tuning_raises_nothing(
 ):
     viewer = make_napari_viewer()
     tuner = dock_tuner(viewer, make_checkpoint(), tmp_path / "tiny.safetensors", monkeypatch)
-    image, truth = cells_image()
-    viewer.add_image(image, name="cells")
-    layer = tuner.annotate_panel.make_scribble_layer()
-    layer.data = np.where(truth > 0, truth + 1, 1).astype(np.uint16)
-    tuner.train_panel.seconds.value = 600
-    worker = tuner.train_panel.run()
-    qtbot.waitUntil(lambda: len(tuner.train_panel.plot.steps) >= 1, timeout=30_000)
+    worker = start_a_long_fine_tuning(tuner, qtbot)
     errors = []
     worker.errored.connect(errors.append)
     viewer.close()

@@ -51,17 +51,22 @@ def check_checkpoint_path(
     FileExistsError
         If the file exists and may not be replaced.
     """
-    path = checkpoint_path(path)
+    return _check_destination(checkpoint_path(path), parent.sha256 if parent else None, overwrite)
+
+
+def _check_destination(path: Path, parent_sha: str | None, overwrite: bool) -> Path:
+    """Refuse an existing ``path``: always the parent (by content), others unless ``overwrite``."""
     if not path.exists():
         return path
-    parent_sha = parent.sha256 if parent is not None else None
     if parent_sha and file_sha256(path) == parent_sha:
         raise FileExistsError(
-            f"{path} is the starting model; choose another file name "
+            f"{path} is the parent of this model; choose another file name "
             "(a parent checkpoint is never overwritten)"
         )
     if not overwrite:
-        raise FileExistsError(f"{path} exists; choose another file name for the new model")
+        raise FileExistsError(
+            f"{path} exists; choose another file name for the model (or allow overwriting)"
+        )
     return path
 
 
@@ -102,16 +107,8 @@ def save_checkpoint(
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    path = checkpoint_path(path)
-    if path.exists():
-        parent_sha = (checkpoint.card.parent or {}).get("sha256")
-        if parent_sha and file_sha256(path) == parent_sha:
-            raise FileExistsError(
-                f"{path} is the parent of this checkpoint; choose another file name "
-                "(a parent checkpoint is never overwritten)"
-            )
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; choose another name or pass overwrite=True")
+    parent_sha = (checkpoint.card.parent or {}).get("sha256")
+    path = _check_destination(checkpoint_path(path), parent_sha, overwrite)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint.state_dict.items()}
     if half:
         tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
