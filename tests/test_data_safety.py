@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -329,10 +330,16 @@ def test_sigint_says_a_zarr_output_can_resume(tmp_path, tiny_checkpoint_file):
     tifffile.imwrite(image, (np.random.default_rng(4).random((1024, 1024)) * 4000).astype("u2"))
     out = tmp_path / "labels.zarr"
     run = _start_segmenting(
-        image, out, tiny_checkpoint_file, ["--chunk-shape", "64", "64"], stderr=subprocess.PIPE
+        image,
+        out,
+        tiny_checkpoint_file,
+        ["--chunk-shape", "64", "64"],
+        stderr=subprocess.PIPE,
+        # A job started in the background inherits SIGINT ignored; a user's shell does not.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     _wait_for_chunks(out, 1)
-    run.send_signal(2)
+    run.send_signal(signal.SIGINT)
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130
     assert "resumes when the same command is run again" in stderr
