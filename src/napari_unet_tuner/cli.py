@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
+from napari_unet_tuner.cli_info import add_info_parser, run_info
 from napari_unet_tuner.config import (
     ChunkedConfig,
     InferenceConfig,
@@ -128,19 +128,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_finetune_parser(commands, HelpFormatter)
 
-    info = commands.add_parser(
-        "info",
-        help="show a checkpoint's model card and architecture",
-        formatter_class=HelpFormatter,
-    )
-    info.add_argument(
-        "checkpoint",
-        type=Path,
-        metavar="CHECKPOINT",
-        nargs="?",
-        help="a .safetensors checkpoint (default: the bundled nuclei model)",
-    )
-    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    add_info_parser(commands, HelpFormatter)
     return parser
 
 
@@ -158,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(logging.INFO)
     try:
         if args.command == "info":
-            return _info(args)
+            return run_info(args)
         if args.command == "finetune":
             return run_finetune(args)
         return _segment(args)
@@ -168,61 +156,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.error("%s", _INTERRUPTED.get(args.command, "interrupted"))
         return 130
-
-
-def _info(args: argparse.Namespace) -> int:
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
-
-    path = args.checkpoint or default_checkpoint_path()
-    ckpt = load_checkpoint(path)
-    report = {
-        "file": str(path),
-        "sha256": ckpt.sha256,
-        "model_config": ckpt.model_config.to_dict(),
-        "card": ckpt.card.to_dict(),
-    }
-    if args.json:
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        return 0
-    card = ckpt.card
-    lines = [
-        f"name:         {card.name}",
-        f"description:  {card.description}",
-        f"input:        axes {card.input_axes}, channels {', '.join(card.channel_names)}",
-        f"pixel size:   {card.pixel_size or 'unknown'}",
-        f"outputs:      {card.outputs}",
-        f"architecture: {ckpt.model_config}",
-        f"normalize:    {card.normalization}",
-        f"instances:    {card.instances}",
-        f"parent:       {card.parent or 'none'}",
-        f"training:     {len(card.training)} run(s)",
-        f"created:      {card.created} by napari-unet-tuner {card.package_version}",
-        f"sha256:       {ckpt.sha256}",
-    ]
-    lines += [f"  - {_describe_training(run)}" for run in card.training]
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
-
-def _describe_training(run: dict) -> str:
-    """One line per training run of a card (``--json`` has everything)."""
-    parts = [
-        str(run.get("started", "?")),
-        f"{run.get('seconds', '?')} s",
-        f"{run.get('steps', '?')} steps on {run.get('device', '?')}",
-        f"stopped by {run.get('stop_reason', '?')}",
-    ]
-    after = run.get("corrections_after") or {}
-    if after.get("corrected") or after.get("deleted"):
-        parts.append(
-            f"corrected objects right {after.get('corrected_right')}/{after.get('corrected')}, "
-            f"deleted gone {after.get('deleted_gone')}/{after.get('deleted')}"
-        )
-    before, now = run.get("scores_before") or {}, run.get("scores_after") or {}
-    ap_before, ap_after = before.get("ap50"), now.get("ap50")
-    if isinstance(ap_after, float) and ap_after == ap_after:  # not NaN
-        parts.append(f"held-out AP50 {ap_before:.2f} -> {ap_after:.2f}")
-    return ", ".join(parts)
 
 
 def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:

@@ -318,7 +318,7 @@ def test_tuning_needs_more_than_one_held_out_objects_worth_of_ap():
 
 
 def test_learning_rate_anneals_over_the_time_budget():
-    from napari_unet_tuner.training.trainer import annealed_learning_rate
+    from napari_unet_tuner.training.schedule import annealed_learning_rate
 
     config = TrainingConfig(max_seconds=100, learning_rate=1e-3, final_learning_rate=1e-5)
     rates = [annealed_learning_rate(config, t) for t in (0, 25, 50, 75, 100, 150)]

@@ -43,6 +43,7 @@ from napari_unet_tuner.training.records import (
     counts_dict,
     describe_run,
 )
+from napari_unet_tuner.training.schedule import annealed_learning_rate, run_settings
 from napari_unet_tuner.training.split import many_corrections, split_validation
 from napari_unet_tuner.training.validation import (
     ValidationResult,
@@ -56,17 +57,6 @@ from napari_unet_tuner.training.validation import (
 # Validations in a row at which every correction is reproduced and every
 # unchanged object kept before a run stops: learned, and confirmed once.
 _PERFECT_TO_STOP = 2
-
-
-def _defaults(
-    config: TrainingConfig, spatial_dims: int, device: torch.device, from_checkpoint: bool
-):
-    gpu = device.type != "cpu"
-    base = (128, 128) if spatial_dims == 2 else (16, 64, 64)
-    patch = config.patch_shape or tuple(b * (2 if gpu else 1) for b in base)
-    batch = config.batch_size or (16 if gpu else 4)
-    freeze_bn = from_checkpoint if config.freeze_batch_norm is None else config.freeze_batch_norm
-    return tuple(patch), batch, freeze_bn
 
 
 def iter_fine_tune(
@@ -155,7 +145,7 @@ def iter_fine_tune(
         config.scribble_objects,
     )
     device = select_device(config.device)
-    patch_shape, batch_size, freeze_bn = _defaults(
+    patch_shape, batch_size, freeze_bn = run_settings(
         config, model_cfg.spatial_dims, device, from_checkpoint
     )
     card = (
@@ -409,19 +399,6 @@ def _labeller(model: UNet, card, device: torch.device):
         return probabilities_to_labels(probabilities, config.output_kind, card.instance_config)
 
     return predict_labels
-
-
-def annealed_learning_rate(config: TrainingConfig, seconds: float) -> float:
-    """Return the step size ``seconds`` into a run (half a cosine to the end of the budget).
-
-    By time, not by step (torch's ``CosineAnnealingLR`` counts steps): a
-    run's length is its time budget, and how many steps fit is not known.
-    """
-    start, end = config.learning_rate, config.final_learning_rate
-    if end is None:
-        return start
-    done = min(seconds / config.max_seconds, 1.0)
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def fine_tune(
