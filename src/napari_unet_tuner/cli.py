@@ -17,7 +17,7 @@ from napari_unet_tuner.config import (
     InstanceConfig,
 )
 from napari_unet_tuner.errors import UnetTunerError
-from napari_unet_tuner.outputs import check_output
+from napari_unet_tuner.outputs import check_outputs
 
 log = logging.getLogger("napari_unet_tuner")
 
@@ -181,9 +181,11 @@ def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
             extension = args.format or ("zarr" if is_zarr else "tif")
             labels = args.output / f"{stem}_labels.{extension}"
         probs = labels.with_name(labels.stem.removesuffix("_labels") + "_probabilities.tif")
-        for written in (labels, probs) if args.probabilities else (labels,):
-            check_output(written, args.inputs)
         paths.append((image, labels, probs))
+    written = [labels for _, labels, _ in paths]
+    if args.probabilities:
+        written += [probs for _, _, probs in paths]
+    check_outputs(written, args.inputs)
     return paths
 
 

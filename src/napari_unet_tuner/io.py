@@ -184,13 +184,17 @@ STALE_TEMPORARY_SECONDS = 600
 
 
 def temporary_beside(path: Path) -> Path:
-    """Return a fresh temporary name beside ``path``, removing stale ones of earlier runs.
+    """Return a fresh temporary name beside ``path``: ``.<name>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
-    Writes go to ``.<name>.<random>.tmp`` and are renamed into place; a run
-    killed mid-write (``kill -9``, power loss) leaves its temporary behind,
-    which the next write to the same name removes once it is
-    `STALE_TEMPORARY_SECONDS` old (a younger one may be another run's
-    write in progress).
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove temporaries of earlier writes to ``path`` that were killed mid-way.
+
+    Only those `STALE_TEMPORARY_SECONDS` old: a younger one may be another
+    run's write in progress. Called before writing a user's file (a TIFF, a
+    checkpoint), not for the many small files inside a chunked run's work
+    folder, which is removed whole when the run completes.
     """
     now = time.time()
     for old in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
@@ -199,7 +203,6 @@ def temporary_beside(path: Path) -> Path:
                 old.unlink()
         except OSError:
             pass  # removed meanwhile, or not ours to remove
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
 def write_tiff_atomic(
@@ -220,6 +223,7 @@ def write_tiff_atomic(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; choose another output or allow overwriting")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_beside(path)
     try:
         tifffile.imwrite(tmp, array, compression="zlib", **kwargs)

@@ -21,49 +21,52 @@ def _resolved(path: str | os.PathLike) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a == b:
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies within it (also through links)."""
-    for ancestor in (path, *path.parents):
-        if _same_file(ancestor, folder):
-            return True
-    return False
-
-
-def check_output(output: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> None:
-    """Refuse an ``output`` that is, contains, or lies inside one of ``sources``.
+def check_outputs(
+    outputs: Iterable[str | os.PathLike], sources: Iterable[str | os.PathLike]
+) -> None:
+    """Refuse any of ``outputs`` that is, contains, or lies inside one of ``sources``.
 
     Writing (or replacing) it would destroy an input: a labels TIFF over
     its image, or a zarr output whose removal takes its input folder with it.
+    Each path is resolved once (links followed); a hard link to an input is
+    recognised by file identity.
 
     Raises
     ------
     InputError
         Naming the input and what to do instead.
     """
-    out = _resolved(output)
-    for source in sources:
-        src = _resolved(source)
-        if _same_file(out, src):
-            problem = "is the input"
-        elif _inside(out, src) and src.is_dir():
-            problem = "lies inside the input folder"
-        elif _inside(src, out):
-            problem = "contains the input"
-        else:
-            continue
-        raise InputError(
-            f"the output {output} {problem} {source}: writing it would destroy the input; "
-            "choose an output elsewhere"
-        )
+    by_path = {_resolved(source): source for source in sources}
+    by_file = {_file_id(path): by_path[path] for path in by_path if path.exists()}
+    folders = {path for path in by_path if path.is_dir()}
+    above = {parent: path for path in by_path for parent in path.parents}
+    for output in outputs:
+        out = _resolved(output)
+        source, problem = by_path.get(out), "is the input"
+        if source is None and out.exists():
+            source = by_file.get(_file_id(out))
+        if source is None:
+            inside = [p for p in out.parents if p in folders]
+            if inside:
+                source, problem = by_path[inside[0]], "lies inside the input folder"
+            elif out in above:
+                source, problem = by_path[above[out]], "contains the input"
+        if source is not None:
+            raise InputError(
+                f"the output {output} {problem} {source}: writing it would destroy the input; "
+                "choose an output elsewhere"
+            )
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """Return the file itself (device, inode): a hard link is the same file."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def check_output(output: str | os.PathLike, sources: Iterable[str | os.PathLike]) -> None:
+    """`check_outputs` for one output."""
+    check_outputs([output], sources)
 
 
 class OutputLock:

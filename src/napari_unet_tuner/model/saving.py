@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from napari_unet_tuner.io import temporary_beside
+from napari_unet_tuner.io import remove_stale_temporaries, temporary_beside
 from napari_unet_tuner.model.checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -119,6 +119,7 @@ def save_checkpoint(
         "card": json.dumps(checkpoint.card.to_dict()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = temporary_beside(path)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
