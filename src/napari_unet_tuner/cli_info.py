@@ -28,6 +28,7 @@ def add_info_parser(commands, formatter_class=argparse.HelpFormatter) -> None:
 def run_info(args: argparse.Namespace) -> int:
     """Run ``unet-tuner info``; return the exit status."""
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.training.records import describe_training_run
 
     path = args.checkpoint or default_checkpoint_path()
     ckpt = load_checkpoint(path)
@@ -55,27 +56,6 @@ def run_info(args: argparse.Namespace) -> int:
         f"created:      {card.created} by napari-unet-tuner {card.package_version}",
         f"sha256:       {ckpt.sha256}",
     ]
-    lines += [f"  - {_describe_training(run)}" for run in card.training]
+    lines += [f"  - {describe_training_run(run)}" for run in card.training]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
-
-
-def _describe_training(run: dict) -> str:
-    """One line per training run of a card (``--json`` has everything)."""
-    parts = [
-        str(run.get("started", "?")),
-        f"{run.get('seconds', '?')} s",
-        f"{run.get('steps', '?')} steps on {run.get('device', '?')}",
-        f"stopped by {run.get('stop_reason', '?')}",
-    ]
-    after = run.get("corrections_after") or {}
-    if after.get("corrected") or after.get("deleted"):
-        parts.append(
-            f"corrected objects right {after.get('corrected_right')}/{after.get('corrected')}, "
-            f"deleted gone {after.get('deleted_gone')}/{after.get('deleted')}"
-        )
-    before, now = run.get("scores_before") or {}, run.get("scores_after") or {}
-    ap_before, ap_after = before.get("ap50"), now.get("ap50")
-    if isinstance(ap_after, float) and ap_after == ap_after:  # not NaN
-        parts.append(f"held-out AP50 {ap_before:.2f} -> {ap_after:.2f}")
-    return ", ".join(parts)

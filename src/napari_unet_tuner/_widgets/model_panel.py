@@ -12,6 +12,7 @@ from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.inference.device import available_devices
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 from napari_unet_tuner.model.saving import save_checkpoint
+from napari_unet_tuner.training.records import describe_training_run
 from napari_unet_tuner.versions import recent_checkpoints, remember_checkpoint
 
 if TYPE_CHECKING:
@@ -157,12 +158,5 @@ def _card_details(checkpoint) -> str:
         f"pixel size {card.pixel_size or 'unknown'}.",
         f"U-Net of depth {cfg.depth} with {cfg.features} features.",
     ]
-    for run in card.training[-3:]:
-        after = run.get("corrections_after") or {}
-        learned = (
-            f"corrected objects right {after.get('corrected_right')}/{after.get('corrected')}"
-            if after.get("corrected")
-            else f"{run.get('steps')} steps"
-        )
-        lines.append(f"Trained {run.get('started', '')[:16]}: {learned}.")
+    lines += [f"Trained {describe_training_run(run)}." for run in card.training[-3:]]
     return "\n".join(line for line in lines if line)

@@ -140,3 +140,28 @@ def describe_run(
     if math.isfinite(ap_before) and math.isfinite(ap_after):
         text += f"; held-out AP50 {ap_before:.2f} -> {ap_after:.2f}"
     return text
+
+
+def describe_training_run(run: dict) -> str:
+    """Return one line in words for a training run recorded in a model card.
+
+    When it ran, how long, how it stopped, and what it learned; used by
+    ``unet-tuner info`` and the widget's model card.
+    """
+    parts = [
+        str(run.get("started", "?")),
+        f"{run.get('seconds', '?')} s",
+        f"{run.get('steps', '?')} steps on {run.get('device', '?')}",
+        f"stopped by {run.get('stop_reason', '?')}",
+    ]
+    after = run.get("corrections_after") or {}
+    if after.get("corrected") or after.get("deleted"):
+        parts.append(
+            f"corrected objects right {after.get('corrected_right')}/{after.get('corrected')}, "
+            f"deleted gone {after.get('deleted_gone')}/{after.get('deleted')}"
+        )
+    before, now = run.get("scores_before") or {}, run.get("scores_after") or {}
+    ap_before, ap_after = before.get("ap50"), now.get("ap50")
+    if isinstance(ap_after, float) and ap_after == ap_after:  # not NaN
+        parts.append(f"held-out AP50 {ap_before:.2f} -> {ap_after:.2f}")
+    return ", ".join(parts)
