@@ -14,8 +14,12 @@ from napari_unet_tuner import (
     segment,
 )
 from napari_unet_tuner.training import trainer
-from napari_unet_tuner.training.corrections import count_corrections, find_corrections
-from napari_unet_tuner.training.data import Sample
+from napari_unet_tuner.training.corrections import (
+    CorrectionCounts,
+    count_corrections,
+    find_corrections,
+)
+from napari_unet_tuner.training.data import PatchSampler, Sample
 from napari_unet_tuner.training.metrics import match_counts, matched_ious, pooled_precision
 from napari_unet_tuner.training.split import MANY_CORRECTIONS, many_corrections, split_validation
 from napari_unet_tuner.training.targets import IGNORE, annotation_to_targets
@@ -66,6 +70,30 @@ def test_objects_are_sorted_by_what_the_user_did():
     assert counted.describe().endswith("new false objects 1")
     # The arrays the user painted are not modified.
     assert (annotation == 9).sum() == 0 and (prediction == 9).sum() == 15 * 15
+
+
+def test_a_small_correction_is_drawn_as_often_as_a_large_one():
+    # A large painted nucleus and a small one, both missed by the prediction.
+    annotation = disc_labels((128, 128), [(40, 40), (110, 110)], radius=5)
+    annotation[annotation == 1] = 0
+    annotation[20:60, 20:60] = 1
+    corrections = find_corrections(annotation, "corrections", np.zeros_like(annotation))
+    # The image marks the corner of the small one, to tell which patches show it.
+    image = np.zeros((1, 128, 128), np.float32)
+    image[0, 95:, 95:] = 1.0
+    sample = Sample(
+        image=image,
+        targets=annotation_to_targets(annotation, "corrections"),
+        instances=annotation,
+        val_targets=np.full(annotation.shape, IGNORE, np.uint8),
+        corrections=corrections,
+    )
+    sampler = PatchSampler([sample], (16, 16), None, np.random.default_rng(0))
+    images, _ = sampler.batch(600)
+    on_small = (images[:, 0] == 1).any(axis=(1, 2)).mean()
+    # Half the patches are drawn on the corrections, half of those on the small
+    # one; by pixels it would be 1 in 25 of them.
+    assert 0.2 < on_small < 0.4, on_small
 
 
 def test_validation_ap_is_pooled_over_regions():
@@ -220,8 +248,10 @@ def test_a_second_fine_tune_keeps_what_the_first_learned(disc_model):
     assert right(segment(image2, second.checkpoint).labels, truth2, dim2) == len(dim2)
 
 
-def scripted_validations(monkeypatch, objectives, fit_losses=None):
+def scripted_validations(monkeypatch, objectives, fit_losses=None, corrections=None):
     """Make validation report ``objectives`` (and fit losses, else 1) in turn.
+
+    ``corrections``: the `CorrectionCounts` every validation reports (else none).
 
     Also records the weights each validation saw.
     """
@@ -237,7 +267,7 @@ def scripted_validations(monkeypatch, objectives, fit_losses=None):
         i = len(seen) - 1
         fit = 1.0 if fit_losses is None else fit_losses[i]
         scores = {**chosen.scores, "reproduced": objectives[i], "ap50": 0.0, "fit_loss": fit}
-        return replace(chosen, scores=scores, corrections=None)
+        return replace(chosen, scores=scores, corrections=corrections)
 
     monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
     monkeypatch.setattr(trainer, "choose", fake_choose)
@@ -270,6 +300,17 @@ def test_a_model_still_fitting_its_annotation_is_not_stopped_early(disc_model, m
     # two validations after the fit stopped improving (the sixth).
     assert result.stop_reason == "early stopping" and len(seen) == 8
     assert result.scores_after["reproduced"] == 1.0  # the model kept is still the best
+
+
+def test_a_review_still_missing_corrections_uses_its_whole_budget(disc_model, monkeypatch):
+    image, truth, _ = dim_disc_scene(0)
+    parent = segment(image, disc_model).labels
+    missing = CorrectionCounts(corrected=5, corrected_right=3, kept=10, kept_right=10)
+    seen = scripted_validations(monkeypatch, [0.1, 0.5] + [0.4] * 5, corrections=missing)
+    config = replace(QUICK, steps_per_epoch=2, patience=2, max_epochs=6, tune_instances=False)
+    result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
+    # Patience 2 would have stopped after the fourth validation.
+    assert len(seen) == 7 and result.stop_reason == "epochs"
 
 
 def test_no_early_stop_before_anything_was_learned(disc_model, monkeypatch):

@@ -27,6 +27,11 @@ from napari_unet_tuner.training.targets import (
 # a few corrections among a whole image of unchanged objects are seen every
 # other step instead of once in fifty.
 CORRECTION_PATCH_SHARE = 0.5
+# Corrected regions (connected changed pixels) of at least this many pixels are
+# drawn equally often, whatever their size: a small nucleus the user painted
+# counts as much as a large merged pair. Smaller specks (a stray brush pixel)
+# are drawn in proportion to their size.
+_WHOLE_REGION_PIXELS = 64
 
 
 @dataclass(frozen=True)
@@ -203,7 +208,8 @@ class PatchSampler:
     """Draws augmented training patches centred on annotated pixels.
 
     `CORRECTION_PATCH_SHARE` of the patches are centred on a corrected
-    pixel (`CorrectionMap.emphasis`) when a sample has any; of the rest,
+    pixel (`CorrectionMap.emphasis`) when a sample has any, each corrected
+    region (connected changed pixels) drawn equally often; of the rest,
     half are centred on an object pixel and half on any annotated pixel, so
     a few objects among much background still get seen. Each target patch
     is ``(K, *patch)``: the classes, their `classes_to_distance` with
@@ -227,7 +233,8 @@ class PatchSampler:
         self.augment = augment
         self.rng = rng
         self._targets = []
-        self._emphasis = []
+        # One entry per corrected region of every sample: (sample index, pixels).
+        self._regions: list[tuple[int, np.ndarray]] = []
         for s in self.samples:
             emphasis = np.zeros(s.targets.shape, bool)
             if s.corrections is not None:
@@ -237,15 +244,17 @@ class PatchSampler:
                 channels.append(classes_to_distance(s.targets))
             channels.append(emphasis.astype(np.uint8))
             self._targets.append(np.stack(channels))
-            self._emphasis.append(np.flatnonzero(emphasis))
+            self._regions += [(len(self._targets) - 1, pixels) for pixels in _regions(emphasis)]
         self._known = [np.flatnonzero(s.targets != IGNORE) for s in self.samples]
         self._objects = [
             np.flatnonzero((s.targets != IGNORE) & (s.targets > 0)) for s in self.samples
         ]
         weights = np.array([len(k) for k in self._known], float)
         self._sample_p = weights / weights.sum()
-        corrected = np.array([len(e) for e in self._emphasis], float)
-        self._corrected_p = corrected / corrected.sum() if corrected.sum() else None
+        region_weights = np.array(
+            [min(len(pixels), _WHOLE_REGION_PIXELS) for _, pixels in self._regions], float
+        )
+        self._corrected_p = region_weights / region_weights.sum() if self._regions else None
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(images (N, C, *patch), targets (N, K, *patch))`` (see the class)."""
@@ -255,8 +264,7 @@ class PatchSampler:
     def _patch(self) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
         if self._corrected_p is not None and rng.random() < CORRECTION_PATCH_SHARE:
-            i = rng.choice(len(self.samples), p=self._corrected_p)
-            pool = self._emphasis[i]
+            i, pool = self._regions[rng.choice(len(self._regions), p=self._corrected_p)]
         else:
             i = rng.choice(len(self.samples), p=self._sample_p)
             objects = self._objects[i]
@@ -267,6 +275,17 @@ class PatchSampler:
         if self.augment is not None:
             image, target = _augment(image, target, rng, self.augment)
         return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
+def _regions(mask: np.ndarray) -> list[np.ndarray]:
+    """Return the flat indices of each connected region of ``mask``."""
+    regions, count = ndimage.label(mask)
+    if not count:
+        return []
+    flat = np.flatnonzero(regions)
+    order = np.argsort(regions.ravel()[flat], kind="stable")
+    bounds = np.cumsum(np.bincount(regions.ravel()[flat], minlength=count + 1)[1:])[:-1]
+    return np.split(flat[order], bounds)
 
 
 def _crop(image, targets, center, patch_shape, rng):

@@ -316,8 +316,10 @@ def iter_fine_tune(
                 stop_reason = "learned"
                 break
             # Only once something was learned: a few corrections can take most of
-            # the budget, and stopping before would keep the parent unseen.
-            if best_step > 0 and since_best >= config.patience:
+            # the budget, and stopping before would keep the parent unseen. And not
+            # while a review's corrections are not all reproduced: the user gave the
+            # budget for them.
+            if best_step > 0 and since_best >= config.patience and not _unfinished(best):
                 stop_reason = "early stopping"
                 break
     # Learned means more of what the user reviewed (or of the held-out part of
@@ -387,6 +389,12 @@ def iter_fine_tune(
     if note:
         message = f"{message}\n{note}"
     return result(new, written)
+
+
+def _unfinished(best: ValidationResult) -> bool:
+    """Whether a review's best model still misses some of its corrections."""
+    counts = best.corrections
+    return not best.generalization_first and counts is not None and counts.fixed < counts.to_fix
 
 
 def _labeller(model: UNet, card, device: torch.device):
