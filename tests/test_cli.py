@@ -245,7 +245,7 @@ def test_help_shows_defaults_and_answers_without_torch(capsys):
             main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())  # as read, not as wrapped
     assert "(default: 60.0)" in text and "(default: corrections)" in text
-    assert "(default: 0.125)" in text and "(default: None)" not in text
+    assert "(default: 0.25)" in text and "(default: None)" not in text
     # --help imports neither torch nor dask: it answers at once.
     probe = (
         "import sys\nfrom napari_unet_tuner.cli import main\n"

@@ -47,9 +47,17 @@ def in_memory(image, checkpoint, block_shape=CHUNK):
     """Probabilities and labels of the whole image at once, with thresholds that make objects."""
     reader = ImageReader(image, "YX", 2, 1, checkpoint.card.normalization_config)
     predictor = make_predictor(checkpoint.build_model("cpu"), "cpu")
-    tile_shape = fit_tile_shape(reader.spatial_shape, (32, 32), TINY.size_multiple, 0.125)
+    tile_shape = fit_tile_shape(
+        reader.spatial_shape, (32, 32), TINY.size_multiple, INFERENCE.overlap
+    )
     prob = predict_tiled(
-        lambda sl: reader.read((), sl), reader.spatial_shape, predictor, 3, tile_shape, 0.125, 1
+        lambda sl: reader.read((), sl),
+        reader.spatial_shape,
+        predictor,
+        3,
+        tile_shape,
+        INFERENCE.overlap,
+        1,
     )
     instances = InstanceConfig(
         threshold=float(1 - np.quantile(prob[0].astype(np.float32), 0.6)),
@@ -264,8 +272,10 @@ def test_a_3d_model_in_3d_chunks(tmp_path):
         make_predictor(checkpoint.build_model("cpu"), "cpu"),
         3,
         # The tiles segmentation uses: (8, 16, 16) balanced over this volume.
-        fit_tile_shape(reader.spatial_shape, (8, 16, 16), config.size_multiple, 0.125),
-        0.125,
+        fit_tile_shape(
+            reader.spatial_shape, (8, 16, 16), config.size_multiple, InferenceConfig.overlap
+        ),
+        InferenceConfig.overlap,
         1,
     )
     instances = InstanceConfig(

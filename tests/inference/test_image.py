@@ -110,3 +110,10 @@ def test_lazy_arrays_are_read_tile_by_tile():
     predict_tiled(lambda sl: reader.read((), sl), (300, 300), lambda b: b, 1, (64, 64))
     assert max(data.reads) <= 64 * 64
     assert len(data.reads) > 10
+
+
+def test_a_few_bright_pixels_on_a_flat_background_span_the_unit_range():
+    img = np.zeros((100, 100), np.uint16)
+    img[10:13, 10:13] = 3000  # 9 pixels: under the top 0.2 %
+    tile = ImageReader(img, "YX", 2, 1).read((), (slice(0, 100), slice(0, 100)))
+    assert tile.max() == pytest.approx(1.0) and tile.min() == 0.0

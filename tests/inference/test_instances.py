@@ -139,3 +139,16 @@ def test_convex_seeds_are_not_split():
     probs = one_hot((ellipse | disc).astype(int))
     labels = probabilities_to_labels(probs, config=InstanceConfig(split_solidity=0.9))
     assert labels.max() == 2
+
+
+def test_raising_the_threshold_removes_objects_the_model_is_unsure_of():
+    truth = disc_labels((64, 96), [(32, 20), (32, 70)], radius=10)
+    probabilities = one_hot(labels_to_classes(truth))
+    # The second object is interior by its classes, but 30 % background throughout.
+    unsure = truth == 2
+    probabilities[:, unsure] *= 0.7
+    probabilities[0, unsure] += 0.3
+    loose = probabilities_to_labels(probabilities, config=InstanceConfig(threshold=0.5))
+    strict = probabilities_to_labels(probabilities, config=InstanceConfig(threshold=0.9))
+    assert loose.max() == 2 and strict.max() == 1
+    assert (strict[truth == 1] > 0).all() and not strict[unsure].any()

@@ -43,3 +43,16 @@ def test_bundled_default_finds_the_nuclei_of_the_sample():
     found = labels > 0
     dice = 2 * (otsu & found).sum() / (otsu.sum() + found.sum())
     assert dice > 0.75
+
+
+def test_a_few_bright_nuclei_on_a_flat_background_are_each_one_object():
+    # Fewer nuclear pixels than the top 0.2 %: the 1st and 99.8th percentiles
+    # are both 0, and raw intensities of 3000 once made 15 objects of 3.
+    image = np.zeros((512, 512), np.uint16)
+    yy, xx = np.mgrid[:512, :512]
+    for cy, cx in ((100, 100), (250, 380), (400, 200)):
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = 3000
+    labels = segment(image, default_checkpoint_path()).labels
+    assert labels.max() == 3
+    for cy, cx in ((100, 100), (250, 380), (400, 200)):
+        assert labels[cy, cx] > 0

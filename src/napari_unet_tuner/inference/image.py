@@ -287,10 +287,15 @@ class ImageReader:
             self._digest.update(samples.tobytes())
             # In the samples' precision (float64 for wide types, see _read_raw).
             lo, hi = np.percentile(samples, [cfg.low, cfg.high], axis=1).astype(samples.dtype)
-            # A constant image (hi == lo) maps to 0 instead of dividing by zero.
-            # (lo + 1 is lo itself for large float32 values: at least one step above it.)
+            # A few bright objects on a flat background (fewer pixels than the top
+            # percentile) make hi == lo: their brightest sample is the top instead
+            # of raw intensities (3 nuclei at 3000 on zeros made 15 objects). A
+            # constant image still maps to 0 instead of dividing by zero (lo + 1
+            # is lo itself for large float32 values: at least one step above it).
+            brightest = samples.max(axis=1)
             step_up = np.maximum(lo + 1.0, np.nextafter(lo, np.inf))
-            hi = np.where(hi > lo, hi, step_up).astype(samples.dtype)
+            hi = np.where(hi > lo, hi, np.where(brightest > lo, brightest, step_up))
+            hi = hi.astype(samples.dtype)
             stats = (lo, hi)
         self._stats[t] = stats
         return stats

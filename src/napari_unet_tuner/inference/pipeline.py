@@ -27,7 +27,9 @@ from napari_unet_tuner.inference.tiling import (
 from napari_unet_tuner.model.checkpoint import Checkpoint, load_checkpoint
 from napari_unet_tuner.model.unet import UNet, inference_copy, memory_format
 
-DEFAULT_TILE_SHAPE = {2: (256, 256), 3: (32, 128, 128)}
+# 512-pixel tiles overlapping by 128 run as fast here as 256-pixel ones by 32
+# (fewer, larger tiles) and stay much closer to a whole-image pass.
+DEFAULT_TILE_SHAPE = {2: (512, 512), 3: (32, 128, 128)}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_unet_tuner._generators import run_to_completion
+from napari_unet_tuner.config import InferenceConfig
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 """Maps a batch ``(N, C_in, *tile)`` float32 to ``(N, C_out, *tile)`` float32."""
@@ -161,7 +162,7 @@ def iter_predict_tiled(
     predictor: Predictor,
     out_channels: int,
     tile_shape: Sequence[int],
-    overlap: float = 0.125,
+    overlap: float = InferenceConfig.overlap,
     batch_size: int = 1,
     out: np.ndarray | None = None,
 ) -> Generator[TileProgress, None, np.ndarray]:
@@ -243,7 +244,7 @@ def predict_region(
     predictor: Predictor,
     out_channels: int,
     tile_shape: Sequence[int],
-    overlap: float = 0.125,
+    overlap: float = InferenceConfig.overlap,
     batch_size: int = 1,
 ) -> np.ndarray:
     """Predict one region of an image exactly as a whole-image run would.
