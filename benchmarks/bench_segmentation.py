@@ -1,6 +1,6 @@
 """Segmentation throughput against a bare forward pass, and peak memory on a large image.
 
-    .venv/bin/python benchmarks/bench_segmentation.py [--size 8192] [--checkpoint PATH]
+    .venv/bin/python benchmarks/bench_segmentation.py [--size 8192] [--no-memory]
 
 1. Throughput, side by side in one run, on a 2048 x 2048 mosaic of real HeLa
    frames: the whole pipeline (normalize, tile, predict, blend, instances)
@@ -10,7 +10,12 @@
    contiguous layout) on the same tiles, alternating, best of ``--repeats``.
    Also the pipeline's time outside the model within the same run, relative
    to its time inside: the overhead free of machine noise.
-2. Peak memory: a ``--size`` x ``--size`` uint16 mosaic stored as a chunked
+2. Number formats (`InferenceConfig.precision`), side by side, interleaved:
+   float32 and, where the CPU computes it natively, bfloat16: the model's
+   megapixels per second and its fraction of the measured matmul peak in
+   that format, the whole pipeline on a 4096 x 4096 mosaic, and AP@0.5 of
+   the labels against float32's there and on the held-out images.
+3. Peak memory: a ``--size`` x ``--size`` uint16 mosaic stored as a chunked
    zarr array is segmented in a fresh process; the peak resident memory
    (VmHWM) above the process's state before the run, minus the labels output,
    is what the pipeline itself needs.
@@ -54,11 +59,13 @@ def mosaic(size: int) -> np.ndarray:
 
 def throughput(checkpoint, size: int, repeats: int) -> dict:
     image = mosaic(size)
-    config = InferenceConfig(device="cpu")
+    # float32 throughout: the model against the pipeline around it, in one format
+    # (`precisions` compares the formats).
+    config = InferenceConfig(device="cpu", precision="fp32")
     tile = DEFAULT_TILE_SHAPE[2]
     n_tiles = math.prod(len(tile_starts(size, t, round(t * config.overlap))) for t in tile)
     model = checkpoint.build_model("cpu")
-    predictor = make_predictor(model)
+    predictor = make_predictor(model, precision="fp32")
     fast = inference_copy(model)
     x = torch.from_numpy(np.random.default_rng(0).random((1, 1, *tile), dtype=np.float32))
     x_fast = x.contiguous(memory_format=memory_format(2))
@@ -154,12 +161,104 @@ def peak_memory(checkpoint_path: Path, size: int) -> dict:
     }
 
 
+def matmul_peak(dtype: torch.dtype, repeats: int = 5) -> float:
+    """Measured matmul GFLOP/s in ``dtype`` with torch's threads (best of ``repeats``)."""
+    a = torch.randn(2048, 2048).to(dtype)
+    b = torch.randn(2048, 2048).to(dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        best = min(best, (time.perf_counter() - t0) / 4)
+    return 2 * 2048**3 / best / 1e9
+
+
+def model_gflop_per_megapixel(checkpoint) -> float:
+    """Floating-point operations of one forward pass per megapixel (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = inference_copy(checkpoint.build_model("cpu"))
+    x = torch.zeros(1, checkpoint.model_config.in_channels, 256, 256)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / (256 * 256) * 1e6 / 1e9
+
+
+def precisions(checkpoint, size: int, repeats: int) -> dict:
+    """Each number format side by side, interleaved: model and pipeline speed, labels' agreement.
+
+    For every format this CPU offers (float32; bfloat16 where it computes it
+    natively): the predictor's own megapixels per second on the default
+    tiles, as a fraction of the measured matmul peak in that format; the
+    whole pipeline on a ``size`` x ``size`` HeLa mosaic; and AP@0.5 of its
+    labels against float32's, there and on the held-out images.
+    """
+    from napari_unet_tuner.inference.device import cpu_computes_bf16
+    from napari_unet_tuner.training.metrics import average_precision
+
+    formats = {"fp32": torch.float32}
+    if cpu_computes_bf16():
+        formats["bf16"] = torch.bfloat16
+    image = mosaic(size)
+    tile = DEFAULT_TILE_SHAPE[2]
+    batch = np.random.default_rng(0).random((1, 1, *tile), dtype=np.float32)
+    flop = model_gflop_per_megapixel(checkpoint)
+    predictors = {
+        name: make_predictor(checkpoint.build_model("cpu"), precision=name) for name in formats
+    }
+    configs = {name: InferenceConfig(device="cpu", precision=name) for name in formats}
+    for name in formats:  # warm-up, untimed
+        predictors[name](batch)
+        segment(image[:512, :512], checkpoint, inference=configs[name])
+    model_times = {name: [] for name in formats}
+    pipeline_times = {name: [] for name in formats}
+    labels = {}
+    for _ in range(repeats):
+        for name in formats:
+            t0 = time.perf_counter()
+            for _ in range(8):
+                predictors[name](batch)
+            model_times[name].append((time.perf_counter() - t0) / 8)
+            t0 = time.perf_counter()
+            labels[name] = segment(image, checkpoint, inference=configs[name]).labels
+            pipeline_times[name].append(time.perf_counter() - t0)
+    held_out = [pair for pairs in datasets.held_out_sets().values() for pair in pairs]
+    reference = [segment(i, checkpoint, inference=configs["fp32"]).labels for i, _ in held_out]
+    rows = {}
+    for name, dtype in formats.items():
+        model_mpx = batch[0, 0].size / 1e6 / min(model_times[name])
+        others = [segment(i, checkpoint, inference=configs[name]).labels for i, _ in held_out]
+        pairs = zip(reference, others, strict=True)
+        agreement = [average_precision(ref, other, 0.5) for ref, other in pairs]
+        rows[name] = {
+            "model_mpx_per_s": round(model_mpx, 2),
+            "matmul_peak_gflops": round(matmul_peak(dtype)),
+            "fraction_of_peak": round(model_mpx * flop / matmul_peak(dtype), 3),
+            "pipeline_seconds": round(min(pipeline_times[name]), 2),
+            "pipeline_mpx_per_s": round(image.size / 1e6 / min(pipeline_times[name]), 2),
+            "objects": int(labels[name].max()),
+            "ap50_vs_fp32_mosaic": round(average_precision(labels["fp32"], labels[name], 0.5), 4),
+            "ap50_vs_fp32_held_out": round(float(np.mean(agreement)), 4),
+        }
+    return {
+        "image": f"{size}x{size} HeLa mosaic",
+        "gflop_per_megapixel": round(flop, 1),
+        "formats": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--throughput-size", type=int, default=2048)
+    parser.add_argument("--precision-size", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--no-memory", action="store_true", help="skip the peak-memory run (minutes at 8192)"
+    )
     args = parser.parse_args()
     path = args.checkpoint or default_checkpoint_path()
     checkpoint = load_checkpoint(path)
@@ -168,9 +267,14 @@ def main() -> None:
         "checkpoint": checkpoint.card.name,
         "model": checkpoint.model_config.to_dict(),
         "throughput": throughput(checkpoint, args.throughput_size, args.repeats),
+        "precisions": precisions(checkpoint, args.precision_size, args.repeats),
     }
     print(json.dumps(report, indent=2), flush=True)
-    report["memory"] = peak_memory(path, args.size)
+    previous = RESULTS / "segmentation.json"
+    if args.no_memory and previous.exists():
+        report["memory"] = json.loads(previous.read_text()).get("memory")
+    else:
+        report["memory"] = peak_memory(path, args.size)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "segmentation.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -24,7 +24,30 @@ def responsiveness_rows(resp: dict) -> list[tuple[str, str, dict]]:
         (level, what.replace("_", " "), r)
         for level, rows in resp.items()
         for what, r in rows.items()
+        if what != "frozen_at"
     ]
+
+
+def precisions_lines(report: dict | None) -> list[str]:
+    """The number formats table of bench_segmentation (`InferenceConfig.precision`)."""
+    if not report:
+        return []
+    lines = [
+        f"Number formats side by side (`--precision`; the model costs "
+        f"{report['gflop_per_megapixel']} GFLOP per megapixel; pipeline on the "
+        f"{report['image']}):",
+        "",
+        "| format | model MP/s | matmul peak GFLOP/s | fraction of peak | pipeline s | "
+        "pipeline MP/s | objects | AP@0.5 vs float32: mosaic | held-out images |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report["formats"].items():
+        lines.append(
+            f"| {name} | {r['model_mpx_per_s']} | {r['matmul_peak_gflops']} | "
+            f"{r['fraction_of_peak']:.0%} | {r['pipeline_seconds']} | {r['pipeline_mpx_per_s']} | "
+            f"{r['objects']} | {r['ap50_vs_fp32_mosaic']} | {r['ap50_vs_fp32_held_out']} |"
+        )
+    return [*lines, ""]
 
 
 def plots(quality: dict | None, seg: dict | None, resp: dict | None) -> None:
@@ -417,6 +440,7 @@ def main() -> None:
                 else ""
             ),
             "",
+            *precisions_lines(seg.get("precisions")),
             f"Peak memory on a {m['image']}: {m['peak_above_baseline_mb']} MB above the "
             f"process's state before the run, of which {m['labels_output_mb']} MB is the int32 "
             f"label output: **{m['peak_beyond_output_mb']} MB beyond the output** (target: under "
@@ -434,7 +458,8 @@ def main() -> None:
         lines += [
             "## Responsiveness (`benchmarks/bench_responsiveness.py`, napari under Xvfb)",
             "",
-            "Quiet, then while two other processes keep both cores busy, in one session.",
+            "Quiet, then while two other processes keep both cores busy; each in a fresh napari "
+            "session (the widget docked, then segment, segment again, fine-tune).",
             "",
             "| machine | during | longest event-loop stall (ms) | 99th percentile (ms) |",
             "|---|---|---|---|",

@@ -21,7 +21,7 @@ def test_cuda_segmentation_matches_cpu():
     gpu = segment(
         image,
         ckpt,
-        inference=InferenceConfig(device="cuda", mixed_precision=False),
+        inference=InferenceConfig(device="cuda", precision="fp32"),
         return_probabilities=True,
     )
     np.testing.assert_allclose(
@@ -55,7 +55,7 @@ def test_chunked_run_uses_the_gpu_and_writes_the_same_objects(tmp_path):
             image,
             tmp_path / f"{device}.zarr",
             ckpt,
-            inference=InferenceConfig(device=device, mixed_precision=False),
+            inference=InferenceConfig(device=device, precision="fp32"),
             chunked=ChunkedConfig(chunk_shape=(64, 64)),
         )
         runs[device] = (result, open_labels_zarr(result.path)[:])

@@ -12,6 +12,7 @@ from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
 from napari_unet_tuner.cli_info import add_info_parser, run_info
 from napari_unet_tuner.config import (
+    PRECISIONS,
     ChunkedConfig,
     InferenceConfig,
     InstanceConfig,
@@ -102,6 +103,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=InferenceConfig.batch_size, help="tiles per forward pass"
     )
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
+    seg.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=InferenceConfig.precision,
+        help="number format of the model: auto is bfloat16 on CPUs that compute it natively "
+        "(2-3x faster, the same labels), float32 on other CPUs, float16 on GPUs",
+    )
     seg.add_argument(
         "--scale",
         type=_scale,
@@ -211,6 +219,7 @@ def _segment(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         scale=args.scale,
     )
     overrides = {

@@ -15,6 +15,8 @@ from typing import Any, Literal, Self
 from napari_unet_tuner.errors import ConfigError
 
 OutputKind = Literal["boundary3", "boundary3_distance", "foreground"]
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 # Largest U-Net a config may describe: beyond this it is a damaged file, not a
 # model (depth 8 already needs tiles of 256 pixels and more).
 _MAX_DEPTH = 8
@@ -201,8 +203,12 @@ class InferenceConfig(_DictMixin):
         Tiles per forward pass.
     device : str
         ``"auto"`` (CUDA, then Apple MPS, then CPU) or a torch device string.
-    mixed_precision : bool
-        Autocast to half precision on CUDA and MPS (ignored on the CPU).
+    precision : {"auto", "bf16", "fp32"}
+        Number format the model runs in. ``"auto"``: bfloat16 on CPUs that
+        compute it natively (AMX or AVX512-BF16: 2-3x faster, the same
+        labels), float32 on other CPUs, float16 autocast on CUDA and MPS.
+        ``"bf16"`` forces bfloat16 (emulated, slow, on other CPUs);
+        ``"fp32"`` forces float32.
     num_threads : int or None
         CPU threads for torch during the run; ``None`` keeps torch's default.
     scale : float
@@ -217,11 +223,15 @@ class InferenceConfig(_DictMixin):
     overlap: float = 0.25
     batch_size: int = 1
     device: str = "auto"
-    mixed_precision: bool = True
+    precision: Precision = "auto"
     num_threads: int | None = None
     scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+            )
         if not 0.1 <= self.scale <= 10:
             raise ConfigError(f"scale must be in [0.1, 10], got {self.scale}")
         if not 0.0 <= self.overlap < 0.5:

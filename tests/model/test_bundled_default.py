@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 from skimage.filters import gaussian, threshold_otsu
 
-from napari_unet_tuner import load_checkpoint, segment
+from napari_unet_tuner import ConfigError, InferenceConfig, load_checkpoint, segment
 from napari_unet_tuner._sample_data import nuclei_sample
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
 from napari_unet_tuner.training.metrics import match_counts
@@ -56,3 +57,38 @@ def test_a_few_bright_nuclei_on_a_flat_background_are_each_one_object():
     assert labels.max() == 3
     for cy, cx in ((100, 100), (250, 380), (400, 200)):
         assert labels[cy, cx] > 0
+
+
+def test_bfloat16_gives_the_labels_of_float32_on_the_sample():
+    ((image, _, _),) = nuclei_sample()
+    runs = {
+        precision: segment(
+            image,
+            default_checkpoint_path(),
+            inference=InferenceConfig(precision=precision),
+            return_probabilities=True,
+        )
+        for precision in ("fp32", "bf16")
+    }
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    difference = np.abs(fp32.probabilities.astype(np.float32) - bf16.probabilities)
+    assert 0 < difference.max() < 0.1  # really another number format, and close
+    tp, fp, fn = match_counts(fp32.labels, bf16.labels, 0.5)
+    assert tp / (tp + fp + fn) > 0.97
+
+
+def test_precision_is_checked_and_auto_follows_the_cpu(monkeypatch):
+    import torch
+
+    from napari_unet_tuner.inference import device as device_module
+
+    with pytest.raises(ConfigError, match="precision must be one of auto, bf16, fp32"):
+        InferenceConfig(precision="fp16")
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: False)
+    assert device_module.inference_dtype(cpu, "auto") is None
+    assert device_module.inference_dtype(cpu, "bf16") == torch.bfloat16
+    monkeypatch.setattr(device_module, "cpu_computes_bf16", lambda: True)
+    assert device_module.inference_dtype(cpu, "auto") == torch.bfloat16
+    assert device_module.inference_dtype(cpu, "fp32") is None
+    assert device_module.inference_dtype(torch.device("cuda"), "auto") == torch.float16

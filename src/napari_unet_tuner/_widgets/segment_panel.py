@@ -166,11 +166,18 @@ class SegmentPanel(Container):
                 show_error(problem)
                 return None
             worker = start_zarr_run(
-                self._tuner.viewer, layer, data, axes, checkpoint, output, inference
+                self._tuner.viewer,
+                layer,
+                data,
+                axes,
+                checkpoint,
+                output,
+                inference,
+                self._tuner.warm_up,
             )
             return self._start(worker, None)  # the run shows its own progress bar
         worker = create_worker(
-            iter_segment,
+            self._tuner.warm_up.after(iter_segment),
             source,
             checkpoint,
             axes=axes,

@@ -23,21 +23,6 @@ if TYPE_CHECKING:
 PREVIEW_SECONDS = 5.0
 
 
-def _warm_up_imports() -> None:
-    """Run, off the GUI thread, the lazy imports that the first run would pay for.
-
-    The first ``torch.optim.Adam`` of a process imports torch._dynamo and sympy
-    (1.7 s here), and napari's first Labels layer imports pandas; done when the
-    user presses a button, they froze the viewer for 280 ms and 500 ms
-    (benchmarks/bench_responsiveness.py). Done while the user is still looking
-    at the widget, nobody waits for them.
-    """
-    import pandas  # noqa: F401
-    import torch
-
-    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-
-
 def is_annotation(layer) -> bool:
     """Whether a layer is something the user painted (not one of the plugin's predictions)."""
     from napari.layers import Labels
@@ -113,9 +98,6 @@ class TrainPanel(Container):
         self.extend([self.annotation, self.mode, self.seconds, self.preview, buttons])
         self.native.layout().addWidget(self.plot)
         self.extend([self.status, self.scores])
-        # A daemon thread rather than a napari worker: it reports nothing, and a
-        # worker still running when the viewer closes dies on deleted Qt signals.
-        threading.Thread(target=_warm_up_imports, name="unet-tuner warm-up", daemon=True).start()
 
     def _annotation_choices(self, widget=None) -> list[tuple[str, object]]:
         layers = [layer for layer in self._tuner.viewer.layers if is_annotation(layer)]
@@ -174,7 +156,7 @@ class TrainPanel(Container):
         )
         self._stop.clear()
         worker = create_worker(
-            iter_fine_tune,
+            self._tuner.warm_up.after(iter_fine_tune),
             annotated,
             start,
             config,

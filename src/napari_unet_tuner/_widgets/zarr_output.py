@@ -17,6 +17,7 @@ from napari_unet_tuner.io import open_labels_zarr
 if TYPE_CHECKING:
     import napari
 
+    from napari_unet_tuner._widgets.warm_up import ImportWarmUp
     from napari_unet_tuner.model.checkpoint import Checkpoint
 
 LAYER_TAG = "napari_unet_tuner"
@@ -40,6 +41,7 @@ def start_zarr_run(
     checkpoint: Checkpoint,
     output: Path,
     inference: InferenceConfig,
+    warm_up: ImportWarmUp,
 ):
     """Start a chunked run in a worker; the Labels layer appears with the first record.
 
@@ -49,7 +51,7 @@ def start_zarr_run(
     final numbering is written.
     """
     worker = create_worker(
-        iter_segment_to_zarr,
+        warm_up.after(iter_segment_to_zarr),
         data,
         output,
         checkpoint,

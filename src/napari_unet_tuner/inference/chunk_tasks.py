@@ -139,7 +139,7 @@ def segment_chunk(spec: RunSpec, chunk: Chunk, neighbours: list) -> int:
     cfg = spec.checkpoint.model_config
     device = select_device(spec.inference.device)
     predictor = make_predictor(
-        spec.checkpoint.build_model(device), device, spec.inference.mixed_precision
+        spec.checkpoint.build_model(device), device, spec.inference.precision
     )
     probabilities = predict_region(
         lambda spatial: reader.read(chunk.batch_index, spatial),

@@ -53,15 +53,20 @@ def available_devices() -> list[str]:
     return [*names, "cpu"]
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """Half-precision autocast where the device gains from it (CUDA, MPS), else a no-op.
+def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """Return the number format a model runs in for inference (``None``: float32).
 
-    On the CPU bfloat16 autocast is slower than float32 on most processors
-    without AMX, so the CPU always runs in float32.
+    ``"auto"``: float16 on CUDA and MPS, bfloat16 on CPUs that compute it
+    natively (`cpu_computes_bf16`), float32 elsewhere: there bfloat16 is
+    emulated and slower than float32. ``"bf16"`` and ``"fp32"`` force one.
     """
-    if enabled and device.type in ("cuda", "mps"):
-        return torch.autocast(device_type=device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    return torch.bfloat16 if cpu_computes_bf16() else None
 
 
 def cpu_computes_bf16() -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
@@ -14,8 +16,13 @@ import torch
 from skimage.transform import resize
 
 from napari_unet_tuner._generators import map_progress, run_to_completion
-from napari_unet_tuner.config import InferenceConfig, InstanceConfig, NormalizationConfig
-from napari_unet_tuner.inference.device import autocast, cpu_threads, select_device
+from napari_unet_tuner.config import (
+    InferenceConfig,
+    InstanceConfig,
+    NormalizationConfig,
+    Precision,
+)
+from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.tiling import (
@@ -82,23 +89,34 @@ class SegmentationResult:
 
 
 def make_predictor(
-    model: UNet, device: torch.device | str = "cpu", mixed_precision: bool = True
+    model: UNet, device: torch.device | str = "cpu", precision: Precision = "auto"
 ) -> Predictor:
     """Wrap a model as a numpy-in, numpy-out `Predictor` of probabilities.
 
     The model is moved to ``device`` and put in eval mode. The predictor
     runs its `inference_copy` (batch norm folded, channels-last layout):
     the same outputs, faster. The copy is taken now, so a model trained
-    further needs a new predictor.
+    further needs a new predictor. ``precision`` as in
+    `InferenceConfig.precision`: on the CPU the copy's weights are cast to
+    bfloat16 once; on CUDA and MPS the copy runs under autocast.
     """
     device = torch.device(device)
     model = model.to(device).eval()
     fast = inference_copy(model)
     layout = memory_format(model.config.spatial_dims)
+    dtype = inference_dtype(device, precision)
+    if dtype is not None and device.type == "cpu":
+        fast = fast.to(dtype)
+        context = contextlib.nullcontext
+    elif dtype is not None:
+        context = functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
+    else:
+        context = contextlib.nullcontext
+    input_dtype = dtype if device.type == "cpu" and dtype is not None else torch.float32
 
     def predictor(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), autocast(device, mixed_precision):
-            x = torch.from_numpy(batch).to(device, non_blocking=True)
+        with torch.inference_mode(), context():
+            x = torch.from_numpy(batch).to(device, dtype=input_dtype, non_blocking=True)
             probabilities = fast.predict_proba(x.contiguous(memory_format=layout))
             return probabilities.float().contiguous().cpu().numpy()
 
@@ -210,7 +228,7 @@ def iter_segment(
     )
     device = select_device(inference.device)
     if predictor is None:
-        predictor = make_predictor(ckpt.build_model(device), device, inference.mixed_precision)
+        predictor = make_predictor(ckpt.build_model(device), device, inference.precision)
 
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)
     labels = np.zeros(label_shape, np.int32)

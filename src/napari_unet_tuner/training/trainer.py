@@ -398,7 +398,10 @@ def _unfinished(best: ValidationResult) -> bool:
 
 
 def _labeller(model: UNet, card, device: torch.device):
-    """Return a function giving ``model``'s labels (card's instance settings) for an image."""
+    """Return a function giving ``model``'s labels (card's instance settings) for an image.
+
+    In segmentation's default precision: the labels the user saw and corrected.
+    """
     predictor = make_predictor(model, device)
     config = model.config
 

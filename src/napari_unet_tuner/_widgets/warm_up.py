@@ -1,0 +1,67 @@
+"""The heavy imports of a session, done once off the GUI thread, before any worker needs them."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Generator
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _import_what_the_first_run_needs() -> None:
+    """Import what the first run would otherwise import while the user waits.
+
+    The first ``torch.optim.Adam`` of a process imports torch._dynamo and
+    sympy (1.7 s here), and napari's first Labels layer imports pandas; done
+    when the user presses a button, they froze the viewer for 280 ms and
+    500 ms (benchmarks/bench_responsiveness.py).
+    """
+    import pandas  # noqa: F401
+    import torch
+
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+
+
+class ImportWarmUp:
+    """Runs ``imports`` in a daemon thread as soon as it is made; workers wait for it.
+
+    Two threads importing torch._dynamo at once can each see the other's
+    half-imported modules (once: "partially initialized module
+    'torch._dynamo' has no attribute 'decorators'" in every later
+    fine-tune), so every worker starts with `wait` (`after`): only this
+    thread imports them. A failed warm-up is logged in one line; the
+    workers then import what they need themselves, one at a time.
+
+    A daemon thread rather than a napari worker: it reports nothing, and a
+    worker still running when the viewer closes dies on deleted Qt signals.
+    """
+
+    def __init__(self, imports: Callable[[], None] = _import_what_the_first_run_needs) -> None:
+        self._imports = imports
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="unet-tuner warm-up", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._imports()
+        except Exception as error:  # noqa: BLE001 - any failure: the workers import themselves
+            self.error = error
+            logger.warning("napari-unet-tuner: warming up imports failed (%s); continuing", error)
+
+    def wait(self) -> None:
+        """Block until the warm-up has ended (call it from a worker, not the GUI thread)."""
+        self._thread.join()
+
+    def after(self, function: Callable[..., Generator]) -> Callable[..., Generator]:
+        """Return a generator function that first waits for the warm-up, then runs ``function``."""
+
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Generator:
+            self.wait()
+            return (yield from function(*args, **kwargs))
+
+        return run
