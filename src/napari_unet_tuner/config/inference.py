@@ -1,0 +1,149 @@
+"""How a model is run: tiles, number format, instances, chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from napari_unet_tuner.config.base import DictMixin
+from napari_unet_tuner.errors import ConfigError
+
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class InstanceConfig(DictMixin):
+    """How probabilities become instance labels.
+
+    Parameters
+    ----------
+    threshold : float
+        A pixel is foreground where its foreground probability exceeds this.
+    seed_threshold : float
+        Seeds (one per object) are connected regions where the interior
+        probability (``boundary3``) or the distance to the edge
+        (``boundary3_distance``) exceeds this; boundary pixels between
+        touching objects stay below it, which is what keeps crowded nuclei
+        apart.
+    min_size : int
+        Objects smaller than this many pixels (voxels) are removed.
+    split_solidity : float
+        Seeds less convex than this (solidity: area over convex-hull area)
+        are cut at their narrowings, so that two overlapping nuclei the
+        model sees as one blob, with no boundary between them, become two
+        objects. A single nucleus is nearly convex (solidity about 0.95);
+        two merged ones are waisted. 0 turns splitting off.
+    """
+
+    threshold: float = 0.5
+    seed_threshold: float = 0.5
+    min_size: int = 15
+    split_solidity: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "seed_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.min_size < 0:
+            raise ConfigError(f"min_size must be >= 0, got {self.min_size}")
+        if not 0.0 <= self.split_solidity <= 1.0:
+            raise ConfigError(f"split_solidity must be in [0, 1], got {self.split_solidity}")
+
+
+@dataclass(frozen=True)
+class InferenceConfig(DictMixin):
+    """How a model is run over an image.
+
+    Parameters
+    ----------
+    tile_shape : tuple of int or None
+        Spatial tile size (Y, X) or (Z, Y, X); ``None`` picks one for the
+        model's dimensionality (512 x 512 in 2D, 32 x 128 x 128 in 3D).
+    overlap : float
+        Fraction of the tile shared with each neighbour, in [0, 0.5). The
+        default, 128 pixels of a 2D tile, keeps the blended probabilities
+        within a few hundredths of a whole-image pass (32 pixels, less than
+        the network's field of view, left differences of 0.1-0.4).
+    batch_size : int
+        Tiles per forward pass.
+    device : str
+        ``"auto"`` (CUDA, then Apple MPS, then CPU) or a torch device string.
+    precision : {"auto", "bf16", "fp32"}
+        Number format the model runs in. ``"auto"``: bfloat16 on CPUs that
+        compute it natively (AMX or AVX512-BF16: 2-3x faster, the same
+        labels), float32 on other CPUs, float16 autocast on CUDA and MPS.
+        ``"bf16"`` forces bfloat16 (emulated, slow, on other CPUs);
+        ``"fp32"`` forces float32.
+    num_threads : int or None
+        CPU threads for torch during the run; ``None`` keeps torch's default.
+    scale : float
+        Resize factor for the spatial axes before the model sees the image,
+        for objects of another size than the model was trained on (0.5 for
+        nuclei twice as large as it expects, 2 for half). Probabilities are
+        resized back, so labels always match the image. Each plane is then
+        read whole (not tile by tile).
+    """
+
+    tile_shape: tuple[int, ...] | None = None
+    overlap: float = 0.25
+    batch_size: int = 1
+    device: str = "auto"
+    precision: Precision = "auto"
+    num_threads: int | None = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+            )
+        if not 0.1 <= self.scale <= 10:
+            raise ConfigError(f"scale must be in [0.1, 10], got {self.scale}")
+        if not 0.0 <= self.overlap < 0.5:
+            raise ConfigError(f"overlap must be in [0, 0.5), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.tile_shape is not None and any(int(s) < 1 for s in self.tile_shape):
+            raise ConfigError(f"tile_shape must be positive, got {self.tile_shape}")
+
+
+@dataclass(frozen=True)
+class ChunkedConfig(DictMixin):
+    """How an image larger than memory is cut into chunks and where they run.
+
+    Parameters
+    ----------
+    chunk_shape : tuple of int or None
+        Spatial size of a chunk, (Y, X) or (Z, Y, X); also the chunk shape of
+        the zarr output. ``None``: 2048 x 2048 in 2D, 64 x 512 x 512 in 3D.
+        A worker's memory grows with it (about 60 bytes per pixel).
+    workers : int or None
+        Start a ``dask.distributed`` LocalCluster of this many worker
+        processes; ``None`` runs on dask's local threaded scheduler.
+    threads_per_worker : int
+        Threads of each LocalCluster worker (and torch threads per chunk).
+    scheduler : str or None
+        Address of a running ``dask.distributed`` scheduler (e.g.
+        ``tcp://10.0.0.5:8786``) to run on instead; its workers must see the
+        input and output paths.
+    memory_limit : str or None
+        Memory cap of each LocalCluster worker, e.g. ``"2GB"`` (dask pauses
+        and restarts workers that exceed it); ``None``: dask's default.
+    """
+
+    chunk_shape: tuple[int, ...] | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    scheduler: str | None = None
+    memory_limit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunk_shape is not None and any(int(s) < 1 for s in self.chunk_shape):
+            raise ConfigError(f"chunk_shape must be positive, got {self.chunk_shape}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.threads_per_worker < 1:
+            raise ConfigError(f"threads_per_worker must be >= 1, got {self.threads_per_worker}")
+        if self.workers is not None and self.scheduler is not None:
+            raise ConfigError("give either workers (a new local cluster) or a scheduler address")
