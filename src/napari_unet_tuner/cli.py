@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_unet_tuner._generators import run_to_completion
+from napari_unet_tuner.cli_export import add_export_parser, run_export
 from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
 from napari_unet_tuner.cli_info import add_info_parser, run_info
 from napari_unet_tuner.config import (
@@ -137,6 +138,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(commands, HelpFormatter)
 
     add_info_parser(commands, HelpFormatter)
+    add_export_parser(commands, HelpFormatter)
     return parser
 
 
@@ -157,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_info(args)
         if args.command == "finetune":
             return run_finetune(args)
+        if args.command == "export":
+            return run_export(args)
         return _segment(args)
     except EXPECTED_ERRORS as exc:
         log.error("error: %s", exc)

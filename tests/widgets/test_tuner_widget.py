@@ -406,3 +406,28 @@ def _all_widgets(container):
             yield from _all_widgets(widget)
         else:
             yield widget
+
+
+def test_export_for_bioimageio_then_open_the_package_again(tuner, qtbot, tmp_path, monkeypatch):
+    pytest.importorskip("bioimageio.core")
+    from napari_unet_tuner._widgets import model_panel, worker_errors
+
+    infos, errors = [], []
+    monkeypatch.setattr(model_panel, "show_info", infos.append)
+    monkeypatch.setattr(model_panel, "show_error", errors.append)
+    monkeypatch.setattr(worker_errors, "show_error", errors.append)
+    image, _ = cells_image()
+    tuner.viewer.add_image(image, name="cells")
+    tuner.reset_choices()
+    panel = tuner.model_panel
+    package = tmp_path / "tiny.zip"
+    panel.export_active(package)
+    qtbot.waitUntil(lambda: panel.export_worker is None, timeout=120_000)
+    assert errors == [] and "Exported tiny.zip" in infos[-1] and "test passed" in infos[-1]
+    assert panel.load(package)
+    assert len(tuner.versions.versions) == 2 and tuner.versions.active.path == package
+    # Exporting again to the same file refuses, in words, and keeps the package.
+    size = package.stat().st_size
+    panel.export_active(package)
+    qtbot.waitUntil(lambda: panel.export_worker is None, timeout=60_000)
+    assert "exists" in errors[-1] and package.stat().st_size == size

@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
+from napari.qt.threading import create_worker
+from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from napari_unet_tuner._sample_data import nuclei_sample
+from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.inference.device import available_devices
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
@@ -36,8 +41,9 @@ class ModelPanel(Container):
         self.open_file = FileEdit(
             label="open",
             mode="r",
-            filter="Checkpoints (*.safetensors *.pt *.pth)",
-            tooltip="Load a checkpoint (.safetensors, or a PyTorch state dict imported safely).",
+            filter="Checkpoints (*.safetensors *.zip *.pt *.pth)",
+            tooltip="Load a checkpoint (.safetensors, a bioimage.io package this plugin "
+            "exported, or a PyTorch state dict imported safely).",
         )
         self.open_file.changed.connect(self._on_file_chosen)
         self.recent = ComboBox(
@@ -57,9 +63,18 @@ class ModelPanel(Container):
             text="Save active model...", tooltip="Write the active version to a new file."
         )
         self.save_button.changed.connect(self._on_save_clicked)
-        self.extend(
-            [self.version, self.open_file, self.recent, self.device, self.card, self.save_button]
+        self.export_button = PushButton(
+            text="Export for bioimage.io...",
+            tooltip="Write the active version as a bioimage.io model package (.zip) for "
+            "deepImageJ, ilastik, QuPath or BiaPy, tested with bioimageio.core; the open "
+            "image (or the nuclei sample) becomes its test image and cover.",
         )
+        self.export_button.changed.connect(self._on_export_clicked)
+        self.export_worker = None
+        buttons = Container(
+            widgets=[self.save_button, self.export_button], layout="horizontal", labels=False
+        )
+        self.extend([self.version, self.open_file, self.recent, self.device, self.card, buttons])
 
     def _version_choices(self, _widget=None) -> list[tuple[str, int]]:
         versions = self._tuner.versions
@@ -137,6 +152,71 @@ class ModelPanel(Container):
         )
         if path:
             self.save_active(path)
+
+    def export_active(self, path: str | Path):
+        """Export the active version to ``path`` in a worker; return the worker (None if none)."""
+        active = self._tuner.versions.active
+        if active is None:
+            show_error("No model to export.")
+            return None
+        worker = create_worker(
+            _export_and_check,
+            self._tuner.warm_up,
+            active,
+            Path(path),
+            self._sample_image(),
+            _start_thread=False,
+            _ignore_errors=True,
+        )
+        report_errors_plainly(worker)
+        bar = progress(total=0, desc=f"Exporting {active.card.name} for bioimage.io")
+        worker.returned.connect(_report_export)
+        worker.finished.connect(lambda: self._export_done(bar))
+        self.export_worker = worker
+        self.export_button.enabled = False
+        worker.start()
+        return worker
+
+    def _sample_image(self):
+        """Return the open image's first plane (else the nuclei sample) for the package's test."""
+        layer = self._tuner.image_layer
+        if layer is None or layer.rgb:
+            return nuclei_sample()[0][0]
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        spatial = self._tuner.versions.active.model_config.spatial_dims
+        return np.asarray(data[(0,) * (data.ndim - spatial)])
+
+    def _export_done(self, bar) -> None:
+        bar.close()
+        self.export_worker = None
+        self.export_button.enabled = True
+
+    def _on_export_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Export for bioimage.io", "model.zip", "bioimage.io packages (*.zip)"
+        )
+        if path:
+            self.export_active(path)
+
+
+def _export_and_check(warm_up, checkpoint, path: Path, sample) -> tuple[Path, bool, str]:
+    """Write the package (never over an existing file), then run bioimageio.core's test."""
+    from napari_unet_tuner.model.bioimageio_export import check_package, export_bioimageio
+
+    warm_up.wait()
+    written = export_bioimageio(checkpoint, path, sample, overwrite=False)
+    passed, words = check_package(written)
+    return written, passed, words
+
+
+def _report_export(result: tuple[Path, bool, str]) -> None:
+    written, passed, words = result
+    if passed:
+        show_info(f"Exported {written.name} for bioimage.io (bioimageio.core test {words}).")
+    else:
+        show_error(f"Exported {written.name}, but bioimageio.core's test did not pass: {words}")
 
 
 def _card_summary(checkpoint) -> str:

@@ -126,8 +126,9 @@ def load_checkpoint(
     Parameters
     ----------
     path : path-like
-        A napari-unet-tuner ``.safetensors`` file, or a plain PyTorch state dict
-        (``.pt``/``.pth``), which is imported safely (see `import_state_dict`).
+        A napari-unet-tuner ``.safetensors`` file, a bioimage.io package
+        (``.zip``) it exported (`open_bioimageio`), or a plain PyTorch state
+        dict (``.pt``/``.pth``), which is imported safely (see `import_state_dict`).
     model_config : ModelConfig, optional
         Only for PyTorch state dicts: the architecture, if it cannot be inferred.
 
@@ -148,6 +149,11 @@ def load_checkpoint(
     # A safetensors file starts with its header's length, then "{": checked
     # first, because a header length whose low byte is 0x80 looks like pickle.
     is_safetensors = len(head) == 9 and head[8:] == b"{"
+    if head.startswith(_ZIP_MAGIC) and path.suffix.lower() == ".zip":
+        from napari_unet_tuner.model.bioimageio_open import is_bioimageio_package, open_bioimageio
+
+        if is_bioimageio_package(path):
+            return open_bioimageio(path)
     if not is_safetensors and (
         head.startswith(_ZIP_MAGIC) or (head[:1] and head[0] == _PICKLE_PROTO)
     ):

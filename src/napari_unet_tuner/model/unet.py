@@ -1,14 +1,21 @@
-"""The U-Net of Ronneberger et al. (2015), in 2D or 3D."""
+"""The U-Net of Ronneberger et al. (2015), in 2D or 3D.
+
+This module imports nothing but torch at run time: exported bioimage.io
+packages ship it as their architecture's source (`ProbabilityUNet`).
+"""
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_unet_tuner.config import ModelConfig
+if TYPE_CHECKING:
+    from napari_unet_tuner.config import ModelConfig
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -137,15 +144,44 @@ class UNet(nn.Module):
         ``foreground``: sigmoid. ``boundary3``: softmax. ``boundary3_distance``:
         softmax over the first 3 channels, sigmoid of the distance channel.
         """
-        logits = self(x)
-        kind = self.config.output_kind
-        if kind == "foreground":
-            return torch.sigmoid(logits)
-        if kind == "boundary3_distance":
-            return torch.cat(
-                [torch.softmax(logits[:, :3], dim=1), torch.sigmoid(logits[:, 3:])], dim=1
-            )
-        return torch.softmax(logits, dim=1)
+        return logits_to_probabilities(self(x), self.config.output_kind)
+
+
+def logits_to_probabilities(logits: torch.Tensor, output_kind: str) -> torch.Tensor:
+    """Apply the softmax and sigmoids that `UNet.predict_proba` describes."""
+    if output_kind == "foreground":
+        return torch.sigmoid(logits)
+    if output_kind == "boundary3_distance":
+        return torch.cat(
+            [torch.softmax(logits[:, :3], dim=1), torch.sigmoid(logits[:, 3:])], dim=1
+        )
+    return torch.softmax(logits, dim=1)
+
+
+class ProbabilityUNet(UNet):
+    """A `UNet` built from its config's fields whose forward returns probabilities.
+
+    The entry point of exported bioimage.io packages: their consumers call
+    the model and expect its outputs, with no napari-unet-tuner installed.
+    Its state dict is the `UNet`'s.
+
+    Parameters
+    ----------
+    output_kind : str
+        ``ModelConfig.output_kind``: how the outputs are read.
+    **config
+        The fields of a `ModelConfig` (``ModelConfig.to_dict()``).
+    """
+
+    def __init__(self, output_kind: str, **config: Any) -> None:
+        size_multiple = 2 ** int(config["depth"])
+        super().__init__(
+            SimpleNamespace(**config, output_kind=output_kind, size_multiple=size_multiple)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return probabilities of the same spatial size as ``x``."""
+        return logits_to_probabilities(super().forward(x), self.config.output_kind)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
