@@ -1,21 +1,30 @@
 """Longest event-loop stall in napari while the widget segments and fine-tunes.
 
-    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py
+    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--why]
 
 A 10 ms Qt timer runs in the GUI thread; the longest gap between two of its
 ticks is how long the viewer was frozen. Measured on the bundled samples with
-the default model: segmentation of the bacteria sample, then fine-tuning on
-painted scribbles with the live preview on; once on a quiet machine, then
-again while two other processes keep both cores busy. Writes
+the default model: segmentation of the bacteria sample right after docking
+the widget, again, then fine-tuning on painted scribbles with the live
+preview on. Each load runs in a fresh napari session, side by side: a quiet
+machine, then one where two other processes keep both cores busy. The first
+segmentation of a session includes napari's first ``add_labels`` (vispy
+set-up inside napari); later runs update the layer in place. With ``--why``
+a watchdog thread samples where the GUI thread is while it is frozen for
+more than 50 ms and prints the most frequent places. Writes
 results/responsiveness.json.
-The first segmentation of a session includes napari's first ``add_labels``
-(vispy set-up inside napari); later runs update the layer in place.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import json
+import subprocess
+import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +51,25 @@ class StallMeter:
         self.gaps.append(now - self.last)
         self.last = now
 
+    def watch(self, places: collections.Counter) -> None:
+        """Sample the GUI thread's stack into ``places`` whenever it is frozen over 50 ms."""
+        gui = threading.main_thread().ident
+
+        def run():
+            while self.timer.isActive():
+                time.sleep(0.01)
+                if time.perf_counter() - self.last > 0.05:
+                    frame = sys._current_frames().get(gui)
+                    if frame is not None:
+                        stack = traceback.extract_stack(frame)[-12:]
+                        places[
+                            " < ".join(
+                                f"{Path(f.filename).name}:{f.name}" for f in reversed(stack)
+                            )
+                        ] += 1
+
+        threading.Thread(target=run, daemon=True).start()
+
     def stop(self) -> dict:
         self.timer.stop()
         gaps = np.array(self.gaps[1:]) * 1000
@@ -54,70 +82,80 @@ class StallMeter:
 
 def _burn_cpus(count: int = 2) -> list:
     """Start ``count`` processes that spin a core each (another job on the machine)."""
-    import subprocess
-    import sys
-
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
 
 
-def main() -> None:
+def one_session(load: str, why: bool) -> dict:
+    """Dock the widget in a new viewer and time its stalls under ``load``."""
     import napari
     from qtpy.QtWidgets import QApplication
 
-    viewer = napari.Viewer(show=True)
-    viewer.open_sample("napari-unet-tuner", "bacteria")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
-    app = QApplication.instance()
+    burners = _burn_cpus() if load == "busy" else []
+    places: collections.Counter = collections.Counter()
+    try:
+        viewer = napari.Viewer(show=True)
+        viewer.open_sample("napari-unet-tuner", "bacteria")
+        _, widget = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
+        app = QApplication.instance()
 
-    def wait(panel):
-        while panel.worker is not None:
-            app.processEvents()
-            time.sleep(0.002)
-        # Let the results be shown and the timer tick once more, so a stall
-        # while showing them is counted.
-        end = time.perf_counter() + 0.3
-        while time.perf_counter() < end:
-            app.processEvents()
-            time.sleep(0.002)
+        def wait(panel):
+            while panel.worker is not None:
+                app.processEvents()
+                time.sleep(0.002)
+            # Let the results be shown and the timer tick once more, so a stall
+            # while showing them is counted.
+            end = time.perf_counter() + 0.3
+            while time.perf_counter() < end:
+                app.processEvents()
+                time.sleep(0.002)
 
-    _, masks = datasets.bacteria()
+        def measure(name, panel, start):
+            meter = StallMeter()
+            if why:
+                meter.watch(places)
+            start()
+            wait(panel)
+            wait(widget.segment_panel)
+            rows[name] = meter.stop()
+
+        _, masks = datasets.bacteria()
+        for _ in range(20):
+            app.processEvents()
+        rows: dict = {}
+        measure("segmentation_first_result", widget.segment_panel, widget.segment_panel.run)
+        # Again: the result now updates the existing layer in place.
+        measure("segmentation_again", widget.segment_panel, widget.segment_panel.run)
+        layer = widget.annotate_panel.make_scribble_layer()
+        layer.data = paint_scribbles([masks[19]], n_objects=10, seed=0)[0]
+        widget.train_panel.seconds.value = 30
+        measure("fine_tuning_with_preview", widget.train_panel, widget.train_panel.run)
+        viewer.close()
+    finally:
+        for burner in burners:
+            burner.kill()
+    if why:
+        rows["frozen_at"] = [{"samples": n, "stack": place} for place, n in places.most_common(15)]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--why", action="store_true", help="sample the GUI thread when frozen")
+    parser.add_argument("--load", choices=["quiet", "busy"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        print(json.dumps(one_session(args.load, args.why)))
+        return
+    # Side by side, each load in a fresh session, so each has its first segmentation.
     report = {}
-    for _ in range(20):
-        app.processEvents()
-    # Side by side in one session: quiet, then with two processes that keep both
-    # cores busy (another job on a shared machine). The first segmentation of
-    # the session (napari's first add_labels) falls in the quiet run.
     for load in ("quiet", "busy"):
-        burners = _burn_cpus() if load == "busy" else []
-        try:
-            rows = {}
-            meter = StallMeter()
-            widget.segment_panel.run()
-            wait(widget.segment_panel)
-            first = "segmentation_first_result" if load == "quiet" else "segmentation"
-            rows[first] = meter.stop()
-            # Again: the result now updates the existing layer in place.
-            meter = StallMeter()
-            widget.segment_panel.run()
-            wait(widget.segment_panel)
-            rows["segmentation_again"] = meter.stop()
-            layer = widget.annotate_panel.make_scribble_layer()
-            layer.data = paint_scribbles([masks[19]], n_objects=10, seed=0)[0]
-            widget.train_panel.seconds.value = 30
-            meter = StallMeter()
-            widget.train_panel.run()
-            wait(widget.train_panel)
-            wait(widget.segment_panel)
-            rows["fine_tuning_with_preview"] = meter.stop()
-            viewer.layers.remove(layer)
-            report[load] = rows
-        finally:
-            for burner in burners:
-                burner.kill()
+        command = [sys.executable, __file__, "--load", load] + (["--why"] if args.why else [])
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        report[load] = json.loads(out.strip().splitlines()[-1])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "responsiveness.json").write_text(json.dumps(report, indent=2))
+    if not args.why:
+        (RESULTS / "responsiveness.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    viewer.close()
 
 
 if __name__ == "__main__":
