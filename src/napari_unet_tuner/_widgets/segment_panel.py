@@ -232,19 +232,23 @@ class SegmentPanel(Container):
             and existing.data.shape == full_shape
             and existing.metadata.get(LAYER_TAG)
         ):
-            target = existing
+            target, created = existing, False
         else:
             if existing is not None:
                 name = f"{name} ({LAYER_TAG})"
+            # Made with the result itself: one set-up and one upload on the GUI
+            # thread, not an empty layer and then its data.
             target = viewer.add_labels(
-                np.zeros(full_shape, np.int32),
+                result.labels if region is None else np.zeros(full_shape, np.int32),
                 name=name,
                 scale=image.scale,
                 translate=image.translate,
                 metadata={LAYER_TAG: True},
             )
+            created = True
         if region is None:
-            target.data = result.labels
+            if not created:
+                target.data = result.labels
         else:
             labels = result.labels
             offset = int(np.max(target.data)) if np.any(labels) else 0
