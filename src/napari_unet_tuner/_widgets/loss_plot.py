@@ -24,7 +24,7 @@ class LossPlot(QWidget):
 
     def __init__(self) -> None:
         super().__init__()
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(200)  # a curve one can read, still within a 720-px screen
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip(
             "Training loss (blue) and, per validation (orange), the share of corrections "

@@ -49,7 +49,7 @@ class UNetTunerWidget(Container):
             self.tabs.addTab(panel.native, title)
         self.native.layout().addWidget(self.tabs)
         self.native.setMinimumWidth(300)
-        self.native.setMaximumWidth(480)
+        self.native.setMaximumWidth(420)
         self.model_panel.load_default()
         # Closing napari mid-run abandons the run (nothing is written while it
         # runs) instead of leaving a thread to die on deleted Qt objects.
