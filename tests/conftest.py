@@ -102,3 +102,17 @@ def dim_disc_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[int]]:
     intensity = np.where(labels >= 7, 250, 900) * (labels > 0)
     image = intensity + 300 + rng.normal(0, 30, labels.shape)
     return image.astype(np.float32), labels, [7, 8]
+
+
+def touching_spheres(anisotropy: int, radius: int = 8):
+    """Bright spheres (two pairs touching, one apart in Z), sampled every ``anisotropy`` planes."""
+    centers = [(24, 20, 20), (24, 20, 36), (26, 44, 26), (26, 44, 42), (10, 70, 70)]
+    zz, yy, xx = np.mgrid[:48, :88, :88]
+    truth = np.zeros(zz.shape, np.int32)
+    for i, (z, y, x) in enumerate(centers, start=1):
+        ball = (zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= radius**2
+        truth[ball & (truth == 0)] = i
+    truth = truth[::anisotropy]
+    rng = np.random.default_rng(0)
+    image = (truth > 0) * 900 + 300 + rng.normal(0, 30, truth.shape)
+    return image.astype(np.float32), truth

@@ -14,6 +14,7 @@ from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
 from napari_unet_tuner.cli_info import add_info_parser, run_info
 from napari_unet_tuner.config import (
     PRECISIONS,
+    STACK_MODES,
     ChunkedConfig,
     InferenceConfig,
     InstanceConfig,
@@ -117,6 +118,20 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="resize the image by this factor before the model: 0.5 for nuclei twice as large "
         "as the model expects (the bundled one: about 10-40 px across)",
+    )
+    seg.add_argument(
+        "--stack",
+        choices=STACK_MODES,
+        default=InferenceConfig.stack,
+        help="Z-stacks: each plane on its own, or 3d objects (the 2D model on XY, XZ and YZ "
+        "planes, averaged, grown in 3D)",
+    )
+    seg.add_argument(
+        "--anisotropy",
+        type=float,
+        default=InferenceConfig.anisotropy,
+        help="Z step over XY pixel size, for --stack 3d (e.g. 2 for 0.5 um planes of 0.25 um "
+        "pixels)",
     )
     seg.add_argument("--threshold", type=float, help="foreground probability threshold")
     seg.add_argument(
@@ -225,6 +240,8 @@ def _segment(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         scale=args.scale,
+        stack=args.stack,
+        anisotropy=args.anisotropy,
     )
     overrides = {
         k: v

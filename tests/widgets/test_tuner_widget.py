@@ -5,7 +5,7 @@ import pytest
 
 from napari_unet_tuner import load_checkpoint
 
-from conftest import dim_disc_scene, disc_labels, dock_tuner, make_checkpoint
+from conftest import dim_disc_scene, disc_labels, dock_tuner, make_checkpoint, touching_spheres
 
 pytest.importorskip("napari")
 
@@ -431,3 +431,16 @@ def test_export_for_bioimageio_then_open_the_package_again(tuner, qtbot, tmp_pat
     panel.export_active(package)
     qtbot.waitUntil(lambda: panel.export_worker is None, timeout=60_000)
     assert "exists" in errors[-1] and package.stat().st_size == size
+
+
+def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, qtbot):
+    image, truth = touching_spheres(3)
+    disc_tuner.viewer.add_image(image, name="stack", scale=(3.0, 1.0, 1.0))
+    disc_tuner.reset_choices()
+    panel = disc_tuner.segment_panel
+    panel.objects_3d.value = True
+    worker = panel.run()
+    wait_idle(qtbot, panel)
+    labels = disc_tuner.viewer.layers["stack labels"].data
+    assert worker is not None and labels.shape == truth.shape
+    assert len(np.unique(labels)) - 1 == truth.max() == 5

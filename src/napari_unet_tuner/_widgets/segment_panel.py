@@ -45,6 +45,14 @@ def layer_array(layer: napari.layers.Image) -> tuple[Any, str | None]:
     return data, ("YXC" if layer.rgb and data.ndim == 3 else None)
 
 
+def _anisotropy(layer: napari.layers.Image) -> float:
+    """Z step over pixel size from the layer's scale (the third axis from the end)."""
+    scale = np.asarray(layer.scale, float)
+    if len(scale) < 3 or scale[-1] <= 0:
+        return 1.0
+    return float(np.clip(scale[-3] / scale[-1], 0.1, 20.0))
+
+
 def visible_region(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple:
     """Index of the current plane's visible field of view, in the layer's data coordinates."""
     data, _ = layer_array(layer)
@@ -92,6 +100,15 @@ class SegmentPanel(Container):
                 "The labels always match the image."
             ),
         )
+        self.objects_3d = CheckBox(
+            text="3D objects in a Z-stack",
+            tooltip=(
+                "A 2D model on a Z-stack: run it on the XY, XZ and YZ planes and grow 3D "
+                "objects, so that a nucleus across planes is one label. The Z step comes from "
+                "the layer's scale. Off: each plane on its own (time series, or slices far "
+                "apart)."
+            ),
+        )
         self.probabilities = CheckBox(
             text="add probability map", tooltip="Also show the model's class probabilities."
         )
@@ -119,6 +136,7 @@ class SegmentPanel(Container):
                 self.image,
                 self.field_of_view,
                 self.scale,
+                self.objects_3d,
                 self.probabilities,
                 self.to_zarr,
                 self.zarr_path,
@@ -151,14 +169,18 @@ class SegmentPanel(Container):
         source = data[region] if region is not None else data
         if region is not None:
             axes = "YXC" if layer.rgb else "YX"
+        stack = self.objects_3d.value and region is None and not layer.rgb and data.ndim >= 3
         inference = InferenceConfig(
-            device=self._tuner.model_panel.device.value, scale=self.scale.value
+            device=self._tuner.model_panel.device.value,
+            scale=self.scale.value,
+            stack="3d" if stack else "planes",
+            anisotropy=_anisotropy(layer) if stack else 1.0,
         )
         if self.to_zarr.value and region is None:
             try:
                 check_chunked_inference(inference)
-            except InputError:
-                show_error("Rescaling is not available with zarr output yet: set rescale to 1.")
+            except InputError as exc:
+                show_error(str(exc))
                 return None
             output = Path(self.zarr_path.value)
             problem = check_zarr_path(output)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from napari_unet_tuner.config.base import OutputKind
 from napari_unet_tuner.config.inference import (
     PRECISIONS,
+    STACK_MODES,
     ChunkedConfig,
     InferenceConfig,
     InstanceConfig,
     Precision,
+    StackMode,
 )
 from napari_unet_tuner.config.model import (
     OUTPUT_DESCRIPTIONS,
@@ -26,6 +28,7 @@ from napari_unet_tuner.config.training import TrainingConfig
 __all__ = [
     "OUTPUT_DESCRIPTIONS",
     "PRECISIONS",
+    "STACK_MODES",
     "ChunkedConfig",
     "InferenceConfig",
     "InstanceConfig",
@@ -34,5 +37,6 @@ __all__ = [
     "NormalizationConfig",
     "OutputKind",
     "Precision",
+    "StackMode",
     "TrainingConfig",
 ]

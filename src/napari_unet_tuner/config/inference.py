@@ -10,6 +10,8 @@ from napari_unet_tuner.errors import ConfigError
 
 Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+StackMode = Literal["planes", "3d"]
+STACK_MODES: tuple[str, ...] = ("planes", "3d")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,16 @@ class InferenceConfig(DictMixin):
         nuclei twice as large as it expects, 2 for half). Probabilities are
         resized back, so labels always match the image. Each plane is then
         read whole (not tile by tile).
+    stack : {"planes", "3d"}
+        How a 2D model segments a Z-stack: ``"planes"``, each plane on its
+        own (its objects numbered apart); ``"3d"``, 3D objects: the model runs
+        on the XY, XZ and YZ planes, their probabilities are averaged and
+        seeds grow in 3D (`napari_unet_tuner.inference.stack`). Time series
+        stay frame by frame either way.
+    anisotropy : float
+        Z step over XY pixel size (e.g. 2.0 for 0.5 um planes of 0.25 um
+        pixels), for ``stack="3d"``: the XZ and YZ planes are resampled to
+        square pixels before the model sees them.
     """
 
     tile_shape: tuple[int, ...] | None = None
@@ -92,8 +104,14 @@ class InferenceConfig(DictMixin):
     precision: Precision = "auto"
     num_threads: int | None = None
     scale: float = 1.0
+    stack: StackMode = "planes"
+    anisotropy: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.stack not in STACK_MODES:
+            raise ConfigError(f"stack must be 'planes' or '3d'; got {self.stack!r}")
+        if not 0.1 <= self.anisotropy <= 20:
+            raise ConfigError(f"anisotropy must be in [0.1, 20], got {self.anisotropy}")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"

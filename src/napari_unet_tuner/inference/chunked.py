@@ -141,7 +141,15 @@ class ChunkedResult:
 
 
 def check_chunked_inference(inference: InferenceConfig) -> None:
-    """Raise `InputError` if ``inference`` asks for what chunked runs cannot do (rescaling)."""
+    """Raise `InputError` if ``inference`` asks for what chunked runs cannot do.
+
+    Rescaling, and 3D objects from a 2D model (`InferenceConfig.stack`).
+    """
+    if inference.stack == "3d":
+        raise InputError(
+            "3D objects (stack 3d) are not available for zarr output yet: segment the "
+            "stack in memory (a .tif output), or plane by plane (stack planes)"
+        )
     if inference.scale != 1.0:
         raise InputError(
             "rescaling (InferenceConfig.scale) is not available for zarr output yet: "

@@ -22,9 +22,11 @@ from napari_unet_tuner.config import (
     NormalizationConfig,
     Precision,
 )
+from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.stack import iter_segment_stack
 from napari_unet_tuner.inference.tiling import (
     Predictor,
     fit_tile_shape,
@@ -230,6 +232,28 @@ def iter_segment(
     if predictor is None:
         predictor = make_predictor(ckpt.build_model(device), device, inference.precision)
 
+    if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
+        if inference.scale != 1.0:
+            raise InputError("rescale and 3D stacks cannot be combined yet; use one of them")
+        t0 = time.perf_counter()
+
+        def progress(stage, volume, volumes, done, total) -> SegmentationProgress:
+            return SegmentationProgress(
+                stage, volume, volumes, done, total, time.perf_counter() - t0
+            )
+
+        with cpu_threads(inference.num_threads):
+            stack_labels, stack_probabilities = yield from iter_segment_stack(
+                reader,
+                predictor,
+                cfg,
+                inference,
+                instances,
+                tuple(inference.tile_shape or DEFAULT_TILE_SHAPE[2]),
+                return_probabilities,
+                progress,
+            )
+        return SegmentationResult(stack_labels, reader.label_axes, stack_probabilities)
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)
     labels = np.zeros(label_shape, np.int32)
     probabilities = (

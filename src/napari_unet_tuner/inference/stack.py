@@ -1,0 +1,173 @@
+"""Z-stacks as 3D objects from a 2D model: planes in XY, XZ and YZ, averaged, grown in 3D.
+
+As Cellpose's ``do_3D``: the 2D model sees the stack three ways, each plane
+of each orientation tiled as any image; the XZ and YZ planes are first
+resampled to square pixels (`InferenceConfig.anisotropy`). The three
+probability volumes are averaged, and `probabilities_to_labels` labels
+seeds and grows them by a watershed in 3D, so a nucleus that spans twenty
+planes is one object. Each volume (a time point) is held in memory whole,
+with its probabilities: for stacks that fit in memory, not for the
+chunked zarr path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Generator
+
+import numpy as np
+from skimage.transform import resize
+
+from napari_unet_tuner.config import InferenceConfig, InstanceConfig, ModelConfig
+from napari_unet_tuner.inference.image import ImageReader
+from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.tiling import fit_tile_shape, iter_predict_tiled, tile_starts
+
+# Orientations: the axes of the (C, Z, Y, X) volume each plane spans.
+_ORIENTATIONS = {"xy": (2, 3), "xz": (1, 3), "yz": (1, 2)}
+
+
+def iter_segment_stack(
+    reader: ImageReader,
+    predictor: Callable[[np.ndarray], np.ndarray],
+    model_config: ModelConfig,
+    inference: InferenceConfig,
+    instances: InstanceConfig,
+    tile_shape: tuple[int, int],
+    return_probabilities: bool,
+    progress: Callable[..., object],
+) -> Generator[object, None, tuple[np.ndarray, np.ndarray | None]]:
+    """Segment every Z-stack of ``reader`` into 3D objects; return ``(labels, probabilities)``.
+
+    Yields ``progress(stage, volume, volumes, tiles_done, tiles_total)``
+    records after every batch of tiles and before each volume's labels.
+    Labels are unique over all volumes (time points).
+    """
+    others = [a for a in reader.batch_axes if a != "Z"]
+    volumes = list(itertools.product(*(range(reader.shape[a]) for a in others)))
+    depth = reader.shape["Z"]
+    height, width = reader.spatial_shape
+    iso_depth = max(1, round(depth * inference.anisotropy))
+    shapes = {"xy": (height, width), "xz": (iso_depth, width), "yz": (iso_depth, height)}
+    planes = {"xy": depth, "xz": height, "yz": width}
+    tiles = {}
+    for name, shape in shapes.items():
+        tiles[name] = fit_tile_shape(
+            shape, tile_shape, model_config.size_multiple, inference.overlap
+        )
+    per_volume = sum(
+        planes[name]
+        * math.prod(
+            len(tile_starts(s, t, round(t * inference.overlap)))
+            for s, t in zip(shapes[name], tiles[name], strict=True)
+        )
+        for name in shapes
+    )
+    total = per_volume * len(volumes)
+    labels = np.zeros(tuple(reader.shape[a] for a in reader.label_axes), np.int32)
+    out_channels = model_config.out_channels
+    probabilities = (
+        np.zeros((out_channels, *labels.shape), np.float16) if return_probabilities else None
+    )
+    done = next_label = 0
+    for v, rest in enumerate(volumes):
+        where = dict(zip(others, rest, strict=True))
+
+        def batch_index(z: int, where=where) -> tuple[int, ...]:
+            return tuple(z if a == "Z" else where[a] for a in reader.batch_axes)
+
+        whole = (slice(0, height), slice(0, width))
+        volume = np.stack([reader.read(batch_index(z), whole) for z in range(depth)], axis=1)
+        iso = volume
+        if iso_depth != depth:
+            iso = resize(volume, (volume.shape[0], iso_depth, height, width), order=1)
+            iso = iso.astype(np.float32)
+        summed = np.zeros((out_channels, depth, height, width), np.float32)
+        side = np.zeros((out_channels, iso_depth, height, width), np.float32)
+        for name, (a, b) in _ORIENTATIONS.items():
+            source, target = (volume, summed) if name == "xy" else (iso, side)
+            axis = ({1, 2, 3} - {a, b}).pop()
+            planes_done = _predict_planes(
+                source, axis, target, tiles[name], predictor, inference, out_channels
+            )
+            for tiles_done in planes_done:
+                yield progress("predict", v, len(volumes), done + tiles_done, total)
+            done += tiles_done
+        if iso_depth != depth:
+            side = resize(side, summed.shape, order=1).astype(np.float32)
+        summed += side
+        summed /= len(_ORIENTATIONS)
+        yield progress("instances", v, len(volumes), done, total)
+        volume_labels = probabilities_to_labels(summed, model_config.output_kind, instances)
+        count = int(volume_labels.max(initial=0))
+        if next_label:
+            np.add(volume_labels, next_label, out=volume_labels, where=volume_labels > 0)
+        next_label += count
+        for z in range(depth):
+            at = reader.label_index(batch_index(z))
+            labels[at] = reader.to_label_order(volume_labels[z])
+            if probabilities is not None:
+                probabilities[(slice(None), *at)] = reader.to_label_order(
+                    summed[:, z], channels=True
+                )
+    return labels, probabilities
+
+
+# Planes that fit in one tile go through the model this many pixels at a time
+# (a batch of planes): one 512 x 512 tile's worth.
+_BATCH_PIXELS = 512 * 512
+
+
+def _predict_planes(
+    source: np.ndarray,
+    axis: int,
+    target: np.ndarray,
+    tile_shape: tuple[int, ...],
+    predictor: Callable[[np.ndarray], np.ndarray],
+    inference: InferenceConfig,
+    out_channels: int,
+) -> Generator[int, None, None]:
+    """Add the model's probabilities on every plane of ``source`` across ``axis`` to ``target``.
+
+    Yields how many tiles are done. Planes that fit in one tile are batched
+    (the XZ and YZ planes of a stack usually do): far fewer, larger forward
+    passes than plane by plane.
+    """
+    count = source.shape[axis]
+    plane_shape = tuple(s for i, s in enumerate(source.shape[1:], start=1) if i != axis)
+    at = [slice(None)] * source.ndim
+
+    def where(index) -> tuple:
+        at[axis] = index
+        return tuple(at)
+
+    if tuple(tile_shape) == plane_shape:
+        per_batch = max(inference.batch_size, _BATCH_PIXELS // math.prod(plane_shape))
+        for start in range(0, count, per_batch):
+            stop = min(count, start + per_batch)
+            planes = np.moveaxis(source[where(slice(start, stop))], axis, 0)
+            probabilities = predictor(np.ascontiguousarray(planes))
+            target[where(slice(start, stop))] += np.moveaxis(probabilities, 0, axis)
+            yield stop
+        return
+    done = 0
+    for index in range(count):
+        plane = source[where(index)]
+        run = iter_predict_tiled(
+            lambda sl, plane=plane: plane[(slice(None), *sl)],
+            plane_shape,
+            predictor,
+            out_channels,
+            tile_shape,
+            inference.overlap,
+            inference.batch_size,
+        )
+        while True:
+            try:
+                step = next(run)
+            except StopIteration as finished:
+                target[where(index)] += finished.value
+                break
+            yield done + step.done
+        done += step.done

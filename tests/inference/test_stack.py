@@ -1,0 +1,74 @@
+"""A 2D model segments a Z-stack into 3D objects (stack="3d")."""
+
+import numpy as np
+import pytest
+
+from napari_unet_tuner import InferenceConfig, segment
+from napari_unet_tuner.training.metrics import matched_ious
+
+from conftest import touching_spheres
+
+
+def test_touching_spheres_at_anisotropy_3_become_one_object_each(disc_model):
+    image, truth = touching_spheres(3)
+    config = InferenceConfig(stack="3d", anisotropy=3.0)
+    result = segment(image, disc_model, axes="ZYX", inference=config, return_probabilities=True)
+    labels = result.labels
+    assert labels.shape == truth.shape and result.probabilities.shape[1:] == truth.shape
+    assert labels.max() == truth.max() == 5
+    ious = matched_ious(truth, labels)
+    assert (ious.max(axis=1) > 0.6).all(), ious.max(axis=1)
+    # Plane by plane the same spheres are dozens of objects.
+    planes = segment(image, disc_model, axes="ZYX")
+    assert planes.labels.max() > 3 * truth.max()
+
+
+def test_a_time_series_of_stacks_keeps_its_time_points_apart(disc_model):
+    image, truth = touching_spheres(3)
+    series = np.stack([image, image[:, ::-1]])
+    config = InferenceConfig(stack="3d", anisotropy=3.0)
+    labels = segment(series, disc_model, axes="TZYX", inference=config).labels
+    assert labels.shape == series.shape
+    first, second = set(np.unique(labels[0])) - {0}, set(np.unique(labels[1])) - {0}
+    assert len(first) == len(second) == 5 and not first & second
+
+
+def test_stack_settings_are_checked():
+    with pytest.raises(ValueError, match="stack must be"):
+        InferenceConfig(stack="volume")
+    with pytest.raises(ValueError, match="anisotropy"):
+        InferenceConfig(anisotropy=0.0)
+
+
+@pytest.mark.parametrize("axis", [1, 2, 3])
+def test_planes_in_one_batch_or_in_tiles_give_the_same(axis):
+    from napari_unet_tuner.inference.stack import _predict_planes
+
+    volume = np.random.default_rng(0).random((1, 6, 40, 52), dtype=np.float32)
+    plane_shape = tuple(s for i, s in enumerate(volume.shape[1:], start=1) if i != axis)
+    results = []
+    for tile in (plane_shape, (16, 16)):
+        out = np.zeros((1, *volume.shape[1:]), np.float32)
+        done = list(
+            _predict_planes(volume, axis, out, tile, lambda b: b * 2, InferenceConfig(), 1)
+        )
+        assert done == sorted(done) and done[-1] >= volume.shape[axis]
+        results.append(out)
+    np.testing.assert_allclose(results[0], volume * 2, rtol=1e-6)
+    np.testing.assert_allclose(results[1], volume * 2, rtol=2e-3)  # tiles blend in float16
+
+
+def test_3d_stacks_are_refused_for_zarr_output_in_words(tmp_path, disc_model):
+    from napari_unet_tuner import InputError
+    from napari_unet_tuner.inference.chunked import segment_to_zarr
+
+    image, _ = touching_spheres(3)
+    with pytest.raises(InputError, match="not available for zarr output.*in memory"):
+        segment_to_zarr(
+            image,
+            tmp_path / "out.zarr",
+            disc_model,
+            axes="ZYX",
+            inference=InferenceConfig(stack="3d"),
+        )
+    assert not (tmp_path / "out.zarr").exists()
