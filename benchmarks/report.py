@@ -28,6 +28,30 @@ def responsiveness_rows(resp: dict) -> list[tuple[str, str, dict]]:
     ]
 
 
+def stacks_lines(report: dict | None) -> list[str]:
+    """Z-stacks scored in 3D: plane by plane against 3D objects (bench_quality)."""
+    if not report:
+        return []
+    lines = [
+        '### Z-stacks in 3D (`stack="3d"`, issue 23)',
+        "",
+        "3D AP of the default 2D model on Z-stacks (labels computer-made): each plane on its "
+        "own (its objects numbered apart, as before) against 3D objects from the XY, XZ and "
+        "YZ planes. Target: 3D AP@0.5 at least 0.8 on cells3d nuclei, at most 3x the time.",
+        "",
+        "| stack | Z step / pixel | planes: AP@0.5 | AP@0.75 | s | 3D: AP@0.5 | AP@0.75 | s | "
+        "time ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report.items():
+        p, d = r["planes"], r["3d"]
+        lines.append(
+            f"| {name} | {r['anisotropy']} | {p['ap50']} | {p['ap75']} | {p['seconds']} | "
+            f"{d['ap50']} | {d['ap75']} | {d['seconds']} | {r['time_ratio']}x |"
+        )
+    return [*lines, ""]
+
+
 def precisions_lines(report: dict | None) -> list[str]:
     """The number formats table of bench_segmentation (`InferenceConfig.precision`)."""
     if not report:
@@ -401,6 +425,7 @@ def main() -> None:
             "",
             "![quality](benchmarks/results/quality.png)",
             "",
+            *stacks_lines(quality.get("stacks")),
         ]
     lines += variants_section()
     lines += architecture_section(load("architecture"))
