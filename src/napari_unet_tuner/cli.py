@@ -110,7 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=PRECISIONS,
         default=InferenceConfig.precision,
         help="number format of the model: auto is bfloat16 on CPUs that compute it natively "
-        "(2-3x faster, the same labels), float32 on other CPUs, float16 on GPUs",
+        "(about 2x faster, the same labels), float32 on other CPUs, float16 on GPUs",
     )
     seg.add_argument(
         "--scale",

@@ -73,7 +73,7 @@ class InferenceConfig(DictMixin):
         ``"auto"`` (CUDA, then Apple MPS, then CPU) or a torch device string.
     precision : {"auto", "bf16", "fp32"}
         Number format the model runs in. ``"auto"``: bfloat16 on CPUs that
-        compute it natively (AMX or AVX512-BF16: 2-3x faster, the same
+        compute it natively (AMX or AVX512-BF16: about 2x faster, the same
         labels), float32 on other CPUs, float16 autocast on CUDA and MPS.
         ``"bf16"`` forces bfloat16 (emulated, slow, on other CPUs);
         ``"fp32"`` forces float32.
