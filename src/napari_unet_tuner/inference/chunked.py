@@ -152,8 +152,8 @@ def check_chunked_inference(inference: InferenceConfig) -> None:
         )
     if inference.scale != 1.0:
         raise InputError(
-            "rescaling (InferenceConfig.scale) is not available for zarr output yet: "
-            "set the scale to 1, segment in memory, or resize the image first"
+            "rescaling is not available for zarr output yet: set rescale to 1 "
+            "(InferenceConfig.scale, --scale), segment in memory, or resize the image first"
         )
 
 
