@@ -89,3 +89,11 @@ def test_the_cli_exports_tests_and_never_overwrites(default_package, tmp_path, c
     before = out.stat().st_mtime_ns
     assert main(["export", "-o", str(out), "--no-test"]) == 1
     assert "exists" in caplog.text and out.stat().st_mtime_ns == before
+
+
+def test_what_the_spec_refuses_is_one_line_and_no_file(tmp_path, caplog):
+    out = tmp_path / "bad.zip"
+    assert main(["export", "-o", str(out), "--license", "NOT-A-LICENCE", "--no-test"]) == 1
+    assert "not be valid bioimage.io" in caplog.text and "NOT-A-LICENCE" in caplog.text
+    assert "Traceback" not in caplog.text and len(caplog.text) < 600
+    assert not out.exists()

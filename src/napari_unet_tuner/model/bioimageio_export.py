@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from napari_unet_tuner.config import OUTPUT_DESCRIPTIONS
-from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.errors import InputError, UnetTunerError
 from napari_unet_tuner.model import unet as unet_module
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.model.saving import save_checkpoint
@@ -119,9 +119,15 @@ def export_bioimageio(
         raise FileExistsError(f"{output} exists; choose another name, or overwrite it")
     with tempfile.TemporaryDirectory(prefix="unet-tuner-bioimageio-") as folder:
         work = Path(folder)
-        description = _describe(
-            checkpoint, _test_input(checkpoint, sample), work, authors, license
-        )
+        test_input = _test_input(checkpoint, sample)
+        try:
+            description = _describe(checkpoint, test_input, work, authors, license)
+        except UnetTunerError:
+            raise
+        except ValueError as error:  # pydantic's ValidationError: what the spec refuses
+            raise InputError(
+                f"the package would not be valid bioimage.io: {_first_problem(error)}"
+            ) from error
         written = save_bioimageio_package(description, output_path=work / "package.zip")
         partial = output.with_name(f".{output.name}.partial")
         shutil.copyfile(written, partial)
@@ -341,6 +347,16 @@ def _write_cover(normalized: np.ndarray, probabilities: np.ndarray, path: Path) 
     else:
         right[..., 1] = probs[0]
     iio.imwrite(path, (np.concatenate([left, right], axis=1) * 255).astype(np.uint8))
+
+
+def _first_problem(error: ValueError) -> str:
+    """Return the first thing a pydantic validation refused, in one short line."""
+    problems = error.errors() if hasattr(error, "errors") else []
+    if not problems:
+        return _shorten(str(error), 200)
+    where = ".".join(str(part) for part in problems[0].get("loc", ()))
+    value = problems[0].get("input")
+    return _shorten(f"{where or 'value'} {value!r} refused: {problems[0].get('msg', '')}", 200)
 
 
 def _identifier(text: str) -> str:
