@@ -53,8 +53,13 @@ def iter_segment_stack(
     planes = {"xy": depth, "xz": height, "yz": width}
     tiles = {}
     for name, shape in shapes.items():
-        tiles[name] = fit_tile_shape(
-            shape, tile_shape, model_config.size_multiple, inference.overlap
+        # A plane no larger than a tile goes through the model whole (the network
+        # pads it), in batches; only larger planes are tiled.
+        whole_plane = all(size <= tile for size, tile in zip(shape, tile_shape, strict=True))
+        tiles[name] = (
+            shape
+            if whole_plane
+            else fit_tile_shape(shape, tile_shape, model_config.size_multiple, inference.overlap)
         )
     per_volume = sum(
         planes[name]
