@@ -72,3 +72,19 @@ def test_3d_stacks_are_refused_for_zarr_output_in_words(tmp_path, disc_model):
             inference=InferenceConfig(stack="3d"),
         )
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch):
+    from napari_unet_tuner.inference import stack
+
+    # Six planes 8 pixels apart: 48 square pixels deep, the side views' minimum.
+    image, truth = touching_spheres(8)
+    seen = []
+    real = stack._predict_planes
+    monkeypatch.setattr(stack, "_predict_planes", lambda *a: seen.append(a[1]) or real(*a))
+    config = InferenceConfig(stack="3d", anisotropy=7.0)  # 42 deep: XY planes only
+    labels = segment(image, disc_model, axes="ZYX", inference=config).labels
+    assert seen == [1]  # across Z only: the XY planes
+    assert len(np.unique(labels)) - 1 == truth.max() == 5
+    ious = matched_ious(truth, labels)
+    assert (ious.max(axis=1) > 0.5).all(), ious.max(axis=1)

@@ -88,9 +88,10 @@ class InferenceConfig(DictMixin):
     stack : {"planes", "3d"}
         How a 2D model segments a Z-stack: ``"planes"``, each plane on its
         own (its objects numbered apart); ``"3d"``, 3D objects: the model runs
-        on the XY, XZ and YZ planes, their probabilities are averaged and
-        seeds grow in 3D (`napari_unet_tuner.inference.stack`). Time series
-        stay frame by frame either way.
+        on the XY, XZ and YZ planes (XY alone for stacks under 48 square
+        pixels deep), their probabilities are averaged and seeds grow in 3D
+        (`napari_unet_tuner.inference.stack`). Time series stay frame by
+        frame either way.
     anisotropy : float
         Z step over XY pixel size (e.g. 2.0 for 0.5 um planes of 0.25 um
         pixels), for ``stack="3d"``: the XZ and YZ planes are resampled to
