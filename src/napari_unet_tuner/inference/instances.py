@@ -89,10 +89,12 @@ def seed_markers(
     markers, count = ndimage.label(mask, output=np.int32)
     if output_kind == "boundary3" and count:
         lowest = ndimage.minimum(probabilities[BACKGROUND], markers, np.arange(1, count + 1))
-        unsure = np.flatnonzero(np.asarray(lowest) >= 1.0 - config.threshold) + 1
-        if len(unsure):
-            markers[np.isin(markers, unsure)] = 0
-            markers, _ = ndimage.label(markers > 0, output=np.int32)
+        sure = np.asarray(lowest) < 1.0 - config.threshold
+        if not sure.all():
+            # One lookup drops the unsure seeds and renumbers the rest in order.
+            lookup = np.zeros(count + 1, np.int32)
+            lookup[1:][sure] = np.arange(1, int(sure.sum()) + 1, dtype=np.int32)
+            markers = lookup[markers]
     if config.split_solidity > 0:
         split_concave_seeds(markers, config.split_solidity)
     return markers

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 import time
@@ -107,17 +106,20 @@ def make_predictor(
     fast = inference_copy(model)
     layout = memory_format(model.config.spatial_dims)
     dtype = inference_dtype(device, precision)
-    if dtype is not None and device.type == "cpu":
+    # On the CPU the weights are cast once (autocast would cast them at every
+    # call); on CUDA and MPS autocast keeps float32 where it matters.
+    cast_once = dtype is not None and device.type == "cpu"
+    if cast_once:
         fast = fast.to(dtype)
-        context = contextlib.nullcontext
-    elif dtype is not None:
-        context = functools.partial(torch.autocast, device_type=device.type, dtype=dtype)
-    else:
-        context = contextlib.nullcontext
-    input_dtype = dtype if device.type == "cpu" and dtype is not None else torch.float32
+    input_dtype = dtype if cast_once else torch.float32
 
     def predictor(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), context():
+        autocast = (
+            torch.autocast(device.type, dtype=dtype)
+            if dtype is not None and not cast_once
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
             x = torch.from_numpy(batch).to(device, dtype=input_dtype, non_blocking=True)
             probabilities = fast.predict_proba(x.contiguous(memory_format=layout))
             return probabilities.float().contiguous().cpu().numpy()

@@ -26,8 +26,8 @@ from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.tiling import fit_tile_shape, iter_predict_tiled, tile_starts
 
-# Orientations: the axes of the (C, Z, Y, X) volume each plane spans.
-_ORIENTATIONS = {"xy": (2, 3), "xz": (1, 3), "yz": (1, 2)}
+# Orientations: the axis of the (C, Z, Y, X) volume their planes are stacked along.
+_ACROSS = {"xy": 1, "xz": 2, "yz": 3}
 # Stacks shallower than this (in square pixels, after resampling Z) cut every
 # object in XZ and YZ: those views mislead, and only the XY planes are used,
 # their objects linked across planes by the 3D watershed. CHO (5 planes, Z step
@@ -57,10 +57,10 @@ def iter_segment_stack(
     depth = reader.shape["Z"]
     height, width = reader.spatial_shape
     iso_depth = max(1, round(depth * inference.anisotropy))
-    views = list(_ORIENTATIONS) if iso_depth >= MIN_SIDE_VIEW_DEPTH else ["xy"]
+    views = list(_ACROSS) if iso_depth >= MIN_SIDE_VIEW_DEPTH else ["xy"]
     shapes = {"xy": (height, width), "xz": (iso_depth, width), "yz": (iso_depth, height)}
     shapes = {name: shapes[name] for name in views}
-    planes = {"xy": depth, "xz": height, "yz": width}
+    planes = {"xy": depth, "xz": height, "yz": width}  # planes along each view's axis
     tiles = {}
     for name, shape in shapes.items():
         # A plane no larger than a tile goes through the model whole (the network
@@ -95,22 +95,24 @@ def iter_segment_stack(
         whole = (slice(0, height), slice(0, width))
         volume = np.stack([reader.read(batch_index(z), whole) for z in range(depth)], axis=1)
         iso = volume
-        if iso_depth != depth and len(views) > 1:
+        if iso_depth != depth and len(views) > 1:  # side views see square pixels
             iso = resize(volume, (volume.shape[0], iso_depth, height, width), order=1)
             iso = iso.astype(np.float32)
         summed = np.zeros((out_channels, depth, height, width), np.float32)
-        side = np.zeros((out_channels, iso_depth, height, width), np.float32)
+        side = (
+            np.zeros((out_channels, iso_depth, height, width), np.float32)
+            if len(views) > 1
+            else None
+        )
         for name in views:
-            a, b = _ORIENTATIONS[name]
             source, target = (volume, summed) if name == "xy" else (iso, side)
-            axis = ({1, 2, 3} - {a, b}).pop()
             planes_done = _predict_planes(
-                source, axis, target, tiles[name], predictor, inference, out_channels
+                source, _ACROSS[name], target, tiles[name], predictor, inference, out_channels
             )
             for tiles_done in planes_done:
                 yield progress("predict", v, len(volumes), done + tiles_done, total)
             done += tiles_done
-        if len(views) > 1:
+        if side is not None:
             if iso_depth != depth:
                 side = resize(side, summed.shape, order=1).astype(np.float32)
             summed += side

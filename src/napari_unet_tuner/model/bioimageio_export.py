@@ -27,8 +27,9 @@ import torch
 
 from napari_unet_tuner.config import OUTPUT_DESCRIPTIONS
 from napari_unet_tuner.errors import InputError, UnetTunerError
+from napari_unet_tuner.io import write_bytes_atomic
 from napari_unet_tuner.model import unet as unet_module
-from napari_unet_tuner.model.checkpoint import Checkpoint
+from napari_unet_tuner.model.checkpoint import Checkpoint, file_sha256
 from napari_unet_tuner.model.saving import save_checkpoint
 
 # Where opening a package finds what it needs in the rdf's ``config``.
@@ -129,9 +130,7 @@ def export_bioimageio(
                 f"the package would not be valid bioimage.io: {_first_problem(error)}"
             ) from error
         written = save_bioimageio_package(description, output_path=work / "package.zip")
-        partial = output.with_name(f".{output.name}.partial")
-        shutil.copyfile(written, partial)
-        os.replace(partial, output)
+        write_bytes_atomic(output, Path(written).read_bytes())
     return output
 
 
@@ -257,7 +256,7 @@ def _describe(checkpoint, test_input, work: Path, authors, license):
             parent="pytorch_state_dict",
         ),
     )
-    opening = {"checkpoint": CHECKPOINT_NAME, "sha256": _sha256(work / CHECKPOINT_NAME)}
+    opening = {"checkpoint": CHECKPOINT_NAME, "sha256": file_sha256(work / CHECKPOINT_NAME)}
     cite = [_UNET_PAPER]
     if "Cell Tracking Challenge" in card.description:
         cite.append(_CTC_PAPER)
@@ -371,12 +370,6 @@ def _package_name(name: str) -> str:
 
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _sha256(path: Path) -> str:
-    from napari_unet_tuner.model.checkpoint import file_sha256
-
-    return file_sha256(path)
 
 
 def check_package(path: str | os.PathLike) -> tuple[bool, str]:

@@ -149,7 +149,7 @@ def load_checkpoint(
     # A safetensors file starts with its header's length, then "{": checked
     # first, because a header length whose low byte is 0x80 looks like pickle.
     is_safetensors = len(head) == 9 and head[8:] == b"{"
-    if head.startswith(_ZIP_MAGIC) and path.suffix.lower() == ".zip":
+    if head.startswith(_ZIP_MAGIC):
         from napari_unet_tuner.model.bioimageio_open import is_bioimageio_package, open_bioimageio
 
         if is_bioimageio_package(path):

@@ -279,13 +279,9 @@ class PatchSampler:
 
 def _regions(mask: np.ndarray) -> list[np.ndarray]:
     """Return the flat indices of each connected region of ``mask``."""
-    regions, count = ndimage.label(mask)
-    if not count:
-        return []
-    flat = np.flatnonzero(regions)
-    order = np.argsort(regions.ravel()[flat], kind="stable")
-    bounds = np.cumsum(np.bincount(regions.ravel()[flat], minlength=count + 1)[1:])[:-1]
-    return np.split(flat[order], bounds)
+    regions, _ = ndimage.label(mask)
+    pixels = ndimage.value_indices(regions, ignore_value=0)
+    return [np.ravel_multi_index(where, mask.shape) for where in pixels.values()]
 
 
 def _crop(image, targets, center, patch_shape, rng):
