@@ -51,22 +51,19 @@ def run_export(args: argparse.Namespace) -> int:
 
     from napari_unet_tuner._sample_data import nuclei_sample
     from napari_unet_tuner.io import open_image
-    from napari_unet_tuner.model.bioimageio_export import check_package, export_bioimageio
+    from napari_unet_tuner.model.bioimageio_export import export_and_check, export_bioimageio
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint or default_checkpoint_path())
     sample = np.asarray(open_image(args.sample)) if args.sample else nuclei_sample()[0][0]
-    written = export_bioimageio(
-        checkpoint,
-        args.output,
-        sample,
-        authors=args.author or ("napari-unet-tuner user",),
-        license=args.license,
-        overwrite=args.overwrite,
-    )
-    log.info("wrote %s", written)
+    options = {
+        "authors": args.author or ("napari-unet-tuner user",),
+        "license": args.license,
+        "overwrite": args.overwrite,
+    }
     if args.no_test:
+        log.info("wrote %s", export_bioimageio(checkpoint, args.output, sample, **options))
         return 0
-    passed, report = check_package(written)
-    log.info("bioimageio.core test: %s", report)
+    written, passed, report = export_and_check(checkpoint, args.output, sample, **options)
+    log.info("wrote %s\nbioimageio.core test: %s", written, report)
     return 0 if passed else 1

@@ -12,6 +12,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from napari_unet_tuner._sample_data import nuclei_sample
+from napari_unet_tuner._widgets.segment_panel import layer_array
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.inference.device import available_devices
@@ -182,7 +183,7 @@ class ModelPanel(Container):
         layer = self._tuner.image_layer
         if layer is None or layer.rgb:
             return nuclei_sample()[0][0]
-        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        data, _ = layer_array(layer)
         spatial = self._tuner.versions.active.model_config.spatial_dims
         return np.asarray(data[(0,) * (data.ndim - spatial)])
 
@@ -202,13 +203,11 @@ class ModelPanel(Container):
 
 
 def _export_and_check(warm_up, checkpoint, path: Path, sample) -> tuple[Path, bool, str]:
-    """Write the package (never over an existing file), then run bioimageio.core's test."""
-    from napari_unet_tuner.model.bioimageio_export import check_package, export_bioimageio
+    """Wait for the session's imports, then write and test the package (never over a file)."""
+    from napari_unet_tuner.model.bioimageio_export import export_and_check
 
     warm_up.wait()
-    written = export_bioimageio(checkpoint, path, sample, overwrite=False)
-    passed, words = check_package(written)
-    return written, passed, words
+    return export_and_check(checkpoint, path, sample, overwrite=False)
 
 
 def _report_export(result: tuple[Path, bool, str]) -> None:

@@ -389,3 +389,12 @@ def check_package(path: str | os.PathLike) -> tuple[bool, str]:
         reason = f": {first.errors[0].msg}" if first.errors else ""
         words += f"; failed: {first.name}{reason}"
     return summary.status == "passed", words + ")"
+
+
+def export_and_check(
+    checkpoint: Checkpoint, output: str | os.PathLike, sample: np.ndarray, **options
+) -> tuple[Path, bool, str]:
+    """`export_bioimageio`, then `check_package`: ``(package, passed, words)``."""
+    written = export_bioimageio(checkpoint, output, sample, **options)
+    passed, words = check_package(written)
+    return written, passed, words
