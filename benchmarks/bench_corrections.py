@@ -197,6 +197,14 @@ def main() -> None:
         action="store_true",
         help="only K = 10 at 60 s, and no full-frame loop (a check after a change)",
     )
+    parser.add_argument(
+        "--no-loop", action="store_true", help="skip the full-frame loop timing"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other sets' rows (and the loop, with --no-loop) of an existing --output",
+    )
     args = parser.parse_args()
     start = load_checkpoint(default_checkpoint_path())
     data = sets()
@@ -206,6 +214,10 @@ def main() -> None:
         "auto_precision": auto,
         "runs": [],
     }
+    if args.merge and args.output.exists():
+        kept = json.loads(args.output.read_text())
+        report["runs"] = [r for r in kept["runs"] if r["set"] not in args.sets]
+        report["loop"] = kept.get("loop", [])
     for name in args.sets:
         for k, budget, precision in plan(args):
             if precision == "fp32" and name not in args.precision_sets:
@@ -217,8 +229,12 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 args.output.parent.mkdir(exist_ok=True)
                 args.output.write_text(json.dumps(report, indent=1))
+    if args.quick or args.no_loop:
+        report.setdefault("loop", [])
+        plot(report, args.output.with_suffix(".png"))
+        return
     report["loop"] = []
-    for seed in [] if args.quick else args.seeds:
+    for seed in args.seeds:
         report["loop"].append(loop_on_a_full_frame(start, seed))
         print(json.dumps(report["loop"][-1]), flush=True)
         args.output.write_text(json.dumps(report, indent=1))

@@ -17,12 +17,17 @@ def _import_what_the_first_run_needs() -> None:
     The first ``torch.optim.Adam`` of a process imports torch._dynamo and
     sympy (1.7 s here), and napari's first Labels layer imports pandas; done
     when the user presses a button, they froze the viewer for 280 ms and
-    500 ms (benchmarks/bench_responsiveness.py).
+    500 ms (benchmarks/bench_responsiveness.py). That first Labels layer
+    also draws its brush overlays with vispy's agg lines, whose first
+    instance computes its dash patterns in pure Python (140 ms on a busy
+    machine; cached per process): computed here, without any GL.
     """
     import pandas  # noqa: F401
     import torch
+    from vispy.visuals.line.dash_atlas import DashAtlas
 
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    DashAtlas()
 
 
 class ImportWarmUp:

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,7 @@ import torch
 
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
-from napari_unet_tuner.inference.device import (
-    cpu_threads,
-    select_device,
-    training_autocast,
-)
+from napari_unet_tuner.inference.device import cpu_threads, select_device
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.model.checkpoint import Checkpoint, new_card
@@ -35,7 +31,8 @@ from napari_unet_tuner.training.data import (
     as_annotated_images,
     build_samples,
 )
-from napari_unet_tuner.training.losses import masked_loss
+from napari_unet_tuner.training.lineage import child_card
+from napari_unet_tuner.training.optimizing import Optimizing
 from napari_unet_tuner.training.records import (
     FineTuneResult,
     TrainingProgress,
@@ -179,22 +176,7 @@ def iter_fine_tune(
         if config.tune_instances and (held_out or any(c.corrections for c in plan.crops))
         else [card.instance_config]
     )
-    for block in list(model.down)[: config.freeze_encoder_levels]:
-        block.requires_grad_(False)
-    channels_last = device.type == "cpu"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
-    use_amp = config.mixed_precision
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and device.type == "cuda")
-
-    def set_train_mode() -> None:
-        model.train()
-        if freeze_bn:
-            for m in model.modules():
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+    optimizing = Optimizing(model, sampler, config, device, batch_size, freeze_bn)
 
     history: list[TrainingProgress] = []
     step = epoch = best_step = perfect_in_a_row = 0
@@ -217,7 +199,7 @@ def iter_fine_tune(
 
     def validate() -> list[ValidationResult]:
         results = evaluate(model, samples, plan, candidates, device)
-        set_train_mode()
+        optimizing.train_mode()
         return results
 
     with cpu_threads(config.num_threads):
@@ -248,31 +230,10 @@ def iter_fine_tune(
             )
             for _ in range(steps):
                 t_step = time.perf_counter()
-                images, targets = sampler.batch(batch_size)
-                x = torch.from_numpy(images).to(device)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = torch.from_numpy(targets).to(device)
-                classes = y[:, 0] if y.shape[1] == 2 else y[:, :-1]
-                with training_autocast(device, use_amp):
-                    logits = model(x)
-                loss = masked_loss(
-                    logits,
-                    classes,
-                    config.boundary_weight,
-                    config.contact_weight,
-                    emphasis=y[:, -1],
-                    correction_weight=config.correction_weight,
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = annealed_learning_rate(config, elapsed())
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                loss = optimizing.step(annealed_learning_rate(config, elapsed()))
                 step += 1
                 train_seconds += time.perf_counter() - t_step
-                record = progress("step", float(loss.detach()))
+                record = progress("step", loss)
                 history.append(record)
                 yield record
                 if preview_every is not None and record.elapsed - last_preview >= preview_every:
@@ -371,18 +332,10 @@ def iter_fine_tune(
         "instances_tuned": len(candidates) > 1,
         "parent": checkpoint.as_parent() if from_checkpoint else None,
     }
-    default_name = (
-        f"{card.name} (fine-tuned)" if from_checkpoint else "U-Net (trained from scratch)"
+    new_model_card = child_card(
+        card, model_cfg, run, best.instances.to_dict(), name, from_checkpoint
     )
-    # new_card stamps the creation time and package version; the rest is inherited.
-    inherited = {k: v for k, v in asdict(card).items() if k not in ("created", "package_version")}
-    inherited.update(
-        name=name or default_name,
-        parent=run["parent"],
-        training=(*card.training, run),
-        instances=best.instances.to_dict(),
-    )
-    new = Checkpoint.from_model(model, new_card(model_cfg, **inherited))
+    new = Checkpoint.from_model(model, new_model_card)
     if output is None:
         return result(new, None)
     written, note = save_checkpoint_somewhere(new, output)

@@ -1,0 +1,82 @@
+"""The optimizer step of fine-tuning: a batch of patches, the masked loss, the update."""
+
+from __future__ import annotations
+
+import torch
+
+from napari_unet_tuner.config import TrainingConfig
+from napari_unet_tuner.inference.device import training_autocast
+from napari_unet_tuner.model.unet import UNet
+from napari_unet_tuner.training.data import PatchSampler
+from napari_unet_tuner.training.losses import masked_loss
+
+
+class Optimizing:
+    """Train ``model`` in place, one step per call, on batches from ``sampler``.
+
+    The encoder's first ``config.freeze_encoder_levels`` levels stay fixed;
+    batch norm keeps its statistics when ``freeze_batch_norm`` (a few small
+    patches would spoil them). On CPUs the model runs channels-last, and in
+    bfloat16 autocast with ``config.mixed_precision``.
+    """
+
+    def __init__(
+        self,
+        model: UNet,
+        sampler: PatchSampler,
+        config: TrainingConfig,
+        device: torch.device,
+        batch_size: int,
+        freeze_batch_norm: bool,
+    ) -> None:
+        for block in list(model.down)[: config.freeze_encoder_levels]:
+            block.requires_grad_(False)
+        self.channels_last = device.type == "cpu"
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.sampler = sampler
+        self.config = config
+        self.device = device
+        self.batch_size = batch_size
+        self.freeze_batch_norm = freeze_batch_norm
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=config.mixed_precision and device.type == "cuda"
+        )
+
+    def train_mode(self) -> None:
+        """Put the model back in training mode (after a validation)."""
+        self.model.train()
+        if self.freeze_batch_norm:
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def step(self, learning_rate: float) -> float:
+        """Take one optimizer step at ``learning_rate``; return the batch's loss."""
+        config = self.config
+        images, targets = self.sampler.batch(self.batch_size)
+        x = torch.from_numpy(images).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(targets).to(self.device)
+        classes = y[:, 0] if y.shape[1] == 2 else y[:, :-1]
+        with training_autocast(self.device, config.mixed_precision):
+            logits = self.model(x)
+        loss = masked_loss(
+            logits,
+            classes,
+            config.boundary_weight,
+            config.contact_weight,
+            emphasis=y[:, -1],
+            correction_weight=config.correction_weight,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach())
