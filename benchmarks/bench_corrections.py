@@ -171,6 +171,41 @@ def loop_on_a_full_frame(start, seed: int) -> dict:
     }
 
 
+def deleted_crops(name: str, data, start, path: Path) -> None:
+    """Save each object the simulated user deletes on set ``name``, with the true labels.
+
+    Red: the deleted predicted object; cyan: the true labels. Shows whether
+    what the reference lacks is really not a nucleus.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    (image, truth), _ = data
+    before = segment(image, start).labels
+    _, _, deleted = correct_worst(before, truth, 20)
+    if not deleted:
+        return
+    lo, hi = np.percentile(image, (1, 99.8))
+    boxes = ndimage.find_objects(before)
+    fig, axes = plt.subplots(1, len(deleted), figsize=(2.6 * len(deleted), 2.9), dpi=90)
+    for ax, label in zip(np.atleast_1d(axes), deleted, strict=True):
+        box = tuple(slice(max(s.start - 30, 0), s.stop + 30) for s in boxes[label - 1])
+        overlay = np.zeros((*image[box].shape, 4))
+        overlay[find_boundaries(truth[box])] = (0, 1, 1, 1)
+        overlay[find_boundaries(before[box] == label)] = (1, 0, 0, 1)
+        ax.imshow(image[box], cmap="gray", vmin=lo, vmax=hi)
+        ax.imshow(overlay)
+        mean = image[before == label].mean()
+        ax.set_title(f"object {label}: mean {mean:.0f}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def plan(args) -> list[tuple[int, float, str]]:
     if args.quick:
         return [(10, 60.0, "auto")]
@@ -197,17 +232,23 @@ def main() -> None:
         action="store_true",
         help="only K = 10 at 60 s, and no full-frame loop (a check after a change)",
     )
-    parser.add_argument(
-        "--no-loop", action="store_true", help="skip the full-frame loop timing"
-    )
+    parser.add_argument("--no-loop", action="store_true", help="skip the full-frame loop timing")
     parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the other sets' rows (and the loop, with --no-loop) of an existing --output",
     )
+    parser.add_argument(
+        "--deleted-crops",
+        action="store_true",
+        help="only save results/hela_deleted.png: what the simulated user deletes on HeLa",
+    )
     args = parser.parse_args()
     start = load_checkpoint(default_checkpoint_path())
     data = sets()
+    if args.deleted_crops:
+        deleted_crops("hela", data["hela"], start, RESULTS / "hela_deleted.png")
+        return
     auto = "bf16" if cpu_computes_bf16() else "fp32"
     report = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

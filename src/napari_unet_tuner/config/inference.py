@@ -79,12 +79,22 @@ class InferenceConfig(DictMixin):
         ``"fp32"`` forces float32.
     num_threads : int or None
         CPU threads for torch during the run; ``None`` keeps torch's default.
+    diameter : "auto", float or None
+        Object diameter in the image's pixels. ``"auto"`` (default) estimates
+        it from the image (`napari_unet_tuner.inference.object_size`) when
+        ``scale`` is 1 and the model's card gives its own object size; a
+        number is taken as given. Images whose objects are far from the
+        model's size are resized to it (this sets the scale); ``None``
+        never resizes beyond ``scale``. Automatic size is for 2D models
+        plane by plane; 3D objects in a Z-stack and zarr output run at
+        ``scale``.
     scale : float
         Resize factor for the spatial axes before the model sees the image,
         for objects of another size than the model was trained on (0.5 for
-        nuclei twice as large as it expects, 2 for half). Probabilities are
-        resized back, so labels always match the image. Each plane is then
-        read whole (not tile by tile).
+        nuclei twice as large as it expects, 2 for half); a scale other
+        than 1 turns the automatic size off. Probabilities are resized
+        back, so labels always match the image. Each plane is then read
+        whole (not tile by tile).
     stack : {"planes", "3d"}
         How a 2D model segments a Z-stack: ``"planes"``, each plane on its
         own (its objects numbered apart); ``"3d"``, 3D objects: the model runs
@@ -104,6 +114,7 @@ class InferenceConfig(DictMixin):
     device: str = "auto"
     precision: Precision = "auto"
     num_threads: int | None = None
+    diameter: float | Literal["auto"] | None = "auto"
     scale: float = 1.0
     stack: StackMode = "planes"
     anisotropy: float = 1.0
@@ -117,6 +128,14 @@ class InferenceConfig(DictMixin):
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
             )
+        if self.diameter is not None and self.diameter != "auto":
+            if isinstance(self.diameter, str) or not 1 <= float(self.diameter) <= 10_000:
+                raise ConfigError(
+                    f"diameter must be 'auto', None or a size in pixels (1-10000); "
+                    f"got {self.diameter!r}"
+                )
+            if self.scale != 1.0:
+                raise ConfigError("give either diameter (object size) or scale, not both")
         if not 0.1 <= self.scale <= 10:
             raise ConfigError(f"scale must be in [0.1, 10], got {self.scale}")
         if not 0.0 <= self.overlap < 0.5:

@@ -124,6 +124,13 @@ class ModelCard(DictMixin):
         What the output channels mean and how they become labels.
     pixel_size : tuple of float or None
         Pixel (voxel) size in micrometres the model was trained at, if known.
+    object_diameter : float or None
+        Object diameter, in pixels, that the model segments best: the middle
+        of the sizes it was trained on. Segmentation with automatic object
+        size resizes images whose objects are far from it
+        (`napari_unet_tuner.inference.object_size`); ``None``: unknown, no
+        resizing. Fine-tuned models inherit it, and fine-tuning resizes the
+        annotated images the same way.
     normalization : dict
         A `NormalizationConfig` as a dict.
     instances : dict
@@ -144,6 +151,7 @@ class ModelCard(DictMixin):
     channel_names: tuple[str, ...] = ("channel 0",)
     outputs: str = ""
     pixel_size: tuple[float, ...] | None = None
+    object_diameter: float | None = None
     normalization: dict[str, Any] = field(default_factory=lambda: NormalizationConfig().to_dict())
     instances: dict[str, Any] = field(default_factory=lambda: InstanceConfig().to_dict())
     training: tuple[dict[str, Any], ...] = ()

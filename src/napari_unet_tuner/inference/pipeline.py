@@ -25,6 +25,7 @@ from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.object_size import SizeEstimate, choose_object_size
 from napari_unet_tuner.inference.stack import iter_segment_stack
 from napari_unet_tuner.inference.tiling import (
     Predictor,
@@ -82,11 +83,19 @@ class SegmentationResult:
         Axes of ``labels``.
     probabilities : numpy.ndarray or None
         float16 ``(out_channels, *labels.shape)`` if asked for.
+    scale : float
+        Resize factor the model ran at (`InferenceConfig.scale`, or the one
+        the object size set).
+    object_size : SizeEstimate or None
+        The object size used to choose ``scale`` (estimated with
+        ``diameter="auto"``, or as given); ``None`` when none was.
     """
 
     labels: np.ndarray
     axes: str
     probabilities: np.ndarray | None = None
+    scale: float = 1.0
+    object_size: SizeEstimate | None = None
 
 
 def make_predictor(
@@ -223,19 +232,22 @@ def iter_segment(
         cfg.in_channels,
         normalization,
     )
-    scaled = Rescaled(reader, inference.scale)
+    device = select_device(inference.device)
+    if predictor is None:
+        predictor = make_predictor(ckpt.build_model(device), device, inference.precision)
+    with cpu_threads(inference.num_threads):
+        size = choose_object_size(reader, predictor, ckpt, inference, instances)
+    scale = inference.scale if size is None else size.scale
+    scaled = Rescaled(reader, scale)
     tile_shape = fit_tile_shape(
         scaled.spatial_shape,
         inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
         cfg.size_multiple,
         inference.overlap,
     )
-    device = select_device(inference.device)
-    if predictor is None:
-        predictor = make_predictor(ckpt.build_model(device), device, inference.precision)
 
     if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
-        if inference.scale != 1.0:
+        if scale != 1.0:
             raise InputError("rescale and 3D stacks cannot be combined yet; use one of them")
         t0 = time.perf_counter()
 
@@ -255,7 +267,9 @@ def iter_segment(
                 return_probabilities,
                 progress,
             )
-        return SegmentationResult(stack_labels, reader.label_axes, stack_probabilities)
+        return SegmentationResult(
+            stack_labels, reader.label_axes, stack_probabilities, scale, size
+        )
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)
     labels = np.zeros(label_shape, np.int32)
     probabilities = (
@@ -318,7 +332,7 @@ def iter_segment(
             if probabilities is not None:
                 probabilities[(slice(None), *where)] = reader.to_label_order(prob, channels=True)
             del prob, plane_labels
-    return SegmentationResult(labels=labels, axes=reader.label_axes, probabilities=probabilities)
+    return SegmentationResult(labels, reader.label_axes, probabilities, scale, size)
 
 
 def segment(
