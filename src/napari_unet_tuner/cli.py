@@ -10,7 +10,7 @@ from pathlib import Path
 
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.cli_export import add_export_parser, run_export
-from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
+from napari_unet_tuner.cli_finetune import add_finetune_parser, diameter_argument, run_finetune
 from napari_unet_tuner.cli_info import add_info_parser, run_info
 from napari_unet_tuner.config import (
     PRECISIONS,
@@ -113,11 +113,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "(about 2x faster, the same labels), float32 on other CPUs, float16 on GPUs",
     )
     seg.add_argument(
+        "--diameter",
+        type=diameter_argument,
+        default="auto",
+        help="object diameter in pixels, 'auto' (measured on each image; images of objects "
+        "far from the model's size are resized to it) or 'none' (never resize)",
+    )
+    seg.add_argument(
         "--scale",
         type=_scale,
         default=1.0,
-        help="resize the image by this factor before the model: 0.5 for nuclei twice as large "
-        "as the model expects (the bundled one: about 10-40 px across)",
+        help="resize the image by this factor before the model instead (0.5 for nuclei twice "
+        "as large as the model expects); turns --diameter auto off",
     )
     seg.add_argument(
         "--stack",
@@ -239,6 +246,7 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
+        diameter=args.diameter,
         scale=args.scale,
         stack=args.stack,
         anisotropy=args.anisotropy,

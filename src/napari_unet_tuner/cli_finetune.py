@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet_tuner._generators import run_to_completion
-from napari_unet_tuner.config import TrainingConfig
+from napari_unet_tuner.config import TrainingConfig, parse_diameter
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.outputs import check_output
 
@@ -50,10 +50,36 @@ def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> Non
         help="corrections: the predicted labels an ANNOTATION was edited from (once per pair, "
         "in order); without it the starting model's own prediction is compared",
     )
+    tune.add_argument(
+        "--diameter",
+        type=diameter_argument,
+        default="auto",
+        help="object diameter in pixels, 'auto' or 'none': the images are learned at the "
+        "scale segmentation runs them at (see segment --diameter)",
+    )
     tune.add_argument("--seed", type=int, default=0, help="random seed of the run")
     tune.add_argument("--axes", help="axes of the images, letters from TZCYX (default: inferred)")
     tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     tune.add_argument("--name", help="name for the new model card")
+
+
+def diameter_argument(text: str) -> float | str | None:
+    """Read ``--diameter`` (auto, none or pixels), with argparse's kind of error."""
+    try:
+        return parse_diameter(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}; give auto, none or pixels") from None
+
+
+def _scale_for_diameter(diameter, start) -> float | str:
+    """Return the `AnnotatedImage.scale` for ``--diameter``, as segmentation would resize."""
+    from napari_unet_tuner.inference.object_size import scale_for
+
+    if diameter == "auto":
+        return "auto"
+    if diameter is None or start is None or start.card.object_diameter is None:
+        return 1.0
+    return scale_for(diameter, start.card.object_diameter)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
@@ -86,6 +112,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             open_image(image),
             np.asarray(open_image(annotation)[...]),
             prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
+            scale=_scale_for_diameter(args.diameter, start),
         )
         for image, annotation, predicted in zip(
             args.files[::2], args.files[1::2], predictions, strict=True

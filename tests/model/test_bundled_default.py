@@ -18,8 +18,10 @@ def test_bundled_default_is_small_and_its_card_says_what_it_expects():
     assert path.stat().st_size < 5e6  # float16 storage
     card = load_checkpoint(path).card
     assert card.channel_names == ("nuclei",)
-    for needed in ("pixels across", "rescale", "hand-annotated", "Held-out AP@0.5", "trackastra"):
+    for needed in ("pixels across", "object size", "hand-annotated", "Held-out AP@0.5"):
         assert needed in card.description
+    assert "trackastra" in card.description
+    assert card.object_diameter == 25.0
     assert card.training
 
 

@@ -288,24 +288,31 @@ def test_segment_a_multiscale_layer_into_a_zarr_backed_labels_layer(
     assert viewer.layers["slide"].data[0] is level0  # the user's layer is untouched
 
 
-def test_rescale_keeps_labels_on_the_image_grid(tuner, qtbot, tmp_path, monkeypatch):
+def test_object_size_keeps_labels_on_the_image_grid(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
     from napari_unet_tuner._widgets import segment_panel
 
     messages = []
     monkeypatch.setattr(segment_panel, "show_error", messages.append)
+    sized = make_checkpoint(object_diameter=10.0)
+    tuner = dock_tuner(make_napari_viewer(), sized, tmp_path / "sized.safetensors", monkeypatch)
     image, _ = cells_image()
     layer = tuner.viewer.add_image(image, name="big nuclei")
     panel = tuner.segment_panel
     panel.image.value = layer
-    panel.scale.value = 0.5
+    panel.diameter.value = 40  # objects 4x the model's: resized by 1/4
     panel.run()
     wait_idle(qtbot, panel)
-    assert tuner.viewer.layers["big nuclei labels"].data.shape == (96, 96)
+    labels = tuner.viewer.layers["big nuclei labels"]
+    assert labels.data.shape == (96, 96)
+    assert labels.metadata["scale"] == 0.25
+    assert "resized x0.25" in panel.size_note.value
 
     panel.to_zarr.value = True
     panel.zarr_path.value = tmp_path / "out.zarr"
     assert panel.run() is None
-    assert "set rescale to 1" in messages[-1]
+    assert "set the object size to auto" in messages[-1]
     assert not (tmp_path / "out.zarr").exists()
 
 

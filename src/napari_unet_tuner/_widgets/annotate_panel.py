@@ -80,6 +80,8 @@ class AnnotatePanel(Container):
                 "mode": "corrections",
                 "image": image.name,
                 "prediction": np.array(prediction.data, copy=True),
+                # Learned at the scale the prediction was made at.
+                "scale": prediction.metadata.get("scale", "auto"),
             },
         )
         return self._activate(layer, "corrections", int(np.max(layer.data)) + 1)

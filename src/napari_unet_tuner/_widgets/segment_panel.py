@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +13,7 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
+    Label,
     PushButton,
     create_widget,
 )
@@ -88,18 +91,23 @@ class SegmentPanel(Container):
             text="only the field of view",
             tooltip="Segment the visible part of the current plane: fast feedback on big images.",
         )
-        self.scale = FloatSpinBox(
-            value=1.0,
-            min=0.1,
-            max=10.0,
-            step=0.1,
-            label="rescale",
+        self.diameter = FloatSpinBox(
+            value=0.0,
+            min=0.0,
+            max=1000.0,
+            step=1.0,
+            label="object size",
             tooltip=(
-                "Resize the image for the model: 0.5 when nuclei are twice as large as the "
-                "model expects (the bundled one: about 10-40 pixels across), 2 when half. "
-                "The labels always match the image."
+                "Typical object (nucleus) diameter in pixels. auto: measured on each image; "
+                "images of objects much larger or smaller than the model's are resized for "
+                "it (the labels always match the image)."
             ),
         )
+        self.diameter.native.setSpecialValueText("auto")
+        self.diameter.native.setSuffix(" px")
+        self.size_note = Label(value="", tooltip="The object size this image was run at.")
+        # Measured object sizes per image: the loop re-segments without measuring again.
+        self._measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.objects_3d = CheckBox(
             text="3D objects in a Z-stack",
             tooltip=(
@@ -135,7 +143,8 @@ class SegmentPanel(Container):
             [
                 self.image,
                 self.field_of_view,
-                self.scale,
+                self.diameter,
+                self.size_note,
                 self.objects_3d,
                 self.probabilities,
                 self.to_zarr,
@@ -172,11 +181,14 @@ class SegmentPanel(Container):
         stack = self.objects_3d.value and region is None and not layer.rgb and data.ndim >= 3
         inference = InferenceConfig(
             device=self._tuner.model_panel.device.value,
-            scale=self.scale.value,
+            diameter=self.diameter_for(layer),
             stack="3d" if stack else "planes",
             anisotropy=_anisotropy(layer) if stack else 1.0,
         )
         if self.to_zarr.value and region is None:
+            if self.diameter.value == 0:
+                # Chunks run at scale 1: a size measured on this image does not apply.
+                inference = replace(inference, diameter="auto")
             try:
                 check_chunked_inference(inference)
             except InputError as exc:
@@ -217,7 +229,24 @@ class SegmentPanel(Container):
 
         worker.yielded.connect(on_yielded)
         worker.returned.connect(lambda result: self._show(layer, result, region))
+        worker.returned.connect(lambda result: self._note_size(layer, result))
         return self._start(worker, bar)
+
+    def diameter_for(self, layer: napari.layers.Image) -> float | str:
+        """Return the object size to run ``layer`` at: as typed, measured before, or auto."""
+        if self.diameter.value > 0:
+            return float(self.diameter.value)
+        return self._measured.get(layer, "auto")
+
+    def _note_size(self, layer: napari.layers.Image, result: SegmentationResult) -> None:
+        size = result.object_size
+        if size is None or size.diameter is None:
+            self.size_note.value = "" if size is None else "object size: too few objects to tell"
+            return
+        if self.diameter.value == 0 and size.objects:
+            self._measured[layer] = size.diameter
+        how = "as is" if result.scale == 1.0 else f"resized x{result.scale:.2f} for the model"
+        self.size_note.value = f"objects ~{size.diameter:.0f} px: run {how}"
 
     def _start(self, worker, bar):
         worker.aborted.connect(lambda: show_info("Segmentation cancelled."))
@@ -268,6 +297,9 @@ class SegmentPanel(Container):
                 metadata={LAYER_TAG: True},
             )
             created = True
+        if region is None:
+            # The scale the prediction was made at: corrections of it are learned at it.
+            target.metadata["scale"] = result.scale
         if region is None:
             if not created:
                 target.data = result.labels

@@ -16,6 +16,7 @@ from napari_unet_tuner.config.inference import (
     InstanceConfig,
     Precision,
     StackMode,
+    parse_diameter,
 )
 from napari_unet_tuner.config.model import (
     OUTPUT_DESCRIPTIONS,
@@ -38,5 +39,6 @@ __all__ = [
     "OutputKind",
     "Precision",
     "StackMode",
+    "parse_diameter",
     "TrainingConfig",
 ]

@@ -14,6 +14,25 @@ StackMode = Literal["planes", "3d"]
 STACK_MODES: tuple[str, ...] = ("planes", "3d")
 
 
+def parse_diameter(text: str) -> float | Literal["auto"] | None:
+    """Read an object diameter as typed: ``"auto"``, ``"none"`` or a size in pixels.
+
+    Raises
+    ------
+    ValueError
+        If ``text`` is none of these.
+    """
+    word = text.strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in ("none", "off"):
+        return None
+    value = float(word)
+    if not 1 <= value <= 10_000:
+        raise ValueError(f"{value:g} px is outside 1-10000")
+    return value
+
+
 @dataclass(frozen=True)
 class InstanceConfig(DictMixin):
     """How probabilities become instance labels.

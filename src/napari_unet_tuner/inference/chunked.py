@@ -143,17 +143,20 @@ class ChunkedResult:
 def check_chunked_inference(inference: InferenceConfig) -> None:
     """Raise `InputError` if ``inference`` asks for what chunked runs cannot do.
 
-    Rescaling, and 3D objects from a 2D model (`InferenceConfig.stack`).
+    Rescaling (a scale or a given object size), and 3D objects from a 2D
+    model (`InferenceConfig.stack`). The automatic object size is not
+    measured: chunks run at scale 1.
     """
     if inference.stack == "3d":
         raise InputError(
             "3D objects (stack 3d) are not available for zarr output yet: segment the "
             "stack in memory (a .tif output), or plane by plane (stack planes)"
         )
-    if inference.scale != 1.0:
+    if inference.scale != 1.0 or inference.diameter not in ("auto", None):
         raise InputError(
-            "rescaling is not available for zarr output yet: set rescale to 1 "
-            "(InferenceConfig.scale, --scale), segment in memory, or resize the image first"
+            "resizing is not available for zarr output yet: set the object size to auto "
+            "(InferenceConfig.diameter, --diameter) and the scale to 1 (--scale), segment "
+            "in memory, or resize the image first"
         )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy import ndimage
+from skimage.transform import resize
 
 from napari_unet_tuner.config import NormalizationConfig, TrainingConfig
 from napari_unet_tuner.errors import InputError
@@ -53,6 +54,12 @@ class AnnotatedImage:
         prediction is computed again.
     axes : str, optional
         Axes of ``image`` (e.g. ``"ZYX"``); inferred when omitted.
+    scale : float or "auto"
+        Resize factor of the image's planes for the model, as segmentation
+        used it (`SegmentationResult.scale`): the model learns the objects
+        at the size it sees them. ``"auto"``: the starting model's
+        automatic object size (`napari_unet_tuner.inference.object_size`),
+        what segmenting the image with it uses.
     """
 
     image: Any
@@ -60,6 +67,7 @@ class AnnotatedImage:
     mode: AnnotationMode | None = None
     prediction: Any = None
     axes: str | None = None
+    scale: float | Literal["auto"] = "auto"
 
 
 def as_annotated_images(
@@ -164,14 +172,18 @@ def build_samples(
         except InputError as exc:
             where = f"pair {i + 1}: " if len(annotated) > 1 else ""
             raise InputError(f"{where}{exc}") from None
-        readers.append((reader, labels, prediction, item.mode))
+        scale = 1.0 if item.scale == "auto" else float(item.scale)
+        if not 0.1 <= scale <= 10:
+            raise InputError(f"pair {i + 1}: scale must be in [0.1, 10], got {scale}")
+        readers.append((reader, labels, prediction, item.mode, scale))
     samples = []
     objects = object_pixels = annotated_pixels = 0
-    for source, (reader, labels, prediction, mode) in enumerate(readers):
+    for source, (reader, labels, prediction, mode, scale) in enumerate(readers):
         full = tuple(slice(0, s) for s in reader.spatial_shape)
+        resized = tuple(max(1, round(n * scale)) for n in reader.spatial_shape)
         for batch_index in reader.batch_indices():
             index = reader.label_index(batch_index)
-            plane_labels = _to_spatial_order(labels[index], reader)
+            plane_labels = _resized(_to_spatial_order(labels[index], reader), resized)
             targets = annotation_to_targets(plane_labels, mode, scribble_objects=scribble_objects)
             if not (targets != IGNORE).any():
                 continue
@@ -183,11 +195,11 @@ def build_samples(
             if mode == "scribbles":
                 corrections = find_corrections(plane_labels, mode)
             elif prediction is not None:
-                plane_prediction = _to_spatial_order(prediction[index], reader)
+                plane_prediction = _resized(_to_spatial_order(prediction[index], reader), resized)
                 corrections = find_corrections(plane_labels, mode, plane_prediction)
             samples.append(
                 Sample(
-                    image=reader.read(batch_index, full),
+                    image=_resized(reader.read(batch_index, full), resized),
                     targets=targets,
                     val_targets=np.full_like(targets, IGNORE),
                     instances=instances,
@@ -197,6 +209,23 @@ def build_samples(
             )
     summary = AnnotationSummary(objects, object_pixels, annotated_pixels, len(samples))
     return samples, summary
+
+
+def _resized(plane: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """Resize a plane to ``spatial_shape``: images (float, C first) linearly, labels nearest.
+
+    The same resizing as segmentation's (`napari_unet_tuner.inference.pipeline.Rescaled`).
+    """
+    if plane.shape[-len(spatial_shape) :] == spatial_shape:
+        return plane
+    if np.issubdtype(plane.dtype, np.floating):
+        shrink = spatial_shape[0] < plane.shape[1]
+        return resize(
+            plane, (plane.shape[0], *spatial_shape), order=1, anti_aliasing=shrink
+        ).astype(np.float32)
+    return resize(plane, spatial_shape, order=0, anti_aliasing=False, preserve_range=True).astype(
+        plane.dtype
+    )
 
 
 def _to_spatial_order(plane: np.ndarray, reader: ImageReader) -> np.ndarray:

@@ -41,6 +41,7 @@ from napari_unet_tuner.training.records import (
     describe_run,
 )
 from napari_unet_tuner.training.schedule import annealed_learning_rate, run_settings
+from napari_unet_tuner.training.sizing import annotated_diameter, resolve_scales
 from napari_unet_tuner.training.split import many_corrections, split_validation
 from napari_unet_tuner.training.validation import (
     ValidationResult,
@@ -133,7 +134,8 @@ def iter_fine_tune(
     if output is not None:
         # Before any training: a taken name must not cost the user a trained model.
         check_checkpoint_path(output, checkpoint)
-    annotated = as_annotated_images(pairs, config.mode, axes)
+    device = select_device(config.device)
+    annotated = resolve_scales(as_annotated_images(pairs, config.mode, axes), checkpoint, device)
     samples, summary = build_samples(
         annotated,
         model_cfg.spatial_dims,
@@ -141,14 +143,17 @@ def iter_fine_tune(
         normalization,
         config.scribble_objects,
     )
-    device = select_device(config.device)
     patch_shape, batch_size, freeze_bn = run_settings(
         config, model_cfg.spatial_dims, device, from_checkpoint
     )
     card = (
         checkpoint.card
         if from_checkpoint
-        else new_card(model_cfg, normalization=normalization.to_dict())
+        else new_card(
+            model_cfg,
+            normalization=normalization.to_dict(),
+            object_diameter=annotated_diameter(samples),
+        )
     )
     model = checkpoint.build_model(device) if from_checkpoint else UNet(model_cfg).to(device)
     with cpu_threads(config.num_threads):
