@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from report_corrections import corrections_section, finetune_section, recheck_section
+from report_magnification import magnification_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -425,6 +426,7 @@ def main() -> None:
             "",
             "![quality](benchmarks/results/quality.png)",
             "",
+            *magnification_lines(quality.get("magnification"), RESULTS),
             *stacks_lines(quality.get("stacks")),
         ]
     lines += variants_section()
