@@ -329,3 +329,30 @@ def test_learning_rate_anneals_over_the_time_budget():
     assert annealed_learning_rate(replace(config, final_learning_rate=None), 75) == 1e-3
     with pytest.raises(ValueError, match="final_learning_rate"):
         TrainingConfig(learning_rate=1e-4, final_learning_rate=1e-3)
+
+
+def test_images_are_learned_at_the_scale_they_are_segmented_at():
+    from napari_unet_tuner.training.data import AnnotatedImage, build_samples
+    from napari_unet_tuner.training.sizing import annotated_diameter, resolve_scales
+
+    image, labels = toy_pair(shape=(96, 96))
+    normalization = make_checkpoint().card.normalization_config
+    half = AnnotatedImage(image, labels, mode="corrections", scale=0.5)
+    samples, _ = build_samples([half], 2, 1, normalization)
+    assert samples[0].image.shape == (1, 48, 48)
+    assert samples[0].instances.shape == (48, 48)
+    # Nearest resizing keeps the objects: no blended label values appear.
+    assert set(np.unique(samples[0].instances)) <= set(np.unique(labels))
+    assert annotated_diameter(samples) == pytest.approx(6, abs=1.5)  # radius 6, halved
+
+    sized = make_checkpoint(object_diameter=30.0)
+    (auto,) = resolve_scales([AnnotatedImage(image, labels)], sized, torch.device("cpu"))
+    (unsized,) = resolve_scales([AnnotatedImage(image, labels)], make_checkpoint(), "cpu")
+    (given,) = resolve_scales([half], sized, torch.device("cpu"))
+    assert isinstance(auto.scale, float) and unsized.scale == 1.0 and given.scale == 0.5
+
+
+def test_a_model_trained_from_scratch_records_its_object_size():
+    pairs = [toy_pair(seed) for seed in range(3)]
+    result = fine_tune(pairs, None, FAST, model_config=ModelConfig(features=4, depth=2))
+    assert result.checkpoint.card.object_diameter == pytest.approx(12, abs=1.5)
