@@ -180,7 +180,21 @@ def stacks(checkpoint) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument(
+        "--stacks-only",
+        action="store_true",
+        help="rerun only the Z-stacks and keep the rest of results/quality.json",
+    )
+    args = parser.parse_args()
     checkpoint = load_checkpoint(default_checkpoint_path())
+    if args.stacks_only:
+        report = json.loads((RESULTS / "quality.json").read_text())
+        report["stacks"] = stacks(checkpoint)
+        (RESULTS / "quality.json").write_text(json.dumps(report, indent=2))
+        return
     report: dict = {"checkpoint": checkpoint.card.name, "sets": {}}
     for name, pairs in datasets.held_out_sets().items():
         scores: dict[str, dict[str, float]] = {}

@@ -124,7 +124,8 @@ class InferenceConfig(DictMixin):
     anisotropy : float
         Z step over XY pixel size (e.g. 2.0 for 0.5 um planes of 0.25 um
         pixels), for ``stack="3d"``: the XZ and YZ planes are resampled to
-        square pixels before the model sees them.
+        square pixels before the model sees them (not within 1.25x of 1,
+        where the model sees no difference).
     """
 
     tile_shape: tuple[int, ...] | None = None
