@@ -127,3 +127,13 @@ def test_a_given_diameter_needs_a_model_that_knows_its_size():
     sized = make_checkpoint(object_diameter=10.0)
     result = segment(image, sized, inference=InferenceConfig(diameter=40.0))
     assert result.scale == 0.25 and result.labels.shape == image.shape
+
+
+def test_painted_objects_are_measured_plane_by_plane():
+    from napari_unet_tuner.inference.object_size import painted_diameter
+
+    assert painted_diameter(np.zeros((2, 32, 32), np.int32)) is None
+    few = disc_labels((64, 64), [(32, 32), (10, 50)], 7)  # two: the cut ones count too
+    assert painted_diameter(few) == pytest.approx(14, abs=1)
+    stack = np.stack([np.zeros((256, 256), np.int32), disc_field(radius=10)])
+    assert painted_diameter(stack) == pytest.approx(20, abs=1)

@@ -316,6 +316,24 @@ def test_object_size_keeps_labels_on_the_image_grid(
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_object_size_measured_from_painted_labels(tuner, monkeypatch):
+    from napari_unet_tuner._widgets import segment_panel
+
+    messages = []
+    monkeypatch.setattr(segment_panel, "show_error", messages.append)
+    panel = tuner.segment_panel
+    image, labels = cells_image()  # discs of radius 9
+    tuner.viewer.add_image(image, name="cells")
+    assert panel.measure_painted() is None  # an image layer is selected
+    assert "Select a Labels layer" in messages[-1]
+    tuner.viewer.add_labels(np.zeros_like(labels), name="empty")
+    assert panel.measure_painted() is None and "no objects" in messages[-1]
+    tuner.viewer.add_labels(labels, name="painted")
+    assert panel.measure_painted() == pytest.approx(18, abs=1)
+    assert panel.diameter.value == 18
+    assert panel.diameter_for(tuner.viewer.layers["cells"]) == 18.0
+
+
 def test_every_annotation_of_the_session_is_learned_with_its_own_image(tuner, qtbot):
     viewer = tuner.viewer
     first, _ = cells_image()

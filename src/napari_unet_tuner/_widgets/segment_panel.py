@@ -26,7 +26,9 @@ from napari_unet_tuner._widgets.zarr_output import check_zarr_path, start_zarr_r
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.chunked import check_chunked_inference
+from napari_unet_tuner.inference.object_size import painted_diameter
 from napari_unet_tuner.inference.pipeline import SegmentationResult, iter_segment
+from napari_unet_tuner.training.targets import annotation_to_instances
 
 if TYPE_CHECKING:
     import napari
@@ -105,6 +107,19 @@ class SegmentPanel(Container):
         )
         self.diameter.native.setSpecialValueText("auto")
         self.diameter.native.setSuffix(" px")
+        self.measure_button = PushButton(
+            text="from labels",
+            tooltip="Set the object size to the median diameter of the objects in the "
+            "selected Labels layer: nuclei you painted or corrected.",
+        )
+        self.measure_button.changed.connect(self.measure_painted)
+        size_row = Container(
+            widgets=[self.diameter, self.measure_button],
+            layout="horizontal",
+            labels=False,
+            label="object size",
+        )
+        size_row.margins = (0, 0, 0, 0)
         self.size_note = Label(value="", tooltip="The object size this image was run at.")
         # Measured object sizes per image: the loop re-segments without measuring again.
         self._measured: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -143,7 +158,7 @@ class SegmentPanel(Container):
             [
                 self.image,
                 self.field_of_view,
-                self.diameter,
+                size_row,
                 self.size_note,
                 self.objects_3d,
                 self.probabilities,
@@ -237,6 +252,23 @@ class SegmentPanel(Container):
         if self.diameter.value > 0:
             return float(self.diameter.value)
         return self._measured.get(layer, "auto")
+
+    def measure_painted(self) -> float | None:
+        """Set the object size from the selected Labels layer's objects; return it."""
+        from napari.layers import Labels
+
+        layer = self._tuner.viewer.layers.selection.active
+        if not isinstance(layer, Labels):
+            show_error("Select a Labels layer with nuclei painted or corrected on it first.")
+            return None
+        mode = layer.metadata.get("mode") or "corrections"
+        diameter = painted_diameter(annotation_to_instances(np.asarray(layer.data), mode))
+        if diameter is None:
+            show_error(f"{layer.name} has no objects to measure: paint a few nuclei first.")
+            return None
+        self.diameter.value = round(diameter)
+        self.size_note.value = f"objects ~{diameter:.0f} px, measured on {layer.name}"
+        return diameter
 
     def _note_size(self, layer: napari.layers.Image, result: SegmentationResult) -> None:
         size = result.object_size

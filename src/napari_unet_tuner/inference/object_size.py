@@ -96,6 +96,28 @@ def median_diameter(labels: np.ndarray, min_size: int = 1) -> tuple[float | None
     return float(np.median(2.0 * np.sqrt(areas / np.pi))), len(areas)
 
 
+def painted_diameter(labels: np.ndarray) -> float | None:
+    """Median diameter of painted objects, plane by plane (leading axes are planes).
+
+    Objects cut by the border count only when fewer than `MIN_OBJECTS` are
+    whole: a user may paint only a few. ``None`` when nothing is painted.
+    """
+    labels = np.asarray(labels)
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    areas, whole = [], []
+    for plane in planes:
+        if not plane.any():
+            continue
+        counts = np.bincount(plane.ravel())[1:]
+        areas += counts[counts > 0].tolist()
+        kept = np.bincount(clear_border(plane).ravel())[1:]
+        whole += kept[kept > 0].tolist()
+    chosen = whole if len(whole) >= MIN_OBJECTS else areas
+    if not chosen:
+        return None
+    return float(np.median(2.0 * np.sqrt(np.asarray(chosen) / np.pi)))
+
+
 def scale_for(diameter: float | None, model_diameter: float) -> float:
     """Resize factor for objects of ``diameter`` pixels and a model of ``model_diameter``.
 
