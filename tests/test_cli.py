@@ -254,3 +254,22 @@ def test_help_shows_defaults_and_answers_without_torch(capsys):
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_segment_takes_the_object_size_and_says_what_it_used(tmp_path, image_file, caplog, capsys):
+    from napari_unet_tuner import save_checkpoint
+
+    from conftest import make_checkpoint
+
+    sized = save_checkpoint(make_checkpoint(object_diameter=10.0), tmp_path / "sized.safetensors")
+    out = tmp_path / "out.tif"
+    args = ["segment", str(image_file), "-o", str(out), "--checkpoint", str(sized)]
+    with caplog.at_level("INFO"):
+        assert main([*args, "--diameter", "40"]) == 0
+    assert "resized x0.25 for the model" in caplog.text
+    assert tifffile.imread(out).shape == (48, 40)
+    with pytest.raises(SystemExit):
+        main([*args, "--diameter", "big", "--overwrite"])
+    assert "give auto, none or pixels" in capsys.readouterr().err
+    assert main([*args, "--diameter", "40", "--scale", "0.5", "--overwrite"]) == 1
+    assert "either diameter" in caplog.text

@@ -333,7 +333,13 @@ def _segment_to_tiff(
         )
     # Labels are numbered 1..n over the whole image, so the largest is the count.
     count = int(result.labels.max(initial=0))
-    log.info("%s: %d objects -> %s", image_path, count, labels_path)
+    size = result.object_size
+    how = "" if result.scale == 1.0 else f", resized x{result.scale:.2f} for the model"
+    if size is not None and size.diameter is not None:
+        how = f" (about {size.diameter:.0f} px across{how})"
+    elif how:
+        how = f" ({how[2:]})"
+    log.info("%s: %d objects%s -> %s", image_path, count, how, labels_path)
 
 
 def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, chunked) -> None:
