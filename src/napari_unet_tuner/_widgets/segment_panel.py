@@ -244,7 +244,7 @@ class SegmentPanel(Container):
 
         worker.yielded.connect(on_yielded)
         worker.returned.connect(lambda result: self._show(layer, result, region))
-        worker.returned.connect(lambda result: self._note_size(layer, result))
+        worker.returned.connect(lambda result: self._note_size(layer, result, region is None))
         return self._start(worker, bar)
 
     def diameter_for(self, layer: napari.layers.Image) -> float | str:
@@ -270,12 +270,15 @@ class SegmentPanel(Container):
         self.size_note.value = f"objects ~{diameter:.0f} px, measured on {layer.name}"
         return diameter
 
-    def _note_size(self, layer: napari.layers.Image, result: SegmentationResult) -> None:
+    def _note_size(
+        self, layer: napari.layers.Image, result: SegmentationResult, whole: bool
+    ) -> None:
         size = result.object_size
         if size is None or size.diameter is None:
             self.size_note.value = "" if size is None else "object size: too few objects to tell"
             return
-        if self.diameter.value == 0 and size.objects:
+        if self.diameter.value == 0 and size.objects and whole:
+            # Measured on the whole image (not a field of view): kept for the loop.
             self._measured[layer] = size.diameter
         how = "as is" if result.scale == 1.0 else f"resized x{result.scale:.2f} for the model"
         self.size_note.value = f"objects ~{size.diameter:.0f} px: run {how}"

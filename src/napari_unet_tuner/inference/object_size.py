@@ -160,12 +160,7 @@ def estimate_object_size(
     def measure(scale: float) -> tuple[float, int] | None:
         """(diameter in image pixels, objects) seen at ``scale``, or None."""
         if scale not in measured:
-            side = int(CROP_SIDE / scale)
-            crop = tuple(
-                slice(max((n - side) // 2, 0), max((n - side) // 2, 0) + min(side, n))
-                for n in spatial
-            )
-            piece = plane[(slice(None), *crop)]
+            piece = plane[(slice(None), *_centre(spatial, int(CROP_SIDE / scale)))]
             shape = tuple(max(1, round(n * scale)) for n in piece.shape[1:])
             measured[scale] = None
             if min(shape) >= 32:  # a smaller view cannot hold whole objects
@@ -211,7 +206,8 @@ def choose_object_size(
             return None
         raise InputError(
             f"{checkpoint.card.name!r} does not say what object size it was trained at, so "
-            "a diameter cannot set its scale; set the scale (rescale) instead"
+            "a diameter cannot set its scale; use auto or set the scale instead "
+            "(InferenceConfig.scale, --scale)"
         )
     if inference.diameter != "auto":
         diameter = float(inference.diameter)
@@ -221,11 +217,7 @@ def choose_object_size(
     indices = list(reader.batch_indices())
     # The largest crop the estimate reads (its smallest scale), around the centre.
     side = int(CROP_SIDE / min(min(pair) for pair in PAIRS))
-    centre = tuple(
-        slice(max((n - side) // 2, 0), max((n - side) // 2, 0) + min(side, n))
-        for n in reader.spatial_shape
-    )
-    plane = reader.read(indices[len(indices) // 2], centre)
+    plane = reader.read(indices[len(indices) // 2], _centre(reader.spatial_shape, side))
 
     def predict_labels(image: np.ndarray) -> np.ndarray:
         shape = image.shape[1:]
@@ -240,3 +232,10 @@ def choose_object_size(
         return probabilities_to_labels(probabilities, config.output_kind, instances)
 
     return estimate_object_size(plane, predict_labels, model_diameter, instances.min_size)
+
+
+def _centre(shape: tuple[int, ...], side: int) -> tuple[slice, ...]:
+    """Slices of the central ``side``-wide square of ``shape`` (all of an axis shorter)."""
+    return tuple(
+        slice(max((n - side) // 2, 0), max((n - side) // 2, 0) + min(side, n)) for n in shape
+    )
