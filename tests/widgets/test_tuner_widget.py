@@ -316,6 +316,28 @@ def test_object_size_keeps_labels_on_the_image_grid(
     assert not (tmp_path / "out.zarr").exists()
 
 
+def test_corrections_and_scribbles_are_learned_at_the_scale_they_were_segmented_at(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    sized = make_checkpoint(object_diameter=10.0)
+    tuner = dock_tuner(make_napari_viewer(), sized, tmp_path / "sized.safetensors", monkeypatch)
+    image, _ = cells_image()
+    layer = tuner.viewer.add_image(image, name="cells")
+    panel = tuner.segment_panel
+    panel.image.value = layer
+    panel.diameter.value = 40  # resized by 1/4 for the model
+    panel.run()
+    wait_idle(qtbot, panel)
+    tuner.annotate_panel.make_corrections_layer()
+    tuner.annotate_panel.make_scribble_layer()
+    tuner.train_panel.reset_choices()
+    scales = sorted(item.scale for item in tuner.train_panel.annotated_images())
+    assert scales == [0.25, 0.25]  # corrections: the prediction's; scribbles: the image's
+    panel.diameter.value = 0  # auto, nothing measured for this image: the trainer decides
+    scales = sorted(str(item.scale) for item in tuner.train_panel.annotated_images())
+    assert scales == ["0.25", "auto"]
+
+
 def test_object_size_measured_from_painted_labels(tuner, monkeypatch):
     from napari_unet_tuner._widgets import segment_panel
 

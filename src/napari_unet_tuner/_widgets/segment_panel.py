@@ -169,7 +169,11 @@ class SegmentPanel(Container):
         )
 
     def run(self, checkpoint: Checkpoint | None = None, field_of_view: bool | None = None):
-        """Start segmenting in a worker; return the worker (None if nothing to do)."""
+        """Start segmenting in a worker; return the worker (None if nothing to do).
+
+        ``field_of_view`` given (the fine-tuning's live preview) overrides the
+        checkbox, and the run shows no progress bar or RGB notice.
+        """
         layer = self.image.value
         checkpoint = checkpoint or self._tuner.versions.active
         if layer is None:
@@ -236,13 +240,17 @@ class SegmentPanel(Container):
             _ignore_errors=True,
         )
         report_errors_plainly(worker)
-        bar = progress(total=0, desc=f"Segmenting {layer.name}")
+        bar = None
+        if field_of_view is None:
+            # Not for the fine-tuning's live previews: a progress bar every few
+            # seconds is widget work on the GUI thread, and training shows its own.
+            bar = progress(total=0, desc=f"Segmenting {layer.name}")
 
-        def on_yielded(p) -> None:
-            bar.total = p.tiles_total
-            bar.update(p.tiles_done - bar.n)
+            def on_yielded(p) -> None:
+                bar.total = p.tiles_total
+                bar.update(p.tiles_done - bar.n)
 
-        worker.yielded.connect(on_yielded)
+            worker.yielded.connect(on_yielded)
         worker.returned.connect(lambda result: self._show(layer, result, region))
         worker.returned.connect(lambda result: self._note_size(layer, result, region is None))
         return self._start(worker, bar)
