@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 from napari_unet_tuner import InferenceConfig, segment
+from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.training.metrics import matched_ious
 
-from conftest import touching_spheres
+from conftest import make_checkpoint, touching_spheres
 
 
 def test_touching_spheres_at_anisotropy_3_become_one_object_each(disc_model):
@@ -38,6 +39,12 @@ def test_stack_settings_are_checked():
         InferenceConfig(stack="volume")
     with pytest.raises(ValueError, match="anisotropy"):
         InferenceConfig(anisotropy=0.0)
+    sized = make_checkpoint(object_diameter=10.0)
+    stack = np.zeros((4, 32, 32), np.float32)
+    with pytest.raises(InputError, match="cannot be combined yet: set the object size to auto"):
+        segment(stack, sized, axes="ZYX", inference=InferenceConfig(stack="3d", diameter=40.0))
+    auto = segment(stack, sized, axes="ZYX", inference=InferenceConfig(stack="3d"))
+    assert auto.scale == 1.0 and auto.object_size is None  # 3D objects are not resized
 
 
 @pytest.mark.parametrize("axis", [1, 2, 3])

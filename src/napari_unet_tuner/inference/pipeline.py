@@ -248,7 +248,10 @@ def iter_segment(
 
     if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
         if scale != 1.0:
-            raise InputError("rescale and 3D stacks cannot be combined yet; use one of them")
+            raise InputError(
+                "resizing (a scale or a given object size) and 3D stacks cannot be combined "
+                "yet: set the object size to auto and the scale to 1, or segment plane by plane"
+            )
         t0 = time.perf_counter()
 
         def progress(stage, volume, volumes, done, total) -> SegmentationProgress:
