@@ -9,7 +9,7 @@ from magicgui.widgets import Container, Label, PushButton
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
 
-from napari_unet_tuner._widgets.segment_panel import LAYER_TAG, labels_name, layer_array
+from napari_unet_tuner._widgets.layers import LAYER_TAG, labels_name, layer_array
 from napari_unet_tuner.training.targets import SCRIBBLE_BACKGROUND, annotation_counts
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from napari_unet_tuner._sample_data import nuclei_sample
-from napari_unet_tuner._widgets.segment_panel import layer_array
+from napari_unet_tuner._widgets.layers import layer_array
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.inference.device import available_devices

@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
@@ -21,6 +21,12 @@ from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from napari_unet_tuner._widgets.layers import (
+    anisotropy_of,
+    layer_array,
+    show_segmentation,
+    visible_region,
+)
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner._widgets.zarr_output import check_zarr_path, start_zarr_run
 from napari_unet_tuner.config import InferenceConfig
@@ -35,46 +41,6 @@ if TYPE_CHECKING:
 
     from napari_unet_tuner._widgets.tuner import UNetTunerWidget
     from napari_unet_tuner.model.checkpoint import Checkpoint
-
-LAYER_TAG = "napari_unet_tuner"
-
-
-def labels_name(image: napari.layers.Image) -> str:
-    """Name of the Labels layer that holds an image's prediction."""
-    return f"{image.name} labels"
-
-
-def layer_array(layer: napari.layers.Image) -> tuple[Any, str | None]:
-    """Return an image layer's full-resolution data (lazy stays lazy) and its axes if known."""
-    data = layer.data[0] if layer.multiscale else layer.data
-    return data, ("YXC" if layer.rgb and data.ndim == 3 else None)
-
-
-def _anisotropy(layer: napari.layers.Image) -> float:
-    """Z step over pixel size from the layer's scale (the third axis from the end)."""
-    scale = np.asarray(layer.scale, float)
-    if len(scale) < 3 or scale[-1] <= 0:
-        return 1.0
-    return float(np.clip(scale[-3] / scale[-1], 0.1, 20.0))
-
-
-def visible_region(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple:
-    """Index of the current plane's visible field of view, in the layer's data coordinates."""
-    data, _ = layer_array(layer)
-    ndim = data.ndim - (1 if layer.rgb else 0)
-    point = np.round(layer.world_to_data(viewer.dims.point)).astype(int)
-    corners = np.asarray(layer.corner_pixels)
-    offset = viewer.dims.ndim - ndim
-    displayed = {d - offset for d in viewer.dims.displayed}
-    index: list[Any] = []
-    for axis in range(ndim):
-        size = data.shape[axis]
-        if axis in displayed:
-            lo, hi = int(max(corners[0, axis], 0)), int(min(corners[1, axis] + 1, size))
-            index.append(slice(lo, max(hi, lo + 1)))
-        else:
-            index.append(int(np.clip(point[axis], 0, size - 1)))
-    return tuple(index)
 
 
 class SegmentPanel(Container):
@@ -202,7 +168,7 @@ class SegmentPanel(Container):
             device=self._tuner.model_panel.device.value,
             diameter=self.diameter_for(layer),
             stack="3d" if stack else "planes",
-            anisotropy=_anisotropy(layer) if stack else 1.0,
+            anisotropy=anisotropy_of(layer) if stack else 1.0,
         )
         if self.to_zarr.value and region is None:
             if self.diameter.value == 0:
@@ -251,7 +217,9 @@ class SegmentPanel(Container):
                 bar.update(p.tiles_done - bar.n)
 
             worker.yielded.connect(on_yielded)
-        worker.returned.connect(lambda result: self._show(layer, result, region))
+        worker.returned.connect(
+            lambda result: show_segmentation(self._tuner.viewer, layer, result, region)
+        )
         worker.returned.connect(lambda result: self._note_size(layer, result, region is None))
         return self._start(worker, bar)
 
@@ -309,58 +277,3 @@ class SegmentPanel(Container):
             bar.close()
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
-
-    def _show(
-        self, image: napari.layers.Image, result: SegmentationResult, region: tuple | None
-    ) -> None:
-        viewer = self._tuner.viewer
-        if image not in viewer.layers:
-            # The image was closed while it was segmented: no orphan labels layer.
-            show_info(f"{image.name} was closed; its segmentation was discarded.")
-            return
-        name = labels_name(image)
-        existing = viewer.layers[name] if name in viewer.layers else None
-        full_shape = layer_array(image)[0].shape[: image.ndim]
-        if (
-            existing is not None
-            and existing.data.shape == full_shape
-            and existing.metadata.get(LAYER_TAG)
-        ):
-            target, created = existing, False
-        else:
-            if existing is not None:
-                name = f"{name} ({LAYER_TAG})"
-            # Made with the result itself: one set-up and one upload on the GUI
-            # thread, not an empty layer and then its data.
-            target = viewer.add_labels(
-                result.labels if region is None else np.zeros(full_shape, np.int32),
-                name=name,
-                scale=image.scale,
-                translate=image.translate,
-                metadata={LAYER_TAG: True},
-            )
-            created = True
-        if region is None:
-            # The scale the prediction was made at: corrections of it are learned at it.
-            target.metadata["scale"] = result.scale
-        if region is None:
-            if not created:
-                target.data = result.labels
-        else:
-            labels = result.labels
-            offset = int(np.max(target.data)) if np.any(labels) else 0
-            target.data[region] = np.where(labels > 0, labels + offset, 0)
-            target.refresh()
-        if result.probabilities is not None:
-            prob_name = f"{image.name} probabilities"
-            if prob_name in viewer.layers:
-                viewer.layers[prob_name].data = result.probabilities
-            else:
-                viewer.add_image(
-                    result.probabilities,
-                    name=prob_name,
-                    channel_axis=0,
-                    visible=False,
-                    scale=image.scale,
-                    translate=image.translate,
-                )

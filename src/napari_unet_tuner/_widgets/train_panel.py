@@ -10,8 +10,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
+from napari_unet_tuner._widgets.layers import LAYER_TAG, layer_array
 from napari_unet_tuner._widgets.loss_plot import LossPlot
-from napari_unet_tuner._widgets.segment_panel import LAYER_TAG, layer_array
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.inference.object_size import scale_for

@@ -1,0 +1,115 @@
+"""Layer helpers of the widget: the image data a layer holds, and the labels layer of a result."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_info
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_unet_tuner.inference.pipeline import SegmentationResult
+
+LAYER_TAG = "napari_unet_tuner"
+
+
+def labels_name(image: napari.layers.Image) -> str:
+    """Name of the Labels layer that holds an image's prediction."""
+    return f"{image.name} labels"
+
+
+def layer_array(layer: napari.layers.Image) -> tuple[Any, str | None]:
+    """Return an image layer's full-resolution data (lazy stays lazy) and its axes if known."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return data, ("YXC" if layer.rgb and data.ndim == 3 else None)
+
+
+def anisotropy_of(layer: napari.layers.Image) -> float:
+    """Z step over pixel size from the layer's scale (the third axis from the end)."""
+    scale = np.asarray(layer.scale, float)
+    if len(scale) < 3 or scale[-1] <= 0:
+        return 1.0
+    return float(np.clip(scale[-3] / scale[-1], 0.1, 20.0))
+
+
+def visible_region(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple:
+    """Index of the current plane's visible field of view, in the layer's data coordinates."""
+    data, _ = layer_array(layer)
+    ndim = data.ndim - (1 if layer.rgb else 0)
+    point = np.round(layer.world_to_data(viewer.dims.point)).astype(int)
+    corners = np.asarray(layer.corner_pixels)
+    offset = viewer.dims.ndim - ndim
+    displayed = {d - offset for d in viewer.dims.displayed}
+    index: list[Any] = []
+    for axis in range(ndim):
+        size = data.shape[axis]
+        if axis in displayed:
+            lo, hi = int(max(corners[0, axis], 0)), int(min(corners[1, axis] + 1, size))
+            index.append(slice(lo, max(hi, lo + 1)))
+        else:
+            index.append(int(np.clip(point[axis], 0, size - 1)))
+    return tuple(index)
+
+
+def show_segmentation(
+    viewer: napari.Viewer,
+    image: napari.layers.Image,
+    result: SegmentationResult,
+    region: tuple | None,
+) -> None:
+    """Show a segmentation as the image's labels layer (made once, then updated in place).
+
+    ``region``: the result covers only that part of the image (a field of
+    view). The layer records the scale the prediction was made at:
+    corrections of it are learned at that scale.
+    """
+    if image not in viewer.layers:
+        # The image was closed while it was segmented: no orphan labels layer.
+        show_info(f"{image.name} was closed; its segmentation was discarded.")
+        return
+    name = labels_name(image)
+    existing = viewer.layers[name] if name in viewer.layers else None
+    full_shape = layer_array(image)[0].shape[: image.ndim]
+    if (
+        existing is not None
+        and existing.data.shape == full_shape
+        and existing.metadata.get(LAYER_TAG)
+    ):
+        target, created = existing, False
+    else:
+        if existing is not None:
+            name = f"{name} ({LAYER_TAG})"
+        # Made with the result itself: one set-up and one upload on the GUI
+        # thread, not an empty layer and then its data.
+        target = viewer.add_labels(
+            result.labels if region is None else np.zeros(full_shape, np.int32),
+            name=name,
+            scale=image.scale,
+            translate=image.translate,
+            metadata={LAYER_TAG: True},
+        )
+        created = True
+    if region is None:
+        target.metadata["scale"] = result.scale
+        if not created:
+            target.data = result.labels
+    else:
+        labels = result.labels
+        offset = int(np.max(target.data)) if np.any(labels) else 0
+        target.data[region] = np.where(labels > 0, labels + offset, 0)
+        target.refresh()
+    if result.probabilities is not None:
+        prob_name = f"{image.name} probabilities"
+        if prob_name in viewer.layers:
+            viewer.layers[prob_name].data = result.probabilities
+        else:
+            viewer.add_image(
+                result.probabilities,
+                name=prob_name,
+                channel_axis=0,
+                visible=False,
+                scale=image.scale,
+                translate=image.translate,
+            )
