@@ -288,6 +288,19 @@ def test_segment_a_multiscale_layer_into_a_zarr_backed_labels_layer(
     assert viewer.layers["slide"].data[0] is level0  # the user's layer is untouched
 
 
+def segmented_a_quarter_size(viewer, qtbot, tmp_path, monkeypatch):
+    """The widget with a model of 10-pixel objects, after segmenting 40-pixel ones (scale 1/4)."""
+    sized = make_checkpoint(object_diameter=10.0)
+    tuner = dock_tuner(viewer, sized, tmp_path / "sized.safetensors", monkeypatch)
+    image, _ = cells_image()
+    panel = tuner.segment_panel
+    panel.image.value = tuner.viewer.add_image(image, name="big nuclei")
+    panel.diameter.value = 40
+    panel.run()
+    wait_idle(qtbot, panel)
+    return tuner
+
+
 def test_object_size_keeps_labels_on_the_image_grid(
     make_napari_viewer, qtbot, tmp_path, monkeypatch
 ):
@@ -295,15 +308,8 @@ def test_object_size_keeps_labels_on_the_image_grid(
 
     messages = []
     monkeypatch.setattr(segment_panel, "show_error", messages.append)
-    sized = make_checkpoint(object_diameter=10.0)
-    tuner = dock_tuner(make_napari_viewer(), sized, tmp_path / "sized.safetensors", monkeypatch)
-    image, _ = cells_image()
-    layer = tuner.viewer.add_image(image, name="big nuclei")
+    tuner = segmented_a_quarter_size(make_napari_viewer(), qtbot, tmp_path, monkeypatch)
     panel = tuner.segment_panel
-    panel.image.value = layer
-    panel.diameter.value = 40  # objects 4x the model's: resized by 1/4
-    panel.run()
-    wait_idle(qtbot, panel)
     labels = tuner.viewer.layers["big nuclei labels"]
     assert labels.data.shape == (96, 96)
     assert labels.metadata["scale"] == 0.25
@@ -319,15 +325,8 @@ def test_object_size_keeps_labels_on_the_image_grid(
 def test_corrections_and_scribbles_are_learned_at_the_scale_they_were_segmented_at(
     make_napari_viewer, qtbot, tmp_path, monkeypatch
 ):
-    sized = make_checkpoint(object_diameter=10.0)
-    tuner = dock_tuner(make_napari_viewer(), sized, tmp_path / "sized.safetensors", monkeypatch)
-    image, _ = cells_image()
-    layer = tuner.viewer.add_image(image, name="cells")
+    tuner = segmented_a_quarter_size(make_napari_viewer(), qtbot, tmp_path, monkeypatch)
     panel = tuner.segment_panel
-    panel.image.value = layer
-    panel.diameter.value = 40  # resized by 1/4 for the model
-    panel.run()
-    wait_idle(qtbot, panel)
     tuner.annotate_panel.make_corrections_layer()
     tuner.annotate_panel.make_scribble_layer()
     tuner.train_panel.reset_choices()
