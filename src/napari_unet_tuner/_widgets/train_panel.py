@@ -142,7 +142,8 @@ class TrainPanel(Container):
     def _scale_of(self, image) -> float | str:
         """Return the scale scribbles on ``image`` are learned at (its measured size's)."""
         diameter = self._tuner.segment_panel.diameter_for(image)
-        model_diameter = self._tuner.versions.active.card.object_diameter
+        active = self._tuner.versions.active
+        model_diameter = None if active is None else active.card.object_diameter
         if diameter == "auto" or model_diameter is None:
             return "auto"
         return scale_for(float(diameter), model_diameter)
