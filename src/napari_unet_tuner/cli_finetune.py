@@ -71,21 +71,11 @@ def diameter_argument(text: str) -> float | str | None:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}; give auto, none or pixels") from None
 
 
-def _scale_for_diameter(diameter, start) -> float | str:
-    """Return the `AnnotatedImage.scale` for ``--diameter``, as segmentation would resize."""
-    from napari_unet_tuner.inference.object_size import scale_for
-
-    if diameter == "auto":
-        return "auto"
-    if diameter is None or start is None or start.card.object_diameter is None:
-        return 1.0
-    return scale_for(diameter, start.card.object_diameter)
-
-
 def run_finetune(args: argparse.Namespace) -> int:
     """Run ``unet-tuner finetune``; return the exit status (1 when nothing was learned)."""
     from tqdm import tqdm
 
+    from napari_unet_tuner.inference.object_size import annotation_scale
     from napari_unet_tuner.io import open_image
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
     from napari_unet_tuner.model.saving import check_checkpoint_path
@@ -112,7 +102,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             open_image(image),
             np.asarray(open_image(annotation)[...]),
             prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
-            scale=_scale_for_diameter(args.diameter, start),
+            scale=annotation_scale(args.diameter, start),
         )
         for image, annotation, predicted in zip(
             args.files[::2], args.files[1::2], predictions, strict=True

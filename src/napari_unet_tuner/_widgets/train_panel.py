@@ -14,7 +14,7 @@ from napari_unet_tuner._widgets.layers import LAYER_TAG, layer_array
 from napari_unet_tuner._widgets.loss_plot import LossPlot
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.config import TrainingConfig
-from napari_unet_tuner.inference.object_size import scale_for
+from napari_unet_tuner.inference.object_size import annotation_scale
 from napari_unet_tuner.training.data import AnnotatedImage
 from napari_unet_tuner.training.trainer import FineTuneResult, TrainingProgress, iter_fine_tune
 
@@ -134,19 +134,13 @@ class TrainPanel(Container):
                     mode=self._mode_of(layer),
                     prediction=None if prediction is None else np.asarray(prediction),
                     axes=axes,
-                    scale=layer.metadata.get("scale") or self._scale_of(image),
+                    scale=layer.metadata.get("scale")
+                    or annotation_scale(
+                        self._tuner.segment_panel.diameter_for(image), self._tuner.versions.active
+                    ),
                 )
             )
         return out
-
-    def _scale_of(self, image) -> float | str:
-        """Return the scale scribbles on ``image`` are learned at (its measured size's)."""
-        diameter = self._tuner.segment_panel.diameter_for(image)
-        active = self._tuner.versions.active
-        model_diameter = None if active is None else active.card.object_diameter
-        if diameter == "auto" or model_diameter is None:
-            return "auto"
-        return scale_for(float(diameter), model_diameter)
 
     def run(self):
         """Start fine-tuning in a worker; return the worker (None if the input is not ready)."""

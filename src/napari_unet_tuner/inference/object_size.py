@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from skimage.segmentation import clear_border
@@ -88,12 +88,11 @@ def median_diameter(labels: np.ndarray, min_size: int = 1) -> tuple[float | None
     ``None`` when fewer than `MIN_OBJECTS` objects of at least ``min_size``
     pixels are whole.
     """
-    whole = clear_border(np.asarray(labels))
-    areas = np.bincount(whole.ravel())[1:]
+    areas = _areas(clear_border(np.asarray(labels)))
     areas = areas[areas >= max(min_size, 1)]
     if len(areas) < MIN_OBJECTS:
         return None, len(areas)
-    return float(np.median(2.0 * np.sqrt(areas / np.pi))), len(areas)
+    return _median_diameter(areas), len(areas)
 
 
 def painted_diameter(labels: np.ndarray) -> float | None:
@@ -103,19 +102,22 @@ def painted_diameter(labels: np.ndarray) -> float | None:
     whole: a user may paint only a few. ``None`` when nothing is painted.
     """
     labels = np.asarray(labels)
-    planes = labels.reshape(-1, *labels.shape[-2:])
-    areas, whole = [], []
-    for plane in planes:
-        if not plane.any():
-            continue
-        counts = np.bincount(plane.ravel())[1:]
-        areas += counts[counts > 0].tolist()
-        kept = np.bincount(clear_border(plane).ravel())[1:]
-        whole += kept[kept > 0].tolist()
-    chosen = whole if len(whole) >= MIN_OBJECTS else areas
-    if not chosen:
-        return None
-    return float(np.median(2.0 * np.sqrt(np.asarray(chosen) / np.pi)))
+    planes = [plane for plane in labels.reshape(-1, *labels.shape[-2:]) if plane.any()]
+    whole = np.concatenate([_areas(clear_border(plane)) for plane in planes] or [[]])
+    every = np.concatenate([_areas(plane) for plane in planes] or [[]])
+    chosen = whole if len(whole) >= MIN_OBJECTS else every
+    return _median_diameter(chosen) if len(chosen) else None
+
+
+def _areas(labels: np.ndarray) -> np.ndarray:
+    """Pixel counts of the objects present in ``labels``."""
+    counts = np.bincount(labels.ravel())[1:]
+    return counts[counts > 0]
+
+
+def _median_diameter(areas: np.ndarray) -> float:
+    """Median equivalent diameter (of a disc of the same area) of objects of ``areas``."""
+    return float(np.median(2.0 * np.sqrt(np.asarray(areas, np.float64) / np.pi)))
 
 
 def scale_for(diameter: float | None, model_diameter: float) -> float:
@@ -132,6 +134,21 @@ def scale_for(diameter: float | None, model_diameter: float) -> float:
         return 1.0
     target = ENLARGED * model_diameter if ratio < SMALLEST else model_diameter
     return float(np.clip(target / diameter, *SCALE_LIMITS))
+
+
+def annotation_scale(
+    diameter: float | Literal["auto"] | None, checkpoint: Checkpoint | None
+) -> float | Literal["auto"]:
+    """Return the `AnnotatedImage.scale` for an object ``diameter``, as segmentation resizes.
+
+    ``"auto"`` stays automatic (the trainer measures); no diameter, or a
+    model without an object size, means no resizing.
+    """
+    if diameter == "auto":
+        return "auto"
+    if diameter is None or checkpoint is None or checkpoint.card.object_diameter is None:
+        return 1.0
+    return scale_for(float(diameter), checkpoint.card.object_diameter)
 
 
 def estimate_object_size(
