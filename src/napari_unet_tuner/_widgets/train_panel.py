@@ -9,6 +9,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Select, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 
 from napari_unet_tuner._widgets.layers import LAYER_TAG, layer_array
 from napari_unet_tuner._widgets.loss_plot import LossPlot
@@ -241,11 +242,17 @@ class TrainPanel(Container):
         # Show the new result, not the painting over it.
         for layer in self.annotation.value:
             layer.visible = False
-        # Re-segment with the new active model once any preview has finished.
+        # Re-segment with the new active model once any preview has finished,
+        # in a later turn of the event loop: hiding the annotations redraws the
+        # canvas, and so does the progress bar's first appearance (napari
+        # resizes its status bar); in one turn they froze a busy viewer 120-140 ms.
+        def segment_again() -> None:
+            QTimer.singleShot(0, self._tuner.segment_panel.run)
+
         if self._preview_worker is not None:
-            self._preview_worker.finished.connect(lambda: self._tuner.segment_panel.run())
+            self._preview_worker.finished.connect(segment_again)
         else:
-            self._tuner.segment_panel.run()
+            segment_again()
 
 
 def _curve_score(scores: dict[str, float]) -> float:

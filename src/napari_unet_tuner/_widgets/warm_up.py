@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -28,6 +29,14 @@ def _import_what_the_first_run_needs() -> None:
 
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     DashAtlas()
+    # These imports add some 250,000 objects to the garbage collector's
+    # watch; Python then runs a full collection at the next allocation burst,
+    # which holds the GIL while it scans every object of the process (255 ms
+    # here, 375-440 ms on a busy machine): until now that was napari's first
+    # Labels layer, so the first Segment froze the viewer. Collected here,
+    # right after the imports, it happens while the user reads the panel, and
+    # the next full collection is due only after as many new objects again.
+    gc.collect()
 
 
 class ImportWarmUp:
@@ -56,6 +65,11 @@ class ImportWarmUp:
         except Exception as error:  # noqa: BLE001 - any failure: the workers import themselves
             self.error = error
             logger.warning("napari-unet-tuner: warming up imports failed (%s); continuing", error)
+
+    @property
+    def done(self) -> bool:
+        """Whether the warm-up has ended (with or without an error)."""
+        return not self._thread.is_alive()
 
     def wait(self) -> None:
         """Block until the warm-up has ended (call it from a worker, not the GUI thread)."""
