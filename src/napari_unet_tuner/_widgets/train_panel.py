@@ -242,6 +242,7 @@ class TrainPanel(Container):
         # Show the new result, not the painting over it.
         for layer in self.annotation.value:
             layer.visible = False
+
         # Re-segment with the new active model once any preview has finished,
         # in a later turn of the event loop: hiding the annotations redraws the
         # canvas, and so does the progress bar's first appearance (napari
