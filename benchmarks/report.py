@@ -518,7 +518,7 @@ def main() -> None:
             "updates the layer in place. Segmentation and training run in thread workers; "
             "after fine-tuning, the re-segmentation starts in a later turn of the event loop "
             "than the one that hides the annotations, so the two canvas redraws are apart. "
-            "On a busy machine fine-tuning's longest stall (99-142 ms over four runs) is "
+            "On a busy machine fine-tuning's longest stall (99-142 ms over five runs) is "
             "still that re-segmentation's progress bar: napari shows its activity indicator, "
             "the status bar grows, and the canvas is resized and redrawn at once.",
             "",

@@ -23,19 +23,26 @@ def _import_what_the_first_run_needs() -> None:
     instance computes its dash patterns in pure Python (140 ms on a busy
     machine; cached per process): computed here, without any GL.
     """
-    import pandas  # noqa: F401
-    import torch
-    from vispy.visuals.line.dash_atlas import DashAtlas
+    # The imports add some 250,000 objects to the garbage collector's watch,
+    # and each full collection holds the GIL while it scans every object of
+    # the process (255 ms here, 375-560 ms on a busy machine). Left to
+    # Python, one ran in the middle of the imports and another soon after:
+    # on napari's first Labels layer, so the first Segment froze the viewer.
+    # Paused during the imports and run once right after them, it happens
+    # while the user reads the panel, and the next is due only after as many
+    # new objects again.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        import pandas  # noqa: F401
+        import torch
+        from vispy.visuals.line.dash_atlas import DashAtlas
 
-    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-    DashAtlas()
-    # These imports add some 250,000 objects to the garbage collector's
-    # watch; Python then runs a full collection at the next allocation burst,
-    # which holds the GIL while it scans every object of the process (255 ms
-    # here, 375-440 ms on a busy machine): until now that was napari's first
-    # Labels layer, so the first Segment froze the viewer. Collected here,
-    # right after the imports, it happens while the user reads the panel, and
-    # the next full collection is due only after as many new objects again.
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        DashAtlas()
+    finally:
+        if collecting:
+            gc.enable()
     gc.collect()
 
 
