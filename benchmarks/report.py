@@ -508,19 +508,21 @@ def main() -> None:
             "",
             "Python's full garbage collection scans every object of the process (some 530,000 "
             "once torch is imported) and holds the GIL while it does: the GUI thread waits, "
-            "whichever thread started it. The imports add 250,000 objects at once, so Python "
-            "runs one soon after: it used to fall on the first segmentation (255 ms of a "
-            "390 ms stall quiet, 375 of 830 ms busy). The widget now collects right after its "
-            "background imports, while the user reads the panel: that is the stall of "
-            "*opening the widget*, and of a Segment pressed before the imports end. The rest "
-            "of the first segmentation's stall is napari's own first `add_labels` of a session "
-            "(vispy set-up on the GUI thread) and its first progress bar; re-segmenting "
-            "updates the layer in place. Segmentation and training run in thread workers; "
-            "after fine-tuning, the re-segmentation starts in a later turn of the event loop "
-            "than the one that hides the annotations, so the two canvas redraws are apart. "
-            "On a busy machine fine-tuning's longest stall (99-142 ms over five runs) is "
-            "still that re-segmentation's progress bar: napari shows its activity indicator, "
-            "the status bar grows, and the canvas is resized and redrawn at once.",
+            "whichever thread started it. The widget's background imports add 250,000 objects "
+            "at once; left to Python, one collection ran during them and another soon after, "
+            "on the first segmentation (255 ms of a 390 ms stall quiet, 375 of 830 ms busy). "
+            "The widget now pauses collection during its imports and collects once right "
+            'after them, while the user reads the panel and a progress bar says "loading '
+            'torch": that is the stall of *opening the widget*, and of a Segment pressed '
+            "before the imports end. That first progress bar also pays napari's first-bar "
+            "cost (60-100 ms). The rest of the first segmentation's stall is napari's own "
+            "first `add_labels` of a session (vispy set-up on the GUI thread, 150-300 ms); "
+            "re-segmenting updates the layer in place. Segmentation and training run in "
+            "thread workers; after fine-tuning, the re-segmentation starts in a later turn of "
+            "the event loop than the one that hides the annotations, so the two canvas "
+            "redraws are apart. On a busy machine fine-tuning's longest stall was 90-142 ms "
+            "over six runs: canvas redraws (software OpenGL under Xvfb) and the "
+            "re-segmentation's progress bar.",
             "",
             "![responsiveness](benchmarks/results/responsiveness.png)",
             "",

@@ -3,7 +3,10 @@
 import logging
 import threading
 
-from napari_unet_tuner._widgets.warm_up import ImportWarmUp
+from napari.utils import progress
+from qtpy.QtWidgets import QWidget
+
+from napari_unet_tuner._widgets.warm_up import WARM_UP_DESCRIPTION, ImportWarmUp, show_progress
 
 
 def test_a_worker_starts_only_after_the_warm_up_has_ended():
@@ -46,3 +49,19 @@ def test_a_failed_warm_up_is_one_line_and_workers_still_run(caplog):
         yield "ran"
 
     assert list(warm_up.after(work)()) == ["ran"]
+
+
+def test_a_progress_bar_shows_until_the_warm_up_ends(qtbot):
+    release = threading.Event()
+    warm_up = ImportWarmUp(lambda: release.wait(5))
+    owner = QWidget()
+    qtbot.addWidget(owner)
+
+    def bars():
+        return [bar for bar in progress._all_instances if bar.desc == WARM_UP_DESCRIPTION]
+
+    show_progress(warm_up, owner)
+    qtbot.wait(300)
+    assert len(bars()) == 1  # still importing
+    release.set()
+    qtbot.waitUntil(lambda: not bars(), timeout=3000)

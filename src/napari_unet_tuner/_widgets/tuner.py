@@ -12,7 +12,7 @@ from napari_unet_tuner._widgets.annotate_panel import AnnotatePanel
 from napari_unet_tuner._widgets.model_panel import ModelPanel
 from napari_unet_tuner._widgets.segment_panel import SegmentPanel
 from napari_unet_tuner._widgets.train_panel import TrainPanel
-from napari_unet_tuner._widgets.warm_up import ImportWarmUp
+from napari_unet_tuner._widgets.warm_up import ImportWarmUp, show_progress
 from napari_unet_tuner.versions import ModelVersions
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class UNetTunerWidget(Container):
         self.versions = ModelVersions()
         # First, so that the heavy imports run while the user looks at the widget.
         self.warm_up = ImportWarmUp()
+        show_progress(self.warm_up, self.native)
         self.model_panel = ModelPanel(self)
         self.segment_panel = SegmentPanel(self)
         self.annotate_panel = AnnotatePanel(self)

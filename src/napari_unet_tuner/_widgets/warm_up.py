@@ -7,9 +7,17 @@ import gc
 import logging
 import threading
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from napari.utils import progress
+from qtpy.QtCore import QTimer
+
+if TYPE_CHECKING:
+    from qtpy.QtWidgets import QWidget
 
 logger = logging.getLogger(__name__)
+
+WARM_UP_DESCRIPTION = "U-Net Tuner: loading torch"
 
 
 def _import_what_the_first_run_needs() -> None:
@@ -91,3 +99,24 @@ class ImportWarmUp:
             return (yield from function(*args, **kwargs))
 
         return run
+
+
+def show_progress(warm_up: ImportWarmUp, owner: QWidget) -> None:
+    """Show a napari progress bar until ``warm_up`` ends (or ``owner`` is deleted).
+
+    The user sees why a first run waits. The session's first progress bar
+    also costs napari 60-100 ms on the GUI thread (its activity indicator
+    appears): paid here, while the widget docks, not on the first Segment.
+    """
+    bar = progress(total=0, desc=WARM_UP_DESCRIPTION)
+    timer = QTimer(owner)
+    timer.setInterval(100)
+
+    def close_when_done() -> None:
+        if warm_up.done:
+            timer.stop()
+            bar.close()
+
+    timer.timeout.connect(close_when_done)
+    timer.start()
+    owner.destroyed.connect(lambda *_: bar.close())
