@@ -44,7 +44,7 @@ Evaluation (`datasets.held_out_sets`) never shares pixels with training;
 its first set, the hand-annotated DSB2018 image, is reported and never used
 to choose anything. The card's instance settings (foreground threshold,
 splitting of concave seeds) are chosen after training on the other held-out
-sets and on crowded copies of them (`choose_instances`).
+sets at three zooms (`choose_instances`).
 """
 
 from __future__ import annotations
@@ -233,37 +233,47 @@ def balance_repeats(per_set: dict[str, list]) -> dict[str, int]:
     return {name: max(1, round(np.sqrt(largest / n))) for name, n in pixels.items()}
 
 
-# Instance settings tried after training (every combination), and how many
-# nuclei per nucleus are pasted into the crowded copies of the tuning sets.
+# Instance settings tried after training (every combination), and the zooms
+# the tuning images are seen at.
 INSTANCE_GRID = {
     "threshold": (0.5, 0.6, 0.7, 0.8, 0.9),
     "seed_threshold": (0.4, 0.5, 0.6),
     "split_solidity": (0.0, 0.8, 0.85, 0.9),
 }
-TUNING_CROWD = 1.0
+TUNING_ZOOMS = (0.5, 1.0, 2.0)
+
+
+def zoomed(image: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its labels as a microscope ``zoom`` times the magnification would see them."""
+    if zoom == 1.0:
+        return image, labels
+    image = rescale(image.astype(np.float32), zoom, order=1, anti_aliasing=zoom < 1)
+    labels = rescale(labels, zoom, order=0, anti_aliasing=False, preserve_range=True)
+    return image, labels.astype(np.int32)
 
 
 def choose_instances(checkpoint) -> tuple[InstanceConfig, list[dict]]:
     """The `INSTANCE_GRID` setting with the best mean AP@0.5 on the tuning sets.
 
     Tuning sets: the held-out sets with computer-made labels (not the
-    hand-annotated one) and a crowded copy of each (`crowded`, a seed of its
-    own), because those labels have almost no touching nuclei and would
-    otherwise never reward splitting them. The model runs once per image;
-    only the instance step is repeated.
+    hand-annotated one), each at the `TUNING_ZOOMS`, segmented with the
+    automatic object size; every (set, zoom) counts the same. BBBC007's
+    labels separate touching nuclei, so splitting them is rewarded where it
+    is right. (Crowded copies with pasted nuclei, used until session 15,
+    rewarded cutting seeds at their waist, which cuts elongated and lobed
+    nuclei of real images: CHO 0.83 -> 0.70, and 0.06-0.08 on another
+    lab's 20x images.) The model runs once per image; only the instance
+    step is repeated.
     """
-    rng = np.random.default_rng(1)
     hand, *others = datasets.held_out_sets().items()
-    tuning = []
-    for _, pairs in others:
-        copies = [c for c in (crowded(*pair, rng, TUNING_CROWD) for pair in pairs) if c]
-        for subset in (pairs, copies):
-            tuning.append(
-                [
-                    (segment(image, checkpoint, return_probabilities=True).probabilities, truth)
-                    for image, truth in subset
-                ]
-            )
+    tuning = [
+        [
+            (segment(image, checkpoint, return_probabilities=True).probabilities, truth)
+            for image, truth in (zoomed(*pair, zoom) for pair in pairs)
+        ]
+        for _, pairs in others
+        for zoom in TUNING_ZOOMS
+    ]
     kind = checkpoint.model_config.output_kind
     table = []
     for values in itertools.product(*INSTANCE_GRID.values()):
@@ -325,7 +335,7 @@ def describe(checkpoint, scores, diameters):
                 if instances.split_solidity
                 else ""
             )
-            + " (chosen on held-out computer-labelled regions and crowded copies of them)"
+            + " (chosen on held-out computer-labelled regions at 0.5x, 1x and 2x zoom)"
             + ". Held-out AP@0.5: "
             f"{scores[hand]['ap50']:.2f} on a hand-annotated DSB2018 image never trained on; "
             f"{np.mean(computer):.2f} mean over held-out regions/frames of the training "

@@ -91,15 +91,19 @@ def test_the_default_finds_zoomed_nuclei_as_it_finds_them_unzoomed():
     checkpoint = load_checkpoint(default_checkpoint_path())
     ((image, _, _),) = nuclei_sample()
     plain = segment(image, checkpoint)
-    assert plain.scale == 1.0  # about 13-pixel nuclei: run as they are
-    zoomed = rescale(image.astype(np.float32), 4, order=1)
-    fixed = segment(zoomed, checkpoint, inference=InferenceConfig(diameter=None))
-    auto = segment(zoomed, checkpoint)
-    assert auto.object_size.diameter == pytest.approx(4 * plain.object_size.diameter, rel=0.2)
-    assert 0.3 < auto.scale < 0.7
-    assert auto.labels.shape == zoomed.shape
+    # The scratch assay's nuclei are 11.7 px across (median of its labels).
+    assert plain.object_size.diameter == pytest.approx(11.7, rel=0.15)
     count = plain.labels.max()
-    assert abs(int(auto.labels.max()) - count) < 0.15 * count
+    for zoom, scales in ((4, (0.3, 0.7)), (0.5, (2.0, 4.0))):
+        zoomed = rescale(image.astype(np.float32), zoom, order=1, anti_aliasing=zoom < 1)
+        auto = segment(zoomed, checkpoint)
+        assert auto.object_size.diameter == pytest.approx(
+            zoom * plain.object_size.diameter, rel=0.2
+        )
+        assert scales[0] < auto.scale < scales[1]
+        assert auto.labels.shape == zoomed.shape
+        assert abs(int(auto.labels.max()) - count) < 0.15 * count
+    fixed = segment(zoomed, checkpoint, inference=InferenceConfig(diameter=None))
     assert abs(int(fixed.labels.max()) - count) > 0.3 * count  # what auto size fixes
 
 

@@ -60,7 +60,11 @@ def test_default_tiles_give_what_a_whole_image_pass_gives():
 
     def run(**inference):
         result = segment(
-            image, checkpoint, inference=InferenceConfig(**inference), return_probabilities=True
+            image,
+            checkpoint,
+            # At the image's own scale: this is about tiles, not object size.
+            inference=InferenceConfig(diameter=None, **inference),
+            return_probabilities=True,
         )
         return result.labels, result.probabilities.astype(np.float32)
 

@@ -67,7 +67,7 @@ def test_bfloat16_gives_the_labels_of_float32_on_the_sample():
         precision: segment(
             image,
             default_checkpoint_path(),
-            inference=InferenceConfig(precision=precision),
+            inference=InferenceConfig(precision=precision, diameter=None),
             return_probabilities=True,
         )
         for precision in ("fp32", "bf16")

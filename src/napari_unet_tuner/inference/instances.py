@@ -158,12 +158,15 @@ def _hull_size(mask: np.ndarray) -> float:
     """
     if mask.ndim == 3:
         surface = np.argwhere(mask & ~ndimage.binary_erosion(mask)).astype(np.float64)
-        try:
-            hull = ConvexHull(surface)
-        except QhullError:  # flat or tiny: not a solid to measure this way
-            pass
-        else:
-            return float(hull.volume + 0.5 * hull.area)
+        # One plane thick along an axis: not a solid to measure this way (and
+        # qhull would print its error to the terminal before raising).
+        if len(surface) > 3 and np.ptp(surface, axis=0).min() > 0:
+            try:
+                hull = ConvexHull(surface)
+            except QhullError:  # otherwise degenerate (e.g. all on one slanted plane)
+                pass
+            else:
+                return float(hull.volume + 0.5 * hull.area)
     return float(convex_hull_image(mask).sum())
 
 
