@@ -57,7 +57,7 @@ def magnification_lines(report: dict | None, results: Path) -> list[str]:
             )
             or "nowhere"
         )
-        + ". Both are microscopes of the training data, whose nuclei the default saw at their "
+        + ". These are microscopes of the training data, whose nuclei the default saw at their "
         "own size: resizing them to 25 px is a loss there, a gain on data it never saw. "
         "Automatic size below the Otsu baseline: "
         + ", ".join(
