@@ -89,8 +89,11 @@ def seed_markers(
         mask = probabilities[INTERIOR] > config.seed_threshold
     markers, count = ndimage.label(mask, output=np.int32)
     if output_kind == "boundary3" and count:
-        lowest = ndimage.minimum(probabilities[BACKGROUND], markers, np.arange(1, count + 1))
-        sure = np.asarray(lowest) < 1.0 - config.threshold
+        # Seeds with at least one foreground pixel, counted in one pass
+        # (`ndimage.minimum` per seed sorts every seed pixel: 1.9 s of a
+        # 16-megapixel image's 3 s outside the model).
+        foreground = mask & (probabilities[BACKGROUND] < 1.0 - config.threshold)
+        sure = np.bincount(markers[foreground], minlength=count + 1)[1:] > 0
         if not sure.all():
             # One lookup drops the unsure seeds and renumbers the rest in order.
             lookup = np.zeros(count + 1, np.int32)
