@@ -188,6 +188,25 @@ def test_finetune_writes_a_new_checkpoint_and_reports_scores(
     assert "pairs" in caplog.text
 
 
+def test_finetune_a_2d_model_on_3d_objects_of_a_z_stack(tmp_path, tiny_checkpoint_file, caplog):
+    from conftest import touching_spheres
+
+    image, labels = touching_spheres(3)
+    tifffile.imwrite(tmp_path / "stack.tif", image)
+    tifffile.imwrite(tmp_path / "objects.tif", labels)
+    out = tmp_path / "tuned.safetensors"
+    pair = [str(tmp_path / "stack.tif"), str(tmp_path / "objects.tif")]
+    budget = ["--seconds", "5", "--device", "cpu", "--axes", "ZYX", "--from-scratch"]
+    args = ["finetune", *pair, "-o", str(out), *budget, "--stack", "3d", "--anisotropy", "3"]
+    assert main(args) == 0 and out.exists()
+    flat = tmp_path / "plane.tif"
+    tifffile.imwrite(flat, image[8])
+    tifffile.imwrite(tmp_path / "plane_objects.tif", labels[8])
+    args = ["finetune", str(flat), str(tmp_path / "plane_objects.tif"), "-o", str(out) + "2"]
+    assert main([*args, "--stack", "3d", "--seconds", "5", "--device", "cpu"]) == 1
+    assert "stack='3d' is for Z-stacks" in caplog.text
+
+
 def test_zarr_input_to_zarr_output_chunk_by_chunk(tmp_path, tiny_checkpoint_file, caplog):
     zarr = pytest.importorskip("zarr")
     from napari_unet_tuner.inference.chunked_output import is_complete

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet_tuner._generators import run_to_completion
-from napari_unet_tuner.config import TrainingConfig, parse_diameter
+from napari_unet_tuner.config import STACK_MODES, TrainingConfig, parse_diameter
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.outputs import check_output
 
@@ -57,6 +57,19 @@ def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> Non
         help="object diameter in pixels, 'auto' or 'none': the images are learned at the "
         "scale segmentation runs them at (see segment --diameter)",
     )
+    tune.add_argument(
+        "--stack",
+        choices=STACK_MODES,
+        default="planes",
+        help="Z-stacks: 3d when the annotations are 3D objects (as segment --stack 3d gives): "
+        "the model also learns their XZ and YZ planes",
+    )
+    tune.add_argument(
+        "--anisotropy",
+        type=float,
+        default=1.0,
+        help="Z step over XY pixel size, for --stack 3d",
+    )
     tune.add_argument("--seed", type=int, default=0, help="random seed of the run")
     tune.add_argument("--axes", help="axes of the images, letters from TZCYX (default: inferred)")
     tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -102,7 +115,9 @@ def run_finetune(args: argparse.Namespace) -> int:
             open_image(image),
             np.asarray(open_image(annotation)[...]),
             prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
-            scale=annotation_scale(args.diameter, start),
+            scale=1.0 if args.stack == "3d" else annotation_scale(args.diameter, start),
+            stack=args.stack,
+            anisotropy=args.anisotropy,
         )
         for image, annotation, predicted in zip(
             args.files[::2], args.files[1::2], predictions, strict=True

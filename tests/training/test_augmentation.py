@@ -3,7 +3,8 @@ import pytest
 
 from napari_unet_tuner import TrainingConfig
 from napari_unet_tuner.training import IGNORE
-from napari_unet_tuner.training.data import PatchSampler, Sample, _augment
+from napari_unet_tuner.training.data import Sample
+from napari_unet_tuner.training.patches import PatchSampler, _augment
 from napari_unet_tuner.training.validation import plan_validation
 
 from conftest import disc_labels

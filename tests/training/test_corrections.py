@@ -19,8 +19,9 @@ from napari_unet_tuner.training.corrections import (
     count_corrections,
     find_corrections,
 )
-from napari_unet_tuner.training.data import PatchSampler, Sample
+from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.metrics import match_counts, matched_ious, pooled_precision
+from napari_unet_tuner.training.patches import PatchSampler
 from napari_unet_tuner.training.split import MANY_CORRECTIONS, many_corrections, split_validation
 from napari_unet_tuner.training.targets import IGNORE, annotation_to_targets
 from napari_unet_tuner.training.validation import ValidationResult

@@ -490,3 +490,15 @@ def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, q
     labels = disc_tuner.viewer.layers["stack labels"].data
     assert worker is not None and labels.shape == truth.shape
     assert len(np.unique(labels)) - 1 == truth.max() == 5
+
+    # Corrected in 3D, the labels teach the 2D model in XY, XZ and YZ.
+    corrections = disc_tuner.annotate_panel.make_corrections_layer()
+    corrections.data = np.where(corrections.data == corrections.data.max(), 0, corrections.data)
+    (annotated,) = disc_tuner.train_panel.annotated_images()
+    assert (annotated.stack, annotated.anisotropy, annotated.scale) == ("3d", 3.0, 1.0)
+    disc_tuner.train_panel.seconds.value = 10
+    disc_tuner.train_panel.preview.value = False
+    assert disc_tuner.train_panel.run() is not None
+    wait_idle(qtbot, disc_tuner.train_panel)
+    assert disc_tuner.train_panel.status.value.startswith(("learned", "no new version"))
+    wait_idle(qtbot, panel)

@@ -82,6 +82,7 @@ class AnnotatePanel(Container):
                 "prediction": np.array(prediction.data, copy=True),
                 # Learned at the scale the prediction was made at.
                 "scale": prediction.metadata.get("scale", "auto"),
+                "stack": prediction.metadata.get("stack", "planes"),
             },
         )
         return self._activate(layer, "corrections", int(np.max(layer.data)) + 1)

@@ -58,12 +58,14 @@ def show_segmentation(
     image: napari.layers.Image,
     result: SegmentationResult,
     region: tuple | None,
+    stack: str = "planes",
 ) -> None:
     """Show a segmentation as the image's labels layer (made once, then updated in place).
 
     ``region``: the result covers only that part of the image (a field of
-    view). The layer records the scale the prediction was made at:
-    corrections of it are learned at that scale.
+    view). The layer records the scale the prediction was made at, and
+    whether its objects are 3D (``stack``, `InferenceConfig.stack`):
+    corrections of it are learned that way.
     """
     if image not in viewer.layers:
         # The image was closed while it was segmented: no orphan labels layer.
@@ -93,6 +95,7 @@ def show_segmentation(
         created = True
     if region is None:
         target.metadata["scale"] = result.scale
+        target.metadata["stack"] = stack
         if not created:
             target.data = result.labels
     else:

@@ -218,7 +218,9 @@ class SegmentPanel(Container):
 
             worker.yielded.connect(on_yielded)
         worker.returned.connect(
-            lambda result: show_segmentation(self._tuner.viewer, layer, result, region)
+            lambda result: show_segmentation(
+                self._tuner.viewer, layer, result, region, inference.stack
+            )
         )
         worker.returned.connect(lambda result: self._note_size(layer, result, region is None))
         return self._start(worker, bar)

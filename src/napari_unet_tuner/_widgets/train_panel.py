@@ -11,7 +11,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
-from napari_unet_tuner._widgets.layers import LAYER_TAG, layer_array
+from napari_unet_tuner._widgets.layers import LAYER_TAG, anisotropy_of, layer_array
 from napari_unet_tuner._widgets.loss_plot import LossPlot
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.config import TrainingConfig
@@ -117,6 +117,13 @@ class TrainPanel(Container):
     def _mode_of(self, layer) -> str:
         return layer.metadata.get("mode") or self.mode.value
 
+    def _stack_of(self, layer, image, data) -> str:
+        """Return "3d" for 3D objects: as segmented (the layer says), else the 3D checkbox."""
+        if "stack" in layer.metadata:
+            return layer.metadata["stack"]
+        stack = self._tuner.segment_panel.objects_3d.value and not image.rgb and data.ndim >= 3
+        return "3d" if stack else "planes"
+
     def annotated_images(self) -> list[AnnotatedImage]:
         """Return the selected layers with their images (snapshots: painting may go on)."""
         viewer, current = self._tuner.viewer, self._tuner.image_layer
@@ -128,6 +135,7 @@ class TrainPanel(Container):
                 continue
             data, axes = layer_array(image)
             prediction = layer.metadata.get("prediction")
+            stack = self._stack_of(layer, image, data)
             out.append(
                 AnnotatedImage(
                     data,
@@ -135,10 +143,14 @@ class TrainPanel(Container):
                     mode=self._mode_of(layer),
                     prediction=None if prediction is None else np.asarray(prediction),
                     axes=axes,
-                    scale=layer.metadata.get("scale")
+                    scale=1.0
+                    if stack == "3d"
+                    else layer.metadata.get("scale")
                     or annotation_scale(
                         self._tuner.segment_panel.diameter_for(image), self._tuner.versions.active
                     ),
+                    stack=stack,
+                    anisotropy=anisotropy_of(image) if stack == "3d" else 1.0,
                 )
             )
         return out

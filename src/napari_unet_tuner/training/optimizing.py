@@ -7,8 +7,8 @@ import torch
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.inference.device import training_autocast
 from napari_unet_tuner.model.unet import UNet
-from napari_unet_tuner.training.data import PatchSampler
 from napari_unet_tuner.training.losses import masked_loss
+from napari_unet_tuner.training.patches import PatchSampler
 
 
 class Optimizing:

@@ -32,6 +32,9 @@ def resolve_scales(
         if item.scale != "auto":
             out.append(item)
             continue
+        if item.stack == "3d":  # 3D objects are segmented, so learned, at scale 1
+            out.append(replace(item, scale=1.0))
+            continue
         scale = 1.0
         if (
             checkpoint is not None

@@ -25,14 +25,10 @@ from napari_unet_tuner.model.checkpoint import Checkpoint, new_card
 from napari_unet_tuner.model.saving import check_checkpoint_path, save_checkpoint_somewhere
 from napari_unet_tuner.model.unet import UNet
 from napari_unet_tuner.training.corrections import complete_corrections
-from napari_unet_tuner.training.data import (
-    AnnotatedImage,
-    PatchSampler,
-    as_annotated_images,
-    build_samples,
-)
+from napari_unet_tuner.training.data import AnnotatedImage, as_annotated_images, build_samples
 from napari_unet_tuner.training.lineage import child_card
 from napari_unet_tuner.training.optimizing import Optimizing
+from napari_unet_tuner.training.patches import PatchSampler
 from napari_unet_tuner.training.records import (
     FineTuneResult,
     TrainingProgress,
@@ -41,6 +37,7 @@ from napari_unet_tuner.training.records import (
     describe_run,
 )
 from napari_unet_tuner.training.schedule import annealed_learning_rate, run_settings
+from napari_unet_tuner.training.side_views import side_view_samples
 from napari_unet_tuner.training.sizing import annotated_diameter, resolve_scales
 from napari_unet_tuner.training.split import many_corrections, split_validation
 from napari_unet_tuner.training.validation import (
@@ -169,8 +166,11 @@ def iter_fine_tune(
                 sample.corrections.emphasis[...] = False
     held_out = split_validation(samples, config.validation_fraction, rng, labelling)
     plan = plan_validation(samples, rng, generalization_first=held_out and labelling)
+    side_views = side_view_samples(
+        samples, {i: item.anisotropy for i, item in enumerate(annotated) if item.stack == "3d"}
+    )
     sampler = PatchSampler(
-        samples,
+        samples + side_views,
         patch_shape,
         config if config.augment else None,
         rng,
