@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 py=../.venv/bin/python
 $py bench_quality.py
+$py bench_stack_finetune.py
 $py bench_segmentation.py
 $py bench_corrections.py
 $py bench_finetune.py
