@@ -73,9 +73,10 @@ def test_scale_runs_near_sizes_as_they_are_and_resizes_far_ones():
     assert scale_for(1000, 25) == 0.1  # within what the pipeline accepts
 
 
-@pytest.mark.parametrize("radius", [4, 10, 20, 40])
+@pytest.mark.parametrize("radius", [4, 10, 20, 40, 70])
 def test_the_estimate_sees_through_pieces_the_model_cuts(radius):
-    image = (disc_field(radius, shape=(512, 512)) > 0).astype(np.float32)[None]
+    side = 512 if radius < 70 else 1400  # room for five whole discs
+    image = (disc_field(radius, shape=(side, side)) > 0).astype(np.float32)[None]
     estimate = estimate_object_size(image, fragmenting_model, MODEL_DIAMETER)
     assert estimate.diameter == pytest.approx(2 * radius, rel=0.15)
     assert estimate.scale == pytest.approx(scale_for(estimate.diameter, MODEL_DIAMETER))

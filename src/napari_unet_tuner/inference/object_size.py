@@ -45,9 +45,11 @@ SMALLEST, LARGEST = 0.5, 1.6
 # at twice the cost. Larger objects are shrunk to the model's diameter.
 ENLARGED = 0.7
 # Neighbouring scales the estimate compares, cheapest first (objects of the
-# model's size, larger ones, smaller ones, tiny ones); the first pair that
-# agrees gives the size. A pass at scale s reads a crop of CROP_SIDE / s.
-PAIRS = ((1.0, 0.5), (0.5, 0.25), (2.0, 1.0), (4.0, 2.0))
+# model's size, larger ones, smaller ones, tiny ones, huge ones); the first
+# pair that agrees gives the size. A pass at scale s reads a crop of
+# CROP_SIDE / s. The last pair measures objects 4-8x the model's size (CHO
+# nuclei zoomed 3x, 195 px across: AP@0.5 0.002 without it, 0.826 with it).
+PAIRS = ((1.0, 0.5), (0.5, 0.25), (2.0, 1.0), (4.0, 2.0), (0.25, 0.125))
 # Side, in the model's pixels, of the crop every estimate pass reads: each
 # pass costs at most a 512 x 512 prediction, whatever the image's size.
 CROP_SIDE = 512
