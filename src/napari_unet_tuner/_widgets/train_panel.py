@@ -118,7 +118,13 @@ class TrainPanel(Container):
         return layer.metadata.get("mode") or self.mode.value
 
     def _stack_of(self, layer, image, data) -> str:
-        """Return "3d" for 3D objects: as segmented (the layer says), else the 3D checkbox."""
+        """Return "3d" for 3D objects: as segmented (the layer says), else the 3D checkbox.
+
+        Only a 2D model learns side views; a 3D model learns the volume as it is.
+        """
+        model = self._tuner.versions.active
+        if model is None or model.model_config.spatial_dims != 2:
+            return "planes"
         if "stack" in layer.metadata:
             return layer.metadata["stack"]
         stack = self._tuner.segment_panel.objects_3d.value and not image.rgb and data.ndim >= 3
