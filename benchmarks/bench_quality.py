@@ -80,8 +80,6 @@ def magnification(checkpoint) -> dict:
     scores the better of its parameters scaled to it and its defaults (per
     set and zoom): a generous baseline.
     """
-    from skimage.transform import rescale
-
     from napari_unet_tuner import InferenceConfig
 
     methods = {
@@ -98,14 +96,7 @@ def magnification(checkpoint) -> dict:
         for zoom in ZOOMS:
             scores: dict[str, list[float]] = {m: [] for m in methods}
             estimates, diameters = [], []
-            for image, truth in pairs:
-                if zoom != 1.0:
-                    image = rescale(
-                        image.astype(np.float32), zoom, order=1, anti_aliasing=zoom < 1
-                    )
-                    truth = rescale(
-                        truth, zoom, order=0, anti_aliasing=False, preserve_range=True
-                    ).astype(np.int32)
+            for image, truth in (datasets.zoomed(*pair, zoom) for pair in pairs):
                 diameter = true_diameter(truth)
                 diameters.append(diameter)
                 for method, run in methods.items():

@@ -179,6 +179,20 @@ HELA_SPLIT_X = 733
 CELLS3D_SPLIT_X = 128
 
 
+def zoomed(image: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its labels as a microscope ``zoom`` times the magnification would see them.
+
+    The image resized linearly (anti-aliased when shrunk), the labels to the nearest pixel.
+    """
+    if zoom == 1.0:
+        return image, labels
+    from skimage.transform import rescale
+
+    image = rescale(image.astype(np.float32), zoom, order=1, anti_aliasing=zoom < 1)
+    labels = rescale(labels, zoom, order=0, anti_aliasing=False, preserve_range=True)
+    return image, labels.astype(np.int32)
+
+
 def training_sets(bbbc007: bool = False) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
     """(image, labels) pairs the default checkpoint is trained on, by dataset.
 

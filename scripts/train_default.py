@@ -60,7 +60,6 @@ from pathlib import Path
 
 import numpy as np
 from skimage.measure import regionprops
-from skimage.transform import rescale
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -123,14 +122,7 @@ def rescaled_pairs(pairs, diameter: float):
             if abs(scale - 1.0) < 0.05:
                 out.append((image, labels))
                 continue
-            out.append(
-                (
-                    rescale(image.astype(np.float32), scale, order=1, anti_aliasing=scale < 1),
-                    rescale(
-                        labels, scale, order=0, anti_aliasing=False, preserve_range=True
-                    ).astype(np.int32),
-                )
-            )
+            out.append(datasets.zoomed(image, labels, scale))
     return out
 
 
@@ -243,15 +235,6 @@ INSTANCE_GRID = {
 TUNING_ZOOMS = (0.5, 1.0, 2.0)
 
 
-def zoomed(image: np.ndarray, labels: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its labels as a microscope ``zoom`` times the magnification would see them."""
-    if zoom == 1.0:
-        return image, labels
-    image = rescale(image.astype(np.float32), zoom, order=1, anti_aliasing=zoom < 1)
-    labels = rescale(labels, zoom, order=0, anti_aliasing=False, preserve_range=True)
-    return image, labels.astype(np.int32)
-
-
 def choose_instances(checkpoint) -> tuple[InstanceConfig, list[dict]]:
     """The `INSTANCE_GRID` setting with the best mean AP@0.5 on the tuning sets.
 
@@ -269,7 +252,7 @@ def choose_instances(checkpoint) -> tuple[InstanceConfig, list[dict]]:
     tuning = [
         [
             (segment(image, checkpoint, return_probabilities=True).probabilities, truth)
-            for image, truth in (zoomed(*pair, zoom) for pair in pairs)
+            for image, truth in (datasets.zoomed(*pair, zoom) for pair in pairs)
         ]
         for _, pairs in others
         for zoom in TUNING_ZOOMS

@@ -163,7 +163,7 @@ class SegmentPanel(Container):
         source = data[region] if region is not None else data
         if region is not None:
             axes = "YXC" if layer.rgb else "YX"
-        stack = self.objects_3d.value and region is None and not layer.rgb and data.ndim >= 3
+        stack = region is None and self.segments_in_3d(layer, data)
         inference = InferenceConfig(
             device=self._tuner.model_panel.device.value,
             diameter=self.diameter_for(layer),
@@ -224,6 +224,10 @@ class SegmentPanel(Container):
         )
         worker.returned.connect(lambda result: self._note_size(layer, result, region is None))
         return self._start(worker, bar)
+
+    def segments_in_3d(self, layer: napari.layers.Image, data) -> bool:
+        """Whether ``layer`` (full data ``data``) is segmented, so learned, as 3D objects."""
+        return self.objects_3d.value and not layer.rgb and data.ndim >= 3
 
     def diameter_for(self, layer: napari.layers.Image) -> float | str:
         """Return the object size to run ``layer`` at: as typed, measured before, or auto."""

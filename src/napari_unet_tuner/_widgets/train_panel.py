@@ -127,8 +127,7 @@ class TrainPanel(Container):
             return "planes"
         if "stack" in layer.metadata:
             return layer.metadata["stack"]
-        stack = self._tuner.segment_panel.objects_3d.value and not image.rgb and data.ndim >= 3
-        return "3d" if stack else "planes"
+        return "3d" if self._tuner.segment_panel.segments_in_3d(image, data) else "planes"
 
     def annotated_images(self) -> list[AnnotatedImage]:
         """Return the selected layers with their images (snapshots: painting may go on)."""

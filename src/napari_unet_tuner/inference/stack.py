@@ -38,6 +38,19 @@ MIN_SIDE_VIEW_DEPTH = 48
 RESAMPLE_TOLERANCE = 1.25
 
 
+def side_view_depth(depth: int, anisotropy: float) -> int:
+    """Planes of a stack ``depth`` deep, in square pixels: the height of its XZ and YZ views.
+
+    Side views are resampled to square pixels only when the Z step is far
+    from the pixel size: the model segments objects of 0.5-1.6x its size
+    alike (`object_size`), and resampling there and back cost a fifth of a
+    near-isotropic run. Below `MIN_SIDE_VIEW_DEPTH` they are not used.
+    """
+    if 1 / RESAMPLE_TOLERANCE <= anisotropy <= RESAMPLE_TOLERANCE:
+        return depth
+    return max(1, round(depth * anisotropy))
+
+
 def iter_segment_stack(
     reader: ImageReader,
     predictor: Callable[[np.ndarray], np.ndarray],
@@ -58,12 +71,7 @@ def iter_segment_stack(
     volumes = list(itertools.product(*(range(reader.shape[a]) for a in others)))
     depth = reader.shape["Z"]
     height, width = reader.spatial_shape
-    # Side views are resampled to square pixels only when the Z step is far
-    # from the pixel size: the model segments objects of 0.5-1.6x its size
-    # alike (`object_size`), and resampling there and back cost a fifth of a
-    # near-isotropic run.
-    near = 1 / RESAMPLE_TOLERANCE <= inference.anisotropy <= RESAMPLE_TOLERANCE
-    iso_depth = depth if near else max(1, round(depth * inference.anisotropy))
+    iso_depth = side_view_depth(depth, inference.anisotropy)
     views = list(_ACROSS) if iso_depth >= MIN_SIDE_VIEW_DEPTH else ["xy"]
     shapes = {"xy": (height, width), "xz": (iso_depth, width), "yz": (iso_depth, height)}
     shapes = {name: shapes[name] for name in views}

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from skimage.transform import resize
 
-from napari_unet_tuner.inference.stack import MIN_SIDE_VIEW_DEPTH, RESAMPLE_TOLERANCE
+from napari_unet_tuner.inference.stack import MIN_SIDE_VIEW_DEPTH, side_view_depth
 from napari_unet_tuner.training.corrections import CorrectionMap
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.targets import IGNORE, annotation_to_targets
@@ -59,8 +59,7 @@ def side_view_samples(samples: Sequence[Sample], anisotropy: Mapping[int, float]
 
 def _views_of_stack(planes: list[Sample], source: int, anisotropy: float) -> list[Sample]:
     depth = len(planes)
-    near = 1 / RESAMPLE_TOLERANCE <= anisotropy <= RESAMPLE_TOLERANCE
-    iso_depth = depth if near else max(1, round(depth * anisotropy))
+    iso_depth = side_view_depth(depth, anisotropy)
     if iso_depth < MIN_SIDE_VIEW_DEPTH:
         # Segmentation does not use side views of stacks this shallow (they cut
         # every object): nothing to learn for it there.
