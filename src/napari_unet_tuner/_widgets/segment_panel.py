@@ -262,8 +262,9 @@ class SegmentPanel(Container):
         if self.diameter.value == 0 and size.objects and whole:
             # Measured on the whole image (not a field of view): kept for the loop.
             self._measured[layer] = size.diameter
-        how = "as is" if result.scale == 1.0 else f"resized x{result.scale:.2f} for the model"
-        self.size_note.value = f"objects ~{size.diameter:.0f} px: run {how}"
+        # Short: the note must fit the panel's width on a 1280 x 720 screen.
+        how = "run as is" if result.scale == 1.0 else f"resized x{result.scale:.2f}"
+        self.size_note.value = f"objects ~{size.diameter:.0f} px: {how}"
 
     def _start(self, worker, bar):
         worker.aborted.connect(lambda: show_info("Segmentation cancelled."))
