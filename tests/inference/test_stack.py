@@ -49,36 +49,60 @@ def test_stack_settings_are_checked():
 
 @pytest.mark.parametrize("axis", [1, 2, 3])
 def test_planes_in_one_batch_or_in_tiles_give_the_same(axis):
-    from napari_unet_tuner.inference.stack import _predict_planes
+    from napari_unet_tuner.inference.stack import predict_planes
 
     volume = np.random.default_rng(0).random((1, 6, 40, 52), dtype=np.float32)
     plane_shape = tuple(s for i, s in enumerate(volume.shape[1:], start=1) if i != axis)
     results = []
     for tile in (plane_shape, (16, 16)):
         out = np.zeros((1, *volume.shape[1:]), np.float32)
-        done = list(
-            _predict_planes(volume, axis, out, tile, lambda b: b * 2, InferenceConfig(), 1)
-        )
+        done = list(predict_planes(volume, axis, out, tile, lambda b: b * 2, InferenceConfig(), 1))
         assert done == sorted(done) and done[-1] >= volume.shape[axis]
         results.append(out)
     np.testing.assert_allclose(results[0], volume * 2, rtol=1e-6)
     np.testing.assert_allclose(results[1], volume * 2, rtol=2e-3)  # tiles blend in float16
 
 
-def test_3d_stacks_are_refused_for_zarr_output_in_words(tmp_path, disc_model):
-    from napari_unet_tuner import InputError
-    from napari_unet_tuner.inference.chunked import segment_to_zarr
+def test_a_zarr_run_gives_the_in_memory_3d_objects_band_by_band(tmp_path, disc_model, monkeypatch):
+    from napari_unet_tuner import ChunkedConfig
+    from napari_unet_tuner.inference import chunk_tasks, stack_chunked
+    from napari_unet_tuner.inference.chunked import iter_segment_to_zarr, segment_to_zarr
+    from napari_unet_tuner.io import open_labels_zarr
 
-    image, _ = touching_spheres(3)
-    with pytest.raises(InputError, match="not available for zarr output.*in memory"):
-        segment_to_zarr(
-            image,
-            tmp_path / "out.zarr",
-            disc_model,
-            axes="ZYX",
-            inference=InferenceConfig(stack="3d"),
-        )
-    assert not (tmp_path / "out.zarr").exists()
+    image, truth = touching_spheres(3)
+    series = np.stack([image, image[:, ::-1]])
+    config = InferenceConfig(stack="3d", anisotropy=3.0)
+    in_memory = segment(series, disc_model, axes="TZYX", inference=config).labels
+    # Small bands and chunks: several of each per view and volume, as on a large stack.
+    monkeypatch.setattr(stack_chunked, "BAND_BYTES", 2**20)
+    out = tmp_path / "stack.zarr"
+    kwargs = dict(axes="TZYX", inference=config, chunked=ChunkedConfig(chunk_shape=(16, 40, 40)))
+    run = iter_segment_to_zarr(series, out, disc_model, **kwargs)
+    for progress in run:
+        if progress.stage == "predict" and progress.done == 10:
+            break
+    run.close()  # interrupted between bands
+    predicted = []
+    real = chunk_tasks.predict_view_band
+    monkeypatch.setattr(
+        "napari_unet_tuner.inference.chunked.predict_view_band",
+        lambda spec, band, arg: predicted.append(band.view) or real(spec, band, arg),
+    )
+    result = segment_to_zarr(series, out, disc_model, **kwargs)
+    labels = open_labels_zarr(out)[:]
+    bands = stack_chunked.StackViews.plan(
+        stack_chunked.ImageReader(series, "TZYX", 3, 1),
+        disc_model.model_config,
+        config,
+        (512, 512),
+    ).bands(stack_chunked.ImageReader(series, "TZYX", 3, 1))
+    assert {"xy", "xz", "yz"} == {b.view for b in bands} and len(bands) > 12
+    assert len(predicted) == len(bands) - 10  # the finished bands were not run again
+    assert result.objects == in_memory.max() == 10
+    for t in range(2):
+        ious = matched_ious(in_memory[t], labels[t])
+        assert (ious.max(axis=1) > 0.99).all(), ious.max(axis=1)
+    assert not set(np.unique(labels[0])) - {0} & set(np.unique(labels[1]))
 
 
 def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch):
@@ -87,8 +111,8 @@ def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch
     # Six planes 8 pixels apart: 48 square pixels deep, the side views' minimum.
     image, truth = touching_spheres(8)
     seen = []
-    real = stack._predict_planes
-    monkeypatch.setattr(stack, "_predict_planes", lambda *a: seen.append(a[1]) or real(*a))
+    real = stack.predict_planes
+    monkeypatch.setattr(stack, "predict_planes", lambda *a: seen.append(a[1]) or real(*a))
     config = InferenceConfig(stack="3d", anisotropy=7.0)  # 42 deep: XY planes only
     labels = segment(image, disc_model, axes="ZYX", inference=config).labels
     assert seen == [1]  # across Z only: the XY planes

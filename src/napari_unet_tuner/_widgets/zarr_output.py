@@ -21,7 +21,12 @@ if TYPE_CHECKING:
     from napari_unet_tuner.model.checkpoint import Checkpoint
 
 LAYER_TAG = "napari_unet_tuner"
-STAGES = {"segment": "Segmenting", "stitch": "Joining chunks of", "relabel": "Numbering"}
+STAGES = {
+    "predict": "Predicting the planes of",
+    "segment": "Segmenting",
+    "stitch": "Joining chunks of",
+    "relabel": "Numbering",
+}
 
 
 def check_zarr_path(path: Path) -> str | None:

@@ -29,7 +29,14 @@ from napari_unet_tuner.inference.instances import (
     seed_markers,
 )
 from napari_unet_tuner.inference.pipeline import make_predictor
-from napari_unet_tuner.inference.tiling import predict_region
+from napari_unet_tuner.inference.stack import predict_planes, resample_depth
+from napari_unet_tuner.inference.stack_chunked import (
+    VIEWS_DIR,
+    StackViews,
+    ViewBand,
+    volume_number,
+)
+from napari_unet_tuner.inference.tiling import Predictor, predict_region
 from napari_unet_tuner.io import open_labels_zarr, write_bytes_atomic
 from napari_unet_tuner.model.checkpoint import Checkpoint
 
@@ -63,14 +70,19 @@ class RunSpec:
     threads: int
     output: str
     work_dir: str
+    views: StackViews | None = None
 
     def reader(self) -> ImageReader:
-        """Return a reader of the source image with the run's statistics."""
+        """Return a reader of the source image with the run's statistics.
+
+        It reads ``ZYX`` volumes for a 3D model, and for a 2D model whose
+        Z-stacks become 3D objects (`views`); ``YX`` planes otherwise.
+        """
         cfg = self.checkpoint.model_config
         return ImageReader(
             self.source,
             self.axes,
-            cfg.spatial_dims,
+            3 if self.views is not None else cfg.spatial_dims,
             cfg.in_channels,
             self.normalization,
             statistics=self.statistics,
@@ -131,26 +143,33 @@ def neighbours(chunk: Chunk, by_position: dict) -> Iterator[tuple[tuple[int, ...
             yield offset, other
 
 
-def segment_chunk(spec: RunSpec, chunk: Chunk, neighbours: list) -> int:
-    """Stage 1 for one chunk; returns its number of local seeds."""
+def task_predictor(spec: RunSpec) -> Predictor:
+    """Return the run's model on this worker's device, with the run's torch threads."""
     if torch.get_num_threads() != spec.threads:
         torch.set_num_threads(spec.threads)
+    device = select_device(spec.inference.device)
+    return make_predictor(spec.checkpoint.build_model(device), device, spec.inference.precision)
+
+
+def segment_chunk(spec: RunSpec, chunk: Chunk, neighbours: list) -> int:
+    """Stage 1 for one chunk; returns its number of local seeds."""
     reader = spec.reader()
     cfg = spec.checkpoint.model_config
-    device = select_device(spec.inference.device)
-    predictor = make_predictor(
-        spec.checkpoint.build_model(device), device, spec.inference.precision
-    )
-    probabilities = predict_region(
-        lambda spatial: reader.read(chunk.batch_index, spatial),
-        reader.spatial_shape,
-        chunk.grown,
-        predictor,
-        cfg.out_channels,
-        spec.tile_shape,
-        spec.inference.overlap,
-        spec.inference.batch_size,
-    )
+    if spec.views is not None:  # the views stage ran the model already
+        probabilities = spec.views.read(
+            spec.work_dir, volume_number(reader, chunk.batch_index), chunk.grown
+        )
+    else:
+        probabilities = predict_region(
+            lambda spatial: reader.read(chunk.batch_index, spatial),
+            reader.spatial_shape,
+            chunk.grown,
+            task_predictor(spec),
+            cfg.out_channels,
+            spec.tile_shape,
+            spec.inference.overlap,
+            spec.inference.batch_size,
+        )
     markers = seed_markers(probabilities, cfg.output_kind, spec.instances)
     grown = grow_markers(probabilities, markers, cfg.output_kind, spec.instances)
     del probabilities
@@ -170,6 +189,38 @@ def segment_chunk(spec: RunSpec, chunk: Chunk, neighbours: list) -> int:
     # Renamed into place after the labels are written: its presence means "done".
     write_bytes_atomic(Path(spec.work_dir) / "segmented" / f"{chunk.index}.npz", buffer.getvalue())
     return count
+
+
+def predict_view_band(spec: RunSpec, band: ViewBand, _unused: Any = None) -> int:
+    """Run the views stage for one band: predict it, write it, mark it done.
+
+    Returns the number of planes predicted.
+    """
+    import zarr
+
+    views = spec.views
+    predictor = task_predictor(spec)
+    reader = spec.reader()
+    plan = views.plans[band.view]
+    region = views.region(band)
+    source = reader.read(band.batch_index, region)
+    if band.view != "xy":  # side views see square pixels
+        source = resample_depth(source, plan.plane_shape[0])
+    depth = views.volume_shape[0]
+    target = np.zeros((views.out_channels, *source.shape[1:]), np.float32)
+    for _ in predict_planes(
+        source, plan.axis, target, plan.tile_shape, predictor, spec.inference, views.out_channels
+    ):
+        pass
+    del source
+    if band.view != "xy":
+        target = resample_depth(target, depth)
+    folder = Path(spec.work_dir) / VIEWS_DIR
+    array = zarr.open_array(str(folder / f"{band.view}.zarr"), mode="r+")
+    array[(band.volume, slice(None), *region)] = target.astype(np.float16)
+    # Written after the probabilities: its presence means "done".
+    write_bytes_atomic(folder / f"{band.index}.done", b"")
+    return band.planes.stop - band.planes.start
 
 
 def relabel_chunk(spec: RunSpec, chunk: Chunk, lut: np.ndarray) -> int:

@@ -21,6 +21,11 @@ A run has three stages:
    Final ids are below `PROVISIONAL`, so relabelling a chunk twice changes
    nothing: a chunk interrupted mid-way is simply done again.
 
+A 2D model's Z-stacks segmented as 3D objects (``InferenceConfig.stack``)
+first go through a **predict** stage: the model runs on the XY, XZ and YZ
+planes band by band (`napari_unet_tuner.inference.stack_chunked`), and the
+segment stage reads their mean probabilities instead of predicting.
+
 The result equals `probabilities_to_labels` on the whole image with
 ``block_shape`` set to the chunk shape, up to the numbering of the objects,
 with one exception: with ``InstanceConfig.split_solidity``, a seed that
@@ -55,6 +60,7 @@ from napari_unet_tuner.inference.chunk_tasks import (
     RunSpec,
     neighbours,
     plan_chunks,
+    predict_view_band,
     relabel_chunk,
     segment_chunk,
     shared_region,
@@ -70,6 +76,7 @@ from napari_unet_tuner.inference.dask_run import dask_client, run_tasks
 from napari_unet_tuner.inference.device import cpu_threads
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, as_checkpoint
+from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
 from napari_unet_tuner.io import create_labels_zarr, open_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
@@ -86,18 +93,20 @@ class ChunkProgress:
 
     Attributes
     ----------
-    stage : {"segment", "stitch", "relabel"}
-        See the module docstring.
+    stage : {"predict", "segment", "stitch", "relabel"}
+        See the module docstring; ``"predict"`` runs first when Z-stacks
+        become 3D objects under a 2D model
+        (`napari_unet_tuner.inference.stack_chunked`).
     done, total : int
-        Chunks of this stage finished (including those a resumed run found
-        done), and in all.
+        Chunks (bands of planes, for ``"predict"``) of this stage finished
+        (including those a resumed run found done), and in all.
     elapsed : float
         Seconds since the run started.
     region : tuple or None
         Index into the label array of the chunk just written, to refresh a view.
     """
 
-    stage: Literal["segment", "stitch", "relabel"]
+    stage: Literal["predict", "segment", "stitch", "relabel"]
     done: int
     total: int
     elapsed: float
@@ -143,15 +152,9 @@ class ChunkedResult:
 def check_chunked_inference(inference: InferenceConfig) -> None:
     """Raise `InputError` if ``inference`` asks for what chunked runs cannot do.
 
-    Rescaling (a scale or a given object size), and 3D objects from a 2D
-    model (`InferenceConfig.stack`). The automatic object size is not
-    measured: chunks run at scale 1.
+    Rescaling (a scale or a given object size): the automatic object size
+    is not measured, chunks run at scale 1.
     """
-    if inference.stack == "3d":
-        raise InputError(
-            "3D objects (stack 3d) are not available for zarr output yet: segment the "
-            "stack in memory (a .tif output), or plane by plane (stack planes)"
-        )
     if inference.scale != 1.0 or inference.diameter not in ("auto", None):
         raise InputError(
             "resizing is not available for zarr output yet: set the object size to auto "
@@ -233,28 +236,42 @@ def iter_segment_to_zarr(
         or infer_axes(shape, cfg.spatial_dims, cfg.in_channels)
     )
     reader = ImageReader(image, axes, cfg.spatial_dims, cfg.in_channels, normalization)
+    # A 2D model's Z-stacks as 3D objects: chunks are ZYX volumes whose
+    # probabilities the views stage computes first.
+    planar = None
+    if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
+        planar = reader
+        reader = ImageReader(image, planar.axes, 3, cfg.in_channels, normalization)
+    spatial_dims = len(reader.spatial_axes)
     if ome is None:
         ome = bool(getattr(image, "ome", False))
     if scale is None and getattr(image, "scale", None) is not None:
         scale = tuple(s for s, a in zip(image.scale, reader.axes, strict=True) if a != "C")
-    chunk_shape = tuple(
-        int(c) for c in (chunked.chunk_shape or DEFAULT_CHUNK_SHAPE[cfg.spatial_dims])
-    )
-    if len(chunk_shape) != cfg.spatial_dims:
+    chunk_shape = tuple(int(c) for c in (chunked.chunk_shape or DEFAULT_CHUNK_SHAPE[spatial_dims]))
+    if len(chunk_shape) != spatial_dims:
         raise InputError(
-            f"chunk_shape {chunk_shape} has {len(chunk_shape)} axes; the model works on "
-            f"{cfg.spatial_dims} spatial axes"
+            f"chunk_shape {chunk_shape} has {len(chunk_shape)} axes; this run works on "
+            f"{spatial_dims} spatial axes ({reader.spatial_axes})"
         )
-    tile_shape = fit_tile_shape(
-        reader.spatial_shape,
-        inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
-        cfg.size_multiple,
-        inference.overlap,
-    )
+    views = None
+    if planar is not None:
+        tile_shape = tuple(inference.tile_shape or DEFAULT_TILE_SHAPE[2])
+        views = StackViews.plan(reader, cfg, inference, tile_shape)
+    else:
+        tile_shape = fit_tile_shape(
+            reader.spatial_shape,
+            inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
+            cfg.size_multiple,
+            inference.overlap,
+        )
     chunks = plan_chunks(reader, chunk_shape)
-    # One statistic per time point, for every chunk alike.
+    # One statistic per time point, for every chunk alike; for 3D objects from
+    # a 2D model, the same as its planes get in memory.
+    sampled = planar or reader
     firsts = {reader.time_point(c.batch_index): c.batch_index for c in chunks}
-    statistics = {t: reader.time_point_statistics(b) for t, b in firsts.items()}
+    statistics = {
+        t: sampled.time_point_statistics(first_plane(b, reader, planar)) for t, b in firsts.items()
+    }
     path = Path(output)
     threads = chunked.threads_per_worker
     spec = RunSpec(
@@ -269,6 +286,7 @@ def iter_segment_to_zarr(
         threads=threads,
         output=str(path),
         work_dir=str(path / WORK_DIR),
+        views=views,
     )
     label_axes = reader.label_axes
     label_shape = tuple(reader.shape[a] for a in label_axes)
@@ -293,7 +311,7 @@ def iter_segment_to_zarr(
     with OutputLock(path):
         work_dir = prepare_output(
             path,
-            fingerprint(spec, source_name, reader.sample_digest(), chunk_shape),
+            fingerprint(spec, source_name, sampled.sample_digest(), chunk_shape),
             create,
             overwrite,
         )
@@ -319,6 +337,8 @@ def iter_segment_to_zarr(
                 for chunk in chunks
                 if chunk.index not in segmented
             ]
+            if views is not None:
+                yield from _predict_views(spec, reader, client, workers, t0)
             done = resumed
             yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0)
             for chunk in run_tasks(client, segment_chunk, spec, jobs, workers):
@@ -352,6 +372,22 @@ def iter_segment_to_zarr(
             resumed=resumed,
             seconds=time.perf_counter() - t0,
         )
+
+
+def _predict_views(
+    spec: RunSpec, reader: ImageReader, client: Any, workers: int, t0: float
+) -> Generator[ChunkProgress, None, None]:
+    """Run the views stage: every band not done yet, yielding progress per band."""
+    views = spec.views
+    views.create(spec.work_dir)
+    bands = views.bands(reader)
+    finished = views.done(spec.work_dir)
+    jobs = [(band, None) for band in bands if band.index not in finished]
+    done = len(bands) - len(jobs)
+    yield ChunkProgress("predict", done, len(bands), time.perf_counter() - t0)
+    for _ in run_tasks(client, predict_view_band, spec, jobs, workers):
+        done += 1
+        yield ChunkProgress("predict", done, len(bands), time.perf_counter() - t0)
 
 
 def segment_to_zarr(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
 import numpy as np
 from skimage.transform import resize
@@ -51,6 +52,72 @@ def side_view_depth(depth: int, anisotropy: float) -> int:
     return max(1, round(depth * anisotropy))
 
 
+@dataclass(frozen=True)
+class ViewPlan:
+    """How one orientation of a stack goes through the model.
+
+    Attributes
+    ----------
+    axis : int
+        The axis of the ``(C, Z, Y, X)`` volume its planes are stacked along.
+    plane_shape : tuple of int
+        Shape of one plane, Z in square pixels for the side views.
+    tile_shape : tuple of int
+        The plane itself when it fits in one tile, otherwise the tile.
+    """
+
+    axis: int
+    plane_shape: tuple[int, int]
+    tile_shape: tuple[int, int]
+
+
+def plan_views(
+    volume_shape: tuple[int, int, int],
+    anisotropy: float,
+    tile_shape: tuple[int, int],
+    model_config: ModelConfig,
+    overlap: float,
+) -> dict[str, ViewPlan]:
+    """Plan the orientations a ``(Z, Y, X)`` stack is seen in: XY, and XZ, YZ if deep enough."""
+    depth, height, width = volume_shape
+    iso_depth = side_view_depth(depth, anisotropy)
+    shapes = {"xy": (height, width), "xz": (iso_depth, width), "yz": (iso_depth, height)}
+    if iso_depth < MIN_SIDE_VIEW_DEPTH:
+        shapes = {"xy": shapes["xy"]}
+    plans = {}
+    for name, shape in shapes.items():
+        # A plane no larger than a tile goes through the model whole (the network
+        # pads it), in batches; only larger planes are tiled.
+        whole_plane = all(size <= tile for size, tile in zip(shape, tile_shape, strict=True))
+        tiles = (
+            shape
+            if whole_plane
+            else fit_tile_shape(shape, tile_shape, model_config.size_multiple, overlap)
+        )
+        plans[name] = ViewPlan(_ACROSS[name], shape, tuple(tiles))
+    return plans
+
+
+def view_tiles(plan: ViewPlan, overlap: float) -> int:
+    """Tiles the model runs on one plane of a view."""
+    return math.prod(
+        len(tile_starts(s, t, round(t * overlap)))
+        for s, t in zip(plan.plane_shape, plan.tile_shape, strict=True)
+    )
+
+
+def resample_depth(volume: np.ndarray, depth: int) -> np.ndarray:
+    """Resize a ``(C, Z, ...)`` array along Z alone to ``depth`` planes (linear, float32).
+
+    Every other axis keeps its size, so a band of rows or columns of a stack
+    resamples exactly as the same rows of the whole stack do.
+    """
+    if volume.shape[1] == depth:
+        return volume
+    shape = (volume.shape[0], depth, *volume.shape[2:])
+    return resize(volume, shape, order=1).astype(np.float32, copy=False)
+
+
 def iter_segment_stack(
     reader: ImageReader,
     predictor: Callable[[np.ndarray], np.ndarray],
@@ -71,28 +138,13 @@ def iter_segment_stack(
     volumes = list(itertools.product(*(range(reader.shape[a]) for a in others)))
     depth = reader.shape["Z"]
     height, width = reader.spatial_shape
-    iso_depth = side_view_depth(depth, inference.anisotropy)
-    views = list(_ACROSS) if iso_depth >= MIN_SIDE_VIEW_DEPTH else ["xy"]
-    shapes = {"xy": (height, width), "xz": (iso_depth, width), "yz": (iso_depth, height)}
-    shapes = {name: shapes[name] for name in views}
-    planes = {"xy": depth, "xz": height, "yz": width}  # planes along each view's axis
-    tiles = {}
-    for name, shape in shapes.items():
-        # A plane no larger than a tile goes through the model whole (the network
-        # pads it), in batches; only larger planes are tiled.
-        whole_plane = all(size <= tile for size, tile in zip(shape, tile_shape, strict=True))
-        tiles[name] = (
-            shape
-            if whole_plane
-            else fit_tile_shape(shape, tile_shape, model_config.size_multiple, inference.overlap)
-        )
+    plans = plan_views(
+        (depth, height, width), inference.anisotropy, tile_shape, model_config, inference.overlap
+    )
+    iso_depth = plans["xz"].plane_shape[0] if "xz" in plans else depth
     per_volume = sum(
-        planes[name]
-        * math.prod(
-            len(tile_starts(s, t, round(t * inference.overlap)))
-            for s, t in zip(shapes[name], tiles[name], strict=True)
-        )
-        for name in shapes
+        (depth, height, width)[plan.axis - 1] * view_tiles(plan, inference.overlap)
+        for plan in plans.values()
     )
     total = per_volume * len(volumes)
     labels = np.zeros(tuple(reader.shape[a] for a in reader.label_axes), np.int32)
@@ -109,29 +161,25 @@ def iter_segment_stack(
 
         whole = (slice(0, height), slice(0, width))
         volume = np.stack([reader.read(batch_index(z), whole) for z in range(depth)], axis=1)
-        iso = volume
-        if iso_depth != depth and len(views) > 1:  # side views see square pixels
-            iso = resize(volume, (volume.shape[0], iso_depth, height, width), order=1)
-            iso = iso.astype(np.float32)
+        # Side views see square pixels.
+        iso = resample_depth(volume, iso_depth) if len(plans) > 1 else volume
         summed = np.zeros((out_channels, depth, height, width), np.float32)
         side = (
             np.zeros((out_channels, iso_depth, height, width), np.float32)
-            if len(views) > 1
+            if len(plans) > 1
             else None
         )
-        for name in views:
+        for name, plan in plans.items():
             source, target = (volume, summed) if name == "xy" else (iso, side)
-            planes_done = _predict_planes(
-                source, _ACROSS[name], target, tiles[name], predictor, inference, out_channels
+            planes_done = predict_planes(
+                source, plan.axis, target, plan.tile_shape, predictor, inference, out_channels
             )
             for tiles_done in planes_done:
                 yield progress("predict", v, len(volumes), done + tiles_done, total)
             done += tiles_done
         if side is not None:
-            if iso_depth != depth:
-                side = resize(side, summed.shape, order=1).astype(np.float32)
-            summed += side
-            summed /= len(views)
+            summed += resample_depth(side, depth)
+            summed /= len(plans)
         yield progress("instances", v, len(volumes), done, total)
         volume_labels = probabilities_to_labels(summed, model_config.output_kind, instances)
         count = int(volume_labels.max(initial=0))
@@ -153,7 +201,7 @@ def iter_segment_stack(
 _BATCH_PIXELS = 512 * 512
 
 
-def _predict_planes(
+def predict_planes(
     source: np.ndarray,
     axis: int,
     target: np.ndarray,
