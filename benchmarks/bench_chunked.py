@@ -12,7 +12,12 @@
    ``--memory-limit`` (dask pauses, then restarts, a worker above its cap),
    on a ``--size`` square image: the peak of the summed resident memory of
    the CLI and all its worker processes, sampled every 0.2 s.
-3. Where the time of one chunk goes (model vs everything else), on one
+3. Z-stacks as 3D objects (``--stack 3d``) on ``--stack-sizes`` stacks of
+   the cells3d nuclei tiled in XY (60 planes, uint16 zarr): peak memory and
+   time of the chunked run (views stage then chunks) against the in-memory
+   run (a .tif output), and the agreement of their labels (AP@0.5 of one
+   against the other) where both ran.
+4. Where the time of one chunk goes (model vs everything else), on one
    thread: the measured floor of what a GPU worker would still spend per
    chunk on the CPU.
 
@@ -173,6 +178,81 @@ def peak_memory(size: int, memory_limit: str) -> dict:
     return result
 
 
+def stack_zarr(size: int) -> Path:
+    """A 60 x size x size uint16 zarr of the cells3d nuclei, tiled (mirrored) in XY."""
+    import numpy as np
+    import zarr
+    from datasets import cells3d_nuclei
+
+    path = WORK / f"cells3d_{size}.zarr"
+    if path.exists():
+        return path
+    WORK.mkdir(exist_ok=True)
+    volume = cells3d_nuclei()[0]
+    # Mirrored copies meet without a seam, as a larger field of the same tissue would.
+    tile = np.concatenate([volume, volume[:, ::-1]], axis=1)
+    tile = np.concatenate([tile, tile[:, :, ::-1]], axis=2)
+    reps = -(-size // tile.shape[1])
+    array = zarr.create_array(
+        store=str(path) + ".tmp",
+        shape=(volume.shape[0], size, size),
+        chunks=(16, 256, 256),
+        dtype="uint16",
+    )
+    for y in range(reps):
+        for x in range(reps):
+            h, w = tile.shape[1:]
+            block = tile[:, : size - y * h, : size - x * w]
+            array[:, y * h : y * h + block.shape[1], x * w : x * w + block.shape[2]] = block
+    Path(str(path) + ".tmp").rename(path)
+    return path
+
+
+def stack_memory(sizes: list[int]) -> list[dict]:
+    """Chunked against in-memory 3D objects on growing stacks: memory, time, agreement."""
+    import tifffile
+    from napari_unet_tuner.io import open_labels_zarr
+    from napari_unet_tuner.training.metrics import average_precision
+
+    rows = []
+    common = ["--stack", "3d", "--anisotropy", "1.12"]
+    for size in sizes:
+        image = stack_zarr(size)
+        row = {"stack": f"60 x {size} x {size} uint16 ({60 * size * size * 2 / 1e9:.2f} GB)"}
+        out = WORK / f"stack_{size}.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        m = run_cli(["segment", str(image), "-o", str(out), *common])
+        row["chunked"] = {
+            "seconds": round(m["seconds"], 1),
+            "peak_rss_mb": round(m["peak_rss_bytes"] / 2**20),
+            "peak_pss_mb": round(m["peak_pss_bytes"] / 2**20),
+            "summary": m["log"][0] if m["log"] else "",
+        }
+        if size == sizes[0]:
+            tif = WORK / f"stack_{size}.tif"
+            tif.unlink(missing_ok=True)
+            m = run_cli(["segment", str(image), "-o", str(tif), *common, "--overwrite"])
+            row["in memory"] = {
+                "seconds": round(m["seconds"], 1),
+                "peak_rss_mb": round(m["peak_rss_bytes"] / 2**20),
+                "peak_pss_mb": round(m["peak_pss_bytes"] / 2**20),
+            }
+            chunked_labels = open_labels_zarr(out)[:]
+            memory_labels = tifffile.imread(tif)
+            row["labels_ap50_chunked_vs_in_memory"] = round(
+                float(average_precision(memory_labels, chunked_labels, 0.5)), 4
+            )
+            row["objects"] = {
+                "chunked": int(chunked_labels.max()),
+                "in memory": int(memory_labels.max()),
+            }
+            tif.unlink()
+        shutil.rmtree(out, ignore_errors=True)
+        print(json.dumps(row, indent=2), flush=True)
+        rows.append(row)
+    return rows
+
+
 def chunk_breakdown() -> dict:
     """Seconds of one 2048 x 2048 chunk on one thread: model forward vs everything else."""
     import torch
@@ -254,9 +334,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=40000)
     parser.add_argument("--throughput-size", type=int, default=8192)
     parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--stack-sizes", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument(
         "--parts",
-        default="throughput,breakdown,memory",
+        default="throughput,breakdown,memory,stack3d",
         help="comma-separated parts to (re)run; others are kept from results/chunked.json",
     )
     args = parser.parse_args()
@@ -278,6 +359,8 @@ def main() -> None:
         previous = report.get("memory", [])
         previous = [previous] if isinstance(previous, dict) else previous
         report["memory"] = [m for m in previous if m["image"] != result["image"]] + [result]
+    if "stack3d" in parts:
+        report["stack3d"] = stack_memory(args.stack_sizes)
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     if "throughput" in report:

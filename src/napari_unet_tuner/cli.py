@@ -14,7 +14,7 @@ from napari_unet_tuner.cli_finetune import add_finetune_parser, diameter_argumen
 from napari_unet_tuner.cli_info import add_info_parser, run_info
 from napari_unet_tuner.config import (
     PRECISIONS,
-    STACK_MODES,
+    SEGMENT_STACK_MODES,
     ChunkedConfig,
     InferenceConfig,
     InstanceConfig,
@@ -128,17 +128,17 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--stack",
-        choices=STACK_MODES,
+        choices=SEGMENT_STACK_MODES,
         default=InferenceConfig.stack,
         help="Z-stacks: each plane on its own, or 3d objects (the 2D model on XY, XZ and YZ "
-        "planes, averaged, grown in 3D)",
+        "planes, averaged, grown in 3D); auto is 3d when the file's metadata (or --axes) "
+        "says the image has a Z axis, planes otherwise",
     )
     seg.add_argument(
         "--anisotropy",
         type=float,
-        default=InferenceConfig.anisotropy,
-        help="Z step over XY pixel size, for --stack 3d (e.g. 2 for 0.5 um planes of 0.25 um "
-        "pixels)",
+        help="Z step over XY pixel size, for 3d objects (e.g. 2 for 0.5 um planes of 0.25 um "
+        "pixels); default: from the file's metadata (OME or ImageJ), else 1",
     )
     seg.add_argument("--threshold", type=float, help="foreground probability threshold")
     seg.add_argument(
@@ -249,7 +249,7 @@ def _segment(args: argparse.Namespace) -> int:
         diameter=args.diameter,
         scale=args.scale,
         stack=args.stack,
-        anisotropy=args.anisotropy,
+        anisotropy=args.anisotropy or InferenceConfig.anisotropy,
     )
     overrides = {
         k: v
@@ -298,6 +298,41 @@ def _bar(desc: str, unit: str):
     return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
+def _for_file(
+    inference: InferenceConfig, image, args: argparse.Namespace, spatial_dims: int
+) -> InferenceConfig:
+    """Return the settings for one file: its stack mode decided, its Z step from its metadata."""
+    from dataclasses import replace
+
+    from napari_unet_tuner.config import resolve_stack
+
+    resolved = resolve_stack(inference, args.axes or image.axes)
+    if spatial_dims == 3:
+        return resolved
+    if resolved.stack != "3d":
+        guessed = not (args.axes or image.axes)
+        stack_like = len(image.shape) >= 3 and image.shape[-1] not in (3, 4)
+        if inference.stack == "auto" and guessed and stack_like:
+            log.info(
+                "%s: axes not in the file's metadata: planes segmented one by one "
+                "(--stack 3d for 3D objects in a Z-stack)",
+                image.path.name,
+            )
+        return resolved
+    anisotropy = args.anisotropy or image.anisotropy or InferenceConfig.anisotropy
+    where = (
+        "given"
+        if args.anisotropy
+        else "from the file"
+        if image.anisotropy
+        else "assumed: give --anisotropy if the planes lie further apart than the pixels"
+    )
+    log.info(
+        "%s: 3D objects, Z step %.2fx the pixel size (%s)", image.path.name, anisotropy, where
+    )
+    return replace(resolved, anisotropy=min(20.0, max(0.1, float(anisotropy))))
+
+
 def _segment_to_tiff(
     args, image_path, labels_path, probs_path, ckpt, inference, instances
 ) -> None:
@@ -311,7 +346,7 @@ def _segment_to_tiff(
         image,
         ckpt,
         axes=args.axes or image.axes,
-        inference=inference,
+        inference=_for_file(inference, image, args, ckpt.model_config.spatial_dims),
         instances=instances,
         return_probabilities=args.probabilities,
     )
@@ -354,7 +389,7 @@ def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, 
         labels_path,
         ckpt,
         axes=args.axes,
-        inference=inference,
+        inference=_for_file(inference, image, args, ckpt.model_config.spatial_dims),
         instances=instances,
         chunked=chunked,
         overwrite=args.overwrite,

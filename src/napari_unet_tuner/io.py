@@ -81,7 +81,9 @@ class FileImage:
         Axes from the file's metadata (TIFF series axes, OME-Zarr axes) when
         they are letters of ``TZCYX``, otherwise None.
     scale : tuple of float or None
-        OME-Zarr pixel size per axis of the full-resolution level.
+        Pixel size per axis: an OME-Zarr image's full-resolution level, an
+        OME-TIFF's physical sizes, or an ImageJ TIFF's resolution and Z
+        spacing (1 for axes without a size); None when the file gives none.
     ome : bool
         Whether the file is an OME-Zarr image.
 
@@ -108,7 +110,7 @@ class FileImage:
                 self._array, self.axes, self.scale = _open_zarr(path)
                 self.ome = self.scale is not None or self.axes is not None
             elif suffix in TIFF_SUFFIXES:
-                self._array, self.axes = _open_tiff(path)
+                self._array, self.axes, self.scale = _open_tiff(path)
             elif suffix == ".npy":
                 self._array = np.load(path, mmap_mode="r", allow_pickle=False)
             else:
@@ -138,6 +140,16 @@ class FileImage:
         """Number of axes."""
         return len(self.shape)
 
+    @property
+    def anisotropy(self) -> float | None:
+        """Z step over the X pixel size from the file's metadata, or None if it has none."""
+        if not self.axes or not self.scale or "Z" not in self.axes or "X" not in self.axes:
+            return None
+        size = dict(zip(self.axes, self.scale, strict=True))
+        if size["X"] <= 0 or size["Z"] <= 0 or size["Z"] == 1.0 == size["X"]:
+            return None  # 1 and 1 is what files without physical sizes say
+        return size["Z"] / size["X"]
+
     def __getitem__(self, index: Any) -> np.ndarray:
         return np.asarray(self._array[index])
 
@@ -152,16 +164,48 @@ class FileImage:
         return f"FileImage({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def _open_tiff(path: Path) -> tuple[Any, str | None]:
+def _open_tiff(path: Path) -> tuple[Any, str | None, tuple[float, ...] | None]:
     import tifffile
     import zarr
 
     with tifffile.TiffFile(path) as tif:
         axes = _known_axes(tif.series[0].axes)
+        scale = _tiff_scale(tif, axes) if axes else None
     try:
-        return tifffile.memmap(path, mode="r"), axes
+        return tifffile.memmap(path, mode="r"), axes, scale
     except ValueError:  # compressed or not contiguous: read tile by tile
-        return zarr.open(tifffile.imread(path, aszarr=True), mode="r"), axes
+        return zarr.open(tifffile.imread(path, aszarr=True), mode="r"), axes, scale
+
+
+def _tiff_scale(tif: Any, axes: str) -> tuple[float, ...] | None:
+    """Pixel size per axis from OME-TIFF or ImageJ metadata; None without any."""
+    import tifffile
+
+    sizes: dict[str, float] = {}
+    try:
+        if tif.is_ome:
+            image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+            pixels = (image[0] if isinstance(image, list) else image)["Pixels"]
+            sizes = {
+                a: float(pixels[f"PhysicalSize{a}"]) for a in "ZYX" if f"PhysicalSize{a}" in pixels
+            }
+        elif tif.is_imagej:
+            page = tif.pages[0]
+            for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
+                if tag in page.tags:
+                    pixels_per_unit, unit = page.tags[tag].value
+                    if pixels_per_unit > 0:
+                        sizes[axis] = unit / pixels_per_unit
+            spacing = (tif.imagej_metadata or {}).get("spacing")
+            if spacing:
+                sizes["Z"] = float(spacing)
+    except (KeyError, TypeError, ValueError, IndexError):  # malformed metadata: no sizes
+        return None
+    # A stack without its Z step has no scale to go by (ImageJ leaves spacing
+    # out unless it was set).
+    if not sizes or ("Z" in axes and "Z" not in sizes):
+        return None
+    return tuple(sizes.get(a, 1.0) for a in axes)
 
 
 def open_image(path: str | os.PathLike) -> Any:

@@ -1,6 +1,7 @@
 """Chunked segmentation on dask: same labels as in memory, resumable, on a LocalCluster."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -130,7 +131,7 @@ def test_planes_of_a_stack_get_unique_labels(tmp_path, image, sharp_checkpoint):
         tmp_path / "stack.zarr",
         sharp_checkpoint,
         axes="ZYX",
-        inference=INFERENCE,
+        inference=replace(INFERENCE, stack="planes"),
         instances=instances,
         chunked=ChunkedConfig(chunk_shape=CHUNK),
     )

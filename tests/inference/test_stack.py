@@ -20,7 +20,7 @@ def test_touching_spheres_at_anisotropy_3_become_one_object_each(disc_model):
     ious = matched_ious(truth, labels)
     assert (ious.max(axis=1) > 0.6).all(), ious.max(axis=1)
     # Plane by plane the same spheres are dozens of objects.
-    planes = segment(image, disc_model, axes="ZYX")
+    planes = segment(image, disc_model, axes="ZYX", inference=InferenceConfig(stack="planes"))
     assert planes.labels.max() > 3 * truth.max()
 
 
@@ -119,3 +119,59 @@ def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch
     assert len(np.unique(labels)) - 1 == truth.max() == 5
     ious = matched_ious(truth, labels)
     assert (ious.max(axis=1) > 0.5).all(), ious.max(axis=1)
+
+
+def test_stack_auto_is_3d_only_when_the_axes_are_known_to_hold_z():
+    from napari_unet_tuner.config import resolve_stack
+
+    auto = InferenceConfig()
+    assert auto.stack == "auto"
+    assert resolve_stack(auto, "ZYX").stack == "3d"
+    assert resolve_stack(auto, "TZCYX").stack == "3d"
+    assert resolve_stack(auto, "TYX").stack == "planes"  # a time series
+    assert resolve_stack(auto, None).stack == "planes"  # guessed axes: may be time
+    # 3D runs do not resize: asking for a size keeps planes.
+    assert resolve_stack(InferenceConfig(diameter=30.0), "ZYX").stack == "planes"
+    assert resolve_stack(InferenceConfig(stack="planes"), "ZYX").stack == "planes"
+
+
+def test_an_imagej_z_stack_becomes_3d_objects_by_default(tmp_path, disc_model, caplog):
+    import logging
+
+    import tifffile
+
+    from napari_unet_tuner.cli import main
+    from napari_unet_tuner.io import FileImage
+    from napari_unet_tuner.model.saving import save_checkpoint
+
+    image, truth = touching_spheres(3)
+    path = tmp_path / "stack.tif"
+    # ImageJ's hyperstack metadata: Z planes 3 um apart, 1 um pixels.
+    tifffile.imwrite(
+        path,
+        image.astype(np.uint16),
+        imagej=True,
+        resolution=(1.0, 1.0),
+        metadata={"axes": "ZYX", "spacing": 3.0, "unit": "um"},
+    )
+    file = FileImage(path)
+    assert file.axes == "ZYX" and file.anisotropy == pytest.approx(3.0)
+    labels = segment(file, disc_model).labels
+    assert labels.max() == truth.max() == 5
+    assert (matched_ious(truth, labels).max(axis=1) > 0.6).all()
+    # The CLI says what it did and where the Z step came from.
+    checkpoint = save_checkpoint(disc_model, tmp_path / "discs.safetensors")
+    out = tmp_path / "labels.tif"
+    with caplog.at_level(logging.INFO, logger="napari_unet_tuner.cli"):
+        assert main(["segment", str(path), "-o", str(out), "--checkpoint", str(checkpoint)]) == 0
+    assert "3D objects, Z step 3.00x the pixel size (from the file)" in caplog.text
+    from_cli = tifffile.imread(out)  # the same objects (bf16 on other threads: a few pixels)
+    assert from_cli.max() == 5 and (matched_ious(labels, from_cli).max(axis=1) > 0.95).all()
+    # A stack whose axes are only guessed stays plane by plane, and the log says how to ask.
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, image.astype(np.uint16))
+    with caplog.at_level(logging.INFO, logger="napari_unet_tuner.cli"):
+        args = ["segment", str(plain), "-o", str(tmp_path / "p.tif"), "--checkpoint"]
+        assert main([*args, str(checkpoint)]) == 0
+    assert "--stack 3d for 3D objects" in caplog.text
+    assert tifffile.imread(tmp_path / "p.tif").max() > 3 * truth.max()

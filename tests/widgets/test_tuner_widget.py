@@ -481,10 +481,17 @@ def test_export_for_bioimageio_then_open_the_package_again(tuner, qtbot, tmp_pat
 
 def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, qtbot):
     image, truth = touching_spheres(3)
-    disc_tuner.viewer.add_image(image, name="stack", scale=(3.0, 1.0, 1.0))
+    disc_tuner.viewer.add_image(image[:, :40], name="planes")
+    disc_tuner.viewer.add_image(
+        image, name="stack", scale=(3.0, 1.0, 1.0), axis_labels=("z", "y", "x")
+    )
     disc_tuner.reset_choices()
     panel = disc_tuner.segment_panel
-    panel.objects_3d.value = True
+    # 3D objects by default where the layer names its Z axis, not for plain arrays.
+    panel.image.value = disc_tuner.viewer.layers["planes"]
+    assert not panel.objects_3d.value
+    panel.image.value = disc_tuner.viewer.layers["stack"]
+    assert panel.objects_3d.value
     worker = panel.run()
     wait_idle(qtbot, panel)
     labels = disc_tuner.viewer.layers["stack labels"].data

@@ -34,6 +34,25 @@ def anisotropy_of(layer: napari.layers.Image) -> float:
     return float(np.clip(scale[-3] / scale[-1], 0.1, 20.0))
 
 
+def looks_like_z_stack(layer: napari.layers.Image | None) -> bool:
+    """Whether a layer says it is a Z-stack: its third axis from the end named Z, or in microns.
+
+    A Z axis label, or the same length unit as X on that axis (readers of
+    microscopy formats set both from the file's metadata). Plain arrays,
+    with napari's default labels and pixel units, are not taken for stacks:
+    they may be time series.
+    """
+    if layer is None or layer.rgb or layer.ndim < 3:
+        return False
+    label = str(layer.axis_labels[-3]).lower()
+    if label in ("z", "depth"):
+        return True
+    if label in ("t", "time"):
+        return False
+    units = [str(u) for u in getattr(layer, "units", ())]
+    return len(units) >= 3 and units[-3] == units[-1] != "pixel"
+
+
 def visible_region(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple:
     """Index of the current plane's visible field of view, in the layer's data coordinates."""
     data, _ = layer_array(layer)

@@ -24,6 +24,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_unet_tuner._widgets.layers import (
     anisotropy_of,
     layer_array,
+    looks_like_z_stack,
     show_segmentation,
     visible_region,
 )
@@ -111,6 +112,10 @@ class SegmentPanel(Container):
         )
         self.zarr_path = FileEdit(mode="w", filter="*.zarr", label="zarr folder", visible=False)
         self.to_zarr.changed.connect(lambda on: setattr(self.zarr_path, "visible", on))
+        # A Z-stack, as its reader labelled it, gets 3D objects by default.
+        self.image.changed.connect(
+            lambda layer: setattr(self.objects_3d, "value", looks_like_z_stack(layer))
+        )
         self.run_button = PushButton(text="Segment", tooltip="Run the active model on the image.")
         self.cancel_button = PushButton(
             text="Cancel", enabled=False, tooltip="Stop after the current tile."

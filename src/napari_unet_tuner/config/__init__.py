@@ -10,6 +10,7 @@ from __future__ import annotations
 from napari_unet_tuner.config.base import OutputKind
 from napari_unet_tuner.config.inference import (
     PRECISIONS,
+    SEGMENT_STACK_MODES,
     STACK_MODES,
     ChunkedConfig,
     InferenceConfig,
@@ -17,6 +18,7 @@ from napari_unet_tuner.config.inference import (
     Precision,
     StackMode,
     parse_diameter,
+    resolve_stack,
 )
 from napari_unet_tuner.config.model import (
     OUTPUT_DESCRIPTIONS,
@@ -29,6 +31,7 @@ from napari_unet_tuner.config.training import TrainingConfig
 __all__ = [
     "OUTPUT_DESCRIPTIONS",
     "PRECISIONS",
+    "SEGMENT_STACK_MODES",
     "STACK_MODES",
     "ChunkedConfig",
     "InferenceConfig",
@@ -40,5 +43,6 @@ __all__ = [
     "Precision",
     "StackMode",
     "parse_diameter",
+    "resolve_stack",
     "TrainingConfig",
 ]

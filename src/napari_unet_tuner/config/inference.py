@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from napari_unet_tuner.config.base import DictMixin
@@ -12,6 +12,8 @@ Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 StackMode = Literal["planes", "3d"]
 STACK_MODES: tuple[str, ...] = ("planes", "3d")
+"""How a Z-stack is learned and segmented: each plane on its own, or as 3D objects."""
+SEGMENT_STACK_MODES: tuple[str, ...] = ("auto", *STACK_MODES)
 
 
 def parse_diameter(text: str) -> float | Literal["auto"] | None:
@@ -114,13 +116,17 @@ class InferenceConfig(DictMixin):
         than 1 turns the automatic size off. Probabilities are resized
         back, so labels always match the image. Each plane is then read
         whole (not tile by tile).
-    stack : {"planes", "3d"}
+    stack : {"auto", "planes", "3d"}
         How a 2D model segments a Z-stack: ``"planes"``, each plane on its
         own (its objects numbered apart); ``"3d"``, 3D objects: the model runs
         on the XY, XZ and YZ planes (XY alone for stacks under 48 square
         pixels deep), their probabilities are averaged and seeds grow in 3D
-        (`napari_unet_tuner.inference.stack`). Time series stay frame by
-        frame either way.
+        (`napari_unet_tuner.inference.stack`). ``"auto"`` (default): 3D
+        objects when the image's axes are known to hold Z, given by the
+        caller or read from the file's metadata, and no resizing is asked
+        for (`resolve_stack`); planes when the axes are only guessed (a
+        3D array may be a time series). Time series stay frame by frame
+        either way.
     anisotropy : float
         Z step over XY pixel size (e.g. 2.0 for 0.5 um planes of 0.25 um
         pixels), for ``stack="3d"``: the XZ and YZ planes are resampled to
@@ -136,12 +142,12 @@ class InferenceConfig(DictMixin):
     num_threads: int | None = None
     diameter: float | Literal["auto"] | None = "auto"
     scale: float = 1.0
-    stack: StackMode = "planes"
+    stack: StackMode | Literal["auto"] = "auto"
     anisotropy: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.stack not in STACK_MODES:
-            raise ConfigError(f"stack must be 'planes' or '3d'; got {self.stack!r}")
+        if self.stack not in SEGMENT_STACK_MODES:
+            raise ConfigError(f"stack must be 'auto', 'planes' or '3d'; got {self.stack!r}")
         if not 0.1 <= self.anisotropy <= 20:
             raise ConfigError(f"anisotropy must be in [0.1, 20], got {self.anisotropy}")
         if self.precision not in PRECISIONS:
@@ -205,3 +211,21 @@ class ChunkedConfig(DictMixin):
             raise ConfigError(f"threads_per_worker must be >= 1, got {self.threads_per_worker}")
         if self.workers is not None and self.scheduler is not None:
             raise ConfigError("give either workers (a new local cluster) or a scheduler address")
+
+
+def resolve_stack(inference: InferenceConfig, known_axes: str | None) -> InferenceConfig:
+    """Return ``inference`` with ``stack="auto"`` decided: ``"3d"`` or ``"planes"``.
+
+    3D objects when ``known_axes`` (the caller's or the file's, never
+    guessed ones) hold Z and the image is not to be resized (a scale or a
+    given object size: 3D runs do not resize); planes otherwise.
+    """
+    if inference.stack != "auto":
+        return inference
+    in_3d = (
+        bool(known_axes)
+        and "Z" in known_axes.upper()
+        and inference.scale == 1.0
+        and inference.diameter in ("auto", None)
+    )
+    return replace(inference, stack="3d" if in_3d else "planes")

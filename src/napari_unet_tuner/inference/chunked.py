@@ -54,6 +54,7 @@ from napari_unet_tuner.config import (
     InferenceConfig,
     InstanceConfig,
     NormalizationConfig,
+    resolve_stack,
 )
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.chunk_tasks import (
@@ -224,17 +225,14 @@ def iter_segment_to_zarr(
     t0 = time.perf_counter()
     ckpt = as_checkpoint(checkpoint)
     cfg = ckpt.model_config
-    inference = inference or InferenceConfig()
+    axes = axes or getattr(image, "axes", None)
+    inference = resolve_stack(inference or InferenceConfig(), axes)
     check_chunked_inference(inference)
     chunked = chunked or ChunkedConfig()
     instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config
     shape = tuple(int(s) for s in image.shape)
-    axes = (
-        axes
-        or getattr(image, "axes", None)
-        or infer_axes(shape, cfg.spatial_dims, cfg.in_channels)
-    )
+    axes = axes or infer_axes(shape, cfg.spatial_dims, cfg.in_channels)
     reader = ImageReader(image, axes, cfg.spatial_dims, cfg.in_channels, normalization)
     # A 2D model's Z-stacks as 3D objects: chunks are ZYX volumes whose
     # probabilities the views stage computes first.

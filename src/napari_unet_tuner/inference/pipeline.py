@@ -20,6 +20,7 @@ from napari_unet_tuner.config import (
     InstanceConfig,
     NormalizationConfig,
     Precision,
+    resolve_stack,
 )
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, select_device
@@ -221,7 +222,10 @@ def iter_segment(
     """
     ckpt = as_checkpoint(checkpoint)
     cfg = ckpt.model_config
-    inference = inference or InferenceConfig()
+    # Axes the caller gave or the file's metadata holds (never guessed ones)
+    # decide whether a stack's objects are 3D by default.
+    axes = axes or getattr(image, "axes", None)
+    inference = resolve_stack(inference or InferenceConfig(), axes)
     instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config
     shape = tuple(int(s) for s in image.shape)
