@@ -182,6 +182,7 @@ def stack_zarr(size: int) -> Path:
     """A 60 x size x size uint16 zarr of the cells3d nuclei, tiled (mirrored) in XY."""
     import numpy as np
     import zarr
+
     from datasets import cells3d_nuclei
 
     path = WORK / f"cells3d_{size}.zarr"
@@ -211,6 +212,7 @@ def stack_zarr(size: int) -> Path:
 def stack_memory(sizes: list[int]) -> list[dict]:
     """Chunked against in-memory 3D objects on growing stacks: memory, time, agreement."""
     import tifffile
+
     from napari_unet_tuner.io import open_labels_zarr
     from napari_unet_tuner.training.metrics import average_precision
 

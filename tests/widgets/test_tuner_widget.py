@@ -492,6 +492,16 @@ def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, q
     assert not panel.objects_3d.value
     panel.image.value = disc_tuner.viewer.layers["stack"]
     assert panel.objects_3d.value
+    # The field of view in 3D: the visible XY region through every plane
+    # (the whole image here: the test's canvas is not drawn, so not zoomed in).
+    disc_tuner.viewer.dims.set_point(0, 24.0)
+    panel.field_of_view.value = True
+    assert panel.run() is not None
+    wait_idle(qtbot, panel)
+    in_view = disc_tuner.viewer.layers["stack labels"].data
+    assert np.count_nonzero(in_view.any(axis=(1, 2))) > 3  # objects through several planes
+    assert len(np.unique(in_view)) - 1 == truth.max()  # 3D objects, not one per plane
+    panel.field_of_view.value = False
     worker = panel.run()
     wait_idle(qtbot, panel)
     labels = disc_tuner.viewer.layers["stack labels"].data

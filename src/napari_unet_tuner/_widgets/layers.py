@@ -53,8 +53,14 @@ def looks_like_z_stack(layer: napari.layers.Image | None) -> bool:
     return len(units) >= 3 and units[-3] == units[-1] != "pixel"
 
 
-def visible_region(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple:
-    """Index of the current plane's visible field of view, in the layer's data coordinates."""
+def visible_region(
+    viewer: napari.Viewer, layer: napari.layers.Image, whole_z: bool = False
+) -> tuple:
+    """Index of the current plane's visible field of view, in the layer's data coordinates.
+
+    With ``whole_z``, the visible XY region through every plane of the
+    current Z-stack (the third axis from the end): a sub-volume for 3D objects.
+    """
     data, _ = layer_array(layer)
     ndim = data.ndim - (1 if layer.rgb else 0)
     point = np.round(layer.world_to_data(viewer.dims.point)).astype(int)
@@ -67,6 +73,8 @@ def visible_region(viewer: napari.Viewer, layer: napari.layers.Image) -> tuple:
         if axis in displayed:
             lo, hi = int(max(corners[0, axis], 0)), int(min(corners[1, axis] + 1, size))
             index.append(slice(lo, max(hi, lo + 1)))
+        elif whole_z and axis == ndim - 3:
+            index.append(slice(0, size))
         else:
             index.append(int(np.clip(point[axis], 0, size - 1)))
     return tuple(index)
@@ -112,9 +120,10 @@ def show_segmentation(
             metadata={LAYER_TAG: True},
         )
         created = True
-    if region is None:
+    if region is None or created:
         target.metadata["scale"] = result.scale
         target.metadata["stack"] = stack
+    if region is None:
         if not created:
             target.data = result.labels
     else:

@@ -164,11 +164,13 @@ class SegmentPanel(Container):
                 "of red, green and blue. Split the channels (right-click the layer) to "
                 "segment one of them."
             )
-        region = visible_region(self._tuner.viewer, layer) if fov else None
+        # 3D objects in the field of view: its XY region through every plane (not
+        # for the fine-tuning's live preview, which must stay a plane's work).
+        stack = self.segments_in_3d(layer, data) and (not fov or field_of_view is None)
+        region = visible_region(self._tuner.viewer, layer, whole_z=stack) if fov else None
         source = data[region] if region is not None else data
         if region is not None:
-            axes = "YXC" if layer.rgb else "YX"
-        stack = region is None and self.segments_in_3d(layer, data)
+            axes = "ZYX" if stack else "YXC" if layer.rgb else "YX"
         inference = InferenceConfig(
             device=self._tuner.model_panel.device.value,
             diameter=self.diameter_for(layer),

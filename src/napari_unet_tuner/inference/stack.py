@@ -8,8 +8,9 @@ seeds and grows them by a watershed in 3D, so a nucleus that spans twenty
 planes is one object. Stacks too shallow for side views
 (`MIN_SIDE_VIEW_DEPTH`) use the XY planes alone, linked across planes by the
 same 3D labelling. Each volume (a time point) is held in memory whole,
-with its probabilities: for stacks that fit in memory, not for the
-chunked zarr path.
+with its probabilities: for stacks that fit in memory. Larger ones go
+through the chunked zarr path (`napari_unet_tuner.inference.stack_chunked`),
+which shares the view plan and the resampling with this module.
 """
 
 from __future__ import annotations
