@@ -19,6 +19,11 @@ def test_touching_spheres_at_anisotropy_3_become_one_object_each(disc_model):
     assert labels.max() == truth.max() == 5
     ious = matched_ious(truth, labels)
     assert (ious.max(axis=1) > 0.6).all(), ious.max(axis=1)
+    # Progress says which orientation's planes are running, in order.
+    from napari_unet_tuner.inference.pipeline import iter_segment
+
+    views = [p.view for p in iter_segment(image, disc_model, axes="ZYX", inference=config)]
+    assert [v for i, v in enumerate(views) if v and v not in views[:i]] == ["xy", "xz", "yz"]
     # Plane by plane the same spheres are dozens of objects.
     planes = segment(image, disc_model, axes="ZYX", inference=InferenceConfig(stack="planes"))
     assert planes.labels.max() > 3 * truth.max()

@@ -220,6 +220,8 @@ class SegmentPanel(Container):
             bar = progress(total=0, desc=f"Segmenting {layer.name}")
 
             def on_yielded(p) -> None:
+                if p.view is not None:  # 3D objects: which orientation's planes
+                    bar.set_description(f"Segmenting {layer.name}: {p.view.upper()} planes")
                 bar.total = p.tiles_total
                 bar.update(p.tiles_done - bar.n)
 

@@ -56,6 +56,9 @@ class SegmentationProgress:
         Tiles predicted so far over all planes, and in all.
     elapsed : float
         Seconds since the run started.
+    view : {"xy", "xz", "yz"} or None
+        For 3D objects in a Z-stack (`InferenceConfig.stack`), the
+        orientation whose planes the model is running on.
     """
 
     stage: Literal["predict", "instances"]
@@ -64,6 +67,7 @@ class SegmentationProgress:
     tiles_done: int
     tiles_total: int
     elapsed: float
+    view: str | None = None
 
     @property
     def fraction(self) -> float:
@@ -258,9 +262,9 @@ def iter_segment(
             )
         t0 = time.perf_counter()
 
-        def progress(stage, volume, volumes, done, total) -> SegmentationProgress:
+        def progress(stage, volume, volumes, done, total, view=None) -> SegmentationProgress:
             return SegmentationProgress(
-                stage, volume, volumes, done, total, time.perf_counter() - t0
+                stage, volume, volumes, done, total, time.perf_counter() - t0, view
             )
 
         with cpu_threads(inference.num_threads):

@@ -131,8 +131,9 @@ def iter_segment_stack(
 ) -> Generator[object, None, tuple[np.ndarray, np.ndarray | None]]:
     """Segment every Z-stack of ``reader`` into 3D objects; return ``(labels, probabilities)``.
 
-    Yields ``progress(stage, volume, volumes, tiles_done, tiles_total)``
-    records after every batch of tiles and before each volume's labels.
+    Yields ``progress(stage, volume, volumes, tiles_done, tiles_total[, view])``
+    records after every batch of tiles (with the orientation running) and
+    before each volume's labels.
     Labels are unique over all volumes (time points).
     """
     others = [a for a in reader.batch_axes if a != "Z"]
@@ -176,7 +177,7 @@ def iter_segment_stack(
                 source, plan.axis, target, plan.tile_shape, predictor, inference, out_channels
             )
             for tiles_done in planes_done:
-                yield progress("predict", v, len(volumes), done + tiles_done, total)
+                yield progress("predict", v, len(volumes), done + tiles_done, total, name)
             done += tiles_done
         if side is not None:
             summed += resample_depth(side, depth)
