@@ -160,16 +160,19 @@ def _hull_size(mask: np.ndarray) -> float:
     time, which was a quarter of a 3D stack's run (cells3d).
     """
     if mask.ndim == 3:
+        extent = np.ptp(np.argwhere(mask), axis=0)
+        if extent.min() == 0:
+            # One plane thick: its hull is the 2D hull of that plane (qhull
+            # cannot span a solid on it, and prints its error to the terminal).
+            return _hull_size(mask.any(axis=int(np.argmin(extent))))
         surface = np.argwhere(mask & ~ndimage.binary_erosion(mask)).astype(np.float64)
-        # One plane thick along an axis: not a solid to measure this way (and
-        # qhull would print its error to the terminal before raising).
-        if len(surface) > 3 and np.ptp(surface, axis=0).min() > 0:
-            try:
-                hull = ConvexHull(surface)
-            except QhullError:  # otherwise degenerate (e.g. all on one slanted plane)
-                pass
-            else:
-                return float(hull.volume + 0.5 * hull.area)
+        try:
+            hull = ConvexHull(surface, qhull_options="QJ Pp")
+        except QhullError:  # otherwise degenerate: a flat object is its own hull
+            return float(mask.sum())
+        return float(hull.volume + 0.5 * hull.area)
+    if mask.sum() < 3 or min(np.ptp(np.argwhere(mask), axis=0)) == 0:
+        return float(mask.sum())  # a line of pixels is its own hull
     return float(convex_hull_image(mask).sum())
 
 

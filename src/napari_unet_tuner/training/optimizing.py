@@ -6,7 +6,7 @@ import torch
 
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.inference.device import training_autocast
-from napari_unet_tuner.model.unet import UNet
+from napari_unet_tuner.model.unet import UNet, memory_format
 from napari_unet_tuner.training.losses import masked_loss
 from napari_unet_tuner.training.patches import PatchSampler
 
@@ -31,9 +31,11 @@ class Optimizing:
     ) -> None:
         for block in list(model.down)[: config.freeze_encoder_levels]:
             block.requires_grad_(False)
-        self.channels_last = device.type == "cpu"
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        # Channels-last (NHWC, or NDHWC for a 3D model) on CPUs, where oneDNN's
+        # convolutions run fastest in it.
+        self.layout = memory_format(model.config.spatial_dims) if device.type == "cpu" else None
+        if self.layout is not None:
+            model.to(memory_format=self.layout)
         self.model = model
         self.sampler = sampler
         self.config = config
@@ -59,8 +61,8 @@ class Optimizing:
         config = self.config
         images, targets = self.sampler.batch(self.batch_size)
         x = torch.from_numpy(images).to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.layout is not None:
+            x = x.contiguous(memory_format=self.layout)
         y = torch.from_numpy(targets).to(self.device)
         classes = y[:, 0] if y.shape[1] == 2 else y[:, :-1]
         with training_autocast(self.device, config.mixed_precision):
