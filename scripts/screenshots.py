@@ -11,8 +11,10 @@ simulated user of benchmarks/painting.py) and after fine-tuning on the
 corrections (60 s on the CPU), with what was learned; the bacteria sample
 before fine-tuning, with painted scribbles, and after fine-tuning on them
 (45 s); a 4096 x 4096 multiscale mosaic being segmented into a zarr folder,
-half done. ``--only zarr`` takes just the last, ``--only loop`` all but the
-last, ``--only corrections`` the two corrections shots.
+half done; the cells3d nuclei Z-stack segmented into 3D objects, in napari's
+3D view. ``--only zarr`` takes just the zarr shot, ``--only loop`` all but the
+zarr and 3D ones, ``--only corrections`` the two corrections shots,
+``--only 3d`` the 3D one.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["zarr", "loop", "corrections"])
+    parser.add_argument("--only", choices=["zarr", "loop", "corrections", "3d"])
     only = parser.parse_args().only
 
     app = QApplication.instance() or QApplication([])
@@ -60,6 +62,13 @@ def main() -> None:
         corrections_learned(viewer, widget, settle, shot)
         viewer.close()
         return
+    if only in (None, "3d"):
+        objects_in_3d(viewer, widget, settle, shot)
+        viewer.layers.clear()
+        viewer.dims.ndisplay = 2
+        if only == "3d":
+            viewer.close()
+            return
     if only != "loop":
         zarr_filling(viewer, widget, settle, shot)
         if only == "zarr":
@@ -130,6 +139,26 @@ def corrections_learned(viewer, widget, settle, shot) -> None:
     viewer.layers["DSB nuclei labels"].visible = True
     shot(viewer, "corrections_learned.png")
     viewer.layers.clear()
+
+
+def objects_in_3d(viewer, widget, settle, shot) -> None:
+    """The cells3d nuclei stack (Z named, 0.29 um planes of 0.26 um pixels) as 3D objects."""
+    image, _ = datasets.cells3d_nuclei()
+    viewer.add_image(
+        image, name="cells3d nuclei", scale=(0.29, 0.26, 0.26), axis_labels=("z", "y", "x")
+    )
+    panel = widget.segment_panel
+    widget.show_tab(panel)
+    panel.image.reset_choices()
+    panel.image.value = viewer.layers["cells3d nuclei"]  # ticks "3D objects": Z is named
+    panel.run()
+    settle(panel, seconds=1.0)
+    viewer.layers["cells3d nuclei"].visible = False
+    viewer.dims.ndisplay = 3
+    viewer.reset_view()
+    viewer.camera.angles = (-20, 35, 130)
+    viewer.camera.zoom *= 0.85
+    shot(viewer, "objects_3d.png")
 
 
 def zarr_filling(viewer, widget, settle, shot) -> None:
