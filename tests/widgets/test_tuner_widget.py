@@ -479,7 +479,7 @@ def test_export_for_bioimageio_then_open_the_package_again(tuner, qtbot, tmp_pat
     assert "exists" in errors[-1] and package.stat().st_size == size
 
 
-def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, qtbot):
+def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, qtbot, tmp_path):
     image, truth = touching_spheres(3)
     disc_tuner.viewer.add_image(image[:, :40], name="planes")
     disc_tuner.viewer.add_image(
@@ -519,3 +519,12 @@ def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, q
     wait_idle(qtbot, disc_tuner.train_panel)
     assert disc_tuner.train_panel.status.value.startswith(("learned", "no new version"))
     wait_idle(qtbot, panel)
+
+    # The same 3D objects into a zarr folder, band by band and chunk by chunk.
+    panel.to_zarr.value = True
+    panel.zarr_path.value = tmp_path / "stack.zarr"
+    assert panel.run() is not None
+    wait_idle(qtbot, panel)
+    layer = disc_tuner.viewer.layers["stack labels (stack.zarr)"]
+    assert layer.metadata["stack"] == "3d" and layer.data.shape == truth.shape
+    assert len(np.unique(np.asarray(layer.data))) - 1 == truth.max()

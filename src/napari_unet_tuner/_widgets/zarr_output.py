@@ -82,7 +82,8 @@ def start_zarr_run(
                 name=f"{image.name} labels ({output.name})",
                 scale=image.scale,
                 translate=image.translate,
-                metadata={LAYER_TAG: True, "path": str(output)},
+                # Corrections of 3D objects are learned as 3D objects.
+                metadata={LAYER_TAG: True, "path": str(output), "stack": inference.stack},
             )
         elif record.region is not None:
             shown["layer"].refresh()
