@@ -1,5 +1,9 @@
 """A 3D U-Net end to end: learned from painted 3D labels, saved, loaded, segmenting volumes."""
 
+from dataclasses import replace
+
+import numpy as np
+
 from napari_unet_tuner import (
     AnnotatedImage,
     ModelConfig,
@@ -13,12 +17,14 @@ from napari_unet_tuner.training.metrics import matched_ious
 
 from conftest import touching_spheres
 
-BUDGET = dict(max_epochs=6, steps_per_epoch=30, batch_size=2, learning_rate=3e-3, device="cpu")
+# From scratch, 180 steps left about one run in six short of any seed (interior
+# probability under 0.4 everywhere); 450 left none in ten.
+BUDGET = dict(steps_per_epoch=30, batch_size=2, learning_rate=3e-3, device="cpu")
 
 
 def test_a_3d_model_learns_segments_and_learns_again_from_a_saved_file(tmp_path):
     image, truth = touching_spheres(1)  # isotropic: what a 3D model is made for
-    config = TrainingConfig(max_seconds=60, patch_shape=(16, 32, 32), **BUDGET)
+    config = TrainingConfig(max_seconds=90, max_epochs=15, patch_shape=(16, 32, 32), **BUDGET)
     painted = AnnotatedImage(image, truth, "corrections", axes="ZYX")
     trained = fine_tune(
         [painted], None, config, model_config=ModelConfig(spatial_dims=3, features=8, depth=2)
@@ -29,13 +35,13 @@ def test_a_3d_model_learns_segments_and_learns_again_from_a_saved_file(tmp_path)
     labels = segment(image, loaded).labels
     assert labels.shape == truth.shape and labels.max() == truth.max() == 5
     assert (matched_ious(truth, labels).max(axis=1) > 0.4).all()
-    # Fine-tuned again from the file on painted labels of another volume: the
-    # parent file is left as it was, and a model that learned names its parent.
+    # Fine-tuned again from the file on a correction of its 3D labels (an object
+    # erased): the parent file is left as it was, and a model that learned
+    # names its parent.
     before = path.read_bytes()
-    flipped = AnnotatedImage(
-        image[:, ::-1].copy(), truth[:, ::-1].copy(), "corrections", axes="ZYX"
-    )
-    child = fine_tune([flipped], loaded, config)
+    corrected = np.where(labels == labels[10, 70, 70], 0, labels)
+    correction = AnnotatedImage(image, corrected, "corrections", axes="ZYX")
+    child = fine_tune([correction], loaded, replace(config, max_epochs=3))
     assert path.read_bytes() == before
     assert child.checkpoint.model_config == loaded.model_config
     if child.learned:
