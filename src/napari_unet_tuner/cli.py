@@ -249,7 +249,7 @@ def _segment(args: argparse.Namespace) -> int:
         diameter=args.diameter,
         scale=args.scale,
         stack=args.stack,
-        anisotropy=args.anisotropy or InferenceConfig.anisotropy,
+        anisotropy=args.anisotropy,
     )
     overrides = {
         k: v
@@ -301,12 +301,10 @@ def _bar(desc: str, unit: str):
 def _for_file(
     inference: InferenceConfig, image, args: argparse.Namespace, spatial_dims: int
 ) -> InferenceConfig:
-    """Return the settings for one file: its stack mode decided, its Z step from its metadata."""
-    from dataclasses import replace
-
+    """Return the settings for one file (stack mode, Z step) and say what was decided."""
     from napari_unet_tuner.config import resolve_stack
 
-    resolved = resolve_stack(inference, args.axes or image.axes)
+    resolved = resolve_stack(inference, args.axes or image.axes, image.anisotropy)
     if spatial_dims == 3:
         return resolved
     if resolved.stack != "3d":
@@ -319,7 +317,6 @@ def _for_file(
                 image.path.name,
             )
         return resolved
-    anisotropy = args.anisotropy or image.anisotropy or InferenceConfig.anisotropy
     where = (
         "given"
         if args.anisotropy
@@ -328,9 +325,12 @@ def _for_file(
         else "assumed: give --anisotropy if the planes lie further apart than the pixels"
     )
     log.info(
-        "%s: 3D objects, Z step %.2fx the pixel size (%s)", image.path.name, anisotropy, where
+        "%s: 3D objects, Z step %.2fx the pixel size (%s)",
+        image.path.name,
+        resolved.anisotropy,
+        where,
     )
-    return replace(resolved, anisotropy=min(20.0, max(0.1, float(anisotropy))))
+    return resolved
 
 
 def _segment_to_tiff(

@@ -127,11 +127,13 @@ class InferenceConfig(DictMixin):
         for (`resolve_stack`); planes when the axes are only guessed (a
         3D array may be a time series). Time series stay frame by frame
         either way.
-    anisotropy : float
+    anisotropy : float or None
         Z step over XY pixel size (e.g. 2.0 for 0.5 um planes of 0.25 um
         pixels), for ``stack="3d"``: the XZ and YZ planes are resampled to
         square pixels before the model sees them (not within 1.25x of 1,
-        where the model sees no difference).
+        where the model sees no difference). ``None`` (default): from the
+        file's metadata (`~napari_unet_tuner.io.FileImage.anisotropy`),
+        else 1.
     """
 
     tile_shape: tuple[int, ...] | None = None
@@ -143,12 +145,12 @@ class InferenceConfig(DictMixin):
     diameter: float | Literal["auto"] | None = "auto"
     scale: float = 1.0
     stack: StackMode | Literal["auto"] = "auto"
-    anisotropy: float = 1.0
+    anisotropy: float | None = None
 
     def __post_init__(self) -> None:
         if self.stack not in SEGMENT_STACK_MODES:
             raise ConfigError(f"stack must be 'auto', 'planes' or '3d'; got {self.stack!r}")
-        if not 0.1 <= self.anisotropy <= 20:
+        if self.anisotropy is not None and not 0.1 <= self.anisotropy <= 20:
             raise ConfigError(f"anisotropy must be in [0.1, 20], got {self.anisotropy}")
         if self.precision not in PRECISIONS:
             raise ConfigError(
@@ -213,19 +215,27 @@ class ChunkedConfig(DictMixin):
             raise ConfigError("give either workers (a new local cluster) or a scheduler address")
 
 
-def resolve_stack(inference: InferenceConfig, known_axes: str | None) -> InferenceConfig:
-    """Return ``inference`` with ``stack="auto"`` decided: ``"3d"`` or ``"planes"``.
+def resolve_stack(
+    inference: InferenceConfig, known_axes: str | None, file_anisotropy: float | None = None
+) -> InferenceConfig:
+    """Return ``inference`` with its stack mode and Z step decided.
 
-    3D objects when ``known_axes`` (the caller's or the file's, never
-    guessed ones) hold Z and the image is not to be resized (a scale or a
-    given object size: 3D runs do not resize); planes otherwise.
+    ``stack="auto"`` becomes ``"3d"`` when ``known_axes`` (the caller's or
+    the file's, never guessed ones) hold Z and the image is not to be resized
+    (a scale or a given object size: 3D runs do not resize), ``"planes"``
+    otherwise. ``anisotropy=None`` becomes ``file_anisotropy`` (the file's
+    Z step over its pixel size, clipped to the accepted range), else 1.
     """
-    if inference.stack != "auto":
-        return inference
-    in_3d = (
-        bool(known_axes)
-        and "Z" in known_axes.upper()
-        and inference.scale == 1.0
-        and inference.diameter in ("auto", None)
-    )
-    return replace(inference, stack="3d" if in_3d else "planes")
+    stack = inference.stack
+    if stack == "auto":
+        in_3d = (
+            bool(known_axes)
+            and "Z" in known_axes.upper()
+            and inference.scale == 1.0
+            and inference.diameter in ("auto", None)
+        )
+        stack = "3d" if in_3d else "planes"
+    anisotropy = inference.anisotropy
+    if anisotropy is None:
+        anisotropy = min(20.0, max(0.1, float(file_anisotropy))) if file_anisotropy else 1.0
+    return replace(inference, stack=stack, anisotropy=anisotropy)

@@ -30,12 +30,7 @@ from napari_unet_tuner.inference.instances import (
 )
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.inference.stack import predict_planes, resample_depth
-from napari_unet_tuner.inference.stack_chunked import (
-    VIEWS_DIR,
-    StackViews,
-    ViewBand,
-    volume_number,
-)
+from napari_unet_tuner.inference.stack_chunked import StackViews, ViewBand, volume_number
 from napari_unet_tuner.inference.tiling import Predictor, predict_region
 from napari_unet_tuner.io import open_labels_zarr, write_bytes_atomic
 from napari_unet_tuner.model.checkpoint import Checkpoint
@@ -196,8 +191,6 @@ def predict_view_band(spec: RunSpec, band: ViewBand, _unused: Any = None) -> int
 
     Returns the number of planes predicted.
     """
-    import zarr
-
     views = spec.views
     predictor = task_predictor(spec)
     reader = spec.reader()
@@ -215,11 +208,7 @@ def predict_view_band(spec: RunSpec, band: ViewBand, _unused: Any = None) -> int
     del source
     if band.view != "xy":
         target = resample_depth(target, depth)
-    folder = Path(spec.work_dir) / VIEWS_DIR
-    array = zarr.open_array(str(folder / f"{band.view}.zarr"), mode="r+")
-    array[(band.volume, slice(None), *region)] = target.astype(np.float16)
-    # Written after the probabilities: its presence means "done".
-    write_bytes_atomic(folder / f"{band.index}.done", b"")
+    views.write(spec.work_dir, band, target)
     return band.planes.stop - band.planes.start
 
 

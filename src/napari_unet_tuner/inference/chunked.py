@@ -226,7 +226,9 @@ def iter_segment_to_zarr(
     ckpt = as_checkpoint(checkpoint)
     cfg = ckpt.model_config
     axes = axes or getattr(image, "axes", None)
-    inference = resolve_stack(inference or InferenceConfig(), axes)
+    inference = resolve_stack(
+        inference or InferenceConfig(), axes, getattr(image, "anisotropy", None)
+    )
     check_chunked_inference(inference)
     chunked = chunked or ChunkedConfig()
     instances = instances or ckpt.card.instance_config

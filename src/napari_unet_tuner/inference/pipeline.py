@@ -229,7 +229,9 @@ def iter_segment(
     # Axes the caller gave or the file's metadata holds (never guessed ones)
     # decide whether a stack's objects are 3D by default.
     axes = axes or getattr(image, "axes", None)
-    inference = resolve_stack(inference or InferenceConfig(), axes)
+    inference = resolve_stack(
+        inference or InferenceConfig(), axes, getattr(image, "anisotropy", None)
+    )
     instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config
     shape = tuple(int(s) for s in image.shape)

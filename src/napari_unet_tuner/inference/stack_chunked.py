@@ -28,6 +28,7 @@ import numpy as np
 from napari_unet_tuner.config import InferenceConfig, ModelConfig
 from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.inference.stack import ViewPlan, plan_views
+from napari_unet_tuner.io import write_bytes_atomic
 
 VIEWS_DIR = "views"
 """Folder of the view arrays and band markers, inside the run's work folder."""
@@ -145,7 +146,7 @@ class StackViews:
         import zarr
 
         for name, plan in self.plans.items():
-            path = Path(work_dir) / VIEWS_DIR / f"{name}.zarr"
+            path = _array_path(work_dir, name)
             if path.exists():
                 continue
             chunks = [min(VIEW_CHUNK, s) for s in self.volume_shape]
@@ -162,17 +163,30 @@ class StackViews:
         """Return the indices of the bands an earlier run (or this one) finished."""
         return {int(p.stem) for p in (Path(work_dir) / VIEWS_DIR).glob("[0-9]*.done")}
 
+    def write(self, work_dir: str | Path, band: ViewBand, probabilities: np.ndarray) -> None:
+        """Store a band's ``(C, *region)`` probabilities, then mark the band done."""
+        import zarr
+
+        array = zarr.open_array(str(_array_path(work_dir, band.view)), mode="r+")
+        array[(band.volume, slice(None), *self.region(band))] = probabilities.astype(np.float16)
+        # Written after the probabilities: its presence means "done".
+        write_bytes_atomic(Path(work_dir) / VIEWS_DIR / f"{band.index}.done", b"")
+
     def read(self, work_dir: str | Path, volume: int, region: tuple[slice, ...]) -> np.ndarray:
         """Return the views' mean probabilities over ``region`` of ``volume`` (float32)."""
         import zarr
 
         total = None
         for name in self.plans:
-            array = zarr.open_array(str(Path(work_dir) / VIEWS_DIR / f"{name}.zarr"), mode="r")
+            array = zarr.open_array(str(_array_path(work_dir, name)), mode="r")
             part = np.asarray(array[(volume, slice(None), *region)], np.float32)
             total = part if total is None else np.add(total, part, out=total)
         total /= len(self.plans)
         return total
+
+
+def _array_path(work_dir: str | Path, view: str) -> Path:
+    return Path(work_dir) / VIEWS_DIR / f"{view}.zarr"
 
 
 def volume_number(reader: ImageReader, batch_index: tuple[int, ...]) -> int:
