@@ -22,10 +22,11 @@ def main() -> None:
 
     viewer = napari.Viewer(title="napari-unet-tuner")
     viewer.open_sample("napari-unet-tuner", args.sample)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
     if args.screenshot is None:
         napari.run()
         return
+    widget = dock.wait_for_tuner()
 
     def grab_when_done() -> None:
         if widget.segment_panel.worker is not None:

@@ -57,7 +57,8 @@ def main() -> None:
 
     viewer = napari.Viewer(title="napari-unet-tuner")
     viewer.window._qt_window.resize(1280, 720)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
+    _, dock = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
+    widget = dock.wait_for_tuner()
     if only == "corrections":
         corrections_learned(viewer, widget, settle, shot)
         viewer.close()

@@ -23,6 +23,7 @@ from napari_unet_tuner.versions import recent_checkpoints, remember_checkpoint
 
 if TYPE_CHECKING:
     from napari_unet_tuner._widgets.tuner import UNetTunerWidget
+    from napari_unet_tuner.model.checkpoint import Checkpoint
 
 _NO_RECENT = "(recent files)"
 
@@ -84,8 +85,12 @@ class ModelPanel(Container):
     def _recent_choices(self, _widget=None) -> list[tuple[str, str]]:
         return [(_NO_RECENT, "")] + [(p.name, str(p)) for p in recent_checkpoints()]
 
-    def load_default(self) -> None:
-        """Preselect the checkpoint that ships with the package."""
+    def load_default(self, loaded: Checkpoint | None = None) -> None:
+        """Preselect the checkpoint that ships with the package (``loaded``: already read)."""
+        if loaded is not None:
+            self._tuner.versions.add(loaded)
+            self.refresh()
+            return
         try:
             self.load(default_checkpoint_path(), remember=False)
         except UnetTunerError as exc:

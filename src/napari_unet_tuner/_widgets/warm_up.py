@@ -15,12 +15,16 @@ from qtpy.QtCore import QTimer
 if TYPE_CHECKING:
     from qtpy.QtWidgets import QWidget
 
+    from napari_unet_tuner.model.checkpoint import Checkpoint
+
 logger = logging.getLogger(__name__)
 
 WARM_UP_DESCRIPTION = "U-Net Tuner: loading torch"
+# A full collection runs after this many young ones (Python's default: 10).
+_NEVER = 2**31 - 1
 
 
-def _import_what_the_first_run_needs() -> None:
+def _import_what_the_first_run_needs() -> Checkpoint:
     """Import what the first run would otherwise import while the user waits.
 
     The first ``torch.optim.Adam`` of a process imports torch._dynamo and
@@ -29,33 +33,29 @@ def _import_what_the_first_run_needs() -> None:
     500 ms (benchmarks/bench_responsiveness.py). That first Labels layer
     also draws its brush overlays with vispy's agg lines, whose first
     instance computes its dash patterns in pure Python (140 ms on a busy
-    machine; cached per process): computed here, without any GL.
-    """
-    # The imports add some 250,000 objects to the garbage collector's watch,
-    # and each full collection holds the GIL while it scans every object of
-    # the process (255 ms here, 375-560 ms on a busy machine). Left to
-    # Python, one ran in the middle of the imports and another soon after:
-    # on napari's first Labels layer, so the first Segment froze the viewer.
-    # Paused during the imports and run once right after them, it happens
-    # while the user reads the panel, and the next is due only after as many
-    # new objects again.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        import pandas  # noqa: F401
-        import torch
-        from vispy.visuals.line.dash_atlas import DashAtlas
+    machine; cached per process): computed here, without any GL. The tuner's
+    own module imports torch and the core (2 s): `TunerDock` shows it after.
 
-        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-        DashAtlas()
-    finally:
-        if collecting:
-            gc.enable()
-    gc.collect()
+    Returns the default checkpoint, loaded here too: beside busy cores, its
+    torch operations on the GUI thread took 70-360 ms.
+    """
+    import pandas  # noqa: F401
+    import torch
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    DashAtlas()
+    import napari_unet_tuner._widgets.tuner  # noqa: F401
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+
+    return load_checkpoint(default_checkpoint_path())
 
 
 class ImportWarmUp:
     """Runs ``imports`` in a daemon thread as soon as it is made; workers wait for it.
+
+    What ``imports`` returns (by default the default checkpoint) becomes
+    ``result``.
 
     Two threads importing torch._dynamo at once can each see the other's
     half-imported modules (once: "partially initialized module
@@ -66,20 +66,41 @@ class ImportWarmUp:
 
     A daemon thread rather than a napari worker: it reports nothing, and a
     worker still running when the viewer closes dies on deleted Qt signals.
+
+    Full garbage collections are paused while it imports: the imports add
+    some 250,000 objects, and each full collection scans every object of
+    the process holding the GIL (255 ms here, 375-560 ms on a busy
+    machine). Left to Python, one ran in the middle of the imports and
+    another soon after, on napari's first Labels layer. Young generations
+    are still collected, so short-lived garbage does not pile up. Then
+    ``freeze`` runs (`CollectorFreeze.freeze`), before full collections
+    resume.
     """
 
-    def __init__(self, imports: Callable[[], None] = _import_what_the_first_run_needs) -> None:
+    def __init__(
+        self,
+        imports: Callable[[], Any] = _import_what_the_first_run_needs,
+        freeze: Callable[[], None] | None = None,
+    ) -> None:
         self._imports = imports
+        self._freeze = freeze
         self.error: BaseException | None = None
+        self.result: Any = None
         self._thread = threading.Thread(target=self._run, name="unet-tuner warm-up", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        thresholds = gc.get_threshold()
+        gc.set_threshold(thresholds[0], thresholds[1], _NEVER)
         try:
-            self._imports()
+            self.result = self._imports()
+            if self._freeze is not None:
+                self._freeze()
         except Exception as error:  # noqa: BLE001 - any failure: the workers import themselves
             self.error = error
             logger.warning("napari-unet-tuner: warming up imports failed (%s); continuing", error)
+        finally:
+            gc.set_threshold(*thresholds)
 
     @property
     def done(self) -> bool:
