@@ -18,9 +18,9 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
+from napari_unet_tuner._widgets.delayed_progress import DelayedProgress
 from napari_unet_tuner._widgets.layers import (
     anisotropy_of,
     layer_array,
@@ -215,15 +215,13 @@ class SegmentPanel(Container):
         report_errors_plainly(worker)
         bar = None
         if field_of_view is None:
-            # Not for the fine-tuning's live previews: a progress bar every few
-            # seconds is widget work on the GUI thread, and training shows its own.
-            bar = progress(total=0, desc=f"Segmenting {layer.name}")
+            # Not for the fine-tuning's live previews: training shows its own.
+            bar = DelayedProgress(f"Segmenting {layer.name}", self.native)
 
             def on_yielded(p) -> None:
                 if p.view is not None:  # 3D objects: which orientation's planes
                     bar.set_description(f"Segmenting {layer.name}: {p.view.upper()} planes")
-                bar.total = p.tiles_total
-                bar.update(p.tiles_done - bar.n)
+                bar.update_to(p.tiles_done, p.tiles_total)
 
             worker.yielded.connect(on_yielded)
         worker.returned.connect(

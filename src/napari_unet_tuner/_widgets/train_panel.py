@@ -262,8 +262,8 @@ class TrainPanel(Container):
 
         # Re-segment with the new active model once any preview has finished,
         # in a later turn of the event loop: hiding the annotations redraws the
-        # canvas, and so does the progress bar's first appearance (napari
-        # resizes its status bar); in one turn they froze a busy viewer 120-140 ms.
+        # canvas, and starting a run is GUI work too; in one turn they froze a
+        # busy viewer 120-140 ms.
         def segment_again() -> None:
             QTimer.singleShot(0, self._tuner.segment_panel.run)
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from napari.utils import progress
 from qtpy.QtCore import QTimer
 
+from napari_unet_tuner._widgets.torch_libraries import preload_torch_libraries
+
 if TYPE_CHECKING:
     from qtpy.QtWidgets import QWidget
 
@@ -38,7 +40,12 @@ def _import_what_the_first_run_needs() -> Checkpoint:
 
     Returns the default checkpoint, loaded here too: beside busy cores, its
     torch operations on the GUI thread took 70-360 ms.
+
+    Torch's shared libraries are loaded first with the GIL released
+    (`preload_torch_libraries`): loaded by the import, even in this thread,
+    they froze the viewer 235-600 ms.
     """
+    preload_torch_libraries()
     import pandas  # noqa: F401
     import torch
     from vispy.visuals.line.dash_atlas import DashAtlas
