@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from napari_unet_tuner._widgets.tuner import UNetTunerWidget
 
 LOADING_TEXT = "Loading torch and the default model (a few seconds)..."
+# napari paints the window with the new dock (the canvas shrinks) in the next
+# turns of its event loop; with the imports already running beside it, each of
+# its OpenGL calls waited for the GIL and that paint froze a busy viewer
+# 350-590 ms, against 130-220 ms with the imports started this much later.
+WARM_UP_DELAY_S = 0.3
 
 
 class TunerDock(Container):
@@ -47,7 +52,7 @@ class TunerDock(Container):
         self.append(self._loading)
         self.collector = CollectorFreeze(viewer)
         self.collector.watch(self.native)
-        self.warm_up = ImportWarmUp(freeze=self.collector.freeze)
+        self.warm_up = ImportWarmUp(freeze=self.collector.freeze, delay_s=WARM_UP_DELAY_S)
         show_progress(self.warm_up, self.native)
         self._timer = QTimer(self.native)
         self._timer.setInterval(50)

@@ -6,6 +6,7 @@ import functools
 import gc
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -81,22 +82,27 @@ class ImportWarmUp:
     another soon after, on napari's first Labels layer. Young generations
     are still collected, so short-lived garbage does not pile up. Then
     ``freeze`` runs (`CollectorFreeze.freeze`), before full collections
-    resume.
+    resume. ``delay_s``: how long the thread sleeps before it starts
+    importing (workers wait for that too).
     """
 
     def __init__(
         self,
         imports: Callable[[], Any] = _import_what_the_first_run_needs,
         freeze: Callable[[], None] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self._imports = imports
         self._freeze = freeze
+        self._delay_s = delay_s
+        self._ended = threading.Event()
         self.error: BaseException | None = None
         self.result: Any = None
         self._thread = threading.Thread(target=self._run, name="unet-tuner warm-up", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        time.sleep(self._delay_s)
         thresholds = gc.get_threshold()
         gc.set_threshold(thresholds[0], thresholds[1], _NEVER)
         try:
@@ -108,15 +114,16 @@ class ImportWarmUp:
             logger.warning("napari-unet-tuner: warming up imports failed (%s); continuing", error)
         finally:
             gc.set_threshold(*thresholds)
+            self._ended.set()
 
     @property
     def done(self) -> bool:
         """Whether the warm-up has ended (with or without an error)."""
-        return not self._thread.is_alive()
+        return self._ended.is_set()
 
     def wait(self) -> None:
         """Block until the warm-up has ended (call it from a worker, not the GUI thread)."""
-        self._thread.join()
+        self._ended.wait()
 
     def after(self, function: Callable[..., Generator]) -> Callable[..., Generator]:
         """Return a generator function that first waits for the warm-up, then runs ``function``."""
