@@ -601,10 +601,16 @@ def main() -> None:
             lines.append(f"| {level} | {what} | {longest} | {r['p99_ms']} | {collections} |")
         lines += [
             "",
-            "What napari docks is a light panel that says it is loading; a thread imports "
-            "torch and the core and loads the default model, then the panels show. Before, "
-            "napari imported them on the GUI thread while docking: the viewer froze for 2 s "
-            "quiet, 5 s busy, before the widget appeared.",
+            "What napari docks is a light panel that says it is loading; 0.3 s later (once "
+            "napari has painted the window with it) a thread imports torch and the core and "
+            "loads the default model, then the panels show. Before, napari imported them on "
+            "the GUI thread while docking: the viewer froze for 2 s quiet, 5 s busy, before "
+            "the widget appeared. Started at once, the imports competed for the GIL with "
+            "that paint (each OpenGL call of it waits for the GIL): 350-590 ms busy, against "
+            "130-220 ms with the delay. Torch's shared libraries are loaded through the C "
+            "library's `dlopen`, which releases the GIL, before `import torch`: loaded by the "
+            "import itself (their static initialisers run under the GIL), they froze the "
+            "GUI thread 180-230 ms even from another thread; 36-50 ms after the change.",
             "",
             "Python's full garbage collection scans every object of the process (some 530,000 "
             "once torch is imported) and holds the GIL while it does: the GUI thread waits, "
@@ -617,12 +623,14 @@ def main() -> None:
             "before.",
             "",
             "The rest of the first segmentation's stall is napari's own first `add_labels` "
-            "of a session (vispy set-up on the GUI thread, 150-300 ms); re-segmenting updates "
-            "the layer in place. Segmentation and training run in thread workers; after "
-            "fine-tuning, the re-segmentation starts in a later turn of the event loop than "
-            "the one that hides the annotations, so the two canvas redraws are apart. The "
-            "stalls while fine-tuning on a busy machine are canvas redraws (software OpenGL "
-            "under Xvfb) and the re-segmentation's progress bar.",
+            "of a session (vispy set-up on the GUI thread, 110-190 ms); re-segmenting updates "
+            "the layer in place. Segmentation and training run in thread workers. Each new "
+            "napari progress bar repaints the whole window at once (50-130 ms busy), so a "
+            "segmentation's bar appears only if it runs over 1.5 s. The stalls left while "
+            "fine-tuning on a busy machine are window repaints: the OpenGL canvas is drawn "
+            "and composited in software under Xvfb (25-150 ms a repaint on busy cores); with a "
+            "GPU's OpenGL that is hardware work (not measured here). For scale, docking an "
+            "empty panel of the same width stalls this viewer 28-30 ms quiet, 40-65 ms busy.",
             "",
             "![responsiveness](benchmarks/results/responsiveness.png)",
             "",
