@@ -444,6 +444,29 @@ def test_the_widget_fits_a_1280_by_720_laptop_screen(tuner, qtbot):
     assert tuner.native.width() <= 0.35 * window.width()
 
 
+def test_long_messages_wrap_without_overlapping(tuner, qtbot):
+    from qtpy.QtCore import QPoint
+
+    window = tuner.viewer.window._qt_window
+    window.showNormal()
+    window.resize(1280, 720)
+    panel = tuner.train_panel
+    tuner.show_tab(panel)
+    panel.status.value = "learned 20 of 25 corrections in 44 s"
+    panel.scores.value = (
+        "painted objects right 10/10 · background strokes clear 10/15 · new false objects 2"
+    )
+    tuner.native.setMaximumWidth(300)  # a dock narrowed by the user
+    qtbot.wait(300)
+    rows = [panel.status.native, panel.scores.native, panel.plot]
+    tops = [w.mapTo(panel.native, QPoint(0, 0)).y() for w in rows]
+    for label in rows[:2]:
+        assert label.height() >= label.heightForWidth(label.width()), label.text()
+    assert tops[0] + rows[0].height() <= tops[1]
+    assert tops[1] + rows[1].height() <= tops[2]
+    assert panel.scores.native.heightForWidth(panel.scores.native.width()) > 40  # it wraps
+
+
 def _all_widgets(container):
     from magicgui.widgets import Container
 

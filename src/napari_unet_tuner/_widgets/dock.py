@@ -46,6 +46,7 @@ class TunerDock(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
+        self.native.layout().setContentsMargins(0, 0, 0, 0)  # the tuner has its own
         self.viewer = viewer
         self.tuner: UNetTunerWidget | None = None
         self._loading = Label(value=LOADING_TEXT)

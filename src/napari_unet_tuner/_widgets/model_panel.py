@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_unet_tuner._sample_data import nuclei_sample
 from napari_unet_tuner._widgets.layers import layer_array
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
+from napari_unet_tuner._widgets.wrapping_label import insert_wrapping_label
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.inference.device import available_devices
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
@@ -60,7 +61,6 @@ class ModelPanel(Container):
             tooltip="Where segmentation and fine-tuning run; a GPU is preselected when present.",
         )
         self.card = Label(value="")
-        self.card.native.setWordWrap(True)
         self.save_button = PushButton(
             text="Save active model...", tooltip="Write the active version to a new file."
         )
@@ -76,7 +76,8 @@ class ModelPanel(Container):
         buttons = Container(
             widgets=[self.save_button, self.export_button], layout="horizontal", labels=False
         )
-        self.extend([self.version, self.open_file, self.recent, self.device, self.card, buttons])
+        self.extend([self.version, self.open_file, self.recent, self.device, buttons])
+        insert_wrapping_label(self, len(self) - 1, self.card)
 
     def _version_choices(self, _widget=None) -> list[tuple[str, int]]:
         versions = self._tuner.versions

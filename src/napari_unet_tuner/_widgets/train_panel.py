@@ -14,6 +14,7 @@ from qtpy.QtCore import QTimer
 from napari_unet_tuner._widgets.layers import LAYER_TAG, anisotropy_of, layer_array
 from napari_unet_tuner._widgets.loss_plot import LossPlot
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
+from napari_unet_tuner._widgets.wrapping_label import insert_wrapping_label
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.inference.object_size import annotation_scale
 from napari_unet_tuner.training.data import AnnotatedImage
@@ -92,14 +93,14 @@ class TrainPanel(Container):
             tooltip="How many of your corrections the model reproduces, and how many of the "
             "objects you left unchanged it keeps.",
         )
-        for label in (self.status, self.scores):
-            label.native.setWordWrap(True)  # messages are sentences, not one-word states
         buttons = Container(
             widgets=[self.run_button, self.stop_button], layout="horizontal", labels=False
         )
         self.extend([self.annotation, self.mode, self.seconds, self.preview, buttons])
+        # Messages are sentences, not one-word states: they wrap, above the curve.
+        insert_wrapping_label(self, len(self), self.status)
+        insert_wrapping_label(self, len(self) + 1, self.scores)
         self.native.layout().addWidget(self.plot)
-        self.extend([self.status, self.scores])
 
     def _annotation_choices(self, widget=None) -> list[tuple[str, object]]:
         layers = [layer for layer in self._tuner.viewer.layers if is_annotation(layer)]
