@@ -19,6 +19,7 @@ zarr and 3D ones, ``--only corrections`` the two corrections shots,
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=["zarr", "loop", "corrections", "3d"])
     only = parser.parse_args().only
+    if only is None:
+        # Each group in its own process: in one, Mesa's software OpenGL crashed
+        # (a segfault in glDrawArrays) drawing the first shot after the zarr one.
+        for group in ("3d", "zarr", "loop"):
+            subprocess.run([sys.executable, __file__, "--only", group], check=True)
+        return
 
     app = QApplication.instance() or QApplication([])
     OUT.mkdir(parents=True, exist_ok=True)
@@ -59,24 +66,11 @@ def main() -> None:
     viewer.window._qt_window.resize(1280, 720)
     _, dock = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
     widget = dock.wait_for_tuner()
-    if only == "corrections":
-        corrections_learned(viewer, widget, settle, shot)
+    if only != "loop":
+        shots = {"corrections": corrections_learned, "3d": objects_in_3d, "zarr": zarr_filling}
+        shots[only](viewer, widget, settle, shot)
         viewer.close()
         return
-    if only in (None, "3d"):
-        objects_in_3d(viewer, widget, settle, shot)
-        viewer.layers.clear()
-        viewer.dims.ndisplay = 2
-        if only == "3d":
-            viewer.close()
-            return
-    if only != "loop":
-        zarr_filling(viewer, widget, settle, shot)
-        if only == "zarr":
-            viewer.close()
-            return
-        viewer.layers.clear()
-        widget.segment_panel.to_zarr.value = False
     viewer.open_sample("napari-unet-tuner", "nuclei")
     widget.segment_panel.image.reset_choices()
     widget.show_tab(widget.segment_panel)
