@@ -44,7 +44,7 @@ def _import_what_the_first_run_needs() -> Checkpoint:
 
     Torch's shared libraries are loaded first with the GIL released
     (`preload_torch_libraries`): loaded by the import, even in this thread,
-    they froze the viewer 235-600 ms.
+    they froze the viewer 180-600 ms.
     """
     preload_torch_libraries()
     import pandas  # noqa: F401
