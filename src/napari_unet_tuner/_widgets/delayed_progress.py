@@ -35,7 +35,6 @@ class DelayedProgress:
         self._done = 0
         self._total = 0
         self._bar: progress | None = None
-        self._closed = False
         self._timer = QTimer(owner)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._show)
@@ -61,13 +60,10 @@ class DelayedProgress:
 
     def close(self) -> None:
         """End the bar (or its wait): the work is over."""
-        self._closed = True
         self._timer.stop()
         if self._bar is not None:
             self._bar.close()
 
     def _show(self) -> None:
-        if self._closed:
-            return
         self._bar = progress(total=self._total, desc=self._description)
         self._bar.update(self._done)

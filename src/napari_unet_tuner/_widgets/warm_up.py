@@ -98,8 +98,7 @@ class ImportWarmUp:
         self._ended = threading.Event()
         self.error: BaseException | None = None
         self.result: Any = None
-        self._thread = threading.Thread(target=self._run, name="unet-tuner warm-up", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name="unet-tuner warm-up", daemon=True).start()
 
     def _run(self) -> None:
         time.sleep(self._delay_s)
