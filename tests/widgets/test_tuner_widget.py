@@ -440,6 +440,8 @@ def test_the_widget_fits_a_1280_by_720_laptop_screen(tuner, qtbot):
             corner = button.native.mapTo(window, QPoint(0, 0))
             rect = QRect(corner, button.native.size())
             assert screen.contains(rect), f"{button.text} is off screen at {rect}"
+            hint = button.native.sizeHint().width()
+            assert button.native.width() >= hint, f"{button.text} is cut: {rect}, needs {hint}"
     # The image canvas keeps most of the width.
     assert tuner.native.width() <= 0.35 * window.width()
 

@@ -46,7 +46,6 @@ class TunerDock(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
-        self.native.layout().setContentsMargins(0, 0, 0, 0)  # the tuner has its own
         self.viewer = viewer
         self.tuner: UNetTunerWidget | None = None
         self._loading = Label(value=LOADING_TEXT)
@@ -84,4 +83,5 @@ class TunerDock(Container):
 
         self.tuner = UNetTunerWidget(self.viewer, warm_up=self.warm_up)
         self.remove(self._loading)
+        self.native.layout().setContentsMargins(0, 0, 0, 0)  # the tuner has its own
         self.append(self.tuner)

@@ -73,9 +73,8 @@ class ModelPanel(Container):
         )
         self.export_button.changed.connect(self._on_export_clicked)
         self.export_worker = None
-        buttons = Container(
-            widgets=[self.save_button, self.export_button], layout="horizontal", labels=False
-        )
+        # One above the other: side by side, their texts were cut in a 385-px dock.
+        buttons = Container(widgets=[self.save_button, self.export_button], labels=False)
         self.extend([self.version, self.open_file, self.recent, self.device, buttons])
         insert_wrapping_label(self, len(self) - 1, self.card)
 
