@@ -21,7 +21,12 @@ Sets: DSB2018 (hand-annotated; left half corrected, right half the other
 image), HeLa (CTC; frame 15 of the right third corrected, frames 17-19
 other), BBBC007 (first held-out field corrected, the other two other),
 bacteria (trpL phase contrast, far from the default's training data; frame
-12 corrected, 17-19 other). Writes results/corrections.json and .png.
+12 corrected, 17-19 other). Junk sets (`junk.add_junk`: textured faint
+blobs beside nuclei dimmed to the same brightness, on HeLa frames 15 / 17-19
+and on the DSB2018 halves, a different junk layout per image): the simulated
+user deletes min(K, 15) junk objects and fixes max(2, K // 4) nuclei; what
+matters there is the junk gone *and* the unchanged nuclei kept. Writes
+results/corrections.json and .png.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from junk import add_junk
 from painting import correct_worst
 
 from napari_unet_tuner import (
@@ -71,7 +77,24 @@ def sets() -> dict[str, tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarr
             (bacteria[12], bacteria_truth[12]),
             [(bacteria[t], bacteria_truth[t]) for t in (17, 18, 19)],
         ),
+        "hela_junk": (
+            with_junk(hela[15][:, x:], hela_truth[15][:, x:], 15),
+            [with_junk(hela[t][:, x:], hela_truth[t][:, x:], t) for t in (17, 18, 19)],
+        ),
+        "dsb_junk": (
+            with_junk(dsb[:, :256], dsb_truth[:, :256], 0),
+            [with_junk(dsb[:, 256:], dsb_truth[:, 256:], 1)],
+        ),
     }
+
+
+def with_junk(image, truth, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return add_junk(image, truth, seed), truth
+
+
+def edits(name: str, k: int) -> tuple[int, int]:
+    """(objects fixed, objects deleted) of the simulated user for K on set ``name``."""
+    return (max(2, k // 4), min(k, 15)) if name.endswith("junk") else (k, k)
 
 
 def ap(truth, labels, known=None) -> float:
@@ -83,6 +106,15 @@ def share_right(truth, labels, ids) -> float:
         return float("nan")
     ious = matched_ious(np.where(np.isin(truth, ids), truth, 0), labels)
     return float(np.mean(ious.max(axis=1) >= 0.5)) if ious.shape[1] else 0.0
+
+
+def share_kept(truth, before, after, corrected) -> float:
+    """Share of the true objects the user left alone, right before, still right after."""
+    ious_before = matched_ious(truth, before)
+    ids = np.unique(truth[truth > 0])
+    right = ids[ious_before.max(axis=1) >= 0.5] if ious_before.shape[1] else ids[:0]
+    unchanged = [int(i) for i in right if i not in set(corrected)]
+    return share_right(truth, after, unchanged)
 
 
 def share_gone(prediction, labels, ids) -> float:
@@ -97,7 +129,8 @@ def share_gone(prediction, labels, ids) -> float:
 def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
     (image, truth), others = data
     before = segment(image, start).labels
-    annotation, corrected, deleted = correct_worst(before, truth, k)
+    fixes, deletions = edits(name, k)
+    annotation, corrected, deleted = correct_worst(before, truth, fixes, deletions)
     config = TrainingConfig(
         max_seconds=budget,
         seed=seed,
@@ -124,6 +157,7 @@ def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
         "deleted": len(deleted),
         "corrected_right": share_right(truth, after, corrected),
         "deleted_gone": share_gone(before, after, deleted),
+        "unchanged_kept": share_kept(truth, before, after, corrected),
         "ap_image_before": ap(truth, before),
         "ap_image_after": ap(truth, after),
         "ap_rest_before": ap(truth, before, rest),

@@ -76,10 +76,12 @@ def disc_model() -> Checkpoint:
     """A tiny model trained from scratch to segment `disc_images` (a few seconds)."""
     from napari_unet_tuner import TrainingConfig, fine_tune
 
+    # One epoch: its step count is fixed (later epochs lengthen to match the
+    # validation's time, which varies on a busy machine).
     config = TrainingConfig(
         max_seconds=60,
-        max_epochs=3,
-        steps_per_epoch=30,
+        max_epochs=1,
+        steps_per_epoch=240,
         patch_shape=(64, 64),
         batch_size=4,
         learning_rate=3e-3,
@@ -116,3 +118,63 @@ def touching_spheres(anisotropy: int, radius: int = 8):
     rng = np.random.default_rng(0)
     image = (truth > 0) * 900 + 300 + rng.normal(0, 30, truth.shape)
     return image.astype(np.float32), truth
+
+
+def script_validations(monkeypatch, counts, fit_losses=None):
+    """Make the validations of a fine-tuning run report ``counts`` in turn.
+
+    ``counts``: one `CorrectionCounts` per validation (the first is the
+    starting model's); each validation's annotation score is computed from
+    its counts by `CorrectionCounts.score`, as the real validation does, so
+    a scripted score can never disagree with the counts shown beside it.
+    ``fit_losses``: the fit to the annotation at each validation (else 1).
+    Returns the weights each validation saw, in order.
+    """
+    from dataclasses import replace
+
+    from napari_unet_tuner.training import trainer
+
+    seen = []
+    real_evaluate, real_choose = trainer.evaluate, trainer.choose
+
+    def fake_evaluate(model, *args):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_evaluate(model, *args)
+
+    def scripted(result):
+        i = len(seen) - 1
+        fit = 1.0 if fit_losses is None else fit_losses[i]
+        scores = {
+            **result.scores,
+            "annotation_score": counts[i].score(),
+            "ap50": float("nan"),
+            "fit_loss": fit,
+        }
+        return replace(result, scores=scores, corrections=counts[i])
+
+    def fake_choose(results):
+        return scripted(real_choose(results))
+
+    monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
+    monkeypatch.setattr(trainer, "choose", fake_choose)
+    # The starting model's validation is read off the first results directly.
+    real_start = trainer.BestModel.start.__func__
+
+    def start(cls, before, best, model):
+        return real_start(cls, scripted(before), scripted(best), model)
+
+    monkeypatch.setattr(trainer.BestModel, "start", classmethod(start))
+    return seen
+
+
+def counts_scoring(score: float):
+    """`CorrectionCounts` whose annotation score is ``score`` (a multiple of 0.01).
+
+    All 10 corrections fixed, and ``100 * score - 10`` of 90 unchanged
+    objects right: a score that falls loses unchanged objects.
+    """
+    from napari_unet_tuner.training.corrections import CorrectionCounts
+
+    return CorrectionCounts(
+        corrected=10, corrected_right=10, unchanged=90, unchanged_right=round(100 * score) - 10
+    )

@@ -70,6 +70,12 @@ def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> Non
         default=1.0,
         help="Z step over XY pixel size, for --stack 3d",
     )
+    tune.add_argument(
+        "--keep-anyway",
+        action="store_true",
+        help="when nothing was learned but a model got more corrections right at the cost of "
+        "other objects (the message says which), write that model anyway",
+    )
     tune.add_argument("--seed", type=int, default=0, help="random seed of the run")
     tune.add_argument("--axes", help="axes of the images, letters from TZCYX (default: inferred)")
     tune.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -138,9 +144,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         def show(progress):
             bar.n = min(round(args.seconds - progress.eta), bar.total)
             postfix = {"step": progress.step, "steps/s": f"{progress.steps_per_second:.1f}"}
-            if progress.corrections is not None and progress.corrections.to_fix:
-                counts = progress.corrections
-                postfix["corrections"] = f"{counts.fixed}/{counts.to_fix}"
+            counts = progress.corrections
+            if counts is not None and counts.to_fix:
+                # The same counts and words as the verdict; the last record is
+                # the model kept.
+                postfix["kept model" if progress.kind == "final" else "model"] = counts.short()
             bar.set_postfix(postfix)
 
         result = run_to_completion(run, show)
@@ -152,8 +160,21 @@ def run_finetune(args: argparse.Namespace) -> int:
         log.info("held-out objects (never trained on):")
         for key in ("ap50", "dice", "loss"):
             log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
+    if not result.learned and args.keep_anyway and result.candidate is not None:
+        from napari_unet_tuner.model.saving import save_checkpoint_somewhere
+
+        written, note = save_checkpoint_somewhere(result.candidate, args.output)
+        if note:
+            log.info("%s", note)
+        log.info(
+            "kept anyway (--keep-anyway): %s; wrote %s",
+            result.candidate_corrections.describe(),
+            written,
+        )
+        return 0
     if not result.learned:
-        log.error("no model written: %s", result.message)
+        hint = " (run again with --keep-anyway to write it)" if result.candidate else ""
+        log.error("no model written: %s%s", result.message, hint)
         return 1
     if result.path is None:
         log.error("error: the model was not written (see above)")

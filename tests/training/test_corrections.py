@@ -26,7 +26,7 @@ from napari_unet_tuner.training.split import MANY_CORRECTIONS, many_corrections,
 from napari_unet_tuner.training.targets import IGNORE, annotation_to_targets
 from napari_unet_tuner.training.validation import ValidationResult
 
-from conftest import dim_disc_scene, disc_labels
+from conftest import counts_scoring, dim_disc_scene, disc_labels, script_validations
 
 QUICK = TrainingConfig(max_seconds=60, steps_per_epoch=10, device="cpu")
 
@@ -48,26 +48,31 @@ def test_objects_are_sorted_by_what_the_user_did():
     corrections = find_corrections(annotation, "corrections", prediction)
     assert set(np.unique(corrections.corrected)) == {0, 2, 4, 5}
     assert set(np.unique(corrections.deleted)) == {0, 9}
-    assert set(np.unique(corrections.kept)) == {0, 1, 3}
+    assert set(np.unique(corrections.unchanged)) == {0, 1, 3}
     assert corrections.emphasis[60:75, 60:75].all() and not corrections.emphasis[0:5, 70:].any()
     # The annotation itself reproduces everything; the prediction nothing that changed.
     perfect = count_corrections(annotation, corrections)
-    assert (perfect.fixed, perfect.to_fix, perfect.kept_right, perfect.kept) == (4, 4, 2, 2)
-    assert perfect.objective() == 1.0
-    # Every object counts the same: 1 of 4 corrections and 2 of 2 kept is 3 of 6.
-    assert count_corrections(prediction, corrections).objective() == 3 / 6
+    assert (perfect.fixed, perfect.to_fix, perfect.unchanged_right, perfect.unchanged) == (
+        4,
+        4,
+        2,
+        2,
+    )
+    assert perfect.score() == 1.0
+    # Every object counts the same: 1 of 4 corrections and 2 of 2 unchanged is 3 of 6.
+    assert count_corrections(prediction, corrections).score() == 3 / 6
     parent = count_corrections(prediction, corrections)
     # The merged disc matches the larger half of its split at IoU > 0.5 (AP@0.5's
     # rule), not the smaller; the added and the deleted objects are wrong.
-    assert (parent.fixed, parent.kept_right) == (1, 2)
+    assert (parent.fixed, parent.unchanged_right) == (1, 2)
     assert parent.describe() == (
-        "corrected objects right 1/3 · deleted objects gone 0/1 · unchanged objects kept 2/2"
+        "corrected objects right 1/3 · deleted objects gone 0/1 · unchanged objects right 2/2"
     )
     # A new object on background counts against, as a false positive does in AP.
     extra = annotation.copy()
     extra[2:8, 70:78] = 99
     counted = count_corrections(extra, corrections)
-    assert counted.false == 1 and counted.objective() == 6 / 7
+    assert counted.false == 1 and counted.score() == 6 / 7
     assert counted.describe().endswith("new false objects 1")
     # The arrays the user painted are not modified.
     assert (annotation == 9).sum() == 0 and (prediction == 9).sum() == 15 * 15
@@ -134,7 +139,7 @@ def test_held_out_objects_are_whole_and_the_same_in_every_plane():
     for sample in samples:
         whole = np.isin(plane, held_ids)
         assert np.all(sample.targets[whole] == IGNORE)  # no held-out object is trained on
-        assert not np.isin(sample.corrections.kept, held_ids).any()
+        assert not np.isin(sample.corrections.unchanged, held_ids).any()
 
 
 def corrected_sample(annotation, prediction) -> Sample:
@@ -178,22 +183,22 @@ def test_a_large_labelling_holds_out_corrected_objects_and_ranks_by_them():
     assert not sample.corrections.emphasis[whole].any()
     # The model kept generalizes to them first, then reproduces the rest.
     scores = {"loss": 0.1, "dice": 0.9, "iou": 0.8, "fit_loss": 0.1}
-    memorized = ValidationResult({**scores, "reproduced": 1.0, "ap50": 0.6}, None, None)
-    general = ValidationResult({**scores, "reproduced": 0.95, "ap50": 0.8}, None, None)
+    memorized = ValidationResult({**scores, "annotation_score": 1.0, "ap50": 0.6}, None, None)
+    general = ValidationResult({**scores, "annotation_score": 0.95, "ap50": 0.8}, None, None)
     assert memorized.rank() > general.rank()  # a review: what the user corrected first
     memorized, general = (replace(r, generalization_first=True) for r in (memorized, general))
     assert general.rank() > memorized.rank() and general.improves_on(memorized)
 
 
 def test_among_models_that_reproduce_as_much_the_tighter_fit_is_kept():
-    scores = {"loss": np.nan, "dice": np.nan, "iou": np.nan, "ap50": np.nan, "reproduced": 0.9}
+    scores = {"loss": np.nan, "dice": np.nan, "iou": np.nan, "ap50": np.nan, "annotation_score": 0.9}
     early = ValidationResult({**scores, "fit_loss": 0.4}, None, None)
     later = ValidationResult({**scores, "fit_loss": 0.2}, None, None)
     assert later.rank() > early.rank()
     # ... but a tighter fit alone is not something learned.
     assert not later.improves_on(early)
     assert ValidationResult(
-        {**scores, "reproduced": 0.95, "fit_loss": 0.4}, None, None
+        {**scores, "annotation_score": 0.95, "fit_loss": 0.4}, None, None
     ).improves_on(later)
 
 
@@ -210,7 +215,10 @@ def test_a_deliberate_change_changes_the_output_there(disc_model, tmp_path):
     assert right(child, truth, dim) == len(dim)
     bright = [i for i in range(1, 7)]
     assert right(child, truth, bright) == right(parent, truth, bright)
-    assert result.message.startswith(f"learned {result.corrections_after.fixed} of")
+    assert result.message.startswith("learned in ")
+    assert f"corrected objects right {result.corrections_before.corrected_right}/" in (
+        result.message
+    )
     run = result.checkpoint.card.training[-1]
     assert run["corrections_after"]["corrected_right"] == run["corrections_after"]["corrected"]
     assert run["corrections_before"]["corrected_right"] < run["corrections_before"]["corrected"]
@@ -249,43 +257,19 @@ def test_a_second_fine_tune_keeps_what_the_first_learned(disc_model):
     assert right(segment(image2, second.checkpoint).labels, truth2, dim2) == len(dim2)
 
 
-def scripted_validations(monkeypatch, objectives, fit_losses=None, corrections=None):
-    """Make validation report ``objectives`` (and fit losses, else 1) in turn.
-
-    ``corrections``: the `CorrectionCounts` every validation reports (else none).
-
-    Also records the weights each validation saw.
-    """
-    seen = []
-    real_evaluate, real_choose = trainer.evaluate, trainer.choose
-
-    def fake_evaluate(model, *args):
-        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return real_evaluate(model, *args)
-
-    def fake_choose(results):
-        chosen = real_choose(results)
-        i = len(seen) - 1
-        fit = 1.0 if fit_losses is None else fit_losses[i]
-        scores = {**chosen.scores, "reproduced": objectives[i], "ap50": 0.0, "fit_loss": fit}
-        return replace(chosen, scores=scores, corrections=corrections)
-
-    monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
-    monkeypatch.setattr(trainer, "choose", fake_choose)
-    return seen
-
-
 def test_the_best_validation_is_kept_and_patience_stops_the_run(disc_model, monkeypatch):
     image, truth, _ = dim_disc_scene(0)
     parent = segment(image, disc_model).labels
-    seen = scripted_validations(monkeypatch, [0.1, 0.5, 0.9, 0.3, 0.2, 0.95])
+    scores = [0.1, 0.5, 0.9, 0.3, 0.2, 0.95]
+    seen = script_validations(monkeypatch, [counts_scoring(x) for x in scores])
     config = replace(QUICK, steps_per_epoch=3, patience=2, tune_instances=False)
     result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
     assert result.stop_reason == "early stopping"
     assert len(seen) == 5 and result.history[-1].step == 12  # validations at 0, 3, 6, 9, 12
     for key, value in result.checkpoint.state_dict.items():
         assert torch.equal(value, seen[2][key].cpu()), key  # the 0.9 one
-    assert result.scores_after["reproduced"] == 0.9
+    assert result.scores_after["annotation_score"] == 0.9
+    assert result.corrections_after == counts_scoring(0.9)
 
 
 def test_a_model_still_fitting_its_annotation_is_not_stopped_early(disc_model, monkeypatch):
@@ -294,20 +278,23 @@ def test_a_model_still_fitting_its_annotation_is_not_stopped_early(disc_model, m
     # Reproduction saturates at the third validation; the fit keeps improving.
     objectives = [0.1, 0.9, 1.0] + [0.99] * 7
     fits = [1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.3, 0.3, 0.3, 0.3]
-    seen = scripted_validations(monkeypatch, objectives, fits)
+    seen = script_validations(monkeypatch, [counts_scoring(x) for x in objectives], fits)
     config = replace(QUICK, steps_per_epoch=2, patience=2, max_epochs=9, tune_instances=False)
     result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
     # Without the fit, patience 2 would stop after the fifth validation; it stops
     # two validations after the fit stopped improving (the sixth).
     assert result.stop_reason == "early stopping" and len(seen) == 8
-    assert result.scores_after["reproduced"] == 1.0  # the model kept is still the best
+    assert result.scores_after["annotation_score"] == 1.0  # the model kept is still the best
 
 
 def test_a_review_still_missing_corrections_uses_its_whole_budget(disc_model, monkeypatch):
     image, truth, _ = dim_disc_scene(0)
     parent = segment(image, disc_model).labels
-    missing = CorrectionCounts(corrected=5, corrected_right=3, kept=10, kept_right=10)
-    seen = scripted_validations(monkeypatch, [0.1, 0.5] + [0.4] * 5, corrections=missing)
+    # The score rises once, then falls; corrections stay missing throughout.
+    counts = [CorrectionCounts(corrected=5, corrected_right=1, unchanged=10, unchanged_right=10)]
+    counts += [CorrectionCounts(corrected=5, corrected_right=3, unchanged=10, unchanged_right=10)]
+    counts += [CorrectionCounts(corrected=5, corrected_right=2, unchanged=10, unchanged_right=10)] * 5
+    seen = script_validations(monkeypatch, counts)
     config = replace(QUICK, steps_per_epoch=2, patience=2, max_epochs=6, tune_instances=False)
     result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
     # Patience 2 would have stopped after the fourth validation.
@@ -317,7 +304,7 @@ def test_a_review_still_missing_corrections_uses_its_whole_budget(disc_model, mo
 def test_no_early_stop_before_anything_was_learned(disc_model, monkeypatch):
     image, truth, _ = dim_disc_scene(0)
     parent = segment(image, disc_model).labels
-    seen = scripted_validations(monkeypatch, [0.5] + [0.1] * 6)
+    seen = script_validations(monkeypatch, [counts_scoring(x) for x in [0.5] + [0.1] * 6])
     config = replace(QUICK, steps_per_epoch=2, patience=2, max_epochs=5, tune_instances=False)
     result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
     # Patience 2 would have stopped after 3 validations; the whole run is tried.

@@ -17,7 +17,9 @@ from napari_unet_tuner import (
 from napari_unet_tuner.inference import labels_to_classes
 from napari_unet_tuner.training import IGNORE, masked_loss
 
-from conftest import TINY, disc_labels, make_checkpoint
+from napari_unet_tuner.training.corrections import CorrectionCounts
+
+from conftest import TINY, disc_labels, make_checkpoint, script_validations
 
 
 def run_result(run, on_record=lambda record: None):
@@ -162,7 +164,12 @@ def test_a_few_steps_lower_the_loss():
     assert result.scores_after["loss"] < result.scores_before["loss"]
 
 
-def test_stop_keeps_best_model_and_parent_untouched(tmp_path):
+def test_stop_keeps_best_model_and_parent_untouched(tmp_path, monkeypatch):
+    # The validation after the stop gets more corrections right than the start.
+    seen = script_validations(
+        monkeypatch,
+        [CorrectionCounts(corrected=6, corrected_right=c) for c in (1, 4)],
+    )
     parent_path = save_checkpoint(make_checkpoint(), tmp_path / "parent.safetensors")
     parent_bytes = parent_path.read_bytes()
     parent = load_checkpoint(parent_path)
@@ -179,19 +186,26 @@ def test_stop_keeps_best_model_and_parent_untouched(tmp_path):
             stop.set()
 
     result = run_result(run, watch)
-    assert [r.kind for r in records] == ["validation", "step", "step", "step", "validation"]
+    kinds = ["validation", "step", "step", "step", "validation", "final"]
+    assert [r.kind for r in records] == kinds and len(seen) == 2
     assert parent_path.read_bytes() == parent_bytes
     assert np.array_equal(labels, labels_before)
-    # A run that learned nothing (3 steps of a random model) adds no file.
-    assert out.exists() == result.learned
-    if not result.learned:
-        assert result.message.startswith("nothing was learned")
-        return
+    assert result.learned and out.exists() and result.path == out
+    for key, value in load_checkpoint(out).state_dict.items():
+        assert torch.equal(value, seen[1][key].cpu()), key  # the model at the stop
     card = load_checkpoint(out).card
     assert card.parent["sha256"] == parent.sha256
     run_info = card.training[-1]
     assert run_info["stop_reason"] == "stopped" and run_info["steps"] == 3
-    assert set(run_info["scores_before"]) == {"loss", "dice", "iou", "ap50"}
+    assert set(run_info["scores_before"]) == {
+        "loss",
+        "dice",
+        "iou",
+        "ap50",
+        "annotation_score",
+        "fit_loss",
+    }
+    assert run_info["corrections_after"]["corrected_right"] == 4
     assert run_info["annotation"]["objects"] == len(np.unique(labels)) - 1
 
 

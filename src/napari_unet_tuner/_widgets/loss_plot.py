@@ -27,8 +27,9 @@ class LossPlot(QWidget):
         self.setMinimumHeight(200)  # a curve one can read, still within a 720-px screen
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.setToolTip(
-            "Training loss (blue) and, per validation (orange), the share of corrections "
-            "reproduced (or held-out AP@0.5 when nothing is corrected)."
+            "Training loss (blue) and, per validation (orange), the annotation score: the "
+            "share of the objects you reviewed that are right, corrected and unchanged alike "
+            "(or held-out AP@0.5 when nothing is corrected)."
         )
         self.reset()
 
@@ -86,7 +87,7 @@ class LossPlot(QWidget):
             painter.drawEllipse(p, 2.5, 2.5)
         painter.setPen(QPen(self.palette().text().color(), 1))
         painter.drawText(2, _MARGIN - 6, f"loss (max {top_loss:.2f})")
-        painter.drawText(self.width() - 110, _MARGIN - 6, "learned (0-1)")
+        painter.drawText(self.width() - 110, _MARGIN - 6, "score (0-1)")
         painter.drawText(_MARGIN, self.height() - 8, f"step 0 ... {last_step}")
         if self.val_ap:
             painter.drawText(self.width() - 110, self.height() - 8, f"last {self.val_ap[-1]:.2f}")

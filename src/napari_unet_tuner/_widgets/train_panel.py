@@ -45,6 +45,7 @@ class TrainPanel(Container):
         self._stop = threading.Event()
         self._preview_worker = None
         self._result: FineTuneResult | None = None
+        self._offered = None
         self._listed: set[int] = set()
         self.annotation = Select(
             label="learn from",
@@ -82,8 +83,15 @@ class TrainPanel(Container):
         self.stop_button = PushButton(
             text="Stop", enabled=False, tooltip="Stop now and keep the best model so far."
         )
+        self.keep_button = PushButton(
+            text="Keep that model anyway",
+            visible=False,
+            tooltip="Nothing was learned, but a model got more corrections right at the cost of "
+            "other objects (the message says which): add it as a new version anyway.",
+        )
         self.run_button.changed.connect(self.run)
         self.stop_button.changed.connect(self.stop)
+        self.keep_button.changed.connect(self.keep_anyway)
         self.plot = LossPlot()
         self.status = Label(
             value="", tooltip="Steps per second and time left; at the end, what was learned."
@@ -100,6 +108,7 @@ class TrainPanel(Container):
         # Messages are sentences, not one-word states: they wrap, above the curve.
         insert_wrapping_label(self, len(self), self.status)
         insert_wrapping_label(self, len(self) + 1, self.scores)
+        self.append(self.keep_button)
         self.native.layout().addWidget(self.plot)
 
     def _annotation_choices(self, widget=None) -> list[tuple[str, object]]:
@@ -195,6 +204,8 @@ class TrainPanel(Container):
         worker.finished.connect(self._done)
         self.plot.reset()
         self.status.value, self.scores.value = "preparing...", ""
+        self._offered = None
+        self.keep_button.visible = False
         self.worker = worker
         self.run_button.enabled, self.stop_button.enabled = False, True
         worker.start()
@@ -217,11 +228,14 @@ class TrainPanel(Container):
                 f"step {record.step} · {record.steps_per_second:.1f} steps/s · "
                 f"~{record.eta:.0f} s left"
             )
-        elif record.kind == "validation":
-            self.plot.add_validation(record.step, _curve_score(record.scores))
+        elif record.kind in ("validation", "final"):
             counts = record.corrections
-            if counts is not None:
+            if record.kind == "validation":
+                self.plot.add_validation(record.step, _curve_score(record.scores))
                 prefix = "before: " if record.step == 0 else "now: "
+            else:
+                prefix = "kept model: "
+            if counts is not None:
                 self.scores.value = prefix + counts.describe()
         elif (
             record.kind == "preview"
@@ -234,6 +248,17 @@ class TrainPanel(Container):
             if self._preview_worker is not None:
                 self._preview_worker.finished.connect(self._preview_done)
 
+    def keep_anyway(self) -> None:
+        """Add the model the last run offered (see its message) as a new version."""
+        offered, self._offered = self._offered, None
+        self.keep_button.visible = False
+        if offered is None:
+            return
+        self._tuner.versions.add(offered)
+        self._tuner.on_model_changed()
+        self.status.value = "kept anyway as a new version (the verdict was: nothing learned)"
+        QTimer.singleShot(0, self._tuner.segment_panel.run)
+
     def _preview_done(self) -> None:
         self._preview_worker = None
 
@@ -243,6 +268,8 @@ class TrainPanel(Container):
         show_info(result.message[:1].upper() + result.message[1:])
         if not result.learned:
             self.status.value = "no new version: " + result.message
+            self._offered = result.candidate
+            self.keep_button.visible = result.candidate is not None
             return
         self._result = result
         self._tuner.versions.add(result.checkpoint)
@@ -275,6 +302,6 @@ class TrainPanel(Container):
 
 
 def _curve_score(scores: dict[str, float]) -> float:
-    """Return what the curve shows: the corrections reproduced, else held-out AP@0.5."""
-    reproduced = scores["reproduced"]
-    return reproduced if np.isfinite(reproduced) else scores["ap50"]
+    """Return what the curve shows: the annotation score, else held-out AP@0.5."""
+    score = scores["annotation_score"]
+    return score if np.isfinite(score) else scores["ap50"]

@@ -3,22 +3,36 @@
 A correction annotation starts as a model's prediction: the user erases
 wrong objects, paints missed ones, splits merged ones. The difference
 between that prediction and the annotation is where the model was wrong,
-and what fine-tuning must learn. For every plane (or volume) of an
-annotation this module sorts the objects into three kinds:
+and what fine-tuning must learn.
 
-``corrected``
+Glossary (the same words in the API, the command line and the widget):
+
+``corrected`` objects
     Annotated objects that no predicted object matched closely
-    (IoU < `UNCHANGED_IOU`): added, redrawn, split or merged by the user.
-    In scribbles every painted object is one (every stroke counts).
-``deleted``
-    Predicted objects the user removed (most of their pixels are
-    background in the annotation). In scribbles: each connected
-    background stroke, which must stay free of objects.
-``kept``
+    (IoU < `UNCHANGED_IOU`): added, redrawn, shrunk, split or merged by the
+    user. In scribbles every painted object is one (every stroke counts).
+    A model gets one *right* when one of its objects matches it (IoU >= 0.5).
+``deleted`` objects
+    Predicted objects the user removed: most of their pixels are background
+    in the annotation, and no annotated object was drawn out of them (a
+    blob redrawn as the nucleus inside it is a corrected object, not a
+    deleted one). In scribbles: each connected background stroke, which
+    must stay free of objects. *Gone* when a model no longer predicts it.
+``unchanged`` objects
     Annotated objects left as they were predicted: what must not be
-    forgotten.
+    forgotten. *Right* while a model still matches them, else *lost*.
+new ``false`` objects
+    Predicted objects on known pixels that match no annotated object (and
+    do not lie on a deleted one): objects on background, or extra pieces
+    of split ones.
+the corrections
+    Corrected plus deleted objects; *fixed* counts those right or gone.
+the annotation score
+    Share of all these objects right, as average precision counts them
+    (`CorrectionCounts.score`): what decides whether a run learned, so a
+    run that deletes junk by losing real nuclei has not.
 
-`CorrectionCounts` then says how many of each a new prediction gets right.
+`CorrectionCounts` says how many of each a new prediction gets right.
 """
 
 from __future__ import annotations
@@ -59,7 +73,7 @@ class CorrectionMap:
 
     Attributes
     ----------
-    corrected, deleted, kept : numpy.ndarray
+    corrected, deleted, unchanged : numpy.ndarray
         int32 labels of each kind of object (0 elsewhere); see the module
         docstring.
     emphasis : numpy.ndarray of bool
@@ -78,7 +92,7 @@ class CorrectionMap:
 
     corrected: np.ndarray
     deleted: np.ndarray
-    kept: np.ndarray
+    unchanged: np.ndarray
     emphasis: np.ndarray
     known: np.ndarray
     annotated: np.ndarray
@@ -89,7 +103,7 @@ class CorrectionMap:
         return CorrectionMap(
             self.corrected[box],
             self.deleted[box],
-            self.kept[box],
+            self.unchanged[box],
             self.emphasis[box],
             self.known[box],
             self.annotated[box],
@@ -115,8 +129,8 @@ def find_corrections(
         How to read them (`napari_unet_tuner.training.targets`).
     prediction : numpy.ndarray, optional
         Corrections only: the predicted labels the annotation was edited
-        from. Without it every object counts as kept (nothing is known to
-        be a correction).
+        from. Without it every object counts as unchanged (nothing is known
+        to be a correction).
     """
     annotation = np.asarray(annotation)
     instances = annotation_to_instances(annotation, mode)
@@ -148,21 +162,36 @@ def find_corrections(
     best = ious.max(axis=1) if ious.shape[1] else np.zeros(len(annotated_ids))
     changed_ids = annotated_ids[best < UNCHANGED_IOU]
     corrected = np.where(np.isin(instances, changed_ids), instances, 0)
-    kept = np.where(corrected > 0, 0, instances)
-    predicted_ids, sizes = np.unique(prediction[prediction > 0], return_counts=True)
-    on_background = np.bincount(
-        prediction[(prediction > 0) & (instances == 0)], minlength=int(prediction.max()) + 1
-    )
-    removed = predicted_ids[on_background[predicted_ids] > MATCH_IOU * sizes]
-    deleted = np.where(np.isin(prediction, removed), prediction, 0)
+    unchanged = np.where(corrected > 0, 0, instances)
+    deleted = _deleted_objects(instances, prediction)
     changes = labels_to_classes(instances) != labels_to_classes(prediction)
     grown = ndimage.binary_dilation((corrected > 0) | (deleted > 0), iterations=_EMPHASIS_MARGIN)
-    return CorrectionMap(corrected, deleted, kept, changes | grown, known, instances)
+    return CorrectionMap(corrected, deleted, unchanged, changes | grown, known, instances)
+
+
+def _deleted_objects(instances: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """Return the predicted objects the user deleted, as labels.
+
+    Mostly background in the annotation, and the source of no annotated
+    object: a predicted object holding at least half of an annotated one
+    was redrawn (shrunk, split off its junk), not deleted.
+    """
+    table, predicted_ids, annotated_ids = overlap_table(np.ravel(prediction), np.ravel(instances))
+    if not len(predicted_ids) or predicted_ids[-1] == 0:
+        return np.zeros_like(prediction)
+    sizes = table[1:].sum(axis=1)
+    on_background = table[1:, 0]
+    annotated_sizes = table[:, 1:].sum(axis=0)
+    source = (table[1:, 1:] >= MATCH_IOU * annotated_sizes).any(axis=1)
+    removed = predicted_ids[1:][(on_background > MATCH_IOU * sizes) & ~source]
+    return np.where(np.isin(prediction, removed), prediction, 0)
 
 
 @dataclass(frozen=True)
 class CorrectionCounts:
-    """How many corrected, deleted and kept objects a prediction gets right.
+    """How many corrected, deleted and unchanged objects a prediction gets right.
+
+    The words are the module's glossary.
 
     Attributes
     ----------
@@ -170,23 +199,28 @@ class CorrectionCounts:
         Corrected objects, and those a predicted object matches (IoU >= 0.5).
     deleted, deleted_gone : int
         Deleted objects, and those now mostly background.
-    kept, kept_right : int
-        Objects left as predicted, and those still matched.
+    unchanged, unchanged_right : int
+        Objects left as predicted (those scored, when sampled), and those
+        still matched.
     false : int
-        Predicted objects that match no annotated object (nor lie on a
-        deleted one): objects on background, or extra pieces of split ones.
+        New false objects: predicted objects that match no annotated object
+        (nor lie on a deleted one).
     scribbles : bool
         Counts of scribbles: painted objects and background strokes.
+    unchanged_total : int
+        Unchanged objects in the whole annotation, when ``unchanged`` is a
+        sample of them (0 when every one is scored).
     """
 
     corrected: int = 0
     corrected_right: int = 0
     deleted: int = 0
     deleted_gone: int = 0
-    kept: int = 0
-    kept_right: int = 0
+    unchanged: int = 0
+    unchanged_right: int = 0
     false: int = 0
     scribbles: bool = False
+    unchanged_total: int = 0
 
     def __add__(self, other: CorrectionCounts) -> CorrectionCounts:
         return CorrectionCounts(
@@ -194,10 +228,11 @@ class CorrectionCounts:
             self.corrected_right + other.corrected_right,
             self.deleted + other.deleted,
             self.deleted_gone + other.deleted_gone,
-            self.kept + other.kept,
-            self.kept_right + other.kept_right,
+            self.unchanged + other.unchanged,
+            self.unchanged_right + other.unchanged_right,
             self.false + other.false,
             self.scribbles or other.scribbles,
+            self.unchanged_total + other.unchanged_total,
         )
 
     @property
@@ -211,18 +246,26 @@ class CorrectionCounts:
         return self.corrected_right + self.deleted_gone
 
     @property
+    def unchanged_lost(self) -> int:
+        """Unchanged objects no longer matched."""
+        return self.unchanged - self.unchanged_right
+
+    @property
     def scored(self) -> int:
         """Objects counted."""
-        return self.to_fix + self.kept
+        return self.to_fix + self.unchanged
 
-    def objective(
-        self, corrected_weight: float = 1.0, deleted_weight: float = 1.0, kept_weight: float = 1.0
+    def score(
+        self,
+        corrected_weight: float = 1.0,
+        deleted_weight: float = 1.0,
+        unchanged_weight: float = 1.0,
     ) -> float:
-        """Share of the objects right, as average precision counts them: TP / (TP + FP + FN).
+        """Return the annotation score: share of the objects right, TP / (TP + FP + FN).
 
-        Every object the user reviewed counts the same, corrections and kept
-        alike, and every false object counts against: deleting nine false
-        objects does not pay for losing twenty that were right or adding
+        Every object the user reviewed counts the same, corrections and
+        unchanged alike, and every new false object counts against: deleting
+        nine false objects does not pay for losing twenty real ones or adding
         twenty new ones. The weights stand for objects left out of a sampled
         count (`napari_unet_tuner.training.validation`; false objects are
         found around the unchanged ones). NaN when nothing is counted.
@@ -230,36 +273,45 @@ class CorrectionCounts:
         total = (
             self.corrected * corrected_weight
             + self.deleted * deleted_weight
-            + (self.kept + self.false) * kept_weight
+            + (self.unchanged + self.false) * unchanged_weight
         )
         if not total:
             return float("nan")
         right = (
             self.corrected_right * corrected_weight
             + self.deleted_gone * deleted_weight
-            + self.kept_right * kept_weight
+            + self.unchanged_right * unchanged_weight
         )
         return right / total
 
-    def describe(self) -> str:
-        """Plain words, e.g. ``corrected objects right 9/10 · deleted objects gone 5/5``."""
+    def parts(self) -> list[tuple[str, int, int]]:
+        """``(name, right, of)`` for each kind counted, in the glossary's words."""
         if self.scribbles:
             names = ("painted objects right", "background strokes clear", "")
         else:
-            names = ("corrected objects right", "deleted objects gone", "unchanged objects kept")
-        parts = [
-            f"{name} {n}/{d}"
-            for name, n, d in zip(
-                names,
-                (self.corrected_right, self.deleted_gone, self.kept_right),
-                (self.corrected, self.deleted, self.kept),
-                strict=True,
-            )
-            if d
-        ]
+            names = ("corrected objects right", "deleted objects gone", "unchanged objects right")
+        values = (
+            (self.corrected_right, self.corrected),
+            (self.deleted_gone, self.deleted),
+            (self.unchanged_right, self.unchanged),
+        )
+        return [(name, n, d) for name, (n, d) in zip(names, values, strict=True) if d]
+
+    def describe(self) -> str:
+        """Plain words, e.g. ``corrected objects right 9/10 · deleted objects gone 5/5``."""
+        parts = [f"{name} {n}/{d}" for name, n, d in self.parts()]
+        if self.unchanged_total > self.unchanged and parts:
+            parts[-1] += f" (a sample of {self.unchanged_total})"
         if self.false:
             parts.append(f"new false objects {self.false}")
         return " · ".join(parts)
+
+    def short(self) -> str:
+        """Return the counts for a progress bar, e.g. ``fixed 6/8, unchanged 17/19, false 1``."""
+        text = f"fixed {self.fixed}/{self.to_fix}"
+        if self.unchanged:
+            text += f", unchanged {self.unchanged_right}/{self.unchanged}"
+        return text + (f", false {self.false}" if self.false else "")
 
     def to_dict(self) -> dict[str, int]:
         """Return the counts as a dict (for the model card)."""
@@ -284,42 +336,48 @@ def count_corrections(
     def inside(objects: np.ndarray) -> np.ndarray:
         return objects if region is None else np.where(region, objects, 0)
 
-    corrected, deleted, kept = (
+    corrected, deleted, unchanged = (
         inside(corrections.corrected),
         inside(corrections.deleted),
-        inside(corrections.kept),
+        inside(corrections.unchanged),
     )
     # One IoU table of every annotated object against the prediction serves the
-    # corrected, the kept and the false objects alike.
+    # corrected, the unchanged and the false objects alike.
     ious, annotated_ids, predicted_ids = iou_table(
         corrections.annotated, labels, corrections.known
     )
     right = annotated_ids[_best(ious, axis=1) >= MATCH_IOU]
     matched = predicted_ids[_best(ious, axis=0) >= MATCH_IOU]
-    corrected_ids, kept_ids = object_ids(corrected), object_ids(kept)
+    corrected_ids, unchanged_ids = object_ids(corrected), object_ids(unchanged)
     return CorrectionCounts(
         corrected=len(corrected_ids),
         corrected_right=int(np.isin(corrected_ids, right).sum()),
         deleted=len(object_ids(deleted)),
-        deleted_gone=int(np.count_nonzero(deleted_is_gone(deleted, labels))),
-        kept=len(kept_ids),
-        kept_right=int(np.isin(kept_ids, right).sum()),
+        deleted_gone=int(np.count_nonzero(deleted_is_gone(deleted, labels, matched))),
+        unchanged=len(unchanged_ids),
+        unchanged_right=int(np.isin(unchanged_ids, right).sum()),
         false=_false_objects(labels, corrections, deleted, region, matched),
         scribbles=corrections.scribbles,
     )
 
 
-def deleted_is_gone(deleted: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def deleted_is_gone(
+    deleted: np.ndarray, labels: np.ndarray, matched: np.ndarray | None = None
+) -> np.ndarray:
     """For each deleted object (sorted ids), whether ``labels`` no longer predicts it.
 
     Gone: less than half of it is foreground, and no predicted object lies
-    mostly on it (a shrunken remnant is not gone).
+    mostly on it (a shrunken remnant is not gone), except the predicted
+    objects in ``matched`` (ids matching an annotated object: a real object
+    beside or inside a deleted one is never its remnant).
     """
     table, deleted_ids, predicted_ids = overlap_table(np.ravel(deleted), np.ravel(labels))
     covered = table[1:, 1:].sum(axis=1)
     sizes = table[1:].sum(axis=1)
-    remnant = (table[1:, 1:] >= MATCH_IOU * table[:, 1:].sum(axis=0)).any(axis=1)
-    return (covered < MATCH_IOU * sizes) & ~remnant
+    on_deleted = table[1:, 1:] >= MATCH_IOU * table[:, 1:].sum(axis=0)
+    if matched is not None:
+        on_deleted &= ~np.isin(predicted_ids[1:], matched)
+    return (covered < MATCH_IOU * sizes) & ~on_deleted.any(axis=1)
 
 
 def _false_objects(
@@ -361,7 +419,7 @@ def complete_corrections(
 
     Corrections given without the prediction they were edited from are
     compared with ``predict_labels(sample.image)``, the starting model's own
-    labels; without a starting model (``None``) every object counts as kept.
+    labels; without a starting model (``None``) every object counts as unchanged.
 
     Raises
     ------

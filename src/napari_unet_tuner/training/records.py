@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.training.corrections import CorrectionCounts
-from napari_unet_tuner.training.validation import ValidationResult
 
 
 @dataclass(frozen=True)
@@ -18,17 +16,19 @@ class TrainingProgress:
 
     Attributes
     ----------
-    kind : {"validation", "step", "preview"}
+    kind : {"validation", "step", "preview", "final"}
         ``"validation"`` records carry ``scores`` (the first, at step 0, is the
         starting model's); ``"preview"`` records carry a ``snapshot`` of the
-        current weights for a live preview.
+        current weights for a live preview; the ``"final"`` record, the last,
+        carries the scores of the model the run keeps (the starting model's
+        when nothing was learned): what the verdict reports.
     step, epoch : int
         Optimizer steps and validations done.
     loss : float or None
         Training loss of the last step.
     scores : dict or None
         Validation scores (`ValidationResult.scores`): held-out ``loss``,
-        ``dice``, ``iou``, ``ap50``, and ``reproduced``.
+        ``dice``, ``iou``, ``ap50``, and the ``annotation_score``.
     best_score : float or None
         Held-out AP@0.5 of the model kept if stopped now.
     seconds_per_step : float
@@ -39,10 +39,10 @@ class TrainingProgress:
     snapshot : Checkpoint or None
         Current weights (CPU copy), on ``"preview"`` records only.
     corrections : CorrectionCounts or None
-        On validation records: how many corrections the model reproduces.
+        On validation and final records: the model's counts on the annotation.
     """
 
-    kind: Literal["validation", "step", "preview"]
+    kind: Literal["validation", "step", "preview", "final"]
     step: int
     epoch: int
     loss: float | None
@@ -82,9 +82,16 @@ class FineTuneResult:
         False when no step did better than the starting model: the result
         is the parent and must not be shown as a new version.
     corrections_before, corrections_after : CorrectionCounts or None
-        The corrections the starting and the kept model reproduce.
+        The counts of the starting and of the kept model (the same when
+        nothing was learned: a discarded model's are never reported here).
     message : str
-        What happened, in plain words, for the user.
+        What happened, in plain words, for the user (`napari_unet_tuner.training.verdict`).
+    candidate : Checkpoint or None
+        When nothing was learned but a model got more corrections right at
+        the cost of other objects (the message says which): that model, for
+        a user who keeps it anyway. Never saved by the run.
+    candidate_corrections : CorrectionCounts or None
+        The candidate's counts.
     """
 
     checkpoint: Checkpoint
@@ -98,48 +105,13 @@ class FineTuneResult:
     corrections_before: CorrectionCounts | None = None
     corrections_after: CorrectionCounts | None = None
     message: str = ""
-
-
-def all_reproduced(result: ValidationResult) -> bool:
-    """Whether every correction is reproduced and every unchanged object kept."""
-    c = result.corrections
-    return c is not None and c.to_fix > 0 and c.fixed == c.to_fix and c.kept_right == c.kept
+    candidate: Checkpoint | None = None
+    candidate_corrections: CorrectionCounts | None = None
 
 
 def counts_dict(counts: CorrectionCounts | None) -> dict[str, int] | None:
     """Return the counts as a dict for the model card (``None`` stays ``None``)."""
     return None if counts is None else counts.to_dict()
-
-
-def describe_run(
-    learned: bool,
-    before: ValidationResult,
-    after: ValidationResult,
-    seconds: float,
-    steps: int,
-    stop_reason: str,
-) -> str:
-    """Say in plain words what a run learned, e.g. ``learned 9 of 10 corrections in 45 s``."""
-    counts = after.corrections
-    if not learned:
-        if counts is not None and counts.to_fix and all_reproduced(before):
-            why = "the model already reproduced every correction"
-        else:
-            why = (
-                f"no step reproduced more of the corrections than the starting model "
-                f"({steps} steps in {seconds:.0f} s); give it more time or correct more objects"
-            )
-        return f"nothing was learned: {why}"
-    if counts is not None and counts.to_fix:
-        text = f"learned {counts.fixed} of {counts.to_fix} corrections in {seconds:.0f} s"
-        if counts.kept:
-            text += f", kept {counts.kept_right} of {counts.kept} unchanged objects"
-    else:
-        text = f"trained {steps} steps in {seconds:.0f} s"
-    ap_before, ap_after = before.scores["ap50"], after.scores["ap50"]
-    if math.isfinite(ap_before) and math.isfinite(ap_after):
-        text += f"; held-out AP50 {ap_before:.2f} -> {ap_after:.2f}"
-    return text
 
 
 def describe_training_run(run: dict) -> str:

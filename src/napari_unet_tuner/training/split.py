@@ -40,10 +40,12 @@ def split_validation(
     same blocks in every plane and time point of that image: the same
     nucleus one plane or one frame away is held out with it. A held-out
     block takes the whole objects that touch it, so no held-out object is
-    partly trained on. Blocks with a correction (a corrected, deleted or
-    painted object, or any changed pixel) are not held out: what the user
-    corrected is learned. With ``spare_corrections`` (`many_corrections`:
-    a labelling rather than a review) any block may be: only a held-out
+    partly trained on; in a Z-stack of 3D objects, the whole 3D object in
+    every plane, also where its cross-section leaves the block. Blocks
+    with a correction (a corrected, deleted or painted object, or any
+    changed pixel) are not held out: what the user corrected is learned.
+    With ``spare_corrections`` (`many_corrections`: a labelling rather than
+    a review) any block may be: only a held-out
     part of a large labelling tells a model that generalizes from one that
     memorized. Held-out pixels are removed from the training targets and
     from the objects `count_corrections` scores.
@@ -69,7 +71,7 @@ def split_validation(
                 sample.targets[mask] = IGNORE
                 if sample.corrections is not None:
                     for objects in (
-                        sample.corrections.kept,
+                        sample.corrections.unchanged,
                         sample.corrections.corrected,
                         sample.corrections.deleted,
                     ):
@@ -117,9 +119,12 @@ def _candidate_blocks(
             *(range(0, s, st) for s, st in zip(plane_shape, steps, strict=True))
         ):
             block = (..., slice(y, y + steps[0]), slice(x, x + steps[1]))
+            touching = _touching_ids(samples, indices, block)
             masks, count = {}, 0
             for index in indices:
-                mask, objects = _held_out_mask(samples[index], fixes[index], block)
+                mask, objects = _held_out_mask(
+                    samples[index], fixes[index], block, touching[index]
+                )
                 if mask is None:
                     masks, count = {}, 0
                     break
@@ -130,18 +135,40 @@ def _candidate_blocks(
     return blocks
 
 
+def _touching_ids(samples: list[Sample], indices: list[int], block: tuple) -> dict:
+    """Return the object ids touching ``block`` in each sample, as ``{index: ids}``.
+
+    The XY planes of one Z-stack of 3D objects share their ids: an object
+    touching the block in any plane is taken in all of them, so no part of
+    a held-out 3D object is trained on.
+    """
+    own = {i: _present(samples[i].instances[block]) for i in indices}
+    stacks: dict[tuple, list[int]] = defaultdict(list)
+    for i in indices:
+        if samples[i].stack_plane is not None:
+            stacks[samples[i].stack_plane[0]].append(i)
+    for planes in stacks.values():
+        shared = np.unique(np.concatenate([own[i] for i in planes]))
+        for i in planes:
+            own[i] = shared[np.isin(shared, samples[i].instances)]
+    return own
+
+
+def _present(labels: np.ndarray) -> np.ndarray:
+    ids = np.unique(labels)
+    return ids[ids > 0]
+
+
 def _held_out_mask(
-    sample: Sample, fixes: np.ndarray, block: tuple
+    sample: Sample, fixes: np.ndarray, block: tuple, touching: np.ndarray
 ) -> tuple[np.ndarray | None, int]:
-    """Return the block grown to the whole objects touching it, and their number.
+    """Return the block grown to the whole ``touching`` objects, and their number.
 
     ``None`` when the block may not be held out (it holds a correction, or
     an object touching it touches one).
     """
     if fixes[block].any():
         return None, 0
-    touching = np.unique(sample.instances[block])
-    touching = touching[touching > 0]
     mask = np.zeros(sample.targets.shape, bool)
     mask[block] = sample.targets[block] != IGNORE
     if len(touching):

@@ -1,16 +1,20 @@
-"""Fine-tuning: learn what the user corrected, yielding plain progress records."""
+"""Fine-tuning: learn what the user corrected, yielding plain progress records.
+
+A run is made of named steps: `_prepare` (samples, split, validation plan,
+optimizer), `_train_epoch` (steps between two validations), `BestModel`
+(what is kept, and `stop_reason`), `judge` (the verdict) and `_child`
+(the new checkpoint and its card).
+"""
 
 from __future__ import annotations
 
-import copy
 import datetime
 import math
 import os
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,26 +25,28 @@ from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingC
 from napari_unet_tuner.inference.device import cpu_threads, select_device
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
-from napari_unet_tuner.model.checkpoint import Checkpoint, new_card
+from napari_unet_tuner.model.checkpoint import Checkpoint, ModelCard, new_card
 from napari_unet_tuner.model.saving import check_checkpoint_path, save_checkpoint_somewhere
 from napari_unet_tuner.model.unet import UNet
+from napari_unet_tuner.training.best_model import BestModel, stop_reason
 from napari_unet_tuner.training.corrections import complete_corrections
-from napari_unet_tuner.training.data import AnnotatedImage, as_annotated_images, build_samples
+from napari_unet_tuner.training.data import (
+    AnnotatedImage,
+    AnnotationSummary,
+    Sample,
+    as_annotated_images,
+    build_samples,
+)
 from napari_unet_tuner.training.lineage import child_card
 from napari_unet_tuner.training.optimizing import Optimizing
 from napari_unet_tuner.training.patches import PatchSampler
-from napari_unet_tuner.training.records import (
-    FineTuneResult,
-    TrainingProgress,
-    all_reproduced,
-    counts_dict,
-    describe_run,
-)
+from napari_unet_tuner.training.records import FineTuneResult, TrainingProgress, counts_dict
 from napari_unet_tuner.training.schedule import annealed_learning_rate, run_settings
 from napari_unet_tuner.training.side_views import side_view_samples
 from napari_unet_tuner.training.sizing import annotated_diameter, resolve_scales
 from napari_unet_tuner.training.split import many_corrections, split_validation
 from napari_unet_tuner.training.validation import (
+    ValidationPlan,
     ValidationResult,
     choose,
     evaluate,
@@ -48,10 +54,7 @@ from napari_unet_tuner.training.validation import (
     plan_validation,
     predict_probabilities,
 )
-
-# Validations in a row at which every correction is reproduced and every
-# unchanged object kept before a run stops: learned, and confirmed once.
-_PERFECT_TO_STOP = 2
+from napari_unet_tuner.training.verdict import judge
 
 
 def iter_fine_tune(
@@ -117,20 +120,174 @@ def iter_fine_tune(
         Before any training, if ``output`` exists.
     """
     config = config or TrainingConfig()
-    t_start = time.perf_counter()
-
-    def elapsed() -> float:
-        return time.perf_counter() - t_start
-
+    clock = _Clock(time.perf_counter(), config.max_seconds)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    if output is not None:
+        # Before any training: a taken name must not cost the user a trained model.
+        check_checkpoint_path(output, checkpoint)
+    run = _prepare(pairs, checkpoint, config, model_config, axes)
+    with cpu_threads(config.num_threads):
+        t_validation = time.perf_counter()
+        results = run.validate()
+        # "Before" is the starting model with its own instance settings; other
+        # settings that reproduce more corrections are already something learned.
+        tracker = BestModel.start(
+            results[run.candidates.index(run.card.instance_config)], choose(results), run.model
+        )
+        clock.validation_seconds = time.perf_counter() - t_validation
+        record = run.progress("validation", clock, tracker, None, tracker.before)
+        yield record
+        last_loss = None
+        reason = "epochs"
+        while run.epoch < config.max_epochs and not clock.out_of_time():
+            last_loss = yield from _train_epoch(run, config, clock, tracker, stop, preview_every)
+            run.epoch += 1
+            t_validation = time.perf_counter()
+            result = choose(run.validate())
+            clock.validation_seconds = time.perf_counter() - t_validation
+            tracker.consider(result, run.model, run.step)
+            yield run.progress("validation", clock, tracker, last_loss, result)
+            why = stop_reason(
+                tracker, config.patience, stop is not None and stop.is_set(), clock.out_of_time()
+            )
+            if why is not None:
+                reason = why
+                break
+    seconds = clock.elapsed()
+    verdict = judge(
+        tracker.before, tracker.best, tracker.step, tracker.candidate, seconds, run.step
+    )
+    kept = tracker.best if verdict.learned else tracker.before
+    # The last record is the model kept: what the verdict reports.
+    yield run.progress("final", clock, tracker, last_loss, kept)
+    details = {
+        "started": started,
+        "seconds": round(seconds, 1),
+        "steps": run.step,
+        "epochs": run.epoch,
+        "stop_reason": reason,
+    }
+    candidate = None
+    if verdict.trade_off and tracker.candidate_state is not None:
+        candidate = _child(
+            run,
+            tracker.candidate_state,
+            tracker.before,
+            tracker.candidate,
+            details,
+            name,
+            learned=False,
+        )
+    result = FineTuneResult(
+        checkpoint,
+        tracker.before.scores,
+        kept.scores,
+        None,
+        reason,
+        run.held_out,
+        run.history,
+        learned=verdict.learned,
+        corrections_before=tracker.before.corrections,
+        corrections_after=kept.corrections,
+        message=verdict.message,
+        candidate=candidate,
+        candidate_corrections=None if candidate is None else tracker.candidate.corrections,
+    )
+    if not verdict.learned:
+        # Nothing better than the start: the parent itself (or, from scratch,
+        # the untrained model), never saved.
+        start = checkpoint if run.from_checkpoint else Checkpoint.from_model(run.model, run.card)
+        return replace(result, checkpoint=start)
+    new = _child(run, tracker.state, tracker.before, tracker.best, details, name, learned=True)
+    if output is None:
+        return replace(result, checkpoint=new)
+    written, note = save_checkpoint_somewhere(new, output)
+    message = f"{verdict.message}\n{note}" if note else verdict.message
+    return replace(result, checkpoint=new, path=written, message=message)
+
+
+@dataclass
+class _Clock:
+    """The run's time budget: the budget covers everything, the last validation included."""
+
+    start: float
+    max_seconds: float
+    validation_seconds: float = 0.0
+    train_seconds: float = 0.0
+    last_preview: float = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def out_of_time(self) -> bool:
+        # Stop while there is still time for the last validation.
+        return self.elapsed() + self.validation_seconds >= self.max_seconds
+
+
+@dataclass
+class _Run:
+    """A prepared run: the model, its samples, how it is validated, and its counters."""
+
+    model: UNet
+    card: ModelCard
+    model_config: ModelConfig
+    from_checkpoint: bool
+    samples: list[Sample]
+    summary: AnnotationSummary
+    plan: ValidationPlan
+    candidates: list
+    held_out: bool
+    optimizing: Optimizing
+    device: torch.device
+    settings: dict
+    parent: dict | None
+    step: int = 0
+    epoch: int = 0
+    history: list[TrainingProgress] = None
+
+    def validate(self) -> list[ValidationResult]:
+        results = evaluate(self.model, self.samples, self.plan, self.candidates, self.device)
+        self.optimizing.train_mode()
+        return results
+
+    def progress(
+        self,
+        kind: str,
+        clock: _Clock,
+        tracker: BestModel | None,
+        loss: float | None,
+        result: ValidationResult | None = None,
+    ) -> TrainingProgress:
+        record = TrainingProgress(
+            kind,
+            self.step,
+            self.epoch,
+            loss,
+            None if result is None else result.scores,
+            None if tracker is None else tracker.best.scores["ap50"],
+            clock.train_seconds / max(self.step, 1),
+            clock.elapsed(),
+            max(clock.max_seconds - clock.elapsed(), 0.0),
+            corrections=None if result is None else result.corrections,
+        )
+        if kind in ("step", "validation"):
+            self.history.append(record)
+        return record
+
+
+def _prepare(
+    pairs: Sequence[AnnotatedImage | tuple[Any, np.ndarray]],
+    checkpoint: Checkpoint | None,
+    config: TrainingConfig,
+    model_config: ModelConfig | None,
+    axes: Sequence[str | None] | None,
+) -> _Run:
+    """Build the samples, find the corrections, hold out, plan validation, set up the optimizer."""
     from_checkpoint = checkpoint is not None
     model_cfg = checkpoint.model_config if from_checkpoint else (model_config or ModelConfig())
     normalization = (
         checkpoint.card.normalization_config if from_checkpoint else NormalizationConfig()
     )
-    if output is not None:
-        # Before any training: a taken name must not cost the user a trained model.
-        check_checkpoint_path(output, checkpoint)
     device = select_device(config.device)
     annotated = resolve_scales(as_annotated_images(pairs, config.mode, axes), checkpoint, device)
     samples, summary = build_samples(
@@ -181,178 +338,98 @@ def iter_fine_tune(
         if config.tune_instances and (held_out or any(c.corrections for c in plan.crops))
         else [card.instance_config]
     )
-    optimizing = Optimizing(model, sampler, config, device, batch_size, freeze_bn)
-
-    history: list[TrainingProgress] = []
-    step = epoch = best_step = perfect_in_a_row = 0
-    stop_reason = "epochs"
-    train_seconds = last_preview = 0.0
-
-    def progress(kind, loss, result: ValidationResult | None = None) -> TrainingProgress:
-        return TrainingProgress(
-            kind,
-            step,
-            epoch,
-            loss,
-            None if result is None else result.scores,
-            best.scores["ap50"],
-            train_seconds / max(step, 1),
-            elapsed(),
-            max(config.max_seconds - elapsed(), 0.0),
-            corrections=None if result is None else result.corrections,
-        )
-
-    def validate() -> list[ValidationResult]:
-        results = evaluate(model, samples, plan, candidates, device)
-        optimizing.train_mode()
-        return results
-
-    with cpu_threads(config.num_threads):
-        t_validation = time.perf_counter()
-        results = validate()
-        # "Before" is the starting model with its own instance settings; other
-        # settings that reproduce more corrections are already something learned.
-        before = results[candidates.index(card.instance_config)]
-        best = choose(results)
-        validation_seconds = time.perf_counter() - t_validation
-        best_state = copy.deepcopy(model.state_dict())
-        since_best = 0
-        best_fit = best.scores["fit_loss"]
-        record = progress("validation", None, before)
-        history.append(record)
-        yield record
-
-        def out_of_time() -> bool:
-            # Stop while there is still time for the last validation.
-            return elapsed() + validation_seconds >= config.max_seconds
-
-        while epoch < config.max_epochs and not out_of_time():
-            # At least as much time training as validating: large scribbles
-            # (long background strokes) make validations of several seconds.
-            steps = max(
-                config.steps_per_epoch,
-                math.ceil(validation_seconds * step / max(train_seconds, 1e-3)) if step else 0,
-            )
-            for _ in range(steps):
-                t_step = time.perf_counter()
-                loss = optimizing.step(annealed_learning_rate(config, elapsed()))
-                step += 1
-                train_seconds += time.perf_counter() - t_step
-                record = progress("step", loss)
-                history.append(record)
-                yield record
-                if preview_every is not None and record.elapsed - last_preview >= preview_every:
-                    last_preview = record.elapsed
-                    preview_card = replace(card, instances=best.instances.to_dict())
-                    yield replace(
-                        record, kind="preview", snapshot=Checkpoint.from_model(model, preview_card)
-                    )
-                if (stop is not None and stop.is_set()) or out_of_time():
-                    break
-            epoch += 1
-            t_validation = time.perf_counter()
-            result = choose(validate())
-            validation_seconds = time.perf_counter() - t_validation
-            if result.rank() > best.rank():
-                best, best_state, best_step, since_best = (
-                    result,
-                    copy.deepcopy(model.state_dict()),
-                    step,
-                    0,
-                )
-            elif result.scores["fit_loss"] < best_fit:
-                # Still learning the annotation: on a labelling whose objects are
-                # all reproduced, a sampled object flipping back and forth must not
-                # end the run while the model keeps getting better at the rest.
-                since_best = 0
-            else:
-                since_best += 1
-            best_fit = min(best_fit, result.scores["fit_loss"])
-            perfect_in_a_row = perfect_in_a_row + 1 if all_reproduced(result) else 0
-            record = progress("validation", history[-1].loss, result)
-            history.append(record)
-            yield record
-            if stop is not None and stop.is_set():
-                stop_reason = "stopped"
-                break
-            if out_of_time():
-                stop_reason = "time"
-                break
-            if perfect_in_a_row >= _PERFECT_TO_STOP:
-                stop_reason = "learned"
-                break
-            # Only once something was learned: a few corrections can take most of
-            # the budget, and stopping before would keep the parent unseen. And not
-            # while a review's corrections are not all reproduced: the user gave the
-            # budget for them.
-            if best_step > 0 and since_best >= config.patience and not _unfinished(best):
-                stop_reason = "early stopping"
-                break
-    # Learned means more of what the user reviewed (or of the held-out part of
-    # a labelling) is right, not a loss that moved in its fourth decimal.
-    learned = best.improves_on(before) or (best_step > 0 and not math.isfinite(best.rank()[0]))
-    seconds = elapsed()
-    message = describe_run(learned, before, best, seconds, step, stop_reason)
-
-    def result(kept: Checkpoint, path: Path | None) -> FineTuneResult:
-        return FineTuneResult(
-            kept,
-            before.scores,
-            best.scores,
-            path,
-            stop_reason,
-            held_out,
-            history,
-            learned=learned,
-            corrections_before=before.corrections,
-            corrections_after=best.corrections,
-            message=message,
-        )
-
-    if not learned:
-        # Nothing better than the start: the parent itself (or, from scratch,
-        # the untrained model), never saved.
-        start = checkpoint if from_checkpoint else Checkpoint.from_model(model, card)
-        return result(start, None)
-    model.load_state_dict(best_state)
-    run = {
-        "started": started,
-        "seconds": round(seconds, 1),
-        "steps": step,
-        "epochs": epoch,
-        "stop_reason": stop_reason,
-        "device": str(device),
-        "settings": {
-            **config.to_dict(),
-            "patch_shape": list(patch_shape),
-            "batch_size": batch_size,
-            "freeze_batch_norm": freeze_bn,
-        },
-        "annotation": summary.to_dict(),
-        "validation_held_out": held_out,
-        "scores_before": before.scores,
-        "scores_after": best.scores,
-        "corrections_before": counts_dict(before.corrections),
-        "corrections_after": counts_dict(best.corrections),
-        "instances_tuned": len(candidates) > 1,
-        "parent": checkpoint.as_parent() if from_checkpoint else None,
+    settings = {
+        **config.to_dict(),
+        "patch_shape": list(patch_shape),
+        "batch_size": batch_size,
+        "freeze_batch_norm": freeze_bn,
     }
-    new_model_card = child_card(
-        card, model_cfg, run, best.instances.to_dict(), name, from_checkpoint
+    return _Run(
+        model,
+        card,
+        model_cfg,
+        from_checkpoint,
+        samples,
+        summary,
+        plan,
+        candidates,
+        held_out,
+        Optimizing(model, sampler, config, device, batch_size, freeze_bn),
+        device,
+        settings,
+        checkpoint.as_parent() if from_checkpoint else None,
+        history=[],
     )
-    new = Checkpoint.from_model(model, new_model_card)
-    if output is None:
-        return result(new, None)
-    written, note = save_checkpoint_somewhere(new, output)
-    if note:
-        message = f"{message}\n{note}"
-    return result(new, written)
 
 
-def _unfinished(best: ValidationResult) -> bool:
-    """Whether a review's best model still misses some of its corrections."""
-    counts = best.corrections
-    return not best.generalization_first and counts is not None and counts.fixed < counts.to_fix
+def _train_epoch(
+    run: _Run,
+    config: TrainingConfig,
+    clock: _Clock,
+    tracker: BestModel,
+    stop: threading.Event | None,
+    preview_every: float | None,
+) -> Generator[TrainingProgress, None, float | None]:
+    """Train until the next validation, yielding step and preview records; return the loss."""
+    # At least as much time training as validating: large scribbles (long
+    # background strokes) make validations of several seconds.
+    steps = max(
+        config.steps_per_epoch,
+        math.ceil(clock.validation_seconds * run.step / max(clock.train_seconds, 1e-3))
+        if run.step
+        else 0,
+    )
+    loss = None
+    for _ in range(steps):
+        t_step = time.perf_counter()
+        loss = run.optimizing.step(annealed_learning_rate(config, clock.elapsed()))
+        run.step += 1
+        clock.train_seconds += time.perf_counter() - t_step
+        record = run.progress("step", clock, tracker, loss)
+        yield record
+        if preview_every is not None and record.elapsed - clock.last_preview >= preview_every:
+            clock.last_preview = record.elapsed
+            preview_card = replace(run.card, instances=tracker.best.instances.to_dict())
+            yield replace(
+                record, kind="preview", snapshot=Checkpoint.from_model(run.model, preview_card)
+            )
+        if (stop is not None and stop.is_set()) or clock.out_of_time():
+            break
+    return loss
+
+
+def _child(
+    run: _Run,
+    state: dict,
+    before: ValidationResult,
+    after: ValidationResult,
+    details: dict,
+    name: str | None,
+    learned: bool,
+) -> Checkpoint:
+    """Return the checkpoint of ``state`` with the card of a model made by this run."""
+    record = {
+        **details,
+        "device": str(run.device),
+        "settings": run.settings,
+        "annotation": run.summary.to_dict(),
+        "validation_held_out": run.held_out,
+        "scores_before": before.scores,
+        "scores_after": after.scores,
+        "corrections_before": counts_dict(before.corrections),
+        "corrections_after": counts_dict(after.corrections),
+        "instances_tuned": len(run.candidates) > 1,
+        "parent": run.parent,
+    }
+    if not learned:
+        # Kept by the user against the verdict: the card says so.
+        record["kept_anyway"] = True
+    card = child_card(
+        run.card, run.model_config, record, after.instances.to_dict(), name, run.from_checkpoint
+    )
+    model = UNet(run.model_config)
+    model.load_state_dict(state)
+    return Checkpoint.from_model(model, card)
 
 
 def _labeller(model: UNet, card, device: torch.device):

@@ -35,9 +35,12 @@ from napari_unet_tuner.training.targets import IGNORE
 
 _VAL_MARGIN = 32
 _VAL_TILE = 256
-# At most this many corrected/deleted, and this many unchanged, objects are
-# scored at each validation (a fixed random sample when there are more).
-MAX_SCORED_OBJECTS = 48
+# At most this many corrected, this many deleted (every one a user would
+# correct by hand) and `MAX_SCORED_UNCHANGED` unchanged objects are scored at
+# each validation: a fixed random sample when there are more, and the counts
+# say so (`CorrectionCounts.unchanged_total`).
+MAX_SCORED_CORRECTIONS = 1000
+MAX_SCORED_UNCHANGED = 48
 # Instance settings tried at each validation (`TrainingConfig.tune_instances`):
 # from the loose threshold that suits thin objects to the strict one of the
 # bundled nuclei model, with and without cutting waisted seeds.
@@ -95,6 +98,12 @@ class ValidationPlan:
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     generalization_first: bool = False
 
+    @property
+    def unchanged_total(self) -> int:
+        """Unchanged objects of the annotation when only a sample is scored, else 0."""
+        weight = self.weights[2]
+        return round(weight * MAX_SCORED_UNCHANGED) if weight > 1 else 0
+
 
 @dataclass(frozen=True)
 class ValidationResult:
@@ -104,7 +113,7 @@ class ValidationResult:
     ----------
     scores : dict
         Held-out ``loss``, ``dice``, ``iou`` and ``ap50`` (NaN without a
-        held-out part); ``reproduced``: the `CorrectionCounts.objective`
+        held-out part); ``annotation_score``: the `CorrectionCounts.score`
         of the training annotation (NaN when nothing is known to be
         corrected); ``fit_loss``: the cross-entropy on the training
         annotation within the crops (how tightly it is fitted).
@@ -130,7 +139,7 @@ class ValidationResult:
         trained). Held-out AP comes first with `ValidationPlan.generalization_first`.
         """
         s = self.scores
-        reviewed, held_out = s["reproduced"], s["ap50"]
+        reviewed, held_out = s["annotation_score"], s["ap50"]
         first = (held_out, reviewed) if self.generalization_first else (reviewed, held_out)
         return tuple(
             float(np.nan_to_num(v, nan=-np.inf))
@@ -189,7 +198,9 @@ def plan_validation(
         mask = held_out.copy()
         if corrections is not None:
             mask |= (
-                (corrections.corrected > 0) | (corrections.deleted > 0) | (corrections.kept > 0)
+                (corrections.corrected > 0)
+                | (corrections.deleted > 0)
+                | (corrections.unchanged > 0)
             )
         for box, region in regions(mask):
             crops.append(
@@ -207,7 +218,7 @@ def plan_validation(
 def _scored_corrections(
     samples: Sequence[Sample], rng: np.random.Generator
 ) -> tuple[list[CorrectionMap | None], tuple[float, float, float]]:
-    """Each sample's corrections, cut down to at most `MAX_SCORED_OBJECTS` of each kind.
+    """Each sample's corrections, cut down to the most of each kind scored (see the caps).
 
     Each kind is drawn on its own (thousands of deleted specks must not
     crowd out the corrected objects); also returns how many objects each
@@ -215,17 +226,21 @@ def _scored_corrections(
     """
     chosen: set[tuple[int, str, int]] = set()
     weights = []
-    for layers in (("corrected",), ("deleted",), ("kept",)):
+    caps = {
+        "corrected": MAX_SCORED_CORRECTIONS,
+        "deleted": MAX_SCORED_CORRECTIONS,
+        "unchanged": MAX_SCORED_UNCHANGED,
+    }
+    for layer, cap in caps.items():
         objects = [
             (index, layer, int(i))
             for index, sample in enumerate(samples)
             if sample.corrections is not None
-            for layer in layers
             for i in object_ids(getattr(sample.corrections, layer))
         ]
-        weights.append(max(len(objects) / MAX_SCORED_OBJECTS, 1.0))
-        if len(objects) > MAX_SCORED_OBJECTS:
-            drawn = rng.choice(len(objects), MAX_SCORED_OBJECTS, replace=False)
+        weights.append(max(len(objects) / cap, 1.0))
+        if len(objects) > cap:
+            drawn = rng.choice(len(objects), cap, replace=False)
             objects = [objects[i] for i in sorted(drawn)]
         chosen.update(objects)
     out: list[CorrectionMap | None] = []
@@ -235,7 +250,7 @@ def _scored_corrections(
             out.append(None)
             continue
         kept_layers = {}
-        for layer in ("corrected", "deleted", "kept"):
+        for layer in caps:
             objects = getattr(c, layer)
             ids = [i for (s, name, i) in chosen if s == index and name == layer]
             kept_layers[layer] = np.where(np.isin(objects, ids), objects, 0)
@@ -341,13 +356,15 @@ def evaluate(
             "iou": both / (union - both) if union else np.nan,
             "ap50": pooled_precision(*matches[i]) if matches[i].sum() else np.nan,
             # Without corrections (training from scratch) the held-out score decides.
-            "reproduced": (counts[i].objective(*plan.weights) if counts[i].to_fix else np.nan),
+            "annotation_score": (counts[i].score(*plan.weights) if counts[i].to_fix else np.nan),
             "fit_loss": fit_loss,
         }
         results.append(
             ValidationResult(
                 {k: float(v) for k, v in scores.items()},
-                counts[i] if counts[i].scored else None,
+                replace(counts[i], unchanged_total=plan.unchanged_total)
+                if counts[i].scored
+                else None,
                 candidate,
                 held_out_objects,
                 plan.generalization_first,
@@ -362,7 +379,7 @@ def choose(results: Sequence[ValidationResult]) -> ValidationResult:
     Judged on the corrections reproduced where corrections are known (and
     not `ValidationResult.generalization_first`), else on held-out AP@0.5.
     """
-    reproduced = np.array([r.scores["reproduced"] for r in results])
+    reproduced = np.array([r.scores["annotation_score"] for r in results])
     if np.isfinite(reproduced).any() and not results[0].generalization_first:
         primary = reproduced
         objects = results[0].corrections.scored
