@@ -13,7 +13,6 @@ from napari_unet_tuner import (
     fine_tune,
     segment,
 )
-from napari_unet_tuner.training import trainer
 from napari_unet_tuner.training.corrections import (
     CorrectionCounts,
     count_corrections,
@@ -191,7 +190,13 @@ def test_a_large_labelling_holds_out_corrected_objects_and_ranks_by_them():
 
 
 def test_among_models_that_reproduce_as_much_the_tighter_fit_is_kept():
-    scores = {"loss": np.nan, "dice": np.nan, "iou": np.nan, "ap50": np.nan, "annotation_score": 0.9}
+    scores = {
+        "loss": np.nan,
+        "dice": np.nan,
+        "iou": np.nan,
+        "ap50": np.nan,
+        "annotation_score": 0.9,
+    }
     early = ValidationResult({**scores, "fit_loss": 0.4}, None, None)
     later = ValidationResult({**scores, "fit_loss": 0.2}, None, None)
     assert later.rank() > early.rank()
@@ -293,7 +298,9 @@ def test_a_review_still_missing_corrections_uses_its_whole_budget(disc_model, mo
     # The score rises once, then falls; corrections stay missing throughout.
     counts = [CorrectionCounts(corrected=5, corrected_right=1, unchanged=10, unchanged_right=10)]
     counts += [CorrectionCounts(corrected=5, corrected_right=3, unchanged=10, unchanged_right=10)]
-    counts += [CorrectionCounts(corrected=5, corrected_right=2, unchanged=10, unchanged_right=10)] * 5
+    counts += [
+        CorrectionCounts(corrected=5, corrected_right=2, unchanged=10, unchanged_right=10)
+    ] * 5
     seen = script_validations(monkeypatch, counts)
     config = replace(QUICK, steps_per_epoch=2, patience=2, max_epochs=6, tune_instances=False)
     result = fine_tune([AnnotatedImage(image, truth, prediction=parent)], disc_model, config)
