@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from junk import add_junk
+from junk import add_junk, delete_junk
 from painting import correct_worst
 
 from napari_unet_tuner import (
@@ -88,13 +88,35 @@ def sets() -> dict[str, tuple[tuple[np.ndarray, np.ndarray], list[tuple[np.ndarr
     }
 
 
+JUNK: dict[int, np.ndarray] = {}
+
+
 def with_junk(image, truth, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    return add_junk(image, truth, seed), truth
+    """The image with junk (`junk.add_junk`); its junk labels are kept in `JUNK` by image id."""
+    image, junk = add_junk(image, truth, seed)
+    JUNK[id(image)] = junk
+    return image, truth
 
 
 def edits(name: str, k: int) -> tuple[int, int]:
-    """(objects fixed, objects deleted) of the simulated user for K on set ``name``."""
+    """(objects fixed, junk blobs or objects deleted) of the simulated user for K."""
     return (max(2, k // 4), min(k, 15)) if name.endswith("junk") else (k, k)
+
+
+def simulated_user(name, image, before, truth, k):
+    """The annotation, the corrected true ids and the deleted predicted ids.
+
+    On junk sets: the worst nuclei fixed, then whole junk blobs deleted
+    (every piece the model cut one into), the largest first.
+    """
+    fixes, deletions = edits(name, k)
+    if not name.endswith("junk"):
+        return correct_worst(before, truth, fixes, deletions)
+    annotation, corrected, _ = correct_worst(before, truth, fixes, 0)
+    untouched = np.where(annotation == before, before, 0)
+    _, _, deleted = delete_junk(untouched, JUNK[id(image)], deletions)
+    annotation[np.isin(before, deleted)] = 0
+    return annotation, corrected, deleted
 
 
 def ap(truth, labels, known=None) -> float:
@@ -129,8 +151,7 @@ def share_gone(prediction, labels, ids) -> float:
 def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
     (image, truth), others = data
     before = segment(image, start).labels
-    fixes, deletions = edits(name, k)
-    annotation, corrected, deleted = correct_worst(before, truth, fixes, deletions)
+    annotation, corrected, deleted = simulated_user(name, image, before, truth, k)
     config = TrainingConfig(
         max_seconds=budget,
         seed=seed,
@@ -166,6 +187,16 @@ def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
         "ap_other_after": float(np.mean(other_after)),
         "learned": result.learned,
         "message": result.message,
+        "offered": result.candidate is not None,
+        "offered_counts": None
+        if result.candidate_corrections is None
+        else result.candidate_corrections.to_dict(),
+        "counts_before": None
+        if result.corrections_before is None
+        else result.corrections_before.to_dict(),
+        "counts_after": None
+        if result.corrections_after is None
+        else result.corrections_after.to_dict(),
         "wall_seconds": round(wall, 1),
         "steps": result.history[-1].step if result.history else 0,
         "stop_reason": result.stop_reason,

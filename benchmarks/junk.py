@@ -12,6 +12,8 @@ makes that case from a real image and its labels:
   as the dim nuclei on average.
 
 The labels are unchanged: junk is background, dim nuclei are nuclei.
+`delete_junk` is the simulated user who deletes the junk the model took for
+nuclei, a whole junk blob at a time (all the pieces the model cut it into).
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ def add_junk(
     image: np.ndarray,
     labels: np.ndarray,
     seed: int,
-    junk_per_nucleus: float = 0.15,
+    junk_per_nucleus: float = 0.4,
     dim_share: float = 0.3,
     dim_level: float = 0.35,
-) -> np.ndarray:
-    """Return ``image`` (float32) with dimmed nuclei and textured junk added.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``image`` (float32) with dimmed nuclei and textured junk added, and the junk.
 
     Parameters
     ----------
@@ -44,6 +46,13 @@ def add_junk(
     dim_level : float
         Signal above background of a dimmed nucleus and of the junk, as a
         share of the median nucleus's.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        The image with junk.
+    junk : numpy.ndarray
+        Labels of the junk blobs (1, 2, ...), 0 elsewhere.
     """
     rng = np.random.default_rng(seed)
     out = image.astype(np.float32)
@@ -69,6 +78,7 @@ def add_junk(
     free = ~ndimage.binary_dilation(nuclei, iterations=int(diameter // 3))
     taken = np.zeros(out.shape, bool)
     added = np.zeros(out.shape, np.float32)
+    junk = np.zeros(out.shape, np.int32)
     wanted = max(1, round(junk_per_nucleus * len(props)))
     for _ in range(wanted * 20):
         if not wanted:
@@ -87,8 +97,30 @@ def add_junk(
         spot = ndimage.gaussian_filter(blob.astype(np.float32), 1.5) * texture
         added[box] += target * spot / max(spot[blob].mean(), 1e-6)
         taken[box] |= ndimage.binary_dilation(blob, iterations=3)
+        junk[box][blob] = junk.max() + 1
         wanted -= 1
-    return out + added
+    return out + added, junk
+
+
+def delete_junk(
+    prediction: np.ndarray, junk: np.ndarray, blobs: int
+) -> tuple[np.ndarray, list[int], list[int]]:
+    """Erase the predicted objects on the ``blobs`` largest junk blobs the model took for nuclei.
+
+    Returns the annotation (a copy of ``prediction``), the junk blobs
+    deleted and the predicted ids erased (every piece mostly on one of them).
+    """
+    ids = np.unique(prediction[prediction > 0])
+    sizes = ndimage.sum_labels(np.ones(prediction.shape), prediction, ids)
+    on_junk = ndimage.sum_labels(junk > 0, prediction, ids) >= 0.5 * sizes
+    blob_of = ndimage.maximum(junk, prediction, ids).astype(int)
+    found = [b for b in np.unique(blob_of[on_junk]) if b]
+    areas = {b: int(np.count_nonzero(junk == b)) for b in found}
+    chosen = sorted(found, key=lambda b: -areas[b])[:blobs]
+    erased = [int(i) for i, on, b in zip(ids, on_junk, blob_of, strict=True) if on and b in chosen]
+    annotation = prediction.astype(np.int32, copy=True)
+    annotation[np.isin(prediction, erased)] = 0
+    return annotation, [int(b) for b in chosen], erased
 
 
 def _blob(width: int, size: float, rng: np.random.Generator) -> np.ndarray:
