@@ -187,9 +187,9 @@ def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
         "ap_other_after": float(np.mean(other_after)),
         "learned": result.learned,
         "message": result.message,
-        "offered": result.candidate is not None,
+        "offered": getattr(result, "candidate", None) is not None,
         "offered_counts": None
-        if result.candidate_corrections is None
+        if getattr(result, "candidate_corrections", None) is None
         else result.candidate_corrections.to_dict(),
         "counts_before": None
         if result.corrections_before is None

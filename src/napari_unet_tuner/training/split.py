@@ -56,14 +56,26 @@ def split_validation(
     from scratch), the training annotation itself.
     """
     blocks = _candidate_blocks(samples, spare_corrections) if fraction > 0 else []
-    total = sum(count for _, count in blocks)
+    # Objects that may be held out, each once (blocks share objects on their edges).
+    spare: dict[int, set] = defaultdict(set)
+    for masks, _ in blocks:
+        for index, mask in masks.items():
+            spare[index].update(_present(samples[index].instances[mask]).tolist())
+    total = sum(len(ids) for ids in spare.values())
     held = 0
     if total >= _MIN_OBJECTS_TO_SPLIT and len(blocks) >= 2:
         for i in rng.permutation(len(blocks)):
             if held >= fraction * total:
                 break
-            masks, count = blocks[i]
-            if held + count > _MAX_HELD_OUT_SHARE * total:
+            # Only pixels not held out by an earlier block: an object touching
+            # two blocks is held out once, keeps its truth in the validation
+            # targets, and counts once.
+            masks = {
+                index: mask & (samples[index].targets != IGNORE)
+                for index, mask in blocks[i][0].items()
+            }
+            count = sum(len(_present(samples[j].instances[m])) for j, m in masks.items())
+            if not count or held + count > _MAX_HELD_OUT_SHARE * total:
                 continue
             for index, mask in masks.items():
                 sample = samples[index]
