@@ -1,4 +1,4 @@
-"""The verdict tells the truth: the same counts as the progress, trade-offs named, nothing capped."""
+"""The verdict tells the truth: the counts of the progress, trade-offs named, nothing capped."""
 
 from dataclasses import replace
 
