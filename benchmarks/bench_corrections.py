@@ -299,6 +299,12 @@ def main() -> None:
     )
     parser.add_argument("--no-loop", action="store_true", help="skip the full-frame loop timing")
     parser.add_argument(
+        "--compare",
+        metavar="KEY=VALUE",
+        help="also run every case with this TrainingConfig setting (e.g. trusted_background=1), "
+        "side by side with the default; rows say which in 'variant'",
+    )
+    parser.add_argument(
         "--merge",
         action="store_true",
         help="keep the other sets' rows (and the loop, with --no-loop) of an existing --output",
@@ -330,11 +336,13 @@ def main() -> None:
                 continue
             for seed in args.seeds:
                 chosen = auto if precision == "auto" else precision
-                row = one_run(name, data[name], start, k, budget, chosen, seed)
-                report["runs"].append(row)
-                print(json.dumps(row), flush=True)
-                args.output.parent.mkdir(exist_ok=True)
-                args.output.write_text(json.dumps(report, indent=1))
+                for variant, overrides in variants(args.compare):
+                    row = one_run(name, data[name], start, k, budget, chosen, seed, **overrides)
+                    row["variant"] = variant
+                    report["runs"].append(row)
+                    print(json.dumps(row), flush=True)
+                    args.output.parent.mkdir(exist_ok=True)
+                    args.output.write_text(json.dumps(report, indent=1))
     if args.quick or args.no_loop:
         report.setdefault("loop", [])
         plot(report, args.output.with_suffix(".png"))
@@ -345,6 +353,15 @@ def main() -> None:
         print(json.dumps(report["loop"][-1]), flush=True)
         args.output.write_text(json.dumps(report, indent=1))
     plot(report, args.output.with_suffix(".png"))
+
+
+def variants(compare: str | None) -> list[tuple[str, dict]]:
+    """The default settings, and with ``--compare KEY=VALUE`` that setting too."""
+    if not compare:
+        return [("default", {})]
+    key, value = compare.split("=", 1)
+    kind = type(getattr(TrainingConfig(), key))
+    return [("default", {}), (compare, {key: kind(float(value)) if kind is not str else value})]
 
 
 def summary(rows: list[dict], key: str) -> tuple[float, float]:
@@ -359,7 +376,11 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["runs"] if r["precision"] == report["auto_precision"]]
+    rows = [
+        r
+        for r in report["runs"]
+        if r["precision"] == report["auto_precision"] and r.get("variant", "default") == "default"
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
     panels = (
         (axes[0], "k", 60, "corrected_right", "corrected objects right (60 s)", "K corrections"),

@@ -51,6 +51,14 @@ class TrainingConfig(DictMixin):
         Loss weight of the pixels where a correction differs from the
         prediction it was edited from (and of the corrected and deleted
         objects), relative to the unchanged pixels.
+    trusted_background : float
+        Corrections: background the user left as predicted is trained on
+        as background only where the starting model's foreground
+        probability was below this; where the model nearly found an object
+        (a dim nucleus under its threshold), the user's silence is not
+        taken as a "no" (`napari_unet_tuner.training.silence`). 1.0 trusts
+        all of it (every pixel reviewed). Not used for scribbles or for a
+        labelling (every object corrected).
     validation_fraction : float
         Share of the unchanged objects held out (whole objects, by image
         region, the same in every plane) to report how the model generalizes;
@@ -104,6 +112,7 @@ class TrainingConfig(DictMixin):
     boundary_weight: float = 4.0
     contact_weight: float = 1.0
     correction_weight: float = 5.0
+    trusted_background: float = 0.5
     validation_fraction: float = 0.2
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
@@ -156,6 +165,10 @@ class TrainingConfig(DictMixin):
             )
         if self.contact_weight < 1.0:
             raise ConfigError(f"contact_weight must be >= 1, got {self.contact_weight}")
+        if not 0.0 < self.trusted_background <= 1.0:
+            raise ConfigError(
+                f"trusted_background must be in (0, 1], got {self.trusted_background}"
+            )
         if self.correction_weight < 1.0:
             raise ConfigError(f"correction_weight must be >= 1, got {self.correction_weight}")
         if self.blur_max < 0 or self.noise_max < 0:

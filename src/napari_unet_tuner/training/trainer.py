@@ -23,7 +23,7 @@ import torch
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
 from napari_unet_tuner.inference.device import cpu_threads, select_device
-from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.instances import BACKGROUND, probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.model.checkpoint import Checkpoint, ModelCard, new_card
 from napari_unet_tuner.model.saving import check_checkpoint_path, save_checkpoint_somewhere
@@ -43,6 +43,7 @@ from napari_unet_tuner.training.patches import PatchSampler
 from napari_unet_tuner.training.records import FineTuneResult, TrainingProgress, counts_dict
 from napari_unet_tuner.training.schedule import annealed_learning_rate, run_settings
 from napari_unet_tuner.training.side_views import side_view_samples
+from napari_unet_tuner.training.silence import find_uncertain_background
 from napari_unet_tuner.training.sizing import annotated_diameter, resolve_scales
 from napari_unet_tuner.training.split import many_corrections, split_validation
 from napari_unet_tuner.training.validation import (
@@ -312,9 +313,13 @@ def _prepare(
     model = checkpoint.build_model(device) if from_checkpoint else UNet(model_cfg).to(device)
     with cpu_threads(config.num_threads):
         complete_corrections(samples, _labeller(model, card, device) if from_checkpoint else None)
+        labelling = many_corrections(samples)
+        if from_checkpoint and not labelling:
+            find_uncertain_background(
+                samples, _foreground(model, device), config.trusted_background
+            )
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    labelling = many_corrections(samples)
     if labelling:
         # Every object is a correction: weighing them (and their rims) more than
         # the background would only bias the model towards foreground.
@@ -430,6 +435,20 @@ def _child(
     model = UNet(run.model_config)
     model.load_state_dict(state)
     return Checkpoint.from_model(model, card)
+
+
+def _foreground(model: UNet, device: torch.device):
+    """Return a function giving ``model``'s foreground probability for an image."""
+    predictor = make_predictor(model, device)
+    config = model.config
+
+    def foreground(image: np.ndarray) -> np.ndarray:
+        probabilities = predict_probabilities(predictor, image, config.out_channels)
+        if config.output_kind == "foreground":
+            return probabilities[0]
+        return 1.0 - probabilities[BACKGROUND]
+
+    return foreground
 
 
 def _labeller(model: UNet, card, device: torch.device):
