@@ -51,7 +51,7 @@ from napari_unet_tuner import (
 )
 from napari_unet_tuner.inference.device import cpu_computes_bf16
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
-from napari_unet_tuner.training.corrections import deleted_is_gone
+from napari_unet_tuner.training.counting import deleted_is_gone
 from napari_unet_tuner.training.metrics import average_precision, matched_ious
 
 import datasets

@@ -173,7 +173,7 @@ def counts_scoring(score: float):
     All 10 corrections fixed, and ``100 * score - 10`` of 90 unchanged
     objects right: a score that falls loses unchanged objects.
     """
-    from napari_unet_tuner.training.corrections import CorrectionCounts
+    from napari_unet_tuner.training.counting import CorrectionCounts
 
     return CorrectionCounts(
         corrected=10, corrected_right=10, unchanged=90, unchanged_right=round(100 * score) - 10

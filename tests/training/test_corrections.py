@@ -13,11 +13,8 @@ from napari_unet_tuner import (
     fine_tune,
     segment,
 )
-from napari_unet_tuner.training.corrections import (
-    CorrectionCounts,
-    count_corrections,
-    find_corrections,
-)
+from napari_unet_tuner.training.corrections import find_corrections
+from napari_unet_tuner.training.counting import CorrectionCounts, count_corrections
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.metrics import match_counts, matched_ious, pooled_precision
 from napari_unet_tuner.training.patches import PatchSampler

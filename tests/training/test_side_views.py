@@ -78,7 +78,7 @@ def test_a_3d_annotation_fine_tunes_a_2d_model_on_all_three_views(monkeypatch):
             seen.append([s.targets.shape for s in samples])
             super().__init__(samples, *args, **kwargs)
 
-    monkeypatch.setattr("napari_unet_tuner.training.trainer.PatchSampler", Recording)
+    monkeypatch.setattr("napari_unet_tuner.training.preparation.PatchSampler", Recording)
     image, labels = sphere_stack()
     item = AnnotatedImage(
         image, labels, "corrections", axes="ZYX", stack="3d", anisotropy=ANISOTROPY

@@ -16,7 +16,7 @@ from napari_unet_tuner import (
 )
 from napari_unet_tuner.inference import labels_to_classes
 from napari_unet_tuner.training import IGNORE, masked_loss
-from napari_unet_tuner.training.corrections import CorrectionCounts
+from napari_unet_tuner.training.counting import CorrectionCounts
 
 from conftest import TINY, disc_labels, make_checkpoint, script_validations
 

@@ -9,11 +9,8 @@ import tifffile
 from napari_unet_tuner import AnnotatedImage, TrainingConfig, fine_tune, iter_fine_tune, segment
 from napari_unet_tuner.cli import main
 from napari_unet_tuner.inference.instances import labels_to_classes
-from napari_unet_tuner.training.corrections import (
-    CorrectionCounts,
-    count_corrections,
-    find_corrections,
-)
+from napari_unet_tuner.training.corrections import find_corrections
+from napari_unet_tuner.training.counting import CorrectionCounts, count_corrections
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.split import split_validation
 from napari_unet_tuner.training.targets import IGNORE

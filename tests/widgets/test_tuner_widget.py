@@ -553,3 +553,39 @@ def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, q
     layer = disc_tuner.viewer.layers["stack labels (stack.zarr)"]
     assert layer.metadata["stack"] == "3d" and layer.data.shape == truth.shape
     assert len(np.unique(np.asarray(layer.data))) - 1 == truth.max()
+
+
+def test_a_traded_model_is_offered_and_kept_only_when_asked(disc_tuner, qtbot, monkeypatch):
+    from napari_unet_tuner.training.counting import CorrectionCounts
+
+    from conftest import script_validations
+
+    tuner = disc_tuner
+    image, truth, _ = dim_disc_scene(0)
+    tuner.viewer.add_image(image, name="cells")
+    tuner.segment_panel.run()
+    wait_idle(qtbot, tuner.segment_panel)
+    corrections = tuner.annotate_panel.make_corrections_layer()
+    corrections.data = truth.copy()
+    painted = corrections.data.copy()
+    # The run's models get both corrections right but lose 3 of 6 unchanged discs.
+    start = CorrectionCounts(corrected=2, unchanged=6, unchanged_right=6)
+    traded = CorrectionCounts(corrected=2, corrected_right=2, unchanged=6, unchanged_right=3)
+    script_validations(monkeypatch, [start] + [traded] * 500)
+    tuner.train_panel.seconds.value = 5
+    tuner.train_panel.preview.value = False
+    tuner.train_panel.run()
+    wait_idle(qtbot, tuner.train_panel)
+    panel = tuner.train_panel
+    assert len(tuner.versions.versions) == 1, panel.status.value  # no new version
+    assert "lost 3 of 6 unchanged objects" in panel.status.value
+    # What the panel shows is the model kept: the starting one.
+    assert panel.scores.value == start.describe()
+    assert not panel.keep_button.native.isHidden()
+    panel.keep_button.changed.emit(True)
+    assert len(tuner.versions.versions) == 2 and tuner.versions.active_index == 1
+    assert tuner.versions.active.card.training[-1]["kept_anyway"] is True
+    assert panel.keep_button.native.isHidden() and "kept anyway" in panel.status.value
+    qtbot.wait(100)  # the image is segmented again with the kept model
+    wait_idle(qtbot, tuner.segment_panel)
+    assert np.array_equal(corrections.data, painted)  # the user's layer untouched

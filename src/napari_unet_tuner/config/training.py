@@ -54,11 +54,13 @@ class TrainingConfig(DictMixin):
     trusted_background : float
         Corrections: background the user left as predicted is trained on
         as background only where the starting model's foreground
-        probability was below this; where the model nearly found an object
-        (a dim nucleus under its threshold), the user's silence is not
-        taken as a "no" (`napari_unet_tuner.training.silence`). 1.0 trusts
-        all of it (every pixel reviewed). Not used for scribbles or for a
-        labelling (every object corrected).
+        probability was below this (`napari_unet_tuner.training.silence`);
+        where the model nearly found an object, the user's silence is then
+        not taken as a "no". 1.0 (the default) trusts all of it: every
+        pixel of a correction annotation is reviewed. 0.5 helped the
+        corrections of a partly reviewed image but cost 0.10 AP@0.5 on
+        other DSB2018 images (BENCHMARKS.md, issue 34). Not used for
+        scribbles or for a labelling (every object corrected).
     validation_fraction : float
         Share of the unchanged objects held out (whole objects, by image
         region, the same in every plane) to report how the model generalizes;
@@ -112,7 +114,7 @@ class TrainingConfig(DictMixin):
     boundary_weight: float = 4.0
     contact_weight: float = 1.0
     correction_weight: float = 5.0
-    trusted_background: float = 0.5
+    trusted_background: float = 1.0
     validation_fraction: float = 0.2
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None

@@ -1,6 +1,6 @@
 """Fine-tuning on user annotations (corrections or sparse scribbles)."""
 
-from napari_unet_tuner.training.corrections import CorrectionCounts
+from napari_unet_tuner.training.counting import CorrectionCounts
 from napari_unet_tuner.training.data import AnnotatedImage
 from napari_unet_tuner.training.losses import masked_loss
 from napari_unet_tuner.training.targets import (

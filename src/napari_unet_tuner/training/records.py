@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from napari_unet_tuner.model.checkpoint import Checkpoint
-from napari_unet_tuner.training.corrections import CorrectionCounts
+from napari_unet_tuner.training.counting import CorrectionCounts
 
 
 @dataclass(frozen=True)

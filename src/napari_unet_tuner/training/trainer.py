@@ -1,9 +1,10 @@
 """Fine-tuning: learn what the user corrected, yielding plain progress records.
 
-A run is made of named steps: `_prepare` (samples, split, validation plan,
-optimizer), `_train_epoch` (steps between two validations), `BestModel`
-(what is kept, and `stop_reason`), `judge` (the verdict) and `_child`
-(the new checkpoint and its card).
+A run is made of named steps: `prepare_run` (samples, split, validation
+plan, optimizer; `napari_unet_tuner.training.preparation`), `_train_epoch`
+(the steps between two validations), `BestModel` (what is kept, and
+`stop_reason`), `judge` (the verdict) and `_child` (the new checkpoint and
+its card).
 """
 
 from __future__ import annotations
@@ -14,46 +15,29 @@ import os
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from napari_unet_tuner._generators import run_to_completion
-from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
-from napari_unet_tuner.inference.device import cpu_threads, select_device
-from napari_unet_tuner.inference.instances import BACKGROUND, probabilities_to_labels
-from napari_unet_tuner.inference.pipeline import make_predictor
-from napari_unet_tuner.model.checkpoint import Checkpoint, ModelCard, new_card
+from napari_unet_tuner.config import ModelConfig, TrainingConfig
+from napari_unet_tuner.inference.device import cpu_threads
+from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.model.saving import check_checkpoint_path, save_checkpoint_somewhere
 from napari_unet_tuner.model.unet import UNet
 from napari_unet_tuner.training.best_model import BestModel, stop_reason
-from napari_unet_tuner.training.corrections import complete_corrections
 from napari_unet_tuner.training.data import (
     AnnotatedImage,
-    AnnotationSummary,
-    Sample,
-    as_annotated_images,
-    build_samples,
 )
 from napari_unet_tuner.training.lineage import child_card
-from napari_unet_tuner.training.optimizing import Optimizing
-from napari_unet_tuner.training.patches import PatchSampler
+from napari_unet_tuner.training.preparation import PreparedRun, RunClock, prepare_run
 from napari_unet_tuner.training.records import FineTuneResult, TrainingProgress, counts_dict
-from napari_unet_tuner.training.schedule import annealed_learning_rate, run_settings
-from napari_unet_tuner.training.side_views import side_view_samples
-from napari_unet_tuner.training.silence import find_uncertain_background
-from napari_unet_tuner.training.sizing import annotated_diameter, resolve_scales
-from napari_unet_tuner.training.split import many_corrections, split_validation
+from napari_unet_tuner.training.schedule import annealed_learning_rate
 from napari_unet_tuner.training.validation import (
-    ValidationPlan,
     ValidationResult,
     choose,
     evaluate,
-    instance_candidates,
-    plan_validation,
-    predict_probabilities,
 )
 from napari_unet_tuner.training.verdict import judge
 
@@ -121,15 +105,15 @@ def iter_fine_tune(
         Before any training, if ``output`` exists.
     """
     config = config or TrainingConfig()
-    clock = _Clock(time.perf_counter(), config.max_seconds)
+    clock = RunClock(time.perf_counter(), config.max_seconds)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     if output is not None:
         # Before any training: a taken name must not cost the user a trained model.
         check_checkpoint_path(output, checkpoint)
-    run = _prepare(pairs, checkpoint, config, model_config, axes)
+    run = prepare_run(pairs, checkpoint, config, model_config, axes)
     with cpu_threads(config.num_threads):
         t_validation = time.perf_counter()
-        results = run.validate()
+        results = _validate(run)
         # "Before" is the starting model with its own instance settings; other
         # settings that reproduce more corrections are already something learned.
         tracker = BestModel.start(
@@ -144,7 +128,7 @@ def iter_fine_tune(
             last_loss = yield from _train_epoch(run, config, clock, tracker, stop, preview_every)
             run.epoch += 1
             t_validation = time.perf_counter()
-            result = choose(run.validate())
+            result = choose(_validate(run))
             clock.validation_seconds = time.perf_counter() - t_validation
             tracker.consider(result, run.model, run.step)
             yield run.progress("validation", clock, tracker, last_loss, result)
@@ -207,170 +191,17 @@ def iter_fine_tune(
     return replace(result, checkpoint=new, path=written, message=message)
 
 
-@dataclass
-class _Clock:
-    """The run's time budget: the budget covers everything, the last validation included."""
-
-    start: float
-    max_seconds: float
-    validation_seconds: float = 0.0
-    train_seconds: float = 0.0
-    last_preview: float = 0.0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def out_of_time(self) -> bool:
-        # Stop while there is still time for the last validation.
-        return self.elapsed() + self.validation_seconds >= self.max_seconds
-
-
-@dataclass
-class _Run:
-    """A prepared run: the model, its samples, how it is validated, and its counters."""
-
-    model: UNet
-    card: ModelCard
-    model_config: ModelConfig
-    from_checkpoint: bool
-    samples: list[Sample]
-    summary: AnnotationSummary
-    plan: ValidationPlan
-    candidates: list
-    held_out: bool
-    optimizing: Optimizing
-    device: torch.device
-    settings: dict
-    parent: dict | None
-    step: int = 0
-    epoch: int = 0
-    history: list[TrainingProgress] = None
-
-    def validate(self) -> list[ValidationResult]:
-        results = evaluate(self.model, self.samples, self.plan, self.candidates, self.device)
-        self.optimizing.train_mode()
-        return results
-
-    def progress(
-        self,
-        kind: str,
-        clock: _Clock,
-        tracker: BestModel | None,
-        loss: float | None,
-        result: ValidationResult | None = None,
-    ) -> TrainingProgress:
-        record = TrainingProgress(
-            kind,
-            self.step,
-            self.epoch,
-            loss,
-            None if result is None else result.scores,
-            None if tracker is None else tracker.best.scores["ap50"],
-            clock.train_seconds / max(self.step, 1),
-            clock.elapsed(),
-            max(clock.max_seconds - clock.elapsed(), 0.0),
-            corrections=None if result is None else result.corrections,
-        )
-        if kind in ("step", "validation"):
-            self.history.append(record)
-        return record
-
-
-def _prepare(
-    pairs: Sequence[AnnotatedImage | tuple[Any, np.ndarray]],
-    checkpoint: Checkpoint | None,
-    config: TrainingConfig,
-    model_config: ModelConfig | None,
-    axes: Sequence[str | None] | None,
-) -> _Run:
-    """Build the samples, find the corrections, hold out, plan validation, set up the optimizer."""
-    from_checkpoint = checkpoint is not None
-    model_cfg = checkpoint.model_config if from_checkpoint else (model_config or ModelConfig())
-    normalization = (
-        checkpoint.card.normalization_config if from_checkpoint else NormalizationConfig()
-    )
-    device = select_device(config.device)
-    annotated = resolve_scales(as_annotated_images(pairs, config.mode, axes), checkpoint, device)
-    samples, summary = build_samples(
-        annotated,
-        model_cfg.spatial_dims,
-        model_cfg.in_channels,
-        normalization,
-        config.scribble_objects,
-    )
-    patch_shape, batch_size, freeze_bn = run_settings(
-        config, model_cfg.spatial_dims, device, from_checkpoint
-    )
-    card = (
-        checkpoint.card
-        if from_checkpoint
-        else new_card(
-            model_cfg,
-            normalization=normalization.to_dict(),
-            object_diameter=annotated_diameter(samples),
-        )
-    )
-    model = checkpoint.build_model(device) if from_checkpoint else UNet(model_cfg).to(device)
-    with cpu_threads(config.num_threads):
-        complete_corrections(samples, _labeller(model, card, device) if from_checkpoint else None)
-        labelling = many_corrections(samples)
-        if from_checkpoint and not labelling:
-            find_uncertain_background(
-                samples, _foreground(model, device), config.trusted_background
-            )
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
-    if labelling:
-        # Every object is a correction: weighing them (and their rims) more than
-        # the background would only bias the model towards foreground.
-        for sample in samples:
-            if sample.corrections is not None:
-                sample.corrections.emphasis[...] = False
-    held_out = split_validation(samples, config.validation_fraction, rng, labelling)
-    plan = plan_validation(samples, rng, generalization_first=held_out and labelling)
-    side_views = side_view_samples(
-        samples, {i: item.anisotropy for i, item in enumerate(annotated) if item.stack == "3d"}
-    )
-    sampler = PatchSampler(
-        samples + side_views,
-        patch_shape,
-        config if config.augment else None,
-        rng,
-        with_distance=model_cfg.output_kind == "boundary3_distance",
-    )
-    candidates = (
-        instance_candidates(card.instance_config)
-        if config.tune_instances and (held_out or any(c.corrections for c in plan.crops))
-        else [card.instance_config]
-    )
-    settings = {
-        **config.to_dict(),
-        "patch_shape": list(patch_shape),
-        "batch_size": batch_size,
-        "freeze_batch_norm": freeze_bn,
-    }
-    return _Run(
-        model,
-        card,
-        model_cfg,
-        from_checkpoint,
-        samples,
-        summary,
-        plan,
-        candidates,
-        held_out,
-        Optimizing(model, sampler, config, device, batch_size, freeze_bn),
-        device,
-        settings,
-        checkpoint.as_parent() if from_checkpoint else None,
-        history=[],
-    )
+def _validate(run: PreparedRun) -> list[ValidationResult]:
+    """Score the model on the run's validation plan with each instance candidate."""
+    results = evaluate(run.model, run.samples, run.plan, run.candidates, run.device)
+    run.optimizing.train_mode()
+    return results
 
 
 def _train_epoch(
-    run: _Run,
+    run: PreparedRun,
     config: TrainingConfig,
-    clock: _Clock,
+    clock: RunClock,
     tracker: BestModel,
     stop: threading.Event | None,
     preview_every: float | None,
@@ -404,7 +235,7 @@ def _train_epoch(
 
 
 def _child(
-    run: _Run,
+    run: PreparedRun,
     state: dict,
     before: ValidationResult,
     after: ValidationResult,
@@ -435,35 +266,6 @@ def _child(
     model = UNet(run.model_config)
     model.load_state_dict(state)
     return Checkpoint.from_model(model, card)
-
-
-def _foreground(model: UNet, device: torch.device):
-    """Return a function giving ``model``'s foreground probability for an image."""
-    predictor = make_predictor(model, device)
-    config = model.config
-
-    def foreground(image: np.ndarray) -> np.ndarray:
-        probabilities = predict_probabilities(predictor, image, config.out_channels)
-        if config.output_kind == "foreground":
-            return probabilities[0]
-        return 1.0 - probabilities[BACKGROUND]
-
-    return foreground
-
-
-def _labeller(model: UNet, card, device: torch.device):
-    """Return a function giving ``model``'s labels (card's instance settings) for an image.
-
-    In segmentation's default precision: the labels the user saw and corrected.
-    """
-    predictor = make_predictor(model, device)
-    config = model.config
-
-    def predict_labels(image: np.ndarray) -> np.ndarray:
-        probabilities = predict_probabilities(predictor, image, config.out_channels)
-        return probabilities_to_labels(probabilities, config.output_kind, card.instance_config)
-
-    return predict_labels
 
 
 def fine_tune(

@@ -23,12 +23,8 @@ from napari_unet_tuner.inference.instances import DISTANCE, probabilities_to_lab
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.inference.tiling import predict_tiled
 from napari_unet_tuner.model.unet import UNet
-from napari_unet_tuner.training.corrections import (
-    CorrectionCounts,
-    CorrectionMap,
-    count_corrections,
-    object_ids,
-)
+from napari_unet_tuner.training.corrections import CorrectionMap, object_ids
+from napari_unet_tuner.training.counting import CorrectionCounts, count_corrections
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.metrics import match_counts, pooled_precision
 from napari_unet_tuner.training.targets import IGNORE

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from napari_unet_tuner.training.corrections import CorrectionCounts
+from napari_unet_tuner.training.counting import CorrectionCounts
 from napari_unet_tuner.training.validation import ValidationResult
 
 
