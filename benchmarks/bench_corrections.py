@@ -272,6 +272,8 @@ def deleted_crops(name: str, data, start, path: Path) -> None:
 
 
 def plan(args) -> list[tuple[int, float, str]]:
+    if args.k:
+        return [(k, 60.0, "auto") for k in args.k]
     if args.quick:
         return [(10, 60.0, "auto")]
     runs = [(k, 60.0, "auto") for k in (5, 10, 20)]
@@ -298,6 +300,9 @@ def main() -> None:
         help="only K = 10 at 60 s, and no full-frame loop (a check after a change)",
     )
     parser.add_argument("--no-loop", action="store_true", help="skip the full-frame loop timing")
+    parser.add_argument(
+        "--k", type=int, nargs="+", help="only these K, at 60 s (no budget or precision runs)"
+    )
     parser.add_argument(
         "--compare",
         metavar="KEY=VALUE",
@@ -343,7 +348,7 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                     args.output.parent.mkdir(exist_ok=True)
                     args.output.write_text(json.dumps(report, indent=1))
-    if args.quick or args.no_loop:
+    if args.quick or args.no_loop or args.k:
         report.setdefault("loop", [])
         plot(report, args.output.with_suffix(".png"))
         return
