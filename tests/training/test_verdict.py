@@ -171,3 +171,20 @@ def test_counts_say_how_many_objects_there_are(disc_model):
     before = result.corrections_before
     assert before.unchanged == 48 and before.unchanged_total == 60
     assert "(a sample of 60)" in before.describe()
+
+
+def test_merged_and_split_objects_are_corrections_not_deletions():
+    # Two predicted halves of one nucleus, merged by the user into one object.
+    whole = disc_labels((64, 64), [(32, 32)], radius=10)
+    halves = np.where(np.arange(64)[None, :] < 32, 1, 2) * (whole > 0)
+    merged = find_corrections(whole, "corrections", halves)
+    assert set(np.unique(merged.corrected)) == {0, 1} and not merged.deleted.any()
+    assert count_corrections(whole, merged).fixed == merged.corrected.max()
+    # The halves: the larger one matches at IoU > 0.5 (AP@0.5's rule), the
+    # other is a false object, and the score says so.
+    unmerged = count_corrections(halves, merged)
+    assert unmerged.false == 1 and unmerged.score() < count_corrections(whole, merged).score()
+    # The reverse: one predicted blob split by the user into its two nuclei.
+    split = find_corrections(halves, "corrections", whole)
+    assert set(np.unique(split.corrected)) == {0, 1, 2} and not split.deleted.any()
+    assert count_corrections(halves, split).fixed == 2
