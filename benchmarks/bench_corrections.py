@@ -199,7 +199,22 @@ def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
         else result.corrections_after.to_dict(),
         "wall_seconds": round(wall, 1),
         "steps": result.history[-1].step if result.history else 0,
+        **offered_scores(result, image, truth, before, corrected, deleted, others),
         "stop_reason": result.stop_reason,
+    }
+
+
+def offered_scores(result, image, truth, before, corrected, deleted, others) -> dict:
+    """What the model a run offered to keep anyway does (when nothing was learned)."""
+    offered = getattr(result, "candidate", None)
+    if offered is None:
+        return {}
+    after = segment(image, offered).labels
+    return {
+        "offered_corrected_right": share_right(truth, after, corrected),
+        "offered_deleted_gone": share_gone(before, after, deleted),
+        "offered_unchanged_kept": share_kept(truth, before, after, corrected),
+        "offered_ap_other": float(np.mean([ap(t, segment(i, offered).labels) for i, t in others])),
     }
 
 
