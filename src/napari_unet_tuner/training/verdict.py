@@ -120,7 +120,7 @@ def _describe_trade_off(before: CorrectionCounts, candidate: CorrectionCounts) -
         costs.append(f"lost {lost} of {candidate.unchanged} unchanged objects")
     added = candidate.false - before.false
     if added > 0:
-        costs.append(f"added {added} false objects")
+        costs.append(f"added {added} false object" + ("s" if added > 1 else ""))
     cost = " and ".join(costs) or "got fewer of the other objects right"
     return (
         f"nothing was learned: a model got {candidate.fixed} of {candidate.to_fix} corrections "
