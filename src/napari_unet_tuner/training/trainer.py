@@ -58,10 +58,16 @@ def iter_fine_tune(
 
     Where an annotation corrects a prediction, the pixels the user changed
     weigh more and are sampled more (`TrainingConfig.correction_weight`),
-    and the model kept is the one that reproduces most corrections while
-    keeping the unchanged objects (`ValidationResult.rank`); a held-out part
-    of the unchanged objects, where there are enough, reports how it
-    generalizes. The time budget covers the whole run.
+    and the model kept is the one with the highest annotation score
+    (corrected, deleted and unchanged objects right alike;
+    `ValidationResult.rank`); a held-out part of the unchanged objects,
+    where there are enough, reports how it generalizes. When no model scores
+    higher than the starting one, nothing was learned; if one got more
+    corrections right at the cost of other objects, the result offers it as
+    ``candidate`` and its message names the trade-off
+    (`napari_unet_tuner.training.verdict`). The last record yielded
+    (``kind="final"``) carries the counts of the model kept. The time budget
+    covers the whole run.
 
     The generator's return value (``StopIteration.value``) is a
     `FineTuneResult`; `fine_tune` unwraps it. Setting ``stop`` ends training
