@@ -152,13 +152,9 @@ def one_run(name, data, start, k, budget, precision, seed, **overrides) -> dict:
     (image, truth), others = data
     before = segment(image, start).labels
     annotation, corrected, deleted = simulated_user(name, image, before, truth, k)
-    config = TrainingConfig(
-        max_seconds=budget,
-        seed=seed,
-        device="cpu",
-        mixed_precision=precision == "bf16",
-        **overrides,
-    )
+    settings = {"max_seconds": budget, "seed": seed, "device": "cpu"}
+    settings["mixed_precision"] = precision == "bf16"
+    config = TrainingConfig(**{**settings, **overrides})
     t0 = time.perf_counter()
     result = fine_tune([AnnotatedImage(image, annotation, prediction=before)], start, config)
     wall = time.perf_counter() - t0
