@@ -160,12 +160,16 @@ def run_finetune(args: argparse.Namespace) -> int:
         log.info("held-out objects (never trained on):")
         for key in ("ap50", "dice", "loss"):
             log.info("  %-5s before %.3f  after %.3f", key, before[key], after[key])
-    if not result.learned and args.keep_anyway and result.candidate is not None:
+    if args.keep_anyway and result.candidate is not None:
+        # Offered only when nothing was learned: the verdict above says why.
         from napari_unet_tuner.model.saving import save_checkpoint_somewhere
 
         written, note = save_checkpoint_somewhere(result.candidate, args.output)
         if note:
             log.info("%s", note)
+        if written is None:
+            log.error("error: the model was not written (see above)")
+            return 1
         log.info(
             "kept anyway (--keep-anyway): %s; wrote %s",
             result.candidate_corrections.describe(),

@@ -228,14 +228,12 @@ class TrainPanel(Container):
                 f"step {record.step} · {record.steps_per_second:.1f} steps/s · "
                 f"~{record.eta:.0f} s left"
             )
-        elif record.kind in ("validation", "final"):
+        elif record.kind == "validation":
+            # The final record's counts (the model kept) come with the result.
+            self.plot.add_validation(record.step, _curve_score(record.scores))
             counts = record.corrections
-            if record.kind == "validation":
-                self.plot.add_validation(record.step, _curve_score(record.scores))
-                prefix = "before: " if record.step == 0 else "now: "
-            else:
-                prefix = "kept model: "
             if counts is not None:
+                prefix = "before: " if record.step == 0 else "now: "
                 self.scores.value = prefix + counts.describe()
         elif (
             record.kind == "preview"

@@ -41,9 +41,9 @@ class BestModel:
         Validations since the best one (reset while the fit still improves).
     perfect_in_a_row : int
         Validations in a row at which everything reviewed was right.
-    candidate, candidate_state, candidate_step
+    candidate, candidate_state
         The model that got most corrections right, if any got more than
-        ``before``; its weights and step.
+        ``before``, and its weights.
     """
 
     before: ValidationResult
@@ -55,7 +55,6 @@ class BestModel:
     best_fit: float = float("inf")
     candidate: ValidationResult | None = None
     candidate_state: dict | None = field(default=None, repr=False)
-    candidate_step: int = 0
 
     @classmethod
     def start(
@@ -78,11 +77,7 @@ class BestModel:
         self.best_fit = min(self.best_fit, result.scores["fit_loss"])
         self.perfect_in_a_row = self.perfect_in_a_row + 1 if all_reproduced(result) else 0
         if _better_candidate(result, self.candidate, self.before):
-            self.candidate, self.candidate_state, self.candidate_step = (
-                result,
-                _weights(model),
-                step,
-            )
+            self.candidate, self.candidate_state = result, _weights(model)
 
     def unfinished(self) -> bool:
         """Whether a review's best model still misses some of its corrections."""

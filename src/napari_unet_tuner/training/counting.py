@@ -124,11 +124,17 @@ class CorrectionCounts:
         )
         return [(name, n, d) for name, (n, d) in zip(names, values, strict=True) if d]
 
+    @property
+    def sample_note(self) -> str:
+        """`` (a sample of N)`` when the unchanged objects counted are a sample, else ``""``."""
+        sampled = self.unchanged and self.unchanged_total > self.unchanged
+        return f" (a sample of {self.unchanged_total})" if sampled else ""
+
     def describe(self) -> str:
         """Plain words, e.g. ``corrected objects right 9/10 · deleted objects gone 5/5``."""
         parts = [f"{name} {n}/{d}" for name, n, d in self.parts()]
-        if self.unchanged_total > self.unchanged and parts:
-            parts[-1] += f" (a sample of {self.unchanged_total})"
+        if parts:
+            parts[-1] += self.sample_note
         if self.false:
             parts.append(f"new false objects {self.false}")
         return " · ".join(parts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -81,13 +81,13 @@ class PreparedRun:
     parent: dict | None
     step: int = 0
     epoch: int = 0
-    history: list[TrainingProgress] = None
+    history: list[TrainingProgress] = field(default_factory=list)
 
     def progress(
         self,
         kind: str,
         clock: RunClock,
-        tracker: BestModel | None,
+        tracker: BestModel,
         loss: float | None,
         result: ValidationResult | None = None,
     ) -> TrainingProgress:
@@ -98,7 +98,7 @@ class PreparedRun:
             self.epoch,
             loss,
             None if result is None else result.scores,
-            None if tracker is None else tracker.best.scores["ap50"],
+            tracker.best.scores["ap50"],
             clock.train_seconds / max(self.step, 1),
             clock.elapsed(),
             max(clock.max_seconds - clock.elapsed(), 0.0),
@@ -144,12 +144,13 @@ def prepare_run(
         )
     )
     model = checkpoint.build_model(device) if from_checkpoint else UNet(model_cfg).to(device)
+    parent = _probabilities(model, device) if from_checkpoint else None
     with cpu_threads(config.num_threads):
-        complete_corrections(samples, _labeller(model, card, device) if from_checkpoint else None)
+        complete_corrections(samples, None if parent is None else _labeller(parent, model, card))
         labelling = many_corrections(samples)
-        if from_checkpoint and not labelling:
+        if parent is not None and not labelling and config.trusted_background < 1.0:
             find_uncertain_background(
-                samples, _foreground(model, device), config.trusted_background
+                samples, _foreground(parent, model), config.trusted_background
             )
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
@@ -196,34 +197,26 @@ def prepare_run(
         device,
         settings,
         checkpoint.as_parent() if from_checkpoint else None,
-        history=[],
     )
 
 
-def _foreground(model: UNet, device: torch.device):
-    """Return a function giving ``model``'s foreground probability for an image."""
-    predictor = make_predictor(model, device)
-    config = model.config
+def _probabilities(model: UNet, device: torch.device):
+    """Return a function giving ``model``'s class probabilities for a normalized image.
 
-    def foreground(image: np.ndarray) -> np.ndarray:
-        probabilities = predict_probabilities(predictor, image, config.out_channels)
-        if config.output_kind == "foreground":
-            return probabilities[0]
-        return 1.0 - probabilities[BACKGROUND]
-
-    return foreground
-
-
-def _labeller(model: UNet, card, device: torch.device):
-    """Return a function giving ``model``'s labels (card's instance settings) for an image.
-
-    In segmentation's default precision: the labels the user saw and corrected.
+    In segmentation's default precision: what the user saw and corrected.
     """
     predictor = make_predictor(model, device)
-    config = model.config
+    return lambda image: predict_probabilities(predictor, image, model.config.out_channels)
 
-    def predict_labels(image: np.ndarray) -> np.ndarray:
-        probabilities = predict_probabilities(predictor, image, config.out_channels)
-        return probabilities_to_labels(probabilities, config.output_kind, card.instance_config)
 
-    return predict_labels
+def _labeller(probabilities, model: UNet, card: ModelCard):
+    """Return a function giving the labels (the card's instance settings) for an image."""
+    kind = model.config.output_kind
+    return lambda image: probabilities_to_labels(probabilities(image), kind, card.instance_config)
+
+
+def _foreground(probabilities, model: UNet):
+    """Return a function giving the foreground probability for an image."""
+    if model.config.output_kind == "foreground":
+        return lambda image: probabilities(image)[0]
+    return lambda image: 1.0 - probabilities(image)[BACKGROUND]

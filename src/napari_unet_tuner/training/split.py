@@ -45,10 +45,10 @@ def split_validation(
     with a correction (a corrected, deleted or painted object, or any
     changed pixel) are not held out: what the user corrected is learned.
     With ``spare_corrections`` (`many_corrections`: a labelling rather than
-    a review) any block may be: only a held-out
-    part of a large labelling tells a model that generalizes from one that
-    memorized. Held-out pixels are removed from the training targets and
-    from the objects `count_corrections` scores.
+    a review) any block may be: only a held-out part of a large labelling
+    tells a model that generalizes from one that memorized. Held-out pixels
+    are removed from the training targets and from the objects
+    `count_corrections` scores.
 
     Returns False (and holds nothing out) when too few objects could be
     spared. Validation then scores the corrections on the training
@@ -58,9 +58,9 @@ def split_validation(
     blocks = _candidate_blocks(samples, spare_corrections) if fraction > 0 else []
     # Objects that may be held out, each once (blocks share objects on their edges).
     spare: dict[int, set] = defaultdict(set)
-    for masks, _ in blocks:
+    for masks in blocks:
         for index, mask in masks.items():
-            spare[index].update(_present(samples[index].instances[mask]).tolist())
+            spare[index].update(object_ids(samples[index].instances[mask]).tolist())
     total = sum(len(ids) for ids in spare.values())
     held = 0
     if total >= _MIN_OBJECTS_TO_SPLIT and len(blocks) >= 2:
@@ -72,9 +72,9 @@ def split_validation(
             # targets, and counts once.
             masks = {
                 index: mask & (samples[index].targets != IGNORE)
-                for index, mask in blocks[i][0].items()
+                for index, mask in blocks[i].items()
             }
-            count = sum(len(_present(samples[j].instances[m])) for j, m in masks.items())
+            count = sum(len(object_ids(samples[j].instances[m])) for j, m in masks.items())
             if not count or held + count > _MAX_HELD_OUT_SHARE * total:
                 continue
             for index, mask in masks.items():
@@ -112,8 +112,8 @@ def many_corrections(samples: list[Sample]) -> bool:
 
 def _candidate_blocks(
     samples: list[Sample], spare_corrections: bool
-) -> list[tuple[dict[int, np.ndarray], int]]:
-    """Blocks that may be held out: ``({sample index: held-out mask}, unchanged objects)``."""
+) -> list[dict[int, np.ndarray]]:
+    """Blocks that may be held out, with objects: ``{sample index: held-out mask}`` each."""
     by_source: dict[int, list[int]] = defaultdict(list)
     for index, sample in enumerate(samples):
         by_source[sample.source].append(index)
@@ -132,18 +132,16 @@ def _candidate_blocks(
         ):
             block = (..., slice(y, y + steps[0]), slice(x, x + steps[1]))
             touching = _touching_ids(samples, indices, block)
-            masks, count = {}, 0
+            masks = {}
             for index in indices:
-                mask, objects = _held_out_mask(
-                    samples[index], fixes[index], block, touching[index]
-                )
+                mask = _held_out_mask(samples[index], fixes[index], block, touching[index])
                 if mask is None:
-                    masks, count = {}, 0
+                    masks = {}
                     break
-                if objects:
-                    masks[index], count = mask, count + objects
-            if count:
-                blocks.append((masks, count))
+                if len(touching[index]):
+                    masks[index] = mask
+            if masks:
+                blocks.append(masks)
     return blocks
 
 
@@ -154,7 +152,7 @@ def _touching_ids(samples: list[Sample], indices: list[int], block: tuple) -> di
     touching the block in any plane is taken in all of them, so no part of
     a held-out 3D object is trained on.
     """
-    own = {i: _present(samples[i].instances[block]) for i in indices}
+    own = {i: object_ids(samples[i].instances[block]) for i in indices}
     stacks: dict[tuple, list[int]] = defaultdict(list)
     for i in indices:
         if samples[i].stack_plane is not None:
@@ -166,21 +164,16 @@ def _touching_ids(samples: list[Sample], indices: list[int], block: tuple) -> di
     return own
 
 
-def _present(labels: np.ndarray) -> np.ndarray:
-    ids = np.unique(labels)
-    return ids[ids > 0]
-
-
 def _held_out_mask(
     sample: Sample, fixes: np.ndarray, block: tuple, touching: np.ndarray
-) -> tuple[np.ndarray | None, int]:
-    """Return the block grown to the whole ``touching`` objects, and their number.
+) -> np.ndarray | None:
+    """Return the block grown to the whole ``touching`` objects.
 
     ``None`` when the block may not be held out (it holds a correction, or
     an object touching it touches one).
     """
     if fixes[block].any():
-        return None, 0
+        return None
     mask = np.zeros(sample.targets.shape, bool)
     mask[block] = sample.targets[block] != IGNORE
     if len(touching):
@@ -188,6 +181,6 @@ def _held_out_mask(
         lookup[touching] = True
         whole = lookup[sample.instances]
         if (whole & fixes).any():
-            return None, 0
+            return None
         mask |= whole
-    return mask, len(touching)
+    return mask

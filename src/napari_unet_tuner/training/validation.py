@@ -83,22 +83,20 @@ class ValidationPlan:
         Regions to predict.
     weights : tuple of float
         Objects each scored corrected, deleted and unchanged object stands
-        for (more than 1 when there were more than `MAX_SCORED_OBJECTS`).
+        for (more than 1 when there were more than the caps).
     generalization_first : bool
         Rank by held-out AP before corrections reproduced: the annotation
         is a labelling with a part of its corrections held out
         (`napari_unet_tuner.training.split.many_corrections`).
+    unchanged_total : int
+        Unchanged objects of the annotation when only a sample of them is
+        scored, else 0.
     """
 
     crops: list[ValidationCrop]
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     generalization_first: bool = False
-
-    @property
-    def unchanged_total(self) -> int:
-        """Unchanged objects of the annotation when only a sample is scored, else 0."""
-        weight = self.weights[2]
-        return round(weight * MAX_SCORED_UNCHANGED) if weight > 1 else 0
+    unchanged_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,7 +184,7 @@ def plan_validation(
     samples: Sequence[Sample], rng: np.random.Generator, generalization_first: bool = False
 ) -> ValidationPlan:
     """Choose the crops every validation of a run predicts (see the module docstring)."""
-    scored, weights = _scored_corrections(samples, rng)
+    scored, weights, unchanged_total = _scored_corrections(samples, rng)
     crops = []
     for index, sample in enumerate(samples):
         held_out = sample.val_targets != IGNORE
@@ -208,20 +206,21 @@ def plan_validation(
                     None if corrections is None else corrections.crop(box),
                 )
             )
-    return ValidationPlan(crops, weights, generalization_first)
+    return ValidationPlan(crops, weights, generalization_first, unchanged_total)
 
 
 def _scored_corrections(
     samples: Sequence[Sample], rng: np.random.Generator
-) -> tuple[list[CorrectionMap | None], tuple[float, float, float]]:
+) -> tuple[list[CorrectionMap | None], tuple[float, float, float], int]:
     """Each sample's corrections, cut down to the most of each kind scored (see the caps).
 
     Each kind is drawn on its own (thousands of deleted specks must not
     crowd out the corrected objects); also returns how many objects each
-    drawn one stands for, by kind.
+    drawn one stands for, by kind, and the number of unchanged objects
+    when they were sampled (else 0).
     """
     chosen: set[tuple[int, str, int]] = set()
-    weights = []
+    weights, totals = [], []
     caps = {
         "corrected": MAX_SCORED_CORRECTIONS,
         "deleted": MAX_SCORED_CORRECTIONS,
@@ -235,6 +234,7 @@ def _scored_corrections(
             for i in object_ids(getattr(sample.corrections, layer))
         ]
         weights.append(max(len(objects) / cap, 1.0))
+        totals.append(len(objects) if len(objects) > cap else 0)
         if len(objects) > cap:
             drawn = rng.choice(len(objects), cap, replace=False)
             objects = [objects[i] for i in sorted(drawn)]
@@ -251,7 +251,7 @@ def _scored_corrections(
             ids = [i for (s, name, i) in chosen if s == index and name == layer]
             kept_layers[layer] = np.where(np.isin(objects, ids), objects, 0)
         out.append(replace(c, **kept_layers))
-    return out, (weights[0], weights[1], weights[2])
+    return out, (weights[0], weights[1], weights[2]), totals[2]
 
 
 def instance_candidates(current: InstanceConfig) -> list[InstanceConfig]:

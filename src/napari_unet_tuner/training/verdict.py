@@ -91,8 +91,8 @@ def compare(before: CorrectionCounts, after: CorrectionCounts) -> str:
     parts = []
     for (name, old, total), (_, new, _) in zip(before.parts(), after.parts(), strict=True):
         parts.append(f"{name} {old}/{total}" + (f" -> {new}/{total}" if new != old else ""))
-    if after.unchanged_total > after.unchanged and after.unchanged:
-        parts[-1] += f" (a sample of {after.unchanged_total})"
+    if parts:
+        parts[-1] += after.sample_note
     if before.false or after.false:
         change = f" -> {after.false}" if after.false != before.false else ""
         parts.append(f"new false objects {before.false}{change}")
