@@ -188,3 +188,13 @@ def test_merged_and_split_objects_are_corrections_not_deletions():
     split = find_corrections(halves, "corrections", whole)
     assert set(np.unique(split.corrected)) == {0, 1, 2} and not split.deleted.any()
     assert count_corrections(halves, split).fixed == 2
+
+
+def test_the_card_of_a_model_kept_anyway_says_so():
+    from napari_unet_tuner.training.records import describe_training_run
+
+    run = {"corrections_after": {"corrected": 5, "corrected_right": 4, "deleted": 0}}
+    line = describe_training_run({**run, "kept_anyway": True})
+    assert "corrected objects right 4/5" in line and "deleted" not in line
+    assert "kept by the user" in line
+    assert "kept by the user" not in describe_training_run(run)

@@ -127,11 +127,14 @@ def describe_training_run(run: dict) -> str:
         f"stopped by {run.get('stop_reason', '?')}",
     ]
     after = run.get("corrections_after") or {}
-    if after.get("corrected") or after.get("deleted"):
-        parts.append(
-            f"corrected objects right {after.get('corrected_right')}/{after.get('corrected')}, "
-            f"deleted gone {after.get('deleted_gone')}/{after.get('deleted')}"
-        )
+    for kind, right, word in (
+        ("corrected", "corrected_right", "corrected objects right"),
+        ("deleted", "deleted_gone", "deleted objects gone"),
+    ):
+        if after.get(kind):
+            parts.append(f"{word} {after.get(right)}/{after.get(kind)}")
+    if run.get("kept_anyway"):
+        parts.append("kept by the user although the run learned nothing by its score")
     before, now = run.get("scores_before") or {}, run.get("scores_after") or {}
     ap_before, ap_after = before.get("ap50"), now.get("ap50")
     if isinstance(ap_after, float) and ap_after == ap_after:  # not NaN

@@ -122,8 +122,15 @@ def _describe_trade_off(before: CorrectionCounts, candidate: CorrectionCounts) -
     if added > 0:
         costs.append(f"added {added} false object" + ("s" if added > 1 else ""))
     cost = " and ".join(costs) or "got fewer of the other objects right"
+    # Advice for what the user can see: lost objects are theirs to correct;
+    # the false objects of a model they were not shown are not.
+    advice = (
+        "Correct a few of the objects it lost and fine-tune again"
+        if lost > 0
+        else "Fine-tune again, longer or with a few more corrections"
+    )
     return (
         f"nothing was learned: a model got {candidate.fixed} of {candidate.to_fix} corrections "
-        f"right ({before.fixed} before) but {cost}; kept the starting model. Correct a few of "
-        "the objects it lost and fine-tune again, or keep that model anyway"
+        f"right ({before.fixed} before) but {cost}; kept the starting model. {advice}, or "
+        "keep that model anyway"
     )
