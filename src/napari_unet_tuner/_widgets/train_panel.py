@@ -108,7 +108,9 @@ class TrainPanel(Container):
         # Messages are sentences, not one-word states: they wrap, above the curve.
         insert_wrapping_label(self, len(self), self.status)
         insert_wrapping_label(self, len(self) + 1, self.scores)
-        self.append(self.keep_button)
+        # Below the message that says why it is offered (a container's own
+        # widgets come before the wrapping labels).
+        self.native.layout().addWidget(self.keep_button.native)
         self.native.layout().addWidget(self.plot)
 
     def _annotation_choices(self, widget=None) -> list[tuple[str, object]]:
