@@ -6,28 +6,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.cli_export import add_export_parser, run_export
-from napari_unet_tuner.cli_finetune import add_finetune_parser, diameter_argument, run_finetune
+from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
 from napari_unet_tuner.cli_info import add_info_parser, run_info
-from napari_unet_tuner.config import (
-    PRECISIONS,
-    SEGMENT_STACK_MODES,
-    ChunkedConfig,
-    InferenceConfig,
-    InstanceConfig,
-)
-from napari_unet_tuner.errors import UnetTunerError
-from napari_unet_tuner.outputs import check_outputs
+from napari_unet_tuner.cli_segment import add_segment_parser, run_segment
+from napari_unet_tuner.errors import EXPECTED_ERRORS
 
 log = logging.getLogger("napari_unet_tuner")
 
-# Errors a user can fix, reported in one line: this package's own, files that
-# cannot be read or written, and values refused (a truncated TIFF is a
-# ValueError to tifffile). Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (UnetTunerError, OSError, ValueError)
 _INTERRUPTED = {
     "segment": "interrupted: finished outputs are kept and no partial .tif was written; "
     "an unfinished .zarr output resumes when the same command is run again",
@@ -51,124 +38,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    seg = commands.add_parser(
-        "segment",
-        formatter_class=HelpFormatter,
-        help="segment images into instance labels",
-        description=(
-            "Segment images (TIFF, .npy, zarr, OME-Zarr) into int32 labels. A .zarr output is "
-            "written chunk by chunk on dask (images larger than memory, --workers, --scheduler) "
-            "and an interrupted run resumes where it stopped; a .tif output is built in memory."
-        ),
-    )
-    seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file(s)")
-    seg.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        help=(
-            "OUT.tif or OUT.zarr for a single input, otherwise a folder "
-            "(INPUT_labels.tif or INPUT_labels.zarr inside, see --format)"
-        ),
-    )
-    seg.add_argument(
-        "--format",
-        choices=["tif", "zarr"],
-        help="output format in a folder (default: zarr for zarr inputs, tif otherwise)",
-    )
-    seg.add_argument(
-        "--workers",
-        type=int,
-        help="zarr output: run on a dask LocalCluster of N worker processes (default: threads)",
-    )
-    seg.add_argument(
-        "--scheduler", metavar="ADDRESS", help="zarr output: run on this dask.distributed cluster"
-    )
-    seg.add_argument(
-        "--threads-per-worker",
-        type=int,
-        default=ChunkedConfig.threads_per_worker,
-        help="threads of each --workers process",
-    )
-    seg.add_argument("--memory-limit", help="memory cap of each --workers process, e.g. 2GB")
-    seg.add_argument(
-        "--chunk-shape", type=int, nargs="+", help="zarr output chunk, e.g. 2048 2048"
-    )
-    seg.add_argument("--checkpoint", type=Path, help="model checkpoint (default: the bundled one)")
-    seg.add_argument("--axes", help="axes of the input, letters from TZCYX (default: inferred)")
-    seg.add_argument("--tile-shape", type=int, nargs="+", help="tile size, e.g. 512 512")
-    seg.add_argument(
-        "--overlap", type=float, default=InferenceConfig.overlap, help="tile overlap fraction"
-    )
-    seg.add_argument(
-        "--batch-size", type=int, default=InferenceConfig.batch_size, help="tiles per forward pass"
-    )
-    seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 or mps")
-    seg.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=InferenceConfig.precision,
-        help="number format of the model: auto is bfloat16 on CPUs that compute it natively "
-        "(about 2x faster, the same labels), float32 on other CPUs, float16 on GPUs",
-    )
-    seg.add_argument(
-        "--diameter",
-        type=diameter_argument,
-        default="auto",
-        help="object diameter in pixels, 'auto' (measured on each image; images of objects "
-        "far from the model's size are resized to it) or 'none' (never resize)",
-    )
-    seg.add_argument(
-        "--scale",
-        type=_scale,
-        default=1.0,
-        help="resize the image by this factor before the model instead (0.5 for nuclei twice "
-        "as large as the model expects); turns --diameter auto off",
-    )
-    seg.add_argument(
-        "--stack",
-        choices=SEGMENT_STACK_MODES,
-        default=InferenceConfig.stack,
-        help="Z-stacks: each plane on its own, or 3d objects (the 2D model on XY, XZ and YZ "
-        "planes, averaged, grown in 3D); auto is 3d when the file's metadata (or --axes) "
-        "says the image has a Z axis, planes otherwise",
-    )
-    seg.add_argument(
-        "--anisotropy",
-        type=float,
-        help="Z step over XY pixel size, for 3d objects (e.g. 2 for 0.5 um planes of 0.25 um "
-        "pixels); default: from the file's metadata (OME or ImageJ), else 1",
-    )
-    seg.add_argument("--threshold", type=float, help="foreground probability threshold")
-    seg.add_argument(
-        "--seed-threshold",
-        type=float,
-        help="seed level: interior probability, or distance to the edge for distance models",
-    )
-    seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
-    seg.add_argument(
-        "--split-solidity",
-        type=float,
-        help="split seeds less convex than this (0-1) at their waist; 0 turns splitting off",
-    )
-    seg.add_argument(
-        "--probabilities", action="store_true", help="also write INPUT_probabilities.tif"
-    )
-    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_segment_parser(commands, HelpFormatter)
 
     add_finetune_parser(commands, HelpFormatter)
 
     add_info_parser(commands, HelpFormatter)
     add_export_parser(commands, HelpFormatter)
     return parser
-
-
-def _scale(text: str) -> float:
-    value = float(text)
-    if not 0.1 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"{value} is outside 0.1-10")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,236 +59,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_finetune(args)
         if args.command == "export":
             return run_export(args)
-        return _segment(args)
+        return run_segment(args)
     except EXPECTED_ERRORS as exc:
         log.error("error: %s", exc)
         return 1
     except KeyboardInterrupt:
         log.error("%s", _INTERRUPTED.get(args.command, "interrupted"))
         return 130
-
-
-def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
-    """(input, labels path, probabilities path) per input."""
-    suffix = args.output.suffix.lower()
-    if suffix and suffix not in (".tif", ".tiff", ".zarr"):
-        raise UnetTunerError(
-            f"cannot write labels as {args.output.name}: name a .tif or .zarr output, "
-            "or a folder (without a suffix) for several inputs"
-        )
-    single_file = len(args.inputs) == 1 and suffix in (".tif", ".tiff", ".zarr")
-    if not single_file and suffix in (".tif", ".tiff", ".zarr"):
-        raise UnetTunerError(
-            f"{len(args.inputs)} inputs need an output folder, not the file {args.output}"
-        )
-    paths = []
-    for image in args.inputs:
-        stem = image.name.split(".")[0]
-        if single_file:
-            labels = args.output
-        else:
-            is_zarr = ".zarr" in image.name.lower() or image.suffix == ""
-            extension = args.format or ("zarr" if is_zarr else "tif")
-            labels = args.output / f"{stem}_labels.{extension}"
-        probs = labels.with_name(labels.stem.removesuffix("_labels") + "_probabilities.tif")
-        paths.append((image, labels, probs))
-    written = [labels for _, labels, _ in paths]
-    if args.probabilities:
-        written += [probs for _, _, probs in paths]
-    check_outputs(written, args.inputs)
-    return paths
-
-
-def _chunked_config(args: argparse.Namespace) -> ChunkedConfig:
-    return ChunkedConfig(
-        chunk_shape=tuple(args.chunk_shape) if args.chunk_shape else None,
-        threads_per_worker=args.threads_per_worker,
-        scheduler=args.scheduler,
-        memory_limit=args.memory_limit,
-        workers=args.workers if args.scheduler is None else None,
-    )
-
-
-def _segment(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from napari_unet_tuner.inference.dask_run import local_cluster
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
-
-    ckpt = load_checkpoint(args.checkpoint or default_checkpoint_path())
-    inference = InferenceConfig(
-        tile_shape=tuple(args.tile_shape) if args.tile_shape else None,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        diameter=args.diameter,
-        scale=args.scale,
-        stack=args.stack,
-        anisotropy=args.anisotropy,
-    )
-    overrides = {
-        k: v
-        for k, v in (
-            ("threshold", args.threshold),
-            ("seed_threshold", args.seed_threshold),
-            ("min_size", args.min_size),
-            ("split_solidity", args.split_solidity),
-        )
-        if v is not None
-    }
-    instances = InstanceConfig.from_dict({**ckpt.card.instances, **overrides})
-    jobs = _output_paths(args)
-    if (args.workers or args.scheduler) and not any(p.suffix == ".zarr" for _, p, _ in jobs):
-        raise UnetTunerError("--workers and --scheduler need a .zarr output (or --format zarr)")
-    failures = []
-    with (
-        # One LocalCluster for the whole batch.
-        local_cluster(_chunked_config(args)) as chunked,
-        tqdm(jobs, desc="images", unit="image", file=sys.stderr, disable=len(jobs) < 2) as files,
-    ):
-        for image_path, labels_path, probs_path in files:
-            try:
-                if labels_path.suffix == ".zarr":
-                    _segment_to_zarr(
-                        args, image_path, labels_path, ckpt, inference, instances, chunked
-                    )
-                else:
-                    _segment_to_tiff(
-                        args, image_path, labels_path, probs_path, ckpt, inference, instances
-                    )
-            except EXPECTED_ERRORS as exc:
-                log.error("error: %s: %s", image_path, exc)
-                failures.append((image_path, exc))
-    if failures:
-        log.error("%d of %d input(s) failed:", len(failures), len(jobs))
-        for image_path, exc in failures:
-            log.error("  %s: %s", image_path, exc)
-        return 1
-    return 0
-
-
-def _bar(desc: str, unit: str):
-    from tqdm import tqdm
-
-    return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
-
-
-def _for_file(
-    inference: InferenceConfig, image, args: argparse.Namespace, spatial_dims: int
-) -> InferenceConfig:
-    """Return the settings for one file (stack mode, Z step) and say what was decided."""
-    from napari_unet_tuner.config import resolve_stack
-
-    resolved = resolve_stack(inference, args.axes or image.axes, image.anisotropy)
-    if spatial_dims == 3:
-        return resolved
-    if resolved.stack != "3d":
-        guessed = not (args.axes or image.axes)
-        stack_like = len(image.shape) >= 3 and image.shape[-1] not in (3, 4)
-        if inference.stack == "auto" and guessed and stack_like:
-            log.info(
-                "%s: axes not in the file's metadata: planes segmented one by one "
-                "(--stack 3d for 3D objects in a Z-stack)",
-                image.path.name,
-            )
-        return resolved
-    where = (
-        "given"
-        if args.anisotropy
-        else "from the file"
-        if image.anisotropy
-        else "assumed: give --anisotropy if the planes lie further apart than the pixels"
-    )
-    log.info(
-        "%s: 3D objects, Z step %.2fx the pixel size (%s)",
-        image.path.name,
-        resolved.anisotropy,
-        where,
-    )
-    return resolved
-
-
-def _segment_to_tiff(
-    args, image_path, labels_path, probs_path, ckpt, inference, instances
-) -> None:
-    from napari_unet_tuner.inference.pipeline import iter_segment
-    from napari_unet_tuner.io import FileImage, write_tiff_atomic
-
-    if labels_path.exists() and not args.overwrite:
-        raise FileExistsError(f"{labels_path} exists; pass --overwrite to replace it")
-    image = FileImage(image_path)
-    run = iter_segment(
-        image,
-        ckpt,
-        axes=args.axes or image.axes,
-        inference=_for_file(inference, image, args, ckpt.model_config.spatial_dims),
-        instances=instances,
-        return_probabilities=args.probabilities,
-    )
-    with _bar(image_path.name, "tile") as bar:
-
-        def show(progress):
-            bar.total = progress.tiles_total
-            bar.update(progress.tiles_done - bar.n)
-
-        result = run_to_completion(run, show)
-    meta = {"axes": result.axes}
-    write_tiff_atomic(labels_path, result.labels, overwrite=args.overwrite, metadata=meta)
-    if result.probabilities is not None:
-        write_tiff_atomic(
-            probs_path,
-            result.probabilities,
-            overwrite=args.overwrite,
-            metadata={"axes": "C" + result.axes},
-        )
-    # Labels are numbered 1..n over the whole image, so the largest is the count.
-    count = int(result.labels.max(initial=0))
-    size = result.object_size
-    how = "" if result.scale == 1.0 else f", resized x{result.scale:.2f} for the model"
-    if size is not None and size.diameter is not None:
-        how = f" (about {size.diameter:.0f} px across{how})"
-    elif how:
-        how = f" ({how[2:]})"
-    log.info("%s: %d objects%s -> %s", image_path, count, how, labels_path)
-
-
-def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, chunked) -> None:
-    from napari_unet_tuner.inference.chunked import iter_segment_to_zarr
-    from napari_unet_tuner.io import FileImage
-
-    if args.probabilities:
-        log.warning("%s: --probabilities is only written for .tif outputs", image_path)
-    image = FileImage(image_path)
-    run = iter_segment_to_zarr(
-        image,
-        labels_path,
-        ckpt,
-        axes=args.axes,
-        inference=_for_file(inference, image, args, ckpt.model_config.spatial_dims),
-        instances=instances,
-        chunked=chunked,
-        overwrite=args.overwrite,
-    )
-    with _bar(image_path.name, "chunk") as bar:
-
-        def show(progress):
-            bar.set_description(f"{image_path.name} ({progress.stage})")
-            bar.total = progress.total
-            bar.n = progress.done
-            bar.refresh()
-
-        result = run_to_completion(run, show)
-    resumed = f" (resumed: {result.resumed} chunks were done)" if result.resumed else ""
-    log.info(
-        "%s: %d objects in %d chunks, %.1f s -> %s%s",
-        image_path,
-        result.objects,
-        result.chunks,
-        result.seconds,
-        labels_path,
-        resumed,
-    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,14 @@ def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> Non
         "--seconds", type=float, default=TrainingConfig.max_seconds, help="time budget"
     )
     tune.add_argument(
+        "--max-epochs",
+        type=int,
+        default=TrainingConfig.max_epochs,
+        help=f"stop after this many epochs (of {TrainingConfig.steps_per_epoch} steps or more) "
+        "even with time left: with a long --seconds, a run that does the same steps on a "
+        "busy machine as on a free one",
+    )
+    tune.add_argument(
         "--prediction",
         type=Path,
         action="append",
@@ -130,7 +138,11 @@ def run_finetune(args: argparse.Namespace) -> int:
         )
     ]
     config = TrainingConfig(
-        mode=args.mode, max_seconds=args.seconds, seed=args.seed, device=args.device
+        mode=args.mode,
+        max_seconds=args.seconds,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        device=args.device,
     )
     run = iter_fine_tune(
         pairs, start, config, axes=[args.axes] * len(pairs), output=args.output, name=args.name

@@ -23,3 +23,10 @@ class InputError(UnetTunerError, ValueError):
 
 class CancelledError(UnetTunerError):
     """A long run was stopped by its caller."""
+
+
+# Errors a user can fix, reported in one line by the command line: this
+# package's own, files that cannot be read or written, and values refused (a
+# truncated TIFF is a ValueError to tifffile). Anything else is a bug and
+# keeps its traceback.
+EXPECTED_ERRORS = (UnetTunerError, OSError, ValueError)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from skimage.transform import resize
 
@@ -27,6 +28,7 @@ from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, sel
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.object_size import SizeEstimate, choose_object_size
+from napari_unet_tuner.inference.objects import ObjectCollector
 from napari_unet_tuner.inference.stack import iter_segment_stack
 from napari_unet_tuner.inference.tiling import (
     Predictor,
@@ -94,6 +96,17 @@ class SegmentationResult:
     object_size : SizeEstimate or None
         The object size used to choose ``scale`` (estimated with
         ``diameter="auto"``, or as given); ``None`` when none was.
+    objects : pandas.DataFrame or None
+        One row per label: ``label``, ``area``, ``centroid-<axis>`` (axes of
+        ``labels``), ``intensity_mean`` (``intensity_mean-<c>`` per channel),
+        the signals the confidence is made of, ``confidence`` (0-1, higher
+        = more likely right) and ``review_rank`` (1 = look at it first);
+        see `napari_unet_tuner.inference.objects`. ``None`` when
+        `InferenceConfig.object_table` is off.
+    possible_misses : pandas.DataFrame or None
+        Unlabelled places where the model saw foreground: ``area``,
+        ``centroid-<axis>``, ``confidence`` (that it is an object) and
+        ``review_rank`` (1 = most likely a missed object).
     """
 
     labels: np.ndarray
@@ -101,6 +114,8 @@ class SegmentationResult:
     probabilities: np.ndarray | None = None
     scale: float = 1.0
     object_size: SizeEstimate | None = None
+    objects: pd.DataFrame | None = None
+    possible_misses: pd.DataFrame | None = None
 
 
 def make_predictor(
@@ -249,6 +264,11 @@ def iter_segment(
         size = choose_object_size(reader, predictor, ckpt, inference, instances)
     scale = inference.scale if size is None else size.scale
     scaled = Rescaled(reader, scale)
+    collector = (
+        ObjectCollector(cfg.output_kind, instances, reader.label_axes)
+        if inference.object_table
+        else None
+    )
     tile_shape = fit_tile_shape(
         scaled.spatial_shape,
         inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
@@ -279,10 +299,9 @@ def iter_segment(
                 tuple(inference.tile_shape or DEFAULT_TILE_SHAPE[2]),
                 return_probabilities,
                 progress,
+                collector,
             )
-        return SegmentationResult(
-            stack_labels, reader.label_axes, stack_probabilities, scale, size
-        )
+        return _result(image, reader, stack_labels, stack_probabilities, scale, size, collector)
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)
     labels = np.zeros(label_shape, np.int32)
     probabilities = (
@@ -340,12 +359,34 @@ def iter_segment(
             if next_label:
                 np.add(plane_labels, next_label, out=plane_labels, where=plane_labels > 0)
             next_label += count
+            if collector is not None:
+                position = dict(zip(reader.batch_axes, batch_index, strict=True))
+                collector.add(plane_labels, prob, reader.spatial_axes, position)
             if not in_place:
                 labels[where] = reader.to_label_order(plane_labels)
             if probabilities is not None:
                 probabilities[(slice(None), *where)] = reader.to_label_order(prob, channels=True)
             del prob, plane_labels
-    return SegmentationResult(labels, reader.label_axes, probabilities, scale, size)
+    return _result(image, reader, labels, probabilities, scale, size, collector)
+
+
+def _result(image, reader, labels, probabilities, scale, size, collector) -> SegmentationResult:
+    """Return the `SegmentationResult`, with the object table when ``collector`` gathered one."""
+    if collector is None:
+        return SegmentationResult(labels, reader.label_axes, probabilities, scale, size)
+    intensity = np.asarray(image[...])
+    if "C" in reader.axes:
+        # regionprops wants channels last; it names them intensity_mean-<c>.
+        intensity = np.moveaxis(intensity, reader.axes.index("C"), -1)
+    return SegmentationResult(
+        labels,
+        reader.label_axes,
+        probabilities,
+        scale,
+        size,
+        collector.objects(labels, intensity),
+        collector.possible_misses(),
+    )
 
 
 def segment(

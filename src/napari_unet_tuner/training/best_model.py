@@ -65,7 +65,8 @@ class BestModel:
 
     def consider(self, result: ValidationResult, model: torch.nn.Module, step: int) -> None:
         """Take in the validation of ``model`` at ``step``."""
-        if result.rank() > self.best.rank():
+        # A model that lost the held-out objects is never the best, only offered.
+        if result.rank() > self.best.rank() and not result.held_out_fell(self.before):
             self.best, self.state, self.step, self.since_best = result, _weights(model), step, 0
         elif result.scores["fit_loss"] < self.best_fit:
             # Still learning the annotation: on a labelling whose objects are

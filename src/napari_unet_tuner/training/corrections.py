@@ -118,7 +118,10 @@ class CorrectionMap:
 
 
 def find_corrections(
-    annotation: np.ndarray, mode: AnnotationMode, prediction: np.ndarray | None = None
+    annotation: np.ndarray,
+    mode: AnnotationMode,
+    prediction: np.ndarray | None = None,
+    reviewed: np.ndarray | None = None,
 ) -> CorrectionMap:
     """Sort an annotation's objects by comparing it with the prediction it started from.
 
@@ -132,6 +135,10 @@ def find_corrections(
         Corrections only: the predicted labels the annotation was edited
         from. Without it every object counts as unchanged (nothing is known
         to be a correction).
+    reviewed : numpy.ndarray of bool, optional
+        Corrections only: the pixels the user checked. Only objects mostly
+        inside them are corrected, deleted or unchanged; the rest of the
+        image is unknown (neither right nor wrong).
     """
     annotation = np.asarray(annotation)
     instances = annotation_to_instances(annotation, mode)
@@ -148,10 +155,11 @@ def find_corrections(
             instances,
             scribbles=True,
         )
-    known = np.ones(instances.shape, bool)
+    known = np.ones(instances.shape, bool) if reviewed is None else np.asarray(reviewed, bool)
     if prediction is None:
+        unchanged = _mostly_inside(instances, known)
         return CorrectionMap(
-            empty, empty.copy(), instances.copy(), np.zeros(known.shape, bool), known, instances
+            empty, empty.copy(), unchanged, np.zeros(known.shape, bool), known, instances
         )
     prediction = np.asarray(prediction).astype(np.int32, copy=False)
     if prediction.shape != instances.shape:
@@ -166,8 +174,24 @@ def find_corrections(
     unchanged = np.where(corrected > 0, 0, instances)
     deleted = _deleted_objects(instances, prediction)
     changes = labels_to_classes(instances) != labels_to_classes(prediction)
+    if reviewed is not None:
+        corrected, unchanged, deleted = (
+            _mostly_inside(objects, known) for objects in (corrected, unchanged, deleted)
+        )
+        changes &= known
     grown = ndimage.binary_dilation((corrected > 0) | (deleted > 0), iterations=_EMPHASIS_MARGIN)
     return CorrectionMap(corrected, deleted, unchanged, changes | grown, known, instances)
+
+
+def _mostly_inside(objects: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``objects`` with at least half of their pixels in ``region`` (others set to 0)."""
+    ids = object_ids(objects)
+    if not len(ids) or region.all():
+        return objects.copy()
+    inside = ndimage.sum_labels(region, objects, ids) >= MATCH_IOU * ndimage.sum_labels(
+        np.ones(objects.shape, bool), objects, ids
+    )
+    return np.where(np.isin(objects, ids[inside]), objects, 0)
 
 
 def _deleted_objects(instances: np.ndarray, prediction: np.ndarray) -> np.ndarray:
@@ -210,7 +234,9 @@ def complete_corrections(
     for sample in samples:
         if sample.corrections is None:
             prediction = None if predict_labels is None else predict_labels(sample.image)
-            sample.corrections = find_corrections(sample.instances, "corrections", prediction)
+            sample.corrections = find_corrections(
+                sample.instances, "corrections", prediction, sample.reviewed
+            )
     if predict_labels is not None and not any(s.corrections.fix_mask.any() for s in samples):
         raise InputError(
             "the annotation is the same as the model's prediction, so there is nothing to "

@@ -57,6 +57,14 @@ class AnnotatedImage:
     anisotropy : float
         Z step over XY pixel size, for ``stack="3d"`` (as
         `InferenceConfig.anisotropy`).
+    reviewed : numpy.ndarray of bool, optional
+        Corrections only: the pixels the user checked (e.g. the objects
+        reviewed one by one and their surroundings), of ``labels``' shape.
+        Only there is the annotation truth, background included, and only
+        objects mostly inside it are scored; elsewhere the starting
+        model's prediction is kept as a weak target
+        (`TrainingConfig.unreviewed_weight`) so the model does not drift
+        where nobody looked. ``None``: all of it is truth.
     """
 
     image: Any
@@ -67,6 +75,7 @@ class AnnotatedImage:
     scale: float | Literal["auto"] = "auto"
     stack: StackMode = "planes"
     anisotropy: float = 1.0
+    reviewed: Any = None
 
 
 def as_annotated_images(
@@ -116,6 +125,7 @@ class Sample:
     source: int = 0
     corrections: CorrectionMap | None = field(default=None, repr=False)
     stack_plane: tuple[tuple[int, ...], int] | None = None
+    reviewed: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,7 @@ def build_samples(
         label_shape = tuple(reader.shape[a] for a in reader.label_axes)
         labels = np.asarray(item.labels)
         prediction = None if item.prediction is None else np.asarray(item.prediction)
+        reviewed = None if item.reviewed is None else np.asarray(item.reviewed, bool)
         try:
             check_annotation(labels, label_shape, item.mode)
             if prediction is not None and prediction.shape != labels.shape:
@@ -173,6 +184,7 @@ def build_samples(
                     f"the prediction has shape {prediction.shape} but the annotation "
                     f"{labels.shape}; give the labels the annotation was edited from"
                 )
+            _check_reviewed(reviewed, labels, item)
         except InputError as exc:
             where = f"pair {i + 1}: " if len(annotated) > 1 else ""
             raise InputError(f"{where}{exc}") from None
@@ -181,15 +193,25 @@ def build_samples(
             raise InputError(f"pair {i + 1}: scale must be in [0.1, 10], got {scale}")
         if item.stack == "3d":
             _check_stack(item, reader, spatial_dims, scale, i)
-        readers.append((reader, labels, prediction, item.mode, scale, item.stack == "3d"))
+        readers.append(
+            (reader, labels, prediction, reviewed, item.mode, scale, item.stack == "3d")
+        )
     samples = []
     objects = object_pixels = annotated_pixels = 0
-    for source, (reader, labels, prediction, mode, scale, stack) in enumerate(readers):
+    for source, (reader, labels, prediction, reviewed, mode, scale, stack) in enumerate(readers):
         full = tuple(slice(0, s) for s in reader.spatial_shape)
         resized = tuple(max(1, round(n * scale)) for n in reader.spatial_shape)
         for batch_index in reader.batch_indices():
             index = reader.label_index(batch_index)
             plane_labels = _resized(_to_spatial_order(labels[index], reader), resized)
+            plane_reviewed = (
+                None
+                if reviewed is None
+                else _resized(_to_spatial_order(reviewed[index], reader), resized)
+            )
+            # Outside a reviewed mask the targets stay the prediction (the
+            # annotation there is as predicted): trained on at
+            # `TrainingConfig.unreviewed_weight`, never scored.
             targets = annotation_to_targets(plane_labels, mode, scribble_objects=scribble_objects)
             # A Z-stack keeps its unannotated planes: its side views cross them.
             if not stack and not (targets != IGNORE).any():
@@ -203,7 +225,9 @@ def build_samples(
                 corrections = find_corrections(plane_labels, mode)
             elif prediction is not None:
                 plane_prediction = _resized(_to_spatial_order(prediction[index], reader), resized)
-                corrections = find_corrections(plane_labels, mode, plane_prediction)
+                corrections = find_corrections(
+                    plane_labels, mode, plane_prediction, plane_reviewed
+                )
             samples.append(
                 Sample(
                     image=_resized(reader.read(batch_index, full), resized),
@@ -213,10 +237,36 @@ def build_samples(
                     source=source,
                     corrections=corrections,
                     stack_plane=_stack_plane(reader, batch_index) if stack else None,
+                    reviewed=plane_reviewed,
                 )
             )
     summary = AnnotationSummary(objects, object_pixels, annotated_pixels, len(samples))
     return samples, summary
+
+
+def _check_reviewed(reviewed: np.ndarray | None, labels: np.ndarray, item: AnnotatedImage) -> None:
+    """Raise `InputError` unless ``reviewed`` is a usable mask of what the user checked."""
+    if reviewed is None:
+        return
+    if reviewed.shape != labels.shape:
+        raise InputError(
+            f"the reviewed mask has shape {reviewed.shape} but the annotation "
+            f"{labels.shape}; give one value per pixel of the annotation"
+        )
+    if item.mode == "scribbles":
+        raise InputError(
+            "a reviewed mask is for corrections; in scribbles, unpainted pixels are "
+            "already unknown"
+        )
+    if item.stack == "3d":
+        raise InputError(
+            "a reviewed mask cannot be combined with stack='3d' yet: use stack='planes'"
+        )
+    if not reviewed.any():
+        raise InputError(
+            "nothing is marked as reviewed: review some objects (or give no reviewed mask "
+            "to take the whole annotation as truth)"
+        )
 
 
 def _check_stack(

@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from napari_unet_tuner.inference.instances import BOUNDARY, DISTANCE
 from napari_unet_tuner.training.targets import DISTANCE_SCALE, IGNORE
 
+# Value of the emphasis channel outside a reviewed mask (1: corrected pixels).
+UNREVIEWED = 2
+
 
 def masked_loss(
     logits: torch.Tensor,
@@ -16,6 +19,7 @@ def masked_loss(
     contact_weight: float = 1.0,
     emphasis: torch.Tensor | None = None,
     correction_weight: float = 1.0,
+    unreviewed_weight: float = 1.0,
 ) -> torch.Tensor:
     """Loss over annotated pixels only; `IGNORE` pixels contribute nothing.
 
@@ -28,7 +32,9 @@ def masked_loss(
     Pixels where ``emphasis`` is true (where the user corrected the
     prediction) weigh ``correction_weight`` times more: a few corrections
     among a whole image of unchanged pixels would otherwise be a few
-    percent of the loss.
+    percent of the loss. Pixels where ``emphasis`` is `UNREVIEWED` (outside
+    what the user reviewed, the starting model's prediction as target)
+    weigh ``unreviewed_weight``.
 
     4-channel (``boundary3_distance``) models take ``targets`` of shape
     ``(N, 2, *spatial)``: classes, and `classes_to_distance` of them; the
@@ -36,8 +42,12 @@ def masked_loss(
     that fraction, over the pixels where it is known.
     """
     pixel_weight = None
-    if emphasis is not None and correction_weight != 1.0:
-        pixel_weight = 1.0 + (correction_weight - 1.0) * (emphasis == 1).float()
+    if emphasis is not None and (correction_weight != 1.0 or unreviewed_weight != 1.0):
+        pixel_weight = (
+            1.0
+            + (correction_weight - 1.0) * (emphasis == 1).float()
+            + (unreviewed_weight - 1.0) * (emphasis == UNREVIEWED).float()
+        )
     if logits.shape[1] == DISTANCE + 1:
         classes, distance = targets[:, 0], targets[:, 1]
         known = distance != IGNORE
@@ -53,6 +63,7 @@ def masked_loss(
             contact_weight,
             emphasis,
             correction_weight,
+            unreviewed_weight,
         )
         return class_loss + distance_loss
     known = targets != IGNORE

@@ -4,66 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_unet_tuner.inference.overlaps import iou_table, matched_ious, overlap_table
 
-def matched_ious(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | None = None):
-    """IoU of every overlapping (true, predicted) object pair.
-
-    Parameters
-    ----------
-    truth, prediction : numpy.ndarray
-        Instance labels (0 is background).
-    known : numpy.ndarray of bool, optional
-        Only these pixels count (e.g. the annotated ones of sparse scribbles);
-        predicted objects outside them are not counted.
-
-    Returns
-    -------
-    ious : numpy.ndarray
-        ``(n_true, n_pred)`` IoU matrix.
-    """
-    return iou_table(truth, prediction, known)[0]
-
-
-def iou_table(truth: np.ndarray, prediction: np.ndarray, known: np.ndarray | None = None):
-    """Return `matched_ious` and the ids of its rows and columns (true, predicted)."""
-    if known is not None:
-        truth = np.where(known, truth, 0)
-        prediction = np.where(known, prediction, 0)
-    overlap, t_ids, p_ids = overlap_table(np.ravel(truth), np.ravel(prediction))
-    t_size = overlap.sum(1, keepdims=True)
-    p_size = overlap.sum(0, keepdims=True)
-    t_keep, p_keep = t_ids != 0, p_ids != 0
-    inter = overlap[np.ix_(t_keep, p_keep)]
-    union = t_size[t_keep] + p_size[:, p_keep] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0), t_ids[t_keep], p_ids[p_keep]
-
-
-# Largest (true ids x predicted ids) table counted directly; larger ids are
-# renumbered first (sorting, about 10x slower on a validation crop).
-_DIRECT_TABLE_SIZE = 1 << 24
-
-
-def overlap_table(truth: np.ndarray, prediction: np.ndarray):
-    """Return pixel counts of every (true id, predicted id) pair, and the ids present.
-
-    Row and column 0 are background. ``truth`` and ``prediction`` are flat
-    integer label arrays of one size.
-    """
-    if truth.size == 0:
-        return np.zeros((1, 1), np.int64), np.zeros(1, int), np.zeros(1, int)
-    t_max, p_max = int(truth.max()), int(prediction.max())
-    if truth.min() < 0 or prediction.min() < 0 or (t_max + 1) * (p_max + 1) > _DIRECT_TABLE_SIZE:
-        t_ids, truth = np.unique(truth, return_inverse=True)
-        p_ids, prediction = np.unique(prediction, return_inverse=True)
-        t_max, p_max = len(t_ids) - 1, len(p_ids) - 1
-    else:
-        t_ids, p_ids = np.arange(t_max + 1), np.arange(p_max + 1)
-    pairs = truth.astype(np.int64) * (p_max + 1) + prediction
-    table = np.bincount(pairs, minlength=(t_max + 1) * (p_max + 1)).reshape(t_max + 1, p_max + 1)
-    rows = table.any(axis=1)
-    cols = table.any(axis=0)
-    rows[0] = cols[0] = True  # background stays first, present or not
-    return table[np.ix_(rows, cols)], t_ids[rows], p_ids[cols]
+__all__ = ["iou_table", "matched_ious", "overlap_table"]
 
 
 def match_counts(

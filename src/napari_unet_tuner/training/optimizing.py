@@ -74,6 +74,7 @@ class Optimizing:
             config.contact_weight,
             emphasis=y[:, -1],
             correction_weight=config.correction_weight,
+            unreviewed_weight=config.unreviewed_weight,
         )
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate

@@ -8,6 +8,7 @@ from scipy import ndimage
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.training.data import Sample
+from napari_unet_tuner.training.losses import UNREVIEWED
 from napari_unet_tuner.training.targets import IGNORE, classes_to_distance
 
 # Share of training patches centred on a corrected pixel, when there are any:
@@ -32,7 +33,8 @@ class PatchSampler:
     is ``(K, *patch)``: the classes, their `classes_to_distance` with
     ``with_distance`` (computed on whole samples, so that objects cut by a
     patch's edge keep their true centres), and last the emphasis (1 on
-    corrected pixels, 0 elsewhere, `IGNORE` in padding).
+    corrected pixels, `UNREVIEWED` outside a reviewed mask, 0 elsewhere,
+    `IGNORE` in padding).
     """
 
     def __init__(
@@ -59,7 +61,10 @@ class PatchSampler:
             channels = [s.targets]
             if with_distance:
                 channels.append(classes_to_distance(s.targets))
-            channels.append(emphasis.astype(np.uint8))
+            weights = emphasis.astype(np.uint8)
+            if s.reviewed is not None:
+                weights[~s.reviewed & (s.targets != IGNORE)] = UNREVIEWED
+            channels.append(weights)
             self._targets.append(np.stack(channels))
             self._regions += [(len(self._targets) - 1, pixels) for pixels in _regions(emphasis)]
         self._known = [np.flatnonzero(s.targets != IGNORE) for s in self.samples]

@@ -48,6 +48,13 @@ _TUNED_SPLITS = (0.0, 0.85)
 _TUNING_TOLERANCE = 0.02
 
 
+# A model whose AP@0.5 on the held-out objects (never trained on) falls by
+# more than this has not learned, whatever it does on the reviewed ones: on
+# a simulated review of 10 HeLa objects, a model deleted both junk objects
+# reviewed and lost every held-out nucleus (AP 1.00 -> 0.00), and was kept.
+HELD_OUT_DROP = 0.2
+
+
 @dataclass(frozen=True)
 class ValidationCrop:
     """One region predicted at each validation.
@@ -146,13 +153,22 @@ class ValidationResult:
         More reviewed objects right; with `generalization_first`, a higher
         held-out AP, or the same and more reviewed objects right; with
         neither corrections known nor held-out objects, any higher rank.
+        Never a model whose held-out AP fell by more than `HELD_OUT_DROP`:
+        it fits the reviewed objects by unlearning the others.
         """
         mine, theirs = self.rank(), other.rank()
+        if self.held_out_fell(other):
+            return False
         if self.generalization_first:
             return mine[:2] > theirs[:2]
         if np.isfinite(mine[0]) or np.isfinite(theirs[0]):
             return mine[0] > theirs[0]
         return mine > theirs
+
+    def held_out_fell(self, other: ValidationResult) -> bool:
+        """Whether the held-out AP is more than `HELD_OUT_DROP` below ``other``'s."""
+        mine, theirs = self.scores["ap50"], other.scores["ap50"]
+        return bool(np.isfinite(mine) and np.isfinite(theirs) and mine < theirs - HELD_OUT_DROP)
 
 
 def regions(mask: np.ndarray, margin: int = _VAL_MARGIN) -> Iterator[tuple[tuple, np.ndarray]]:

@@ -77,7 +77,7 @@ def judge(
     if counts is not None and counts.to_fix and all_reproduced(before):
         return Verdict(False, "nothing was learned: the model already got every correction right")
     if candidate is not None and candidate.corrections is not None and counts is not None:
-        return Verdict(False, _describe_trade_off(counts, candidate.corrections), trade_off=True)
+        return Verdict(False, _describe_trade_off(before, candidate), trade_off=True)
     return Verdict(
         False,
         "nothing was learned: no model of the run got more of the corrections right than the "
@@ -113,7 +113,8 @@ def _describe_learned(
     return text
 
 
-def _describe_trade_off(before: CorrectionCounts, candidate: CorrectionCounts) -> str:
+def _describe_trade_off(start: ValidationResult, offered: ValidationResult) -> str:
+    before, candidate = start.corrections, offered.corrections
     costs = []
     lost = candidate.unchanged_lost - before.unchanged_lost
     if lost > 0:
@@ -121,6 +122,11 @@ def _describe_trade_off(before: CorrectionCounts, candidate: CorrectionCounts) -
     added = candidate.false - before.false
     if added > 0:
         costs.append(f"added {added} false object" + ("s" if added > 1 else ""))
+    if offered.held_out_fell(start):
+        costs.append(
+            f"held-out objects fell to AP50 {offered.scores['ap50']:.2f} "
+            f"(from {start.scores['ap50']:.2f})"
+        )
     cost = " and ".join(costs) or "got fewer of the other objects right"
     # Advice for what the user can see: lost objects are theirs to correct;
     # the false objects of a model they were not shown are not.

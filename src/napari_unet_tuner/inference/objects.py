@@ -1,0 +1,349 @@
+"""A table of the segmented objects, each with a confidence, and the places it may have missed.
+
+The table is what `SegmentationResult.objects` holds: one row per label,
+with scikit-image's `regionprops_table` column names (``label``, ``area``,
+``centroid-0`` ... one per axis of the labels, ``intensity_mean``), a
+``confidence`` (0-1, higher = more likely right) and a ``review_rank``
+(1 = look at it first). `possible_misses` lists unlabelled places where the
+model saw foreground, each with a confidence that it is an object.
+
+The confidence (`ConfidenceModel`) is a logistic regression over three
+signals of each object, measured on real images (``benchmarks/bench_review.py``):
+
+* ``interior_mean``: the model's mean interior probability over the object;
+* ``size_deviation``: how far the object's log area lies from the median of
+  its plane's objects, in median absolute deviations (merges are large,
+  fragments and debris small);
+* ``stability``: the mean IoU of the object with its best match when the
+  instance thresholds are moved (`STABILITY_SHIFTS`): an object that
+  appears, vanishes or changes shape with them sits on the model's doubt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from skimage.measure import regionprops_table
+
+from napari_unet_tuner.config import InstanceConfig, OutputKind
+from napari_unet_tuner.inference.instances import BACKGROUND, INTERIOR, probabilities_to_labels
+from napari_unet_tuner.inference.overlaps import iou_table
+
+# Threshold moves for `stability`: (threshold, seed_threshold) offsets. Small
+# enough that a clear object keeps its shape under all of them.
+STABILITY_SHIFTS = ((-0.2, 0.0), (0.05, 0.0), (0.0, -0.15), (0.0, 0.15))
+
+# Unlabelled regions whose foreground probability passes this are possible
+# misses (the default threshold for objects is 0.9 on the default model).
+MISS_THRESHOLD = 0.5
+
+FEATURES = ("interior_mean", "size_deviation", "stability")
+
+
+@dataclass(frozen=True)
+class ConfidenceModel:
+    """Logistic regression from measured signals to a chance (0-1).
+
+    ``chance = 1 / (1 + exp(-(bias + sum(weights * (x - mean) / scale))))``
+    over the columns ``features``, in that order.
+    """
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+
+    def __call__(self, table: pd.DataFrame) -> np.ndarray:
+        """Return the chance (0-1) of each row of ``table``."""
+        x = table[list(self.features)].to_numpy(float)
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        return 1.0 / (1.0 + np.exp(-(self.bias + z @ np.asarray(self.weights))))
+
+
+# Fitted by ``benchmarks/bench_review.py --fit`` on the default checkpoint's
+# training images (HeLa left part, scratch assay 0-6, cells3d left half, CHO:
+# 2652 objects, 362 wrong), never on the held-out images it is evaluated on.
+DEFAULT_CONFIDENCE = ConfidenceModel(
+    FEATURES,
+    mean=(0.7971, 1.4348, 0.9114),
+    scale=(0.0718, 1.892, 0.0986),
+    weights=(0.1485, -0.4728, 0.7074),
+    bias=2.1614,
+)
+# The chance that a possible miss is an object, from its mean foreground
+# probability (fitted the same way: 66 of 233 possible misses were).
+MISS_CONFIDENCE = ConfidenceModel(
+    ("foreground_mean",), mean=(0.6912,), scale=(0.0788,), weights=(0.9579,), bias=-1.1221
+)
+
+
+def object_features(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    output_kind: OutputKind,
+    instances: InstanceConfig,
+) -> pd.DataFrame:
+    """Measure the signals of `FEATURES` for every object of one plane or volume.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Instance labels (0 background) of one plane or volume.
+    probabilities : numpy.ndarray
+        The model's ``(C, *labels.shape)`` probabilities they came from.
+    output_kind : {"boundary3", "boundary3_distance", "foreground"}
+        How to read the channels.
+    instances : InstanceConfig
+        The thresholds ``labels`` were made with.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``label`` and one column per feature, one row per object present.
+    """
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if len(ids) == 0:
+        return _no_features()
+    probabilities = np.asarray(probabilities, np.float32)
+    interior = probabilities[0] if output_kind == "foreground" else probabilities[INTERIOR]
+    area = ndimage.sum_labels(np.ones(labels.shape, np.float32), labels, ids)
+    log_area = np.log(np.maximum(area, 1.0))
+    median = np.median(log_area)
+    spread = np.median(np.abs(log_area - median)) + 0.05
+    return pd.DataFrame(
+        {
+            "label": ids,
+            "interior_mean": ndimage.mean(interior, labels, ids),
+            "size_deviation": np.abs(log_area - median) / spread,
+            "stability": _stability(labels, ids, probabilities, output_kind, instances),
+        }
+    )
+
+
+def _no_features() -> pd.DataFrame:
+    columns = {name: np.zeros(0) for name in FEATURES}
+    return pd.DataFrame({"label": np.zeros(0, np.int32), **columns})
+
+
+def _stability(labels, ids, probabilities, output_kind, instances) -> np.ndarray:
+    """Mean best IoU of each object with the labels made at shifted thresholds."""
+    total = np.zeros(len(ids))
+    for threshold_shift, seed_shift in STABILITY_SHIFTS:
+        shifted = dataclasses.replace(
+            instances,
+            threshold=float(np.clip(instances.threshold + threshold_shift, 0.05, 0.99)),
+            seed_threshold=float(np.clip(instances.seed_threshold + seed_shift, 0.05, 0.95)),
+        )
+        moved = probabilities_to_labels(probabilities, output_kind, shifted)
+        ious, _, predicted = iou_table(moved, labels)
+        best = np.zeros(int(labels.max()) + 1)
+        if ious.size:
+            best[predicted] = ious.max(axis=0)
+        total += best[ids]
+    return total / len(STABILITY_SHIFTS)
+
+
+def object_table(
+    labels: np.ndarray,
+    features: pd.DataFrame,
+    intensity: np.ndarray | None = None,
+    confidence: ConfidenceModel = DEFAULT_CONFIDENCE,
+) -> pd.DataFrame:
+    """Build the per-object table of `SegmentationResult.objects`.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        All labels of the result (its axes).
+    features : pandas.DataFrame
+        `object_features` of its planes or volumes, concatenated.
+    intensity : numpy.ndarray, optional
+        The image with the labels' shape (one channel), for ``intensity_mean``.
+    confidence : ConfidenceModel
+        Maps the features to ``confidence``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``label``, ``area``, ``centroid-<axis>``, ``intensity_mean`` (when
+        ``intensity`` is given), the features, ``confidence`` and
+        ``review_rank`` (1 = least confident), sorted by label.
+    """
+    properties = ["label", "area", "centroid"]
+    if intensity is not None:
+        properties.append("intensity_mean")
+    table = pd.DataFrame(
+        regionprops_table(
+            labels,
+            intensity_image=None if intensity is None else np.asarray(intensity, np.float32),
+            properties=properties,
+        )
+    )
+    table = table.merge(features, on="label", how="left")
+    table["confidence"] = confidence(table.fillna({"stability": 0.0}))
+    table["review_rank"] = review_ranks(table["confidence"].to_numpy())
+    return table
+
+
+def review_ranks(confidence: np.ndarray) -> np.ndarray:
+    """1 for the least confident, ties broken by order (stable)."""
+    order = np.argsort(confidence, kind="stable")
+    ranks = np.empty(len(confidence), np.int64)
+    ranks[order] = np.arange(1, len(confidence) + 1)
+    return ranks
+
+
+def possible_misses(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    output_kind: OutputKind,
+    min_size: int,
+) -> pd.DataFrame:
+    """Unlabelled regions where the model saw foreground: places it may have missed.
+
+    A region is a connected group of unlabelled pixels whose foreground
+    probability is above `MISS_THRESHOLD`, at least ``min_size`` pixels,
+    that does not touch a labelled object (a rim of an object is not a miss).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``area``, ``centroid-<axis>`` (axes of ``labels``),
+        ``foreground_mean`` and ``confidence``: the chance it is an object
+        (`MISS_CONFIDENCE`).
+    """
+    probabilities = np.asarray(probabilities, np.float32)
+    foreground = (
+        probabilities[0] if output_kind == "foreground" else 1.0 - probabilities[BACKGROUND]
+    )
+    candidate = (foreground > MISS_THRESHOLD) & (labels == 0)
+    regions, count = ndimage.label(candidate)
+    columns = [
+        "area",
+        *[f"centroid-{a}" for a in range(labels.ndim)],
+        "foreground_mean",
+        "confidence",
+    ]
+    if count == 0:
+        return pd.DataFrame(columns=columns)
+    ids = np.arange(1, count + 1)
+    near_object = ndimage.binary_dilation(labels > 0)
+    touches = ndimage.maximum(near_object, regions, ids).astype(bool)
+    area = ndimage.sum_labels(candidate, regions, ids)
+    keep = ~touches & (area >= min_size)
+    if not keep.any():
+        return pd.DataFrame(columns=columns)
+    centroids = np.asarray(ndimage.center_of_mass(candidate, regions, ids[keep]))
+    centroids = centroids.reshape(-1, labels.ndim)
+    table = {"area": area[keep]}
+    for axis in range(labels.ndim):
+        table[f"centroid-{axis}"] = centroids[:, axis]
+    table["foreground_mean"] = ndimage.mean(foreground, regions, ids[keep])
+    table["confidence"] = MISS_CONFIDENCE(pd.DataFrame(table))
+    return pd.DataFrame(table, columns=columns)
+
+
+class ObjectCollector:
+    """Gathers features and possible misses plane by plane (or volume by volume).
+
+    Parameters
+    ----------
+    output_kind, instances
+        How the labels were made from the probabilities.
+    label_axes : str
+        Axes of the whole result's labels (e.g. ``"TYX"``).
+    """
+
+    def __init__(self, output_kind: OutputKind, instances: InstanceConfig, label_axes: str):
+        self.output_kind = output_kind
+        self.instances = instances
+        self.label_axes = label_axes
+        self._features: list[pd.DataFrame] = []
+        self._misses: list[pd.DataFrame] = []
+
+    def add(
+        self,
+        labels: np.ndarray,
+        probabilities: np.ndarray,
+        part_axes: str,
+        position: dict[str, int],
+    ) -> None:
+        """Measure one part: ``labels`` in ``part_axes`` order, at ``position`` on the others."""
+        self._features.append(
+            object_features(labels, probabilities, self.output_kind, self.instances)
+        )
+        misses = possible_misses(labels, probabilities, self.output_kind, self.instances.min_size)
+        placed = {"area": misses["area"]}
+        for axis, name in enumerate(self.label_axes):
+            placed[f"centroid-{axis}"] = (
+                misses[f"centroid-{part_axes.index(name)}"]
+                if name in part_axes
+                else np.full(len(misses), float(position[name]))
+            )
+        placed["foreground_mean"] = misses["foreground_mean"]
+        placed["confidence"] = misses["confidence"]
+        self._misses.append(pd.DataFrame(placed))
+
+    def objects(self, labels: np.ndarray, intensity: np.ndarray | None) -> pd.DataFrame:
+        """Return the `object_table` of the whole result."""
+        features = (
+            pd.concat(self._features, ignore_index=True) if self._features else _no_features()
+        )
+        return object_table(labels, features, intensity)
+
+    def possible_misses(self) -> pd.DataFrame:
+        """All parts' possible misses, most likely nuclei first, numbered ``review_rank``."""
+        misses = pd.concat(self._misses, ignore_index=True) if self._misses else pd.DataFrame()
+        if misses.empty:
+            columns = ["area", *[f"centroid-{a}" for a in range(len(self.label_axes))]]
+            return pd.DataFrame(columns=[*columns, "foreground_mean", "confidence", "review_rank"])
+        misses = misses.sort_values("confidence", ascending=False, kind="stable")
+        misses = misses.reset_index(drop=True)
+        misses["review_rank"] = np.arange(1, len(misses) + 1)
+        return misses
+
+
+def review_queue(objects: pd.DataFrame, misses: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Objects and possible misses in one order: the likeliest error first.
+
+    An object's doubt is the chance it is wrong (1 - confidence); a possible
+    miss's, the chance it is an object the labels lack (its confidence).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``kind`` ("object" or "miss"), ``label`` (0 for a miss), ``area``,
+        ``centroid-<axis>`` and ``doubt``, sorted by ``doubt`` (highest first).
+    """
+    centroids = [c for c in objects.columns if c.startswith("centroid-")]
+    parts = [
+        pd.DataFrame(
+            {
+                "kind": "object",
+                "label": objects["label"].to_numpy(),
+                "area": objects["area"].to_numpy(),
+                **{c: objects[c].to_numpy() for c in centroids},
+                "doubt": 1.0 - objects["confidence"].to_numpy(),
+            }
+        )
+    ]
+    if misses is not None and len(misses):
+        parts.append(
+            pd.DataFrame(
+                {
+                    "kind": "miss",
+                    "label": 0,
+                    "area": misses["area"].to_numpy(float),
+                    **{c: misses[c].to_numpy(float) for c in centroids},
+                    "doubt": misses["confidence"].to_numpy(float),
+                }
+            )
+        )
+    queue = pd.concat(parts, ignore_index=True)
+    return queue.sort_values("doubt", ascending=False, kind="stable").reset_index(drop=True)
