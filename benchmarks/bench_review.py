@@ -245,7 +245,7 @@ def review(labels, truth, reviewed_items: pd.DataFrame) -> tuple[np.ndarray, np.
     return annotation, reviewed, counts
 
 
-def loop_run(name, data, checkpoint, arm: str, seed: int, budget: float) -> dict:
+def loop_run(name, data, checkpoint, arm: str, seed: int, budget: float, variant: str) -> dict:
     (image, truth), others = data
     result = segment(image, checkpoint)
     queue = review_queue(result.objects, result.possible_misses)
@@ -255,7 +255,7 @@ def loop_run(name, data, checkpoint, arm: str, seed: int, budget: float) -> dict
         objects = queue[queue["kind"] == "object"]
         chosen = objects.sample(n=min(10, len(objects)), random_state=seed)
     annotation, reviewed, counts = review(result.labels, truth, chosen)
-    row = {"set": name, "arm": arm, "seed": seed, **counts}
+    row = {"set": name, "arm": arm, "seed": seed, "variant": variant, **counts}
     before = [segment(o, checkpoint).labels for o, _ in others]
     row["ap_other_before"] = float(
         np.mean([average_precision(t, b, 0.5) for (_, t), b in zip(others, before, strict=True)])
@@ -270,7 +270,7 @@ def loop_run(name, data, checkpoint, arm: str, seed: int, budget: float) -> dict
             )
         ],
         checkpoint,
-        TrainingConfig(max_seconds=budget, seed=seed),
+        TrainingConfig(max_seconds=budget, seed=seed, **overrides(variant)),
     )
     after = [segment(o, tuned.checkpoint).labels for o, _ in others]
     row["ap_other_after"] = float(
@@ -280,11 +280,22 @@ def loop_run(name, data, checkpoint, arm: str, seed: int, budget: float) -> dict
     return row
 
 
+def overrides(variant: str) -> dict:
+    """TrainingConfig keyword arguments of a variant name ("default": none)."""
+    if variant == "default":
+        return {}
+    out = {}
+    for part in variant.split(","):
+        key, value = part.split("=")
+        out[key] = type(getattr(TrainingConfig, key))(value)
+    return out
+
+
 def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    pooled = report["ranking"]["pooled"]
+    pooled = report.get("ranking", {}).get("pooled", {})
     names = list(pooled)
-    for ax, key in zip(axes[:1], ("recall@10",), strict=True):
+    for ax, key in zip(axes[:1] if pooled else [], ("recall@10",), strict=False):
         x = np.arange(len(names))
         ax.bar(x - 0.2, [pooled[n][key] for n in names], 0.4, label="recall@10")
         ax.bar(x + 0.2, [pooled[n]["precision@5"] for n in names], 0.4, label="precision@5")
@@ -319,6 +330,15 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["dsb", "hela", "bbbc007", "dsb_junk"])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--no-loop", action="store_true")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default"],
+        help="TrainingConfig settings to run side by side, e.g. default learning_rate=0.0003 "
+        "(several KEY=VALUE joined by commas)",
+    )
+    parser.add_argument("--arms", nargs="+", default=["guided", "random"])
+    parser.add_argument("--no-ranking", action="store_true", help="the loop only")
     parser.add_argument("--output", type=Path, default=RESULTS / "review.json")
     args = parser.parse_args()
     checkpoint = load_checkpoint(default_checkpoint_path())
@@ -326,20 +346,24 @@ def main() -> None:
         print(json.dumps(fit(checkpoint), indent=1))
         return
     report = {"cpu": cpu_flags(), "python": platform.python_version()}
-    held_out = datasets.held_out_sets()
-    objects, misses = collect(held_out, checkpoint)
-    report["ranking"] = rank_report(objects, misses)
-    print(json.dumps(report["ranking"]["pooled"], indent=1), flush=True)
-    some = [pair for pairs in held_out.values() for pair in pairs[:1]]
-    report["cost"] = cost(some, checkpoint)
-    print(json.dumps(report["cost"]), flush=True)
+    if not args.no_ranking:
+        held_out = datasets.held_out_sets()
+        objects, misses = collect(held_out, checkpoint)
+        report["ranking"] = rank_report(objects, misses)
+        print(json.dumps(report["ranking"]["pooled"], indent=1), flush=True)
+        some = [pair for pairs in held_out.values() for pair in pairs[:1]]
+        report["cost"] = cost(some, checkpoint)
+        print(json.dumps(report["cost"]), flush=True)
     report["loop"] = []
+    if args.no_loop and args.output.exists():
+        # The loop's rows of an earlier run are kept beside a new ranking.
+        report["loop"] = json.loads(args.output.read_text()).get("loop", [])
     if not args.no_loop:
         data = loop_sets()
         for seed in args.seeds:
             for name in args.sets:
-                for arm in ("guided", "random"):
-                    row = loop_run(name, data[name], checkpoint, arm, seed, args.seconds)
+                for arm, variant in ((a, v) for v in args.variants for a in args.arms):
+                    row = loop_run(name, data[name], checkpoint, arm, seed, args.seconds, variant)
                     report["loop"].append(row)
                     print(json.dumps(row), flush=True)
                     args.output.write_text(json.dumps(report, indent=1, default=float))

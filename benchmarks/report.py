@@ -8,6 +8,7 @@ from pathlib import Path
 
 from report_corrections import corrections_section, finetune_section, recheck_section
 from report_magnification import magnification_lines
+from report_review import review_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -569,6 +570,9 @@ def main() -> None:
     lines += chunked_section(load("chunked"))
     lines += corrections_section(load("corrections"))
     lines += recheck_section(load("corrections"), load("corrections_quick"))
+    # Measured by hand with bench_corrections.py options (see the section's text).
+    lines += [(ROOT / "benchmarks" / "sections" / "junk_issue34.md").read_text(), ""]
+    lines += review_section(load("review"))
     lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))
     if resp:

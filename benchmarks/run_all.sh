@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark on this machine and regenerate BENCHMARKS.md and the plots
-# (about 75 minutes on 2 cores). bench_chunked.py (hours at its full size) is run
+# (about 110 minutes on 2 cores). bench_chunked.py (hours at its full size) is run
 # on its own: see its docstring.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,6 +9,7 @@ $py bench_quality.py
 $py bench_stack_finetune.py
 $py bench_segmentation.py
 $py bench_corrections.py
+$py bench_review.py
 $py bench_finetune.py
 $py bench_peer.py
 $py bench_architecture.py

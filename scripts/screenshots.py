@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "docs" / "screenshots"
 
+import numpy as np  # noqa: E402
 from painting import correct_worst, paint_scribbles  # noqa: E402
 
 import datasets  # noqa: E402
@@ -40,12 +41,12 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["zarr", "loop", "corrections", "3d"])
+    parser.add_argument("--only", choices=["zarr", "loop", "corrections", "3d", "review"])
     only = parser.parse_args().only
     if only is None:
         # Each group in its own process: in one, Mesa's software OpenGL crashed
         # (a segfault in glDrawArrays) drawing the first shot after the zarr one.
-        for group in ("3d", "zarr", "loop"):
+        for group in ("3d", "zarr", "review", "loop"):
             subprocess.run([sys.executable, __file__, "--only", group], check=True)
         return
 
@@ -67,7 +68,12 @@ def main() -> None:
     _, dock = viewer.window.add_plugin_dock_widget("napari-unet-tuner", "U-Net Tuner")
     widget = dock.wait_for_tuner()
     if only != "loop":
-        shots = {"corrections": corrections_learned, "3d": objects_in_3d, "zarr": zarr_filling}
+        shots = {
+            "corrections": corrections_learned,
+            "3d": objects_in_3d,
+            "zarr": zarr_filling,
+            "review": review_mode,
+        }
         shots[only](viewer, widget, settle, shot)
         viewer.close()
         return
@@ -133,6 +139,53 @@ def corrections_learned(viewer, widget, settle, shot) -> None:
     settle(widget.segment_panel, 1.0)
     viewer.layers["DSB nuclei labels"].visible = True
     shot(viewer, "corrections_learned.png")
+    viewer.layers.clear()
+
+
+def review_mode(viewer, widget, settle, shot) -> None:
+    """The DSB2018 image under review: six of the least confident objects judged, the next in view.
+
+    Each is judged as the simulated reviewer of benchmarks/bench_review.py
+    does: kept when it matches a reference nucleus, deleted when it covers
+    none, redrawn as the reference nuclei under it otherwise.
+    """
+    image, truth = datasets.stardist_nuclei_2d()
+    viewer.add_image(image, name="DSB nuclei", colormap="gray")
+    widget.segment_panel.image.reset_choices()
+    widget.segment_panel.image.value = viewer.layers["DSB nuclei"]
+    widget.segment_panel.run()
+    settle(widget.segment_panel)
+    widget.show_tab(widget.annotate_panel)
+    review = widget.annotate_panel.review
+    review.keep()
+    prediction = viewer.layers["DSB nuclei labels"].data
+    viewer.layers["DSB nuclei labels"].visible = False
+    for _ in range(6):
+        item = review.current
+        if item["kind"] != "object":
+            review.keep()
+            continue
+        mine = prediction == item["label"]
+        under = [t for t in np.unique(truth[mine]) if t]
+        best = max(
+            (np.sum(mine & (truth == t)) / np.sum(mine | (truth == t)) for t in under), default=0
+        )
+        if best >= 0.5:
+            review.keep()
+        elif not under:
+            review.delete()
+        else:
+            review.redraw()
+            data = review.layer.data
+            data[mine] = 0
+            for k, t in enumerate(under):
+                data[truth == t] = item["label"] if k == 0 else data.max() + 1
+            review.layer.data = data
+            review.keep()
+    while review.current["kind"] != "object":
+        review.keep()
+    settle(seconds=1.0)
+    shot(viewer, "review_mode.png")
     viewer.layers.clear()
 
 

@@ -10,6 +10,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error
 
 from napari_unet_tuner._widgets.layers import LAYER_TAG, labels_name, layer_array
+from napari_unet_tuner._widgets.review_panel import ReviewPanel
 from napari_unet_tuner.training.targets import SCRIBBLE_BACKGROUND, annotation_counts
 
 if TYPE_CHECKING:
@@ -59,7 +60,16 @@ class AnnotatePanel(Container):
         buttons = Container(
             widgets=[self.correct_button, self.scribble_button], layout="horizontal", labels=False
         )
-        self.extend([buttons, self.summary])
+        self.review = ReviewPanel(tuner)
+        self.extend(
+            [
+                Label(value="<b>Review</b>: the least confident objects first"),
+                self.review,
+                Label(value="<b>Or paint freely</b>"),
+                buttons,
+                self.summary,
+            ]
+        )
 
     def make_corrections_layer(self) -> napari.layers.Labels | None:
         """Add a copy of the image's prediction, ready to paint on."""
@@ -128,4 +138,7 @@ class AnnotatePanel(Container):
         if mode == "scribbles":
             self.summary.value = f"{objects} objects, {pixels} pixels annotated"
         else:
+            reviewed = layer.metadata.get("reviewed")
+            if reviewed is not None and reviewed.any():
+                pixels = int(np.count_nonzero(reviewed))
             self.summary.value = f"{objects} objects ({pixels} pixels reviewed)"

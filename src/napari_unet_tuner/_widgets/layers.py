@@ -123,6 +123,9 @@ def show_segmentation(
     if region is None or created:
         target.metadata["scale"] = result.scale
         target.metadata["stack"] = stack
+    # The review queue's source: only a whole-image result's table matches its labels.
+    target.metadata["objects"] = result.objects if region is None else None
+    target.metadata["possible_misses"] = result.possible_misses if region is None else None
     if region is None:
         if not created:
             target.data = result.labels

@@ -230,6 +230,8 @@ class SegmentPanel(Container):
             )
         )
         worker.returned.connect(lambda result: self._note_size(layer, result, region is None))
+        if field_of_view is None:  # not a fine-tuning preview
+            worker.returned.connect(lambda _: self._tuner.annotate_panel.review.on_segmented())
         return self._start(worker, bar)
 
     def segments_in_3d(self, layer: napari.layers.Image, data) -> bool:

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from skimage.transform import resize
 
 from napari_unet_tuner.config import NormalizationConfig
 from napari_unet_tuner.errors import InputError
@@ -323,3 +324,35 @@ class ImageReader:
             raw = self._read_raw(batch_index, full, step=step)
             chunks.append(raw.reshape(raw.shape[0], -1))
         return np.concatenate(chunks, axis=1)
+
+
+class Rescaled:
+    """An `ImageReader`'s planes as the model sees them, resized by ``scale``.
+
+    With ``scale == 1`` tiles are read straight from the image; otherwise
+    each plane is read whole, normalized, and resized (linear) once, and
+    the model's probabilities are resized back to the plane's own shape.
+    """
+
+    def __init__(self, reader: ImageReader, scale: float) -> None:
+        self.reader = reader
+        self.scale = scale
+        self.spatial_shape = tuple(max(1, round(s * scale)) for s in reader.spatial_shape)
+
+    def plane_reader(self, batch_index: tuple[int, ...]) -> Callable[[tuple[slice, ...]], Any]:
+        """Return a tile reader (spatial slices -> normalized ``(C, *tile)``) for one plane."""
+        if self.scale == 1.0:
+            return lambda spatial: self.reader.read(batch_index, spatial)
+        whole = tuple(slice(0, s) for s in self.reader.spatial_shape)
+        plane = self.reader.read(batch_index, whole)
+        plane = resize(
+            plane, (plane.shape[0], *self.spatial_shape), order=1, anti_aliasing=self.scale < 1
+        ).astype(np.float32)
+        return lambda spatial: plane[(slice(None), *spatial)]
+
+    def restore(self, probabilities: np.ndarray) -> np.ndarray:
+        """Probabilities ``(C, *scaled)`` resized back to the plane's own shape."""
+        if self.scale == 1.0:
+            return probabilities
+        shape = (probabilities.shape[0], *self.reader.spatial_shape)
+        return resize(probabilities, shape, order=1).astype(np.float32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -160,11 +161,12 @@ def object_table(
     Parameters
     ----------
     labels : numpy.ndarray
-        All labels of the result (its axes).
+        Labels of one plane or volume (2D or 3D).
     features : pandas.DataFrame
-        `object_features` of its planes or volumes, concatenated.
+        Their `object_features`.
     intensity : numpy.ndarray, optional
-        The image with the labels' shape (one channel), for ``intensity_mean``.
+        The image there, the labels' shape plus channels last if any, for
+        ``intensity_mean`` (``intensity_mean-<c>`` per channel).
     confidence : ConfidenceModel
         Maps the features to ``confidence``.
 
@@ -173,7 +175,8 @@ def object_table(
     pandas.DataFrame
         ``label``, ``area``, ``centroid-<axis>``, ``intensity_mean`` (when
         ``intensity`` is given), the features, ``confidence`` and
-        ``review_rank`` (1 = least confident), sorted by label.
+        ``review_rank`` (1 = least confident), sorted by label; centroids
+        in the axes of ``labels``.
     """
     properties = ["label", "area", "centroid"]
     if intensity is not None:
@@ -249,6 +252,15 @@ def possible_misses(
     return pd.DataFrame(table, columns=columns)
 
 
+def raw_part(image: Any, axes: str, position: dict[str, int], part_axes: str) -> np.ndarray:
+    """Return the raw values of one plane or volume: ``part_axes`` order, channels last."""
+    raw = np.asarray(image[tuple(position.get(a, slice(None)) for a in axes)])
+    rest = [a for a in axes if a not in position]
+    # regionprops wants channels last; it names them intensity_mean-<c>.
+    order = [rest.index(a) for a in part_axes] + ([rest.index("C")] if "C" in rest else [])
+    return raw.transpose(order)
+
+
 class ObjectCollector:
     """Gathers features and possible misses plane by plane (or volume by volume).
 
@@ -264,7 +276,7 @@ class ObjectCollector:
         self.output_kind = output_kind
         self.instances = instances
         self.label_axes = label_axes
-        self._features: list[pd.DataFrame] = []
+        self._objects: list[pd.DataFrame] = []
         self._misses: list[pd.DataFrame] = []
 
     def add(
@@ -273,29 +285,40 @@ class ObjectCollector:
         probabilities: np.ndarray,
         part_axes: str,
         position: dict[str, int],
+        intensity: np.ndarray | None = None,
     ) -> None:
-        """Measure one part: ``labels`` in ``part_axes`` order, at ``position`` on the others."""
-        self._features.append(
-            object_features(labels, probabilities, self.output_kind, self.instances)
-        )
-        misses = possible_misses(labels, probabilities, self.output_kind, self.instances.min_size)
-        placed = {"area": misses["area"]}
-        for axis, name in enumerate(self.label_axes):
-            placed[f"centroid-{axis}"] = (
-                misses[f"centroid-{part_axes.index(name)}"]
-                if name in part_axes
-                else np.full(len(misses), float(position[name]))
-            )
-        placed["foreground_mean"] = misses["foreground_mean"]
-        placed["confidence"] = misses["confidence"]
-        self._misses.append(pd.DataFrame(placed))
+        """Measure one part: ``labels`` in ``part_axes`` order, at ``position`` on the others.
 
-    def objects(self, labels: np.ndarray, intensity: np.ndarray | None) -> pd.DataFrame:
-        """Return the `object_table` of the whole result."""
-        features = (
-            pd.concat(self._features, ignore_index=True) if self._features else _no_features()
-        )
-        return object_table(labels, features, intensity)
+        ``intensity``: the raw image of the part, channels last if any.
+        """
+        features = object_features(labels, probabilities, self.output_kind, self.instances)
+        table = object_table(labels, features, intensity)
+        self._objects.append(self._placed(table, part_axes, position))
+        misses = possible_misses(labels, probabilities, self.output_kind, self.instances.min_size)
+        self._misses.append(self._placed(misses, part_axes, position))
+
+    def _placed(self, table: pd.DataFrame, part_axes: str, position: dict[str, int]):
+        """``table`` with its centroids on the result's label axes (the part's index on others)."""
+        centroids = [c for c in table.columns if c.startswith("centroid-")]
+        placed = table.drop(columns=centroids)
+        at = list(placed.columns).index("area") + 1
+        for axis, name in reversed(list(enumerate(self.label_axes))):
+            value = (
+                table[f"centroid-{part_axes.index(name)}"].to_numpy(float)
+                if name in part_axes
+                else np.full(len(table), float(position[name]))
+            )
+            placed.insert(at, f"centroid-{axis}", value)
+        return placed
+
+    def objects(self) -> pd.DataFrame:
+        """Return the `object_table` of the whole result, ranked over all its parts."""
+        if not self._objects:
+            return object_table(np.zeros((1,) * len(self.label_axes), np.int32), _no_features())
+        table = pd.concat(self._objects, ignore_index=True)
+        table = table.sort_values("label", kind="stable").reset_index(drop=True)
+        table["review_rank"] = review_ranks(table["confidence"].to_numpy())
+        return table
 
     def possible_misses(self) -> pd.DataFrame:
         """All parts' possible misses, most likely nuclei first, numbered ``review_rank``."""

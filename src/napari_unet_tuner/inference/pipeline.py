@@ -6,14 +6,13 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from skimage.transform import resize
 
 from napari_unet_tuner._generators import map_progress, run_to_completion
 from napari_unet_tuner.config import (
@@ -25,10 +24,10 @@ from napari_unet_tuner.config import (
 )
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, select_device
-from napari_unet_tuner.inference.image import ImageReader, infer_axes
+from napari_unet_tuner.inference.image import ImageReader, Rescaled, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.object_size import SizeEstimate, choose_object_size
-from napari_unet_tuner.inference.objects import ObjectCollector
+from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
 from napari_unet_tuner.inference.stack import iter_segment_stack
 from napari_unet_tuner.inference.tiling import (
     Predictor,
@@ -163,38 +162,6 @@ def as_checkpoint(checkpoint: Checkpoint | str | os.PathLike) -> Checkpoint:
     return load_checkpoint(checkpoint)
 
 
-class Rescaled:
-    """An `ImageReader`'s planes as the model sees them, resized by ``scale``.
-
-    With ``scale == 1`` tiles are read straight from the image; otherwise
-    each plane is read whole, normalized, and resized (linear) once, and
-    the model's probabilities are resized back to the plane's own shape.
-    """
-
-    def __init__(self, reader: ImageReader, scale: float) -> None:
-        self.reader = reader
-        self.scale = scale
-        self.spatial_shape = tuple(max(1, round(s * scale)) for s in reader.spatial_shape)
-
-    def plane_reader(self, batch_index: tuple[int, ...]) -> Callable[[tuple[slice, ...]], Any]:
-        """Return a tile reader (spatial slices -> normalized ``(C, *tile)``) for one plane."""
-        if self.scale == 1.0:
-            return lambda spatial: self.reader.read(batch_index, spatial)
-        whole = tuple(slice(0, s) for s in self.reader.spatial_shape)
-        plane = self.reader.read(batch_index, whole)
-        plane = resize(
-            plane, (plane.shape[0], *self.spatial_shape), order=1, anti_aliasing=self.scale < 1
-        ).astype(np.float32)
-        return lambda spatial: plane[(slice(None), *spatial)]
-
-    def restore(self, probabilities: np.ndarray) -> np.ndarray:
-        """Probabilities ``(C, *scaled)`` resized back to the plane's own shape."""
-        if self.scale == 1.0:
-            return probabilities
-        shape = (probabilities.shape[0], *self.reader.spatial_shape)
-        return resize(probabilities, shape, order=1).astype(np.float32)
-
-
 def iter_segment(
     image: Any,
     checkpoint: Checkpoint | str | os.PathLike,
@@ -300,8 +267,9 @@ def iter_segment(
                 return_probabilities,
                 progress,
                 collector,
+                image,
             )
-        return _result(image, reader, stack_labels, stack_probabilities, scale, size, collector)
+        return _result(reader, stack_labels, stack_probabilities, scale, size, collector)
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)
     labels = np.zeros(label_shape, np.int32)
     probabilities = (
@@ -361,30 +329,27 @@ def iter_segment(
             next_label += count
             if collector is not None:
                 position = dict(zip(reader.batch_axes, batch_index, strict=True))
-                collector.add(plane_labels, prob, reader.spatial_axes, position)
+                raw = raw_part(image, reader.axes, position, reader.spatial_axes)
+                collector.add(plane_labels, prob, reader.spatial_axes, position, raw)
             if not in_place:
                 labels[where] = reader.to_label_order(plane_labels)
             if probabilities is not None:
                 probabilities[(slice(None), *where)] = reader.to_label_order(prob, channels=True)
             del prob, plane_labels
-    return _result(image, reader, labels, probabilities, scale, size, collector)
+    return _result(reader, labels, probabilities, scale, size, collector)
 
 
-def _result(image, reader, labels, probabilities, scale, size, collector) -> SegmentationResult:
+def _result(reader, labels, probabilities, scale, size, collector) -> SegmentationResult:
     """Return the `SegmentationResult`, with the object table when ``collector`` gathered one."""
     if collector is None:
         return SegmentationResult(labels, reader.label_axes, probabilities, scale, size)
-    intensity = np.asarray(image[...])
-    if "C" in reader.axes:
-        # regionprops wants channels last; it names them intensity_mean-<c>.
-        intensity = np.moveaxis(intensity, reader.axes.index("C"), -1)
     return SegmentationResult(
         labels,
         reader.label_axes,
         probabilities,
         scale,
         size,
-        collector.objects(labels, intensity),
+        collector.objects(),
         collector.possible_misses(),
     )
 

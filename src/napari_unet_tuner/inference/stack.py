@@ -26,7 +26,7 @@ from skimage.transform import resize
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, ModelConfig
 from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.inference.instances import probabilities_to_labels
-from napari_unet_tuner.inference.objects import ObjectCollector
+from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
 from napari_unet_tuner.inference.tiling import fit_tile_shape, iter_predict_tiled, tile_starts
 
 # Orientations: the axis of the (C, Z, Y, X) volume their planes are stacked along.
@@ -130,6 +130,7 @@ def iter_segment_stack(
     return_probabilities: bool,
     progress: Callable[..., object],
     collector: ObjectCollector | None = None,
+    image: object = None,
 ) -> Generator[object, None, tuple[np.ndarray, np.ndarray | None]]:
     """Segment every Z-stack of ``reader`` into 3D objects; return ``(labels, probabilities)``.
 
@@ -137,7 +138,8 @@ def iter_segment_stack(
     records after every batch of tiles (with the orientation running) and
     before each volume's labels.
     Labels are unique over all volumes (time points). ``collector`` measures
-    each volume's objects while its probabilities are at hand.
+    each volume's objects while its probabilities are at hand (their
+    intensities in ``image``, the raw array ``reader`` reads).
     """
     others = [a for a in reader.batch_axes if a != "Z"]
     volumes = list(itertools.product(*(range(reader.shape[a]) for a in others)))
@@ -192,7 +194,9 @@ def iter_segment_stack(
             np.add(volume_labels, next_label, out=volume_labels, where=volume_labels > 0)
         next_label += count
         if collector is not None:
-            collector.add(volume_labels, summed, "Z" + reader.spatial_axes, where)
+            part = "Z" + reader.spatial_axes
+            raw = None if image is None else raw_part(image, reader.axes, where, part)
+            collector.add(volume_labels, summed, part, where, raw)
         for z in range(depth):
             at = reader.label_index(batch_index(z))
             labels[at] = reader.to_label_order(volume_labels[z])

@@ -296,7 +296,7 @@ def _stack_plane(reader: ImageReader, batch_index: tuple[int, ...]) -> tuple[tup
 def _resized(plane: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray:
     """Resize a plane to ``spatial_shape``: images (float, C first) linearly, labels nearest.
 
-    The same resizing as segmentation's (`napari_unet_tuner.inference.pipeline.Rescaled`).
+    The same resizing as segmentation's (`napari_unet_tuner.inference.image.Rescaled`).
     """
     if plane.shape[-len(spatial_shape) :] == spatial_shape:
         return plane

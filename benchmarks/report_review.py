@@ -1,0 +1,99 @@
+"""The guided-review section of BENCHMARKS.md, from results/review.json (bench_review.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}"
+
+
+def review_section(report: dict | None) -> list[str]:
+    if not report:
+        return []
+    lines = [
+        "## Guided review: the model points at its likely errors "
+        "(`benchmarks/bench_review.py`, issue 35)",
+        "",
+        f"CPU: {report.get('cpu', '?')}.",
+        "",
+    ]
+    ranking = report.get("ranking")
+    if ranking:
+        pooled = ranking["pooled"]
+        lines += [
+            f"On every held-out labelled set ({ranking['objects']} objects of the default "
+            f"checkpoint, {ranking['wrong']} of them wrong: IoU < 0.5 with the reference), each "
+            "image's objects ranked by how likely they are wrong. recall@10: the share of all "
+            "wrong objects among each image's 10 first (pooled over images); *of possible*: "
+            "the same over min(10, wrong objects of the image), as an image with 16 wrong "
+            "objects cannot have more than 10 among its first 10; precision@5: the share of "
+            "wrong ones among each image's 5 first. The confidence is fitted on the default's "
+            "training images only (`bench_review.py --fit`), never on these.",
+            "",
+            "| order | recall@10 | recall@10 of possible | precision@5 |",
+            "|---|---|---|---|",
+        ]
+        for name, row in pooled.items():
+            lines.append(
+                f"| {name} | {_f(row['recall@10'])} | {_f(row['recall@10_of_possible'])} | "
+                f"{_f(row['precision@5'])} |"
+            )
+        lines += ["", "| set | images | objects | wrong | recall@10 (confidence / interior) |"]
+        lines.append("|---|---|---|---|---|")
+        for name, row in ranking["per set"].items():
+            lines.append(
+                f"| {name} | {row['images']} | {row['objects']} | {row['wrong']} | "
+                f"{_f(row['confidence']['recall@10'], 2)} / "
+                f"{_f(row['interior']['recall@10'], 2)} |"
+            )
+        misses = ranking["possible misses"]
+        lines += [
+            "",
+            f"Possible misses listed: {misses['listed']} ({misses['per image']:.1f} per image), "
+            f"{misses['real']} of them on a reference nucleus that no predicted object matches.",
+            "",
+        ]
+    cost = report.get("cost")
+    if cost:
+        lines += [
+            f"Cost of the table and confidence: segmentation of one image of each set "
+            f"{cost['without']:.2f} s without, {cost['with']:.2f} s with "
+            f"(**{100 * cost['extra']:+.0f} %**; median of 3 alternating runs, same process).",
+            "",
+        ]
+    rows = report.get("loop") or []
+    if rows:
+        lines += [
+            "The loop: a simulated user reviews the first 10 of the queue (objects and "
+            "possible misses; keeps the right, redraws the wrong as the reference, deletes "
+            "those on nothing, adds missed nuclei), or 10 random objects; only those and 4 "
+            "pixels around them are reviewed; then 60 s of fine-tuning (the default "
+            "`unreviewed_weight`). AP@0.5 on the other images of the same kind, mean ± sd "
+            "over seeds:",
+            "",
+            "| set | review | reviewed: right / fixed / deleted / added | learned | "
+            "AP@0.5 other images before -> after | gain |",
+            "|---|---|---|---|---|---|",
+        ]
+        sets = sorted({r["set"] for r in rows})
+        for name in sets:
+            for arm in ("guided", "random"):
+                part = [r for r in rows if r["set"] == name and r["arm"] == arm]
+                if not part:
+                    continue
+                gain = np.array([r["ap_other_after"] - r["ap_other_before"] for r in part])
+                after = np.array([r["ap_other_after"] for r in part])
+                counts = " / ".join(
+                    f"{np.mean([r[k] for r in part]):.1f}"
+                    for k in ("right", "fixed", "deleted", "added")
+                )
+                lines.append(
+                    f"| {name} | {arm} | {counts} | {sum(r['learned'] for r in part)} of "
+                    f"{len(part)} | {part[0]['ap_other_before']:.3f} -> {after.mean():.3f} ± "
+                    f"{after.std():.3f} | {gain.mean():+.3f} ± {gain.std():.3f} |"
+                )
+        lines.append("")
+    lines += ["![guided review](benchmarks/results/review.png)", ""]
+    return lines
