@@ -351,3 +351,16 @@ def test_segment_writes_the_object_table_beside_each_labels_file(tmp_path, disc_
         )
         == 1
     )
+
+
+def test_a_folder_with_a_dot_in_its_name_is_a_folder(tmp_path, image_file, tiny_checkpoint_file):
+    second = tmp_path / "cells.B.tif"
+    second.write_bytes(image_file.read_bytes())
+    common = ["--checkpoint", str(tiny_checkpoint_file), "--device", "cpu", "--diameter", "none"]
+    out = tmp_path / "run1.5"
+    # Typed with a trailing slash: a folder, made if missing.
+    assert main(["segment", str(image_file), str(second), "-o", f"{out}/", *common]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cells.B_labels.tif", "cells_labels.tif"]
+    # An existing folder is a folder without the slash, even for one input.
+    assert main(["segment", str(second), "-o", str(out), "--overwrite", *common]) == 0
+    assert (out / "cells.B_labels.tif").exists()

@@ -425,3 +425,24 @@ def test_fine_tune_refuses_a_taken_output_before_it_trains(tmp_path, tiny_checkp
     with pytest.raises(FileExistsError, match="exists"):
         fine_tune([(image, labels)], tiny_checkpoint, TrainingConfig(max_seconds=60), output=taken)
     assert time.perf_counter() - t0 < 10 and taken.read_bytes() == b"keep me"
+
+
+def test_an_unsaved_model_is_not_resumed_by_another_unsaved_model(tmp_path):
+    # The widget's fine-tuned versions have no file, so no file digest.
+    from conftest import make_checkpoint
+
+    out = tmp_path / "labels.zarr"
+    image = np.random.default_rng(3).integers(0, 4000, (96, 96)).astype(np.uint16)
+    first, other = make_checkpoint(seed=0), make_checkpoint(seed=1)
+    assert first.sha256 is None and other.sha256 is None
+    assert first.weights_sha256() != other.weights_sha256()
+    assert first.weights_sha256() == make_checkpoint(seed=0).weights_sha256()
+    run = iter_segment_to_zarr(image, out, first)
+    next(run)
+    run.close()
+    with pytest.raises(FileExistsError, match="other settings or input"):
+        for _ in iter_segment_to_zarr(image, out, other):
+            pass
+    for _ in iter_segment_to_zarr(image, out, make_checkpoint(seed=0)):  # the same weights
+        pass
+    assert not (out / WORK_DIR).exists()

@@ -38,11 +38,12 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
     seg.add_argument(
         "-o",
         "--output",
-        type=Path,
+        type=_output_argument,
         required=True,
         help=(
             "OUT.tif or OUT.zarr for a single input, otherwise a folder "
-            "(INPUT_labels.tif or INPUT_labels.zarr inside, see --format)"
+            "(INPUT_labels.tif or INPUT_labels.zarr inside, see --format; a folder whose "
+            "name has a dot: end it with /)"
         ),
     )
     seg.add_argument(
@@ -148,9 +149,26 @@ def _scale(text: str) -> float:
     return value
 
 
+class _OutputPath(type(Path())):
+    """The ``-o`` path, remembering whether it was typed as a folder (a trailing slash)."""
+
+    folder = False
+
+
+def _output_argument(text: str) -> Path:
+    path = _OutputPath(text)
+    path.folder = text.endswith(("/", "\\"))
+    return path
+
+
 def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
     """(input, labels path, probabilities path) per input; checks the table paths too."""
-    suffix = args.output.suffix.lower()
+    # A folder typed with a trailing slash, or one that exists, is a folder
+    # whatever dots its name has (results/run1.5/); a .zarr is an output.
+    folder = getattr(args.output, "folder", False) or (
+        args.output.is_dir() and args.output.suffix.lower() != ".zarr"
+    )
+    suffix = "" if folder else args.output.suffix.lower()
     if suffix and suffix not in (".tif", ".tiff", ".zarr"):
         raise UnetTunerError(
             f"cannot write labels as {args.output.name}: name a .tif or .zarr output, "

@@ -73,6 +73,12 @@ class TrainingConfig(DictMixin):
         Share of the unchanged objects held out (whole objects, by image
         region, the same in every plane) to report how the model generalizes;
         corrections are never held out.
+    balance_validation : bool
+        Lengthen an epoch past ``steps_per_epoch`` so that training takes at
+        least as long as validating (large scribbles make validations of
+        several seconds). Off, every epoch is ``steps_per_epoch`` steps: the
+        same steps on a busy machine as on a free one (with a ``max_seconds``
+        that is never reached), as tests and reproducible scripts need.
     freeze_encoder_levels : int
         Encoder blocks (from the top) whose weights are not trained.
     freeze_batch_norm : bool or None
@@ -125,6 +131,7 @@ class TrainingConfig(DictMixin):
     unreviewed_weight: float = 0.5
     trusted_background: float = 1.0
     validation_fraction: float = 0.2
+    balance_validation: bool = True
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
     augment: bool = True

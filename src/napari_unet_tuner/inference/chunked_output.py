@@ -29,12 +29,17 @@ def fingerprint(
         "input_shape": [int(s) for s in spec.source.shape],
         "input_dtype": str(np.dtype(spec.source.dtype)),
         "axes": spec.axes,
-        "checkpoint_sha256": spec.checkpoint.sha256,
+        # An unsaved model (no file, no sha256) is known by its weights.
+        "checkpoint_sha256": spec.checkpoint.weights_sha256(),
         "instances": spec.instances.to_dict(),
         "normalization": spec.normalization.to_dict(),
         # Every setting that changes the labels: batch size and precision change
         # the last bits of the probabilities, so a seed at a threshold may move.
-        "inference": {k: v for k, v in spec.inference.to_dict().items() if k != "num_threads"},
+        "inference": {
+            k: v
+            for k, v in spec.inference.to_dict().items()
+            if k not in ("num_threads", "object_table")
+        },
         "tile_shape": list(spec.tile_shape),
         "chunk_shape": list(chunk_shape),
     }

@@ -80,6 +80,22 @@ class Checkpoint:
         model.load_state_dict(weights, strict=True, assign=True)
         return model.to(device).eval()
 
+    def weights_sha256(self) -> str:
+        """Return the SHA-256 of the file, or of the weights themselves for an unsaved model.
+
+        Identifies the model a run used also for a version that was never
+        written (the widget's fine-tuned ones have no file).
+        """
+        if self.sha256 is not None:
+            return self.sha256
+        digest = hashlib.sha256(json.dumps(self.model_config.to_dict(), sort_keys=True).encode())
+        for name in sorted(self.state_dict):
+            tensor = self.state_dict[name].detach().to("cpu").contiguous()
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def as_parent(self) -> dict[str, Any]:
         """Identify this checkpoint for the card of one derived from it."""
         return {"name": self.card.name, "sha256": self.sha256, "path": str(self.path or "")}

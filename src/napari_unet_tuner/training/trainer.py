@@ -218,7 +218,7 @@ def _train_epoch(
     steps = max(
         config.steps_per_epoch,
         math.ceil(clock.validation_seconds * run.step / max(clock.train_seconds, 1e-3))
-        if run.step
+        if run.step and config.balance_validation
         else 0,
     )
     loss = None
