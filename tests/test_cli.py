@@ -67,6 +67,20 @@ def test_scale_out_of_range_is_a_usage_error(tmp_path, image_file, capsys):
         main(["segment", str(image_file), "-o", str(tmp_path / "o.tif"), "--scale", "0"])
     assert "outside 0.1-10" in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
+    # Instance settings out of range are named as typed, not as a config class.
+    for option, value, interval in (
+        ("--threshold", "1.5", "(0, 1)"),
+        ("--seed-threshold", "0", "(0, 1)"),
+        ("--split-solidity", "2", "[0, 1]"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["segment", str(image_file), "-o", str(tmp_path / "o.tif"), option, value])
+        err = capsys.readouterr().err
+        assert f"argument {option}: {float(value):g} is outside {interval}" in err
+        assert "InstanceConfig" not in err
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    assert " ".join(capsys.readouterr().out.split()).count("default: the model's own") == 4
 
 
 def test_batch_reports_failures_and_goes_on(tmp_path, image_file, tiny_checkpoint_file, caplog):
@@ -128,8 +142,8 @@ def test_clear_errors_and_nothing_written(tmp_path, image_file, tiny_checkpoint_
     assert main(["segment", str(image_file), "-o", str(out), "--checkpoint", str(bad_ckpt)]) == 1
     assert "not a napari-unet-tuner checkpoint" in caplog.text
     args = ["segment", str(image_file), "-o", str(out), "--checkpoint", str(tiny_checkpoint_file)]
-    assert main([*args, "--split-solidity", "1.5"]) == 1
-    assert "split_solidity must be in [0, 1]" in caplog.text
+    with pytest.raises(SystemExit):  # refused as typed, before anything runs
+        main([*args, "--split-solidity", "1.5"])
     assert list(tmp_path.glob("o*.tif")) == []
     with pytest.raises(SystemExit) as exc:
         main(["segment", str(image_file)])

@@ -114,17 +114,27 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         help="Z step over XY pixel size, for 3d objects (e.g. 2 for 0.5 um planes of 0.25 um "
         "pixels); default: from the file's metadata (OME or ImageJ), else 1",
     )
-    seg.add_argument("--threshold", type=float, help="foreground probability threshold")
+    # Defaults come from the checkpoint's card (the bundled model: 0.9, 0.4, 15, 0).
+    model_default = " (default: the model's own; `unet-tuner info` shows it)"
+    seg.add_argument(
+        "--threshold",
+        type=_fraction(closed=False),
+        help="foreground probability threshold, 0-1" + model_default,
+    )
     seg.add_argument(
         "--seed-threshold",
-        type=float,
-        help="seed level: interior probability, or distance to the edge for distance models",
+        type=_fraction(closed=False),
+        help="seed level, 0-1: interior probability, or distance to the edge for distance "
+        "models" + model_default,
     )
-    seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels")
+    seg.add_argument(
+        "--min-size", type=_count, help="smallest object kept, in pixels" + model_default
+    )
     seg.add_argument(
         "--split-solidity",
-        type=float,
-        help="split seeds less convex than this (0-1) at their waist; 0 turns splitting off",
+        type=_fraction(closed=True),
+        help="split seeds less convex than this (0-1) at their waist; 0 turns splitting off"
+        + model_default,
     )
     seg.add_argument(
         "--probabilities", action="store_true", help="also write INPUT_probabilities.tif"
@@ -140,6 +150,28 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         "to *_possible_misses.csv; .tif outputs only",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _fraction(closed: bool):
+    """Return an argparse type of a number in (0, 1), or [0, 1] when ``closed``."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        inside = 0 <= value <= 1 if closed else 0 < value < 1
+        if not inside:
+            raise argparse.ArgumentTypeError(
+                f"{value:g} is outside {'[0, 1]' if closed else '(0, 1)'}"
+            )
+        return value
+
+    return parse
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give a number of pixels")
+    return value
 
 
 def _scale(text: str) -> float:
