@@ -378,3 +378,11 @@ def test_a_folder_with_a_dot_in_its_name_is_a_folder(tmp_path, image_file, tiny_
     # An existing folder is a folder without the slash, even for one input.
     assert main(["segment", str(second), "-o", str(out), "--overwrite", *common]) == 0
     assert (out / "cells.B_labels.tif").exists()
+
+
+def test_one_failed_input_says_so_once(tmp_path, caplog):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"garbage")
+    assert main(["segment", str(bad), "-o", str(tmp_path / "o.tif")]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {bad}: cannot read")

@@ -324,9 +324,11 @@ def run_segment(args: argparse.Namespace) -> int:
                 log.error("error: %s: %s", image_path, exc)
                 failures.append((image_path, exc))
     if failures:
-        log.error("%d of %d input(s) failed:", len(failures), len(jobs))
-        for image_path, exc in failures:
-            log.error("  %s: %s", image_path, exc)
+        # A batch ends with the list of what failed; one input said it already.
+        if len(jobs) > 1:
+            log.error("%d of %d input(s) failed:", len(failures), len(jobs))
+            for image_path, exc in failures:
+                log.error("  %s: %s", image_path, exc)
         return 1
     return 0
 
