@@ -386,3 +386,18 @@ def test_one_failed_input_says_so_once(tmp_path, caplog):
     assert main(["segment", str(bad), "-o", str(tmp_path / "o.tif")]) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith(f"error: {bad}: cannot read")
+
+
+def test_finetune_names_the_model_file_it_can_write(tmp_path, image_file, caplog):
+    annotation = tmp_path / "ann.tif"
+    tifffile.imwrite(annotation, np.zeros((48, 40), np.uint16))
+    pair = [str(image_file), str(annotation)]
+    assert main(["finetune", *pair, "-o", str(tmp_path / "m2.zip")]) == 1
+    assert "name it m2.safetensors" in caplog.text
+    assert not (tmp_path / "m2.zip").exists()
+    # Over an existing file: finetune has no option to replace it, so it offers none.
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"x")
+    assert main(["finetune", *pair, "-o", str(taken)]) == 1
+    assert "exists; choose another file name" in caplog.text
+    assert "allow overwriting" not in caplog.text and taken.read_bytes() == b"x"

@@ -116,7 +116,20 @@ def run_finetune(args: argparse.Namespace) -> int:
         if args.from_scratch
         else load_checkpoint(args.checkpoint or default_checkpoint_path())
     )
-    check_checkpoint_path(args.output, start)
+    suffix = Path(args.output).suffix.lower()
+    if suffix and suffix != ".safetensors":
+        stem = Path(args.output).with_suffix(".safetensors").name
+        raise UnetTunerError(
+            f"a model is written as a .safetensors file, not {suffix}: name it {stem} "
+            "(`unet-tuner export` then makes a bioimage.io .zip of it)"
+        )
+    try:
+        check_checkpoint_path(args.output, start)
+    except FileExistsError as exc:
+        if "parent" in str(exc):
+            raise
+        # finetune never replaces a file: no option to allow it.
+        raise FileExistsError(f"{args.output} exists; choose another file name") from None
     check_output(args.output, args.files)
     predictions = args.prediction or [None] * (len(args.files) // 2)
     if len(predictions) != len(args.files) // 2:

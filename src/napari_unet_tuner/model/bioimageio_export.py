@@ -117,7 +117,10 @@ def export_bioimageio(
     if output.suffix.lower() != ".zip":
         output = output.with_name(output.name + ".zip")
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; choose another name, or overwrite it")
+        raise FileExistsError(
+            f"{output} exists; choose another name, or replace it (overwrite=True, "
+            "--overwrite on the command line)"
+        )
     with tempfile.TemporaryDirectory(prefix="unet-tuner-bioimageio-") as folder:
         work = Path(folder)
         test_input = _test_input(checkpoint, sample)
