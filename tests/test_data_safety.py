@@ -446,3 +446,39 @@ def test_an_unsaved_model_is_not_resumed_by_another_unsaved_model(tmp_path):
     for _ in iter_segment_to_zarr(image, out, make_checkpoint(seed=0)):  # the same weights
         pass
     assert not (out / WORK_DIR).exists()
+
+
+def test_ctrl_c_during_finetune_keeps_the_best_model_as_stop_does(tmp_path, disc_model):
+    from napari_unet_tuner.model.saving import save_checkpoint
+
+    from conftest import dim_disc_scene
+
+    image, truth, _ = dim_disc_scene(0)
+    tifffile.imwrite(tmp_path / "cells.tif", image)
+    tifffile.imwrite(tmp_path / "fixed.tif", truth.astype(np.uint16))
+    start = save_checkpoint(disc_model, tmp_path / "start.safetensors")
+    out = tmp_path / "tuned.safetensors"
+    command = [sys.executable, "-m", "napari_unet_tuner.cli", "finetune"]
+    command += [str(tmp_path / "cells.tif"), str(tmp_path / "fixed.tif"), "-o", str(out)]
+    command += ["--checkpoint", str(start), "--seconds", "600", "--device", "cpu"]
+    run = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    # Training has started once the bar shows a step.
+    seen = ""
+    while "step=" not in seen:
+        char = run.stderr.read(1)
+        assert char, seen
+        seen += char
+    run.send_signal(signal.SIGINT)
+    _, rest = run.communicate(timeout=120)
+    stderr = seen + rest
+    assert "stopping after this step" in stderr
+    assert "interrupted: no model was written" not in stderr
+    # The run ended with its verdict, as after the widget's Stop.
+    assert "learned" in stderr
+    assert run.returncode in (0, 1)
+    assert out.exists() == (run.returncode == 0)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,33 @@ from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.outputs import check_output
 
 log = logging.getLogger("napari_unet_tuner")
+
+
+@contextlib.contextmanager
+def _first_interrupt_stops(stop: threading.Event):
+    """Make the first Ctrl-C end training and keep the best model so far, as the widget's Stop.
+
+    A second Ctrl-C interrupts at once (nothing is written). Outside the
+    main thread (no signals there) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning(
+            "\nstopping after this step: the best model so far is kept and written if it "
+            "learned (Ctrl-C again to stop at once, writing nothing)"
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> None:
@@ -157,8 +187,15 @@ def run_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
+    stop = threading.Event()
     run = iter_fine_tune(
-        pairs, start, config, axes=[args.axes] * len(pairs), output=args.output, name=args.name
+        pairs,
+        start,
+        config,
+        axes=[args.axes] * len(pairs),
+        output=args.output,
+        name=args.name,
+        stop=stop,
     )
     # Seconds of the budget, not a rate: no "s/s" in the bar.
     bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}"
@@ -176,7 +213,8 @@ def run_finetune(args: argparse.Namespace) -> int:
                 postfix["kept model" if progress.kind == "final" else "model"] = counts.short()
             bar.set_postfix(postfix)
 
-        result = run_to_completion(run, show)
+        with _first_interrupt_stops(stop):
+            result = run_to_completion(run, show)
     log.info("%s", result.message)
     if result.corrections_after is not None:
         log.info("on the annotation: %s", result.corrections_after.describe())
