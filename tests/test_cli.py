@@ -218,9 +218,29 @@ def test_finetune_a_2d_model_on_3d_objects_of_a_z_stack(tmp_path, tiny_checkpoin
     flat = tmp_path / "plane.tif"
     tifffile.imwrite(flat, image[8])
     tifffile.imwrite(tmp_path / "plane_objects.tif", labels[8])
-    args = ["finetune", str(flat), str(tmp_path / "plane_objects.tif"), "-o", str(out) + "2"]
+    args = [
+        "finetune",
+        str(flat),
+        str(tmp_path / "plane_objects.tif"),
+        "-o",
+        str(tmp_path / "tuned2.safetensors"),
+    ]
     assert main([*args, "--stack", "3d", "--seconds", "5", "--device", "cpu"]) == 1
     assert "stack='3d' is for Z-stacks" in caplog.text
+    # A stack whose file says ZYX is learned as 3D objects without --stack, as
+    # segment segments it; its Z step comes from the file.
+    tagged = tmp_path / "tagged.tif"
+    tifffile.imwrite(tagged, image, imagej=True, metadata={"axes": "ZYX", "spacing": 3.0})
+    args = [
+        "finetune",
+        str(tagged),
+        str(tmp_path / "objects.tif"),
+        "-o",
+        str(tmp_path / "tuned3.safetensors"),
+    ]
+    from_file = [b for b in budget if b not in ("--axes", "ZYX")]  # the file's axes only
+    main([*args, *from_file])  # learned or not in one epoch: how it was read is the point
+    assert "learned as 3D objects (axes ZYX), Z step 3.00x" in caplog.text
 
 
 def test_zarr_input_to_zarr_output_chunk_by_chunk(tmp_path, tiny_checkpoint_file, caplog):

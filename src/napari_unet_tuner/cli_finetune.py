@@ -20,6 +20,28 @@ from napari_unet_tuner.outputs import check_output
 log = logging.getLogger("napari_unet_tuner")
 
 
+def _stack_of(args: argparse.Namespace, file, start) -> tuple[str, float]:
+    """(stack mode, Z step) of one image: as given, or as segment decides (``auto``)."""
+    from napari_unet_tuner.config import InferenceConfig, resolve_stack
+
+    two_d = start is None or start.model_config.spatial_dims == 2
+    wanted = args.stack if two_d else "planes"  # a 3D model reads volumes itself
+    resolved = resolve_stack(
+        InferenceConfig(stack=wanted, anisotropy=args.anisotropy, diameter=args.diameter),
+        args.axes or file.axes,
+        file.anisotropy,
+    )
+    if args.stack == "auto" and resolved.stack == "3d":
+        log.info(
+            "%s: learned as 3D objects (axes %s), Z step %.2fx the pixel size; "
+            "--stack planes for objects drawn plane by plane",
+            file.path.name,
+            args.axes or file.axes,
+            resolved.anisotropy,
+        )
+    return resolved.stack, resolved.anisotropy
+
+
 @contextlib.contextmanager
 def _first_interrupt_stops(stop: threading.Event):
     """Make the first Ctrl-C end training and keep the best model so far, as the widget's Stop.
@@ -97,16 +119,16 @@ def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> Non
     )
     tune.add_argument(
         "--stack",
-        choices=STACK_MODES,
-        default="planes",
-        help="Z-stacks: 3d when the annotations are 3D objects (as segment --stack 3d gives): "
-        "the model also learns their XZ and YZ planes",
+        choices=("auto", *STACK_MODES),
+        default="auto",
+        help="Z-stacks: 3d when the annotations are 3D objects (as segment gives on a stack "
+        "whose axes say Z): the model also learns their XZ and YZ planes. auto: as segment "
+        "decides, 3d when the image's axes (--axes or the file's) hold Z",
     )
     tune.add_argument(
         "--anisotropy",
         type=float,
-        default=1.0,
-        help="Z step over XY pixel size, for --stack 3d",
+        help="Z step over XY pixel size, for --stack 3d (default: the file's, else 1)",
     )
     tune.add_argument(
         "--keep-anyway",
@@ -133,7 +155,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet_tuner.inference.object_size import annotation_scale
-    from napari_unet_tuner.io import open_image
+    from napari_unet_tuner.io import FileImage, open_image
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
     from napari_unet_tuner.model.saving import check_checkpoint_path
     from napari_unet_tuner.training.data import AnnotatedImage
@@ -167,19 +189,22 @@ def run_finetune(args: argparse.Namespace) -> int:
             f"give one --prediction per IMAGE ANNOTATION pair ({len(args.files) // 2}), "
             f"not {len(predictions)}"
         )
-    pairs = [
-        AnnotatedImage(
-            open_image(image),
-            np.asarray(open_image(annotation)[...]),
-            prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
-            scale=1.0 if args.stack == "3d" else annotation_scale(args.diameter, start),
-            stack=args.stack,
-            anisotropy=args.anisotropy,
+    pairs = []
+    for image, annotation, predicted in zip(
+        args.files[::2], args.files[1::2], predictions, strict=True
+    ):
+        file = FileImage(image)
+        stack, anisotropy = _stack_of(args, file, start)
+        pairs.append(
+            AnnotatedImage(
+                file.array,
+                np.asarray(open_image(annotation)[...]),
+                prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
+                scale=1.0 if stack == "3d" else annotation_scale(args.diameter, start),
+                stack=stack,
+                anisotropy=anisotropy,
+            )
         )
-        for image, annotation, predicted in zip(
-            args.files[::2], args.files[1::2], predictions, strict=True
-        )
-    ]
     config = TrainingConfig(
         mode=args.mode,
         max_seconds=args.seconds,
