@@ -156,7 +156,7 @@ class ReviewPanel(Container):
             for action, key in KEYS.items():
                 layer.bind_key(key, lambda _layer, a=action: getattr(self, a)(), overwrite=True)
             self.layer, self._table, self.position = layer, table, -1
-            self._largest_predicted = int(np.max(prediction.data))
+            self._largest_predicted = int(np.max(layer.metadata["prediction"]))
             self.queue = review_queue(table, prediction.metadata.get("possible_misses"))
             self.counts = dict.fromkeys(self.counts, 0)
         return True
@@ -174,10 +174,12 @@ class ReviewPanel(Container):
             return
         viewer = self._tuner.viewer
         world = self.layer.data_to_world(self._centroid(item))
-        for axis in range(viewer.dims.ndim):
-            if axis not in viewer.dims.displayed:
-                viewer.dims.set_point(axis, world[axis])
-        viewer.camera.center = tuple(world[d] for d in viewer.dims.displayed)
+        # The viewer's axes end with the layer's (other layers may have more).
+        offset = viewer.dims.ndim - len(world)
+        for axis in range(len(world)):
+            if axis + offset not in viewer.dims.displayed:
+                viewer.dims.set_point(axis + offset, world[axis])
+        viewer.camera.center = tuple(world[d - offset] for d in viewer.dims.displayed)
         pixel = float(np.min(self.layer.scale[-2:]))
         across = 2 * np.sqrt(item["area"] / np.pi) * pixel
         wanted = min(SHOWN_PIXELS / max(across, 1e-6), MAX_ZOOM / pixel)
@@ -191,8 +193,9 @@ class ReviewPanel(Container):
         """Mark the item's pixels (and its surroundings) reviewed; count the outcome."""
         window = self._window(item)
         if item["kind"] == "object":
-            prediction = self._tuner.viewer.layers[labels_name(self._tuner.image_layer)]
-            seen = (prediction.data[window] == item["label"]) | (
+            # The prediction the review started from (the image may be re-segmented since).
+            prediction = self.layer.metadata["prediction"]
+            seen = (prediction[window] == item["label"]) | (
                 self.layer.data[window] == item["label"]
             )
         else:
