@@ -165,3 +165,28 @@ def test_a_model_that_loses_the_held_out_objects_did_not_learn():
     best.consider(slight, model, 40)
     assert best.best is slight
     assert judge(before, best.best, best.step, best.candidate, 30.0, 60).learned
+
+
+def test_parent_pull_keeps_the_weights_near_the_starting_model(disc_model):
+    from napari_unet_tuner.training.optimizing import Optimizing
+
+    image, truth, _ = dim_disc_scene(0)
+    annotated = AnnotatedImage(image, truth, mode="corrections")
+    samples, _ = build_samples([annotated], 2, 1, disc_model.card.normalization_config)
+
+    def drift(pull: float) -> float:
+        torch.manual_seed(0)
+        model = disc_model.build_model()
+        config = TrainingConfig(parent_pull=pull, device="cpu", mixed_precision=False)
+        sampler = PatchSampler(samples, (64, 64), None, np.random.default_rng(0))
+        optimizing = Optimizing(model, sampler, config, torch.device("cpu"), 4, True)
+        optimizing.train_mode()
+        for _ in range(15):
+            optimizing.step(3e-3)
+        return sum(
+            float(((p.detach() - disc_model.state_dict[name]) ** 2).sum())
+            for name, p in model.named_parameters()
+        )
+
+    free, pulled = drift(0.0), drift(1e4)
+    assert pulled < 0.5 * free

@@ -73,6 +73,11 @@ class TrainingConfig(DictMixin):
         Share of the unchanged objects held out (whole objects, by image
         region, the same in every plane) to report how the model generalizes;
         corrections are never held out.
+    parent_pull : float
+        Weight of the mean squared change of the weights from the starting
+        model's in the loss (L2-SP): keeps a fine-tuned model near the one
+        it started from, so that what it did right on other images is kept.
+        0 (default) is off; measured in BENCHMARKS.md (issue 35).
     balance_validation : bool
         Lengthen an epoch past ``steps_per_epoch`` so that training takes at
         least as long as validating (large scribbles make validations of
@@ -132,6 +137,7 @@ class TrainingConfig(DictMixin):
     trusted_background: float = 1.0
     validation_fraction: float = 0.2
     balance_validation: bool = True
+    parent_pull: float = 0.0
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
     augment: bool = True
@@ -187,6 +193,8 @@ class TrainingConfig(DictMixin):
             raise ConfigError(
                 f"trusted_background must be in (0, 1], got {self.trusted_background}"
             )
+        if self.parent_pull < 0:
+            raise ConfigError(f"parent_pull must be >= 0, got {self.parent_pull}")
         if not 0.0 <= self.unreviewed_weight <= 1.0:
             raise ConfigError(f"unreviewed_weight must be in [0, 1], got {self.unreviewed_weight}")
         if self.correction_weight < 1.0:

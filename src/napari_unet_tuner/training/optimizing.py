@@ -44,6 +44,9 @@ class Optimizing:
         self.freeze_batch_norm = freeze_batch_norm
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+        # The starting weights, for `TrainingConfig.parent_pull` (L2-SP).
+        self._anchor = [(p, p.detach().clone()) for p in params] if config.parent_pull > 0 else []
+        self._anchor_size = sum(p.numel() for p in params)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=config.mixed_precision and device.type == "cuda"
         )
@@ -76,6 +79,9 @@ class Optimizing:
             correction_weight=config.correction_weight,
             unreviewed_weight=config.unreviewed_weight,
         )
+        if self._anchor:
+            drift = sum(((p - start) ** 2).sum() for p, start in self._anchor)
+            loss = loss + config.parent_pull * drift / self._anchor_size
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         self.optimizer.zero_grad(set_to_none=True)
