@@ -113,27 +113,24 @@ def review_section(report: dict | None) -> list[str]:
             "runs above: offered, not kept).",
             "",
         ]
-    variants = report.get("variants") or []
-    if variants:
-        lines += [
-            "A lower learning rate for the guided arm, side by side with the default (each "
-            "seed ran both, one after the other; `bench_review.py --arms guided --variants "
-            "default learning_rate=0.0003`), gain in AP@0.5 on other images, mean ± sd: "
-            "better on HeLa, the same on DSB2018, worse on BBBC007, so the default stays:",
-            "",
-            "| set | " + " | ".join(sorted({r["variant"] for r in variants})) + " |",
-            "|---|" + "---|" * len({r["variant"] for r in variants}),
-        ]
-        for name in sorted({r["set"] for r in variants}):
-            cells = []
-            for variant in sorted({r["variant"] for r in variants}):
-                gain = [
-                    r["ap_other_after"] - r["ap_other_before"]
-                    for r in variants
-                    if r["set"] == name and r["variant"] == variant
-                ]
-                cells.append(f"{np.mean(gain):+.3f} ± {np.std(gain):.3f}")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+    for experiment in report.get("variant_runs", []):
+        lines += variant_table(experiment["title"], experiment["rows"])
     lines += ["![guided review](benchmarks/results/review.png)", ""]
     return lines
+
+
+def variant_table(title: str, rows: list[dict]) -> list[str]:
+    """One side-by-side experiment: the gain on other images per set and setting."""
+    names = sorted({r["variant"] for r in rows}, key=lambda v: (v != "default", v))
+    lines = [title, "", "| set | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name in sorted({r["set"] for r in rows}):
+        cells = []
+        for variant in names:
+            gain = [
+                r["ap_other_after"] - r["ap_other_before"]
+                for r in rows
+                if r["set"] == name and r["variant"] == variant
+            ]
+            cells.append(f"{np.mean(gain):+.3f} ± {np.std(gain):.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
