@@ -190,3 +190,25 @@ def test_parent_pull_keeps_the_weights_near_the_starting_model(disc_model):
 
     free, pulled = drift(0.0), drift(1e4)
     assert pulled < 0.5 * free
+
+
+def test_warmup_ramps_the_step_size_over_its_first_steps(disc_model):
+    from napari_unet_tuner.training.optimizing import Optimizing
+
+    image, truth, _ = dim_disc_scene(0)
+    samples, _ = build_samples(
+        [AnnotatedImage(image, truth, mode="corrections")],
+        2,
+        1,
+        disc_model.card.normalization_config,
+    )
+    config = TrainingConfig(warmup_steps=4, device="cpu", mixed_precision=False)
+    sampler = PatchSampler(samples, (32, 32), None, np.random.default_rng(0))
+    optimizing = Optimizing(
+        disc_model.build_model(), sampler, config, torch.device("cpu"), 2, True
+    )
+    rates = []
+    for _ in range(6):
+        optimizing.step(1e-3)
+        rates.append(optimizing.optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])

@@ -78,6 +78,9 @@ class TrainingConfig(DictMixin):
         model's in the loss (L2-SP): keeps a fine-tuned model near the one
         it started from, so that what it did right on other images is kept.
         0 (default) is off; measured in BENCHMARKS.md (issue 35).
+    warmup_steps : int
+        Ramp the step size up linearly over this many first steps (0: off,
+        the default); measured in BENCHMARKS.md (issue 35).
     balance_validation : bool
         Lengthen an epoch past ``steps_per_epoch`` so that training takes at
         least as long as validating (large scribbles make validations of
@@ -138,6 +141,7 @@ class TrainingConfig(DictMixin):
     validation_fraction: float = 0.2
     balance_validation: bool = True
     parent_pull: float = 0.0
+    warmup_steps: int = 0
     freeze_encoder_levels: int = 0
     freeze_batch_norm: bool | None = None
     augment: bool = True
@@ -193,6 +197,8 @@ class TrainingConfig(DictMixin):
             raise ConfigError(
                 f"trusted_background must be in (0, 1], got {self.trusted_background}"
             )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.parent_pull < 0:
             raise ConfigError(f"parent_pull must be >= 0, got {self.parent_pull}")
         if not 0.0 <= self.unreviewed_weight <= 1.0:

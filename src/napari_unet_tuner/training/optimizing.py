@@ -47,6 +47,7 @@ class Optimizing:
         # The starting weights, for `TrainingConfig.parent_pull` (L2-SP).
         self._anchor = [(p, p.detach().clone()) for p in params] if config.parent_pull > 0 else []
         self._anchor_size = sum(p.numel() for p in params)
+        self.steps = 0
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=config.mixed_precision and device.type == "cuda"
         )
@@ -82,6 +83,11 @@ class Optimizing:
         if self._anchor:
             drift = sum(((p - start) ** 2).sum() for p, start in self._anchor)
             loss = loss + config.parent_pull * drift / self._anchor_size
+        self.steps += 1
+        if config.warmup_steps:
+            # Adam's first updates move every weight by about the step size,
+            # whatever its gradient: ramped up, a fine-tuned model starts gently.
+            learning_rate *= min(1.0, self.steps / config.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
         self.optimizer.zero_grad(set_to_none=True)
