@@ -34,13 +34,13 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from bench_corrections import sets as loop_sets
-from scipy import ndimage
 from scipy.optimize import minimize
 
 from napari_unet_tuner import AnnotatedImage, InferenceConfig, TrainingConfig, fine_tune, segment
 from napari_unet_tuner.inference.objects import FEATURES, review_queue
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
 from napari_unet_tuner.training.metrics import average_precision, iou_table
+from napari_unet_tuner.training.review import around
 
 import datasets
 
@@ -48,8 +48,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-# Pixels around a reviewed object that the reviewer has seen too.
-REVIEW_MARGIN = 4
 
 
 def cpu_flags() -> str:
@@ -241,7 +239,7 @@ def review(labels, truth, reviewed_items: pd.DataFrame) -> tuple[np.ndarray, np.
             if t and t not in matched_truth:
                 paint([t])
                 counts["added"] += 1
-    reviewed = ndimage.binary_dilation(seen, iterations=REVIEW_MARGIN)
+    reviewed = around(seen)
     return annotation, reviewed, counts
 
 
@@ -356,8 +354,11 @@ def main() -> None:
         print(json.dumps(report["cost"]), flush=True)
     report["loop"] = []
     if args.no_loop and args.output.exists():
-        # The loop's rows of an earlier run are kept beside a new ranking.
-        report["loop"] = json.loads(args.output.read_text()).get("loop", [])
+        # The loop's rows (and side-by-side settings) of an earlier run are kept
+        # beside a new ranking.
+        earlier = json.loads(args.output.read_text())
+        report["loop"] = earlier.get("loop", [])
+        report["variant_runs"] = earlier.get("variant_runs", [])
     if not args.no_loop:
         data = loop_sets()
         for seed in args.seeds:

@@ -115,8 +115,8 @@ def main() -> None:
     viewer.close()
 
 
-def corrections_learned(viewer, widget, settle, shot) -> None:
-    """The hand-annotated DSB2018 image: 10 worst errors corrected, then learned."""
+def dsb_segmented(viewer, widget, settle):
+    """Open the hand-annotated DSB2018 image, segment it, show Annotate; return its truth."""
     image, truth = datasets.stardist_nuclei_2d()
     viewer.add_image(image, name="DSB nuclei", colormap="gray")
     widget.segment_panel.image.reset_choices()
@@ -124,6 +124,12 @@ def corrections_learned(viewer, widget, settle, shot) -> None:
     widget.segment_panel.run()
     settle(widget.segment_panel)
     widget.show_tab(widget.annotate_panel)
+    return truth
+
+
+def corrections_learned(viewer, widget, settle, shot) -> None:
+    """The hand-annotated DSB2018 image: 10 worst errors corrected, then learned."""
+    truth = dsb_segmented(viewer, widget, settle)
     layer = widget.annotate_panel.make_corrections_layer()
     prediction = viewer.layers["DSB nuclei labels"].data
     layer.data = correct_worst(prediction, truth, 10)[0]
@@ -149,13 +155,7 @@ def review_mode(viewer, widget, settle, shot) -> None:
     does: kept when it matches a reference nucleus, deleted when it covers
     none, redrawn as the reference nuclei under it otherwise.
     """
-    image, truth = datasets.stardist_nuclei_2d()
-    viewer.add_image(image, name="DSB nuclei", colormap="gray")
-    widget.segment_panel.image.reset_choices()
-    widget.segment_panel.image.value = viewer.layers["DSB nuclei"]
-    widget.segment_panel.run()
-    settle(widget.segment_panel)
-    widget.show_tab(widget.annotate_panel)
+    truth = dsb_segmented(viewer, widget, settle)
     review = widget.annotate_panel.review
     review.keep()
     prediction = viewer.layers["DSB nuclei labels"].data

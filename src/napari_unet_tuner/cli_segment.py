@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
     seg.add_argument(
         "-o",
         "--output",
-        type=_output_argument,
+        # A string: a trailing slash says "folder", and Path would drop it.
+        type=str,
         required=True,
         help=(
             "OUT.tif or OUT.zarr for a single input, otherwise a folder "
@@ -181,29 +183,18 @@ def _scale(text: str) -> float:
     return value
 
 
-class _OutputPath(type(Path())):
-    """The ``-o`` path, remembering whether it was typed as a folder (a trailing slash)."""
-
-    folder = False
-
-
-def _output_argument(text: str) -> Path:
-    path = _OutputPath(text)
-    path.folder = text.endswith(("/", "\\"))
-    return path
-
-
 def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
     """(input, labels path, probabilities path) per input; checks the table paths too."""
     # A folder typed with a trailing slash, or one that exists, is a folder
     # whatever dots its name has (results/run1.5/); a .zarr is an output.
-    folder = getattr(args.output, "folder", False) or (
-        args.output.is_dir() and args.output.suffix.lower() != ".zarr"
+    output = Path(args.output)
+    folder = args.output.endswith(("/", os.sep)) or (
+        output.is_dir() and output.suffix.lower() != ".zarr"
     )
-    suffix = "" if folder else args.output.suffix.lower()
+    suffix = "" if folder else output.suffix.lower()
     if suffix and suffix not in (".tif", ".tiff", ".zarr"):
         raise UnetTunerError(
-            f"cannot write labels as {args.output.name}: name a .tif or .zarr output, "
+            f"cannot write labels as {output.name}: name a .tif or .zarr output, "
             "or a folder (without a suffix) for several inputs"
         )
     single_file = len(args.inputs) == 1 and suffix in (".tif", ".tiff", ".zarr")
@@ -215,11 +206,11 @@ def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
     for image in args.inputs:
         stem = _image_stem(image)
         if single_file:
-            labels = args.output
+            labels = output
         else:
             is_zarr = ".zarr" in image.name.lower() or image.suffix == ""
             extension = args.format or ("zarr" if is_zarr else "tif")
-            labels = args.output / f"{stem}_labels.{extension}"
+            labels = output / f"{stem}_labels.{extension}"
         probs = labels.with_name(labels.stem.removesuffix("_labels") + "_probabilities.tif")
         paths.append((image, labels, probs))
     written = [labels for _, labels, _ in paths]

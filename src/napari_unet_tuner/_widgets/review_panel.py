@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error
-from scipy import ndimage
 
 from napari_unet_tuner._widgets.layers import labels_name
 from napari_unet_tuner.inference.objects import review_queue
+from napari_unet_tuner.training.review import REVIEW_MARGIN, around
 
 if TYPE_CHECKING:
     import napari
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
     from napari_unet_tuner._widgets.tuner import UNetTunerWidget
 
-# Pixels around a reviewed object that count as reviewed: its rim and the
-# background next to it were in view too.
-REVIEW_MARGIN = 4
 KEYS = {"keep": "k", "delete": "d", "redraw": "r", "add": "a"}
 # An object in view is zoomed to at least this many screen pixels across, but
 # never past this many screen pixels per image pixel (its neighbours stay in view).
@@ -102,10 +99,8 @@ class ReviewPanel(Container):
         if not self._ready() or item is None:
             return
         if item["kind"] == "object":
-            window = self._window(item)
-            part = self.layer.data[window]
+            part = self.layer.data[self._window(item)]  # a view: erased in the layer
             part[part == item["label"]] = 0
-            self.layer.data[window] = part
             self.layer.refresh()
         self._finish(item, "deleted" if item["kind"] == "object" else None)
         self._advance()
@@ -204,8 +199,7 @@ class ReviewPanel(Container):
             seen[
                 tuple(int(p) - w.start for p, w in zip(self._point(item), window, strict=True))
             ] = True
-        seen = ndimage.binary_dilation(seen, iterations=REVIEW_MARGIN)
-        self.layer.metadata["reviewed"][window] |= seen
+        self.layer.metadata["reviewed"][window] |= around(seen)
         if outcome is not None:
             self.counts[outcome] += 1
 

@@ -10,16 +10,15 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, S
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
-from scipy import ndimage
 
 from napari_unet_tuner._widgets.layers import LAYER_TAG, anisotropy_of, layer_array
 from napari_unet_tuner._widgets.loss_plot import LossPlot
-from napari_unet_tuner._widgets.review_panel import REVIEW_MARGIN
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner._widgets.wrapping_label import insert_wrapping_label
 from napari_unet_tuner.config import TrainingConfig
 from napari_unet_tuner.inference.object_size import annotation_scale
 from napari_unet_tuner.training.data import AnnotatedImage
+from napari_unet_tuner.training.review import reviewed_region
 from napari_unet_tuner.training.trainer import FineTuneResult, TrainingProgress, iter_fine_tune
 
 if TYPE_CHECKING:
@@ -171,7 +170,9 @@ class TrainPanel(Container):
                     ),
                     stack=stack,
                     anisotropy=anisotropy_of(image) if stack == "3d" else 1.0,
-                    reviewed=reviewed_mask(layer, annotation, prediction),
+                    reviewed=reviewed_region(
+                        layer.metadata.get("reviewed"), annotation, prediction
+                    ),
                 )
             )
         return out
@@ -303,19 +304,6 @@ class TrainPanel(Container):
             self._preview_worker.finished.connect(segment_again)
         else:
             segment_again()
-
-
-def reviewed_mask(layer, annotation: np.ndarray, prediction) -> np.ndarray | None:
-    """Return what the user reviewed on a corrections layer: the review's mask, every change.
-
-    ``None`` (all of it is truth) for a layer painted without the review panel.
-    """
-    reviewed = layer.metadata.get("reviewed")
-    if reviewed is None or not reviewed.any():
-        return None
-    changed = annotation != np.asarray(prediction) if prediction is not None else False
-    # Pixels painted outside the queue were looked at too.
-    return reviewed | ndimage.binary_dilation(changed, iterations=REVIEW_MARGIN)
 
 
 def _curve_score(scores: dict[str, float]) -> float:

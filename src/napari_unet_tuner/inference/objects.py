@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from scipy.special import expit
+from scipy.stats import rankdata
 from skimage.measure import regionprops_table
 
 from napari_unet_tuner.config import InstanceConfig, OutputKind
@@ -63,7 +65,7 @@ class ConfidenceModel:
         """Return the chance (0-1) of each row of ``table``."""
         x = table[list(self.features)].to_numpy(float)
         z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        return 1.0 / (1.0 + np.exp(-(self.bias + z @ np.asarray(self.weights))))
+        return expit(self.bias + z @ np.asarray(self.weights))
 
 
 # Fitted by ``benchmarks/bench_review.py --fit`` on the default checkpoint's
@@ -113,7 +115,7 @@ def object_features(
         return _no_features()
     probabilities = np.asarray(probabilities, np.float32)
     interior = probabilities[0] if output_kind == "foreground" else probabilities[INTERIOR]
-    area = ndimage.sum_labels(np.ones(labels.shape, np.float32), labels, ids)
+    area = np.bincount(labels.ravel())[ids].astype(float)
     log_area = np.log(np.maximum(area, 1.0))
     median = np.median(log_area)
     spread = np.median(np.abs(log_area - median)) + 0.05
@@ -196,10 +198,7 @@ def object_table(
 
 def review_ranks(confidence: np.ndarray) -> np.ndarray:
     """1 for the least confident, ties broken by order (stable)."""
-    order = np.argsort(confidence, kind="stable")
-    ranks = np.empty(len(confidence), np.int64)
-    ranks[order] = np.arange(1, len(confidence) + 1)
-    return ranks
+    return rankdata(confidence, method="ordinal").astype(np.int64)
 
 
 def possible_misses(
