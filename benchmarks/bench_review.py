@@ -38,7 +38,8 @@ from scipy.optimize import minimize
 
 from napari_unet_tuner import AnnotatedImage, InferenceConfig, TrainingConfig, fine_tune, segment
 from napari_unet_tuner.inference.objects import FEATURES, review_queue
-from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+from napari_unet_tuner.model.loading import load_checkpoint
 from napari_unet_tuner.training.metrics import average_precision, iou_table
 from napari_unet_tuner.training.review import around
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet_tuner import AnnotatedImage, InferenceConfig, TrainingConfig, fine_tune, segment
-from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+from napari_unet_tuner.model.loading import load_checkpoint
 from napari_unet_tuner.training.metrics import average_precision
 
 import datasets

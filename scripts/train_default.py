@@ -73,7 +73,7 @@ from napari_unet_tuner import (  # noqa: E402
 )
 from napari_unet_tuner._generators import run_to_completion  # noqa: E402
 from napari_unet_tuner.inference.instances import probabilities_to_labels  # noqa: E402
-from napari_unet_tuner.model.checkpoint import load_checkpoint  # noqa: E402
+from napari_unet_tuner.model.loading import load_checkpoint  # noqa: E402
 from napari_unet_tuner.model.saving import save_checkpoint  # noqa: E402
 from napari_unet_tuner.training import iter_fine_tune  # noqa: E402
 

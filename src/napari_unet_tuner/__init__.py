@@ -37,7 +37,7 @@ _LAZY = {
     "FileImage": "napari_unet_tuner.io",
     "Checkpoint": "napari_unet_tuner.model.checkpoint",
     "default_checkpoint_path": "napari_unet_tuner.model.checkpoint",
-    "load_checkpoint": "napari_unet_tuner.model.checkpoint",
+    "load_checkpoint": "napari_unet_tuner.model.loading",
     "new_card": "napari_unet_tuner.model.checkpoint",
     "with_card": "napari_unet_tuner.model.checkpoint",
     "UNet": "napari_unet_tuner.model.unet",

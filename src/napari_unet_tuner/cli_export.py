@@ -52,7 +52,8 @@ def run_export(args: argparse.Namespace) -> int:
     from napari_unet_tuner._sample_data import nuclei_sample
     from napari_unet_tuner.io import open_image
     from napari_unet_tuner.model.bioimageio_export import export_and_check, export_bioimageio
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+    from napari_unet_tuner.model.loading import load_checkpoint
 
     checkpoint = load_checkpoint(args.checkpoint or default_checkpoint_path())
     sample = np.asarray(open_image(args.sample)) if args.sample else nuclei_sample()[0][0]

@@ -156,7 +156,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     from napari_unet_tuner.inference.object_size import annotation_scale
     from napari_unet_tuner.io import FileImage, open_image
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+    from napari_unet_tuner.model.loading import load_checkpoint
     from napari_unet_tuner.model.saving import check_checkpoint_path
     from napari_unet_tuner.training.data import AnnotatedImage
     from napari_unet_tuner.training.trainer import iter_fine_tune

@@ -27,8 +27,9 @@ def add_info_parser(commands, formatter_class=argparse.HelpFormatter) -> None:
 
 def run_info(args: argparse.Namespace) -> int:
     """Run ``unet-tuner info``; return the exit status."""
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
-    from napari_unet_tuner.training.records import describe_training_run
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+    from napari_unet_tuner.model.history import describe_training_run
+    from napari_unet_tuner.model.loading import load_checkpoint
 
     path = args.checkpoint or default_checkpoint_path()
     ckpt = load_checkpoint(path)

@@ -267,7 +267,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet_tuner.inference.dask_run import local_cluster
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+    from napari_unet_tuner.model.loading import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint or default_checkpoint_path())
     inference = InferenceConfig(

@@ -97,3 +97,129 @@ def test_what_the_spec_refuses_is_one_line_and_no_file(tmp_path, caplog):
     assert "not be valid bioimage.io" in caplog.text and "NOT-A-LICENCE" in caplog.text
     assert "Traceback" not in caplog.text and len(caplog.text) < 600
     assert not out.exists()
+
+
+def _repackage(source, target, replace=None):
+    """Copy a package, replacing members' bytes."""
+    replace = replace or {}
+    with zipfile.ZipFile(source) as inp, zipfile.ZipFile(target, "w") as out:
+        for info in inp.infolist():
+            data = inp.read(info)
+            if info.filename in replace:
+                data = replace[info.filename](data)
+            member = zipfile.ZipInfo(info.filename, info.date_time)
+            member.compress_type = zipfile.ZIP_DEFLATED
+            out.writestr(member, data)
+    return target
+
+
+def _patch_headers(path, member, field, value):
+    """Write ``value`` into a field of both headers of ``member`` (as damage would)."""
+    import struct
+
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        local = archive.getinfo(member).header_offset
+    local_at, central_at = {"flags": (6, 8), "compression": (8, 10)}[field]
+    struct.pack_into("<H", raw, local + local_at, value)
+    central = raw.find(b"PK\x01\x02")
+    while central >= 0:
+        (name_len,) = struct.unpack_from("<H", raw, central + 28)
+        if raw[central + 46 : central + 46 + name_len] == member.encode():
+            struct.pack_into("<H", raw, central + central_at, value)
+        central = raw.find(b"PK\x01\x02", central + 4)
+    path.write_bytes(bytes(raw))
+
+
+def _rdf_with(text_edit):
+    return lambda data: text_edit(data.decode()).encode()
+
+
+def test_a_package_without_its_digest_or_with_another_file_inside_is_refused(
+    default_package, tmp_path
+):
+    import hashlib
+    import io
+    import re
+
+    import torch
+
+    undigested = _repackage(
+        default_package,
+        tmp_path / "undigested.zip",
+        {"rdf.yaml": _rdf_with(lambda t: re.sub(r"\n\s*sha256: \w+", "", t))},
+    )
+    with pytest.raises(CheckpointError, match="does not give its checkpoint's digest"):
+        load_checkpoint(undigested)
+    # A pickle in the checkpoint's place, its digest updated to match: the
+    # safetensors reader alone reads it, and the message names the package.
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buffer)
+    pickled = buffer.getvalue()
+    digest = hashlib.sha256(pickled).hexdigest()
+    swapped = _repackage(
+        default_package,
+        tmp_path / "swapped.zip",
+        {
+            "checkpoint.safetensors": lambda _: pickled,
+            "rdf.yaml": _rdf_with(lambda t: re.sub(r"sha256: \w+", f"sha256: {digest}", t)),
+        },
+    )
+    with pytest.raises(CheckpointError, match=r"swapped\.zip's checkpoint") as error:
+        load_checkpoint(swapped)
+    assert "/tmp" not in str(error.value).replace(str(tmp_path), "")
+
+
+def test_a_checkpoint_member_that_would_inflate_far_beyond_its_size_is_refused_unread(
+    default_package, tmp_path
+):
+    import tracemalloc
+
+    bomb = _repackage(
+        default_package,
+        tmp_path / "bomb.zip",
+        {"checkpoint.safetensors": lambda _: b"\0" * (256 << 20)},
+    )
+    assert bomb.stat().st_size < 20 << 20
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match="would inflate"):
+        load_checkpoint(bomb)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(default_package, tmp_path):
+    import time
+
+    levels = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    laughs = "\n".join(levels) + "\n"
+    bomb = _repackage(
+        default_package, tmp_path / "laughs.zip", {"rdf.yaml": lambda d: d + laughs.encode()}
+    )
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match="YAML aliases"):
+        load_checkpoint(bomb)
+    assert time.perf_counter() - started < 10
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "encrypted flag", "compression 99"])
+def test_a_damaged_package_is_one_error_naming_it(default_package, tmp_path, damage, caplog):
+    path = tmp_path / "damaged.zip"
+    _repackage(default_package, path)
+    if damage == "encrypted flag":
+        _patch_headers(path, "checkpoint.safetensors", "flags", 0x1)
+    if damage == "compression 99":
+        _patch_headers(path, "checkpoint.safetensors", "compression", 99)
+    if damage == "flipped byte":
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("checkpoint.safetensors")
+        raw = bytearray(path.read_bytes())
+        middle = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+        raw[middle] ^= 0xFF
+        path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged.zip"):
+        load_checkpoint(path)
+    assert main(["info", str(path)]) == 1
+    assert "damaged.zip" in caplog.text and "Traceback" not in caplog.text

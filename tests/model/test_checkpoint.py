@@ -163,6 +163,38 @@ def _poison_weights(path):
     save_file(tensors, str(path), metadata=meta)
 
 
+def _edit_tensors(edit):
+    def damage(path):
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        edit(tensors)
+        save_file(tensors, str(path), metadata=meta)
+
+    return damage
+
+
+def _int_weights(tensors):
+    tensors["final_conv.weight"] = tensors["final_conv.weight"].to(torch.int32)
+
+
+def _negative_variance(tensors):
+    key = next(k for k in tensors if k.endswith("running_var"))
+    tensors[key][0] = -1.0
+
+
+def _edit_card(**fields):
+    def edit(header):
+        card = json.loads(header["__metadata__"]["card"])
+        card.update(fields)
+        header["__metadata__"]["card"] = json.dumps(card)
+
+    return edit
+
+
 def _set_meta(key, value):
     def edit(header):
         header["__metadata__"][key] = value
@@ -227,12 +259,54 @@ def _set_meta(key, value):
             "corrupt safetensors header",
         ),
         (_poison_weights, "NaN or infinite weights"),
+        # Damage that used to load and crash later (issue 36).
+        (
+            lambda p: _corrupt_header(p, _set_meta("card", "[" * 100_000 + "]" * 100_000)),
+            "invalid model config or card",
+        ),
+        (lambda p: _corrupt_header(p, _edit_card(training=[1, "x"])), "training must be"),
+        (lambda p: _corrupt_header(p, _edit_card(object_diameter="big")), "object_diameter"),
+        (lambda p: _corrupt_header(p, _edit_card(object_diameter=0)), "object_diameter"),
+        (lambda p: _corrupt_header(p, _edit_card(object_diameter=-5)), "object_diameter"),
+        (lambda p: _corrupt_header(p, _edit_card(instances={"threshold": 7})), "threshold"),
+        (
+            lambda p: _corrupt_header(
+                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "out_channels": 2}))
+            ),
+            "out_channels 2",
+        ),
+        (
+            lambda p: _corrupt_header(
+                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "out_channels": 5}))
+            ),
+            "out_channels 5",
+        ),
+        (_edit_tensors(_int_weights), "weights of the wrong type.*final_conv.weight"),
+        (_edit_tensors(_negative_variance), "negative batch-norm variances"),
     ],
 )
 def test_bad_checkpoints_give_specific_errors(tiny_checkpoint_file, damage, message):
     damage(tiny_checkpoint_file)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(tiny_checkpoint_file)
+
+
+def test_double_precision_weights_load_as_float32_and_segment(tiny_checkpoint_file):
+    expected = load_checkpoint(tiny_checkpoint_file)
+
+    def to_double(tensors):
+        for key, value in tensors.items():
+            if value.is_floating_point():
+                tensors[key] = value.double()
+
+    _edit_tensors(to_double)(tiny_checkpoint_file)
+    loaded = load_checkpoint(tiny_checkpoint_file)
+    assert {v.dtype for k, v in loaded.state_dict.items() if "num_batches" not in k} == {
+        torch.float32
+    }
+    x = torch.randn(1, 1, 16, 16)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.build_model()(x), expected.build_model()(x), atol=1e-6)
 
 
 def test_header_length_that_looks_like_pickle_still_loads(tiny_checkpoint_file):

@@ -191,7 +191,7 @@ def test_merged_and_split_objects_are_corrections_not_deletions():
 
 
 def test_the_card_of_a_model_kept_anyway_says_so():
-    from napari_unet_tuner.training.records import describe_training_run
+    from napari_unet_tuner.model.history import describe_training_run
 
     run = {"corrections_after": {"corrected": 5, "corrected_right": 4, "deleted": 0}}
     line = describe_training_run({**run, "kept_anyway": True})

@@ -17,9 +17,10 @@ from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner._widgets.wrapping_label import insert_wrapping_label
 from napari_unet_tuner.errors import UnetTunerError
 from napari_unet_tuner.inference.device import available_devices
-from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+from napari_unet_tuner.model.history import describe_training_run
+from napari_unet_tuner.model.loading import load_checkpoint
 from napari_unet_tuner.model.saving import save_checkpoint
-from napari_unet_tuner.training.records import describe_training_run
 from napari_unet_tuner.versions import recent_checkpoints, remember_checkpoint
 
 if TYPE_CHECKING:

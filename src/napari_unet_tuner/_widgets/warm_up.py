@@ -54,7 +54,8 @@ def _import_what_the_first_run_needs() -> Checkpoint:
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     DashAtlas()
     import napari_unet_tuner._widgets.tuner  # noqa: F401
-    from napari_unet_tuner.model.checkpoint import default_checkpoint_path, load_checkpoint
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+    from napari_unet_tuner.model.loading import load_checkpoint
 
     return load_checkpoint(default_checkpoint_path())
 

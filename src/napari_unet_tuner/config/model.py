@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,6 +14,8 @@ from napari_unet_tuner.errors import ConfigError
 # model (depth 8 already needs tiles of 256 pixels and more).
 _MAX_DEPTH = 8
 _MAX_FEATURES = 1024
+# Output channels a model may have: how each count is read (`output_kind`).
+_OUTPUT_CHANNELS = (1, 3, 4)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,12 @@ class ModelConfig(DictMixin):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.out_channels not in _OUTPUT_CHANNELS:
+            raise ConfigError(
+                f"out_channels {self.out_channels}: a U-Net here has 1 (foreground), 3 "
+                "(background, interior, boundary) or 4 (those and a distance) outputs; "
+                "other counts cannot be read as labels"
+            )
         if self.depth > _MAX_DEPTH or self.features > _MAX_FEATURES:
             raise ConfigError(
                 f"depth {self.depth} and features {self.features}: at most depth "
@@ -159,6 +168,27 @@ class ModelCard(DictMixin):
     created: str = ""
     package_version: str = ""
 
+    def __post_init__(self) -> None:
+        # A card comes from a file: what later code reads is checked once, here.
+        for name in ("name", "description", "input_axes", "outputs", "created"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"card field {name} must be text, got {getattr(self, name)!r}")
+        if not all(isinstance(c, str) for c in self.channel_names):
+            raise ConfigError(f"channel_names must be text, got {self.channel_names!r}")
+        if self.object_diameter is not None and not _positive_number(self.object_diameter):
+            raise ConfigError(
+                f"object_diameter must be a positive number of pixels or null, "
+                f"got {self.object_diameter!r}"
+            )
+        if self.pixel_size is not None and not all(_positive_number(s) for s in self.pixel_size):
+            raise ConfigError(f"pixel_size must be positive numbers, got {self.pixel_size!r}")
+        if not all(isinstance(run, dict) for run in self.training):
+            raise ConfigError("training must be a list of records (mappings), one per run")
+        if self.parent is not None and not isinstance(self.parent, dict):
+            raise ConfigError(f"parent must be a mapping or null, got {self.parent!r}")
+        self.normalization_config  # noqa: B018 - raises ConfigError if invalid
+        self.instance_config  # noqa: B018
+
     @property
     def normalization_config(self) -> NormalizationConfig:
         """The card's normalization as a typed config."""
@@ -168,6 +198,15 @@ class ModelCard(DictMixin):
     def instance_config(self) -> InstanceConfig:
         """The card's default instance settings as a typed config."""
         return InstanceConfig.from_dict(self.instances)
+
+
+def _positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 OUTPUT_DESCRIPTIONS: dict[OutputKind, str] = {

@@ -35,7 +35,8 @@ from napari_unet_tuner.inference.tiling import (
     iter_predict_tiled,
     tile_starts,
 )
-from napari_unet_tuner.model.checkpoint import Checkpoint, load_checkpoint
+from napari_unet_tuner.model.checkpoint import Checkpoint
+from napari_unet_tuner.model.loading import load_checkpoint
 from napari_unet_tuner.model.unet import UNet, inference_copy, memory_format
 
 # 512-pixel tiles overlapping by 128 run as fast here as 256-pixel ones by 32

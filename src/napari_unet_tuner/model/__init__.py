@@ -1,11 +1,7 @@
 """The U-Net and its checkpoint files."""
 
-from napari_unet_tuner.model.checkpoint import (
-    Checkpoint,
-    default_checkpoint_path,
-    load_checkpoint,
-    new_card,
-)
+from napari_unet_tuner.model.checkpoint import Checkpoint, default_checkpoint_path, new_card
+from napari_unet_tuner.model.loading import load_checkpoint
 from napari_unet_tuner.model.saving import save_checkpoint
 from napari_unet_tuner.model.torch_import import import_state_dict
 from napari_unet_tuner.model.unet import UNet

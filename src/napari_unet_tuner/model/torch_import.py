@@ -18,6 +18,7 @@ from napari_unet_tuner.config import ModelConfig
 from napari_unet_tuner.errors import CheckpointError
 from napari_unet_tuner.model.checkpoint import (
     Checkpoint,
+    as_float32,
     check_state_dict,
     file_sha256,
     new_card,
@@ -74,7 +75,7 @@ def import_state_dict(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    state_dict = {k.removeprefix("module."): v for k, v in obj.items()}
+    state_dict = as_float32({k.removeprefix("module."): v for k, v in obj.items()})
     if model_config is None:
         model_config = infer_model_config(state_dict, path)
     check_state_dict(state_dict, model_config, path)
