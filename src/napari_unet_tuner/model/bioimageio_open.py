@@ -170,4 +170,3 @@ def _extract_capped(archive: zipfile.ZipFile, member: str, target: Path, path: P
     # zipfile reads no more than the declared size (a lie is a CRC error).
     with archive.open(info) as source, open(target, "wb") as out:
         shutil.copyfileobj(source, out)
-
