@@ -135,6 +135,60 @@ def test_a_second_writer_of_the_same_zarr_output_is_refused(
         pass
 
 
+_RACER = """
+import os, sys
+from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.outputs import OutputLock
+out, inside, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+held = clashes = 0
+for _ in range(rounds):
+    try:
+        with OutputLock(out):
+            held += 1
+            try:
+                fd = os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                clashes += 1
+                continue
+            os.close(fd)
+            os.unlink(inside)
+    except InputError:
+        pass
+print(held, clashes)
+"""
+
+
+def test_two_runs_racing_for_an_output_never_both_hold_it(tmp_path):
+    # Before, a run that read the lock between its creation and its pid being
+    # written took it as stale and took it over (100 of 200 rounds).
+    out, inside = tmp_path / "labels.zarr", tmp_path / "inside"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(out), str(inside), "300"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = [tuple(map(int, r.communicate(timeout=120)[0].split())) for r in racers]
+    assert sum(held for held, _ in results) > 0
+    assert [clashes for _, clashes in results] == [0, 0, 0]
+    assert not (tmp_path / "labels.zarr.lock").exists()
+
+
+def test_a_link_to_an_output_is_the_same_output_for_the_lock(tmp_path):
+    real = tmp_path / "real.zarr"
+    real.mkdir()
+    link = tmp_path / "link.zarr"
+    link.symlink_to(real)
+    with OutputLock(real):
+        with pytest.raises(InputError, match="being written by another run"):
+            with OutputLock(link):
+                pass
+    with OutputLock(link):  # free again
+        pass
+
+
 def test_a_different_image_is_not_resumed_even_without_normalization(
     tmp_path, tiny_checkpoint_file
 ):

@@ -7,6 +7,7 @@ it are one file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -72,10 +73,13 @@ def check_output(output: str | os.PathLike, sources: Iterable[str | os.PathLike]
 class OutputLock:
     """A lock file beside an output while a run writes it: one writer at a time.
 
-    ``<output>.lock`` is created exclusively and holds the owner's pid, host
-    and start time. A lock whose process is gone (same host; a run killed
-    with ``kill -9``) is stale and taken over; a live one is refused with a
-    message naming its owner. Use as a context manager.
+    ``<output>.lock`` (beside the output's resolved path, so a link to it is
+    the same output) is held with the operating system's file lock, which
+    the kernel releases when its process ends in any way (``kill -9``
+    included): a lock left by a dead run is free, a live one is refused with
+    a message naming its owner, and two runs can never both take it. The
+    file records the owner's pid, host and start time for that message. Use
+    as a context manager.
 
     Parameters
     ----------
@@ -84,43 +88,77 @@ class OutputLock:
     """
 
     def __init__(self, output: str | os.PathLike) -> None:
-        output = Path(output)
-        self.output = output
-        self.path = output.with_name(output.name + ".lock")
-        self._held = False
+        self.output = Path(output)
+        resolved = _resolved(output)
+        self.path = resolved.with_name(resolved.name + ".lock")
+        self._fd: int | None = None
 
     def __enter__(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):  # a second try after removing a stale lock
+        for _ in range(100):  # retried only while other runs remove the file under us
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            if not _try_lock(fd):
+                os.close(fd)
+                raise InputError(_held_message(self.output, self.path))
+            # The holder before us may have removed the file after we opened
+            # it: then we hold a lock on a name nobody else sees; try again.
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = _read_owner(self.path)
-                if owner is not None and _is_alive(owner):
-                    raise InputError(
-                        f"{self.output} is being written by another run (process "
-                        f"{owner['pid']} on {owner['host']}, since {owner['started']}); wait "
-                        f"for it to finish, or delete {self.path} if that run is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(
-                    {
-                        "pid": os.getpid(),
-                        "host": socket.gethostname(),
-                        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                    },
-                    fh,
-                )
-            self._held = True
-            return self
-        raise InputError(f"could not lock {self.output}: {self.path} keeps coming back")
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                owner = {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                }
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(owner).encode())
+                self._fd = fd
+                return self
+            os.close(fd)
+        raise InputError(f"could not lock {self.output}: {self.path} keeps changing")
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
+        if self._fd is not None:
+            # Removed while still locked, so no other run can take the old
+            # file (Windows cannot remove an open file; it is simply reused).
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the operating system's exclusive lock on ``fd`` without waiting."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _held_message(output: Path, lock: Path) -> str:
+    owner = _read_owner(lock)
+    who = (
+        f"process {owner['pid']} on {owner['host']}, since {owner['started']}"
+        if owner
+        else "a run that is starting"
+    )
+    return (
+        f"{output} is being written by another run ({who}); wait for it to finish "
+        "(its lock is released when it ends, however it ends)"
+    )
 
 
 def _read_owner(path: Path) -> dict | None:
@@ -134,16 +172,3 @@ def _read_owner(path: Path) -> dict | None:
     owner.setdefault("host", "?")
     owner.setdefault("started", "?")
     return owner
-
-
-def _is_alive(owner: dict) -> bool:
-    """Whether the lock's owner may still run: another host's process is assumed alive."""
-    if owner["host"] != socket.gethostname():
-        return True
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
