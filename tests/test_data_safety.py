@@ -14,7 +14,7 @@ import torch
 
 from napari_unet_tuner import TrainingConfig, fine_tune, load_checkpoint
 from napari_unet_tuner.cli import main
-from napari_unet_tuner.config import InferenceConfig, NormalizationConfig
+from napari_unet_tuner.config import ChunkedConfig, InferenceConfig, NormalizationConfig
 from napari_unet_tuner.errors import ConfigError, InputError
 from napari_unet_tuner.inference.chunked import iter_segment_to_zarr
 from napari_unet_tuner.inference.chunked_output import WORK_DIR
@@ -215,20 +215,63 @@ def test_a_different_image_is_not_resumed_even_without_normalization(
             pass
 
 
-def test_a_relative_path_resumes_the_same_file(zarr_image, tiny_checkpoint_file, monkeypatch):
-    out = zarr_image.parent / "labels.zarr"
-    run = iter_segment_to_zarr(FileImage(zarr_image), out, tiny_checkpoint_file)
-    next(run)
+_SMALL_CHUNKS = ChunkedConfig(chunk_shape=(48, 48))
+
+
+def _interrupt_after_chunks(run, chunks):
+    """Advance a chunked run until ``chunks`` chunks are segmented, then stop it."""
+    for progress in run:
+        if progress.stage == "segment" and progress.done >= chunks:
+            break
     run.close()
-    monkeypatch.chdir(zarr_image.parent)
-    result = None
-    run = iter_segment_to_zarr(FileImage("cells.zarr"), "labels.zarr", tiny_checkpoint_file)
+
+
+def _run_to_end(run):
     try:
         while True:
             next(run)
     except StopIteration as stop:
-        result = stop.value
-    assert result.chunks >= 1 and not (out / WORK_DIR).exists()
+        return stop.value
+
+
+def test_a_relative_path_resumes_the_same_file(zarr_image, tiny_checkpoint_file, monkeypatch):
+    out = zarr_image.parent / "labels.zarr"
+    run = iter_segment_to_zarr(
+        FileImage(zarr_image), out, tiny_checkpoint_file, chunked=_SMALL_CHUNKS
+    )
+    _interrupt_after_chunks(run, 2)
+    monkeypatch.chdir(zarr_image.parent)
+    result = _run_to_end(
+        iter_segment_to_zarr(
+            FileImage("cells.zarr"), "labels.zarr", tiny_checkpoint_file, chunked=_SMALL_CHUNKS
+        )
+    )
+    assert result.chunks == 4 and result.resumed == 2
+    assert not (out / WORK_DIR).exists()
+
+
+def test_an_input_edited_where_the_statistics_sample_does_not_look_is_not_resumed(
+    zarr_image, tiny_checkpoint_file
+):
+    out = zarr_image.parent / "labels.zarr"
+    # A sparse statistics sample (every 4th row and column), as a large image has.
+    sparse = NormalizationConfig(max_samples=1000)
+    settings = {"normalization": sparse, "chunked": _SMALL_CHUNKS}
+    run = iter_segment_to_zarr(FileImage(zarr_image), out, tiny_checkpoint_file, **settings)
+    _interrupt_after_chunks(run, 2)
+    pixels = zarr.open(str(zarr_image), mode="r+")
+    pixels[1::2] = pixels[1::2] // 4  # every odd row darkened: not one sampled pixel changed
+    with pytest.raises(InputError, match="input that has changed since.*chunk 0.*--overwrite"):
+        _run_to_end(
+            iter_segment_to_zarr(FileImage(zarr_image), out, tiny_checkpoint_file, **settings)
+        )
+    assert (out / WORK_DIR).exists()  # the interrupted run is left as it was
+    result = _run_to_end(
+        iter_segment_to_zarr(
+            FileImage(zarr_image), out, tiny_checkpoint_file, overwrite=True, **settings
+        )
+    )
+    assert result.resumed == 0
 
 
 def test_a_taken_model_name_is_refused_before_training(

@@ -173,6 +173,7 @@ def segment_chunk(spec: RunSpec, chunk: Chunk, neighbours: list) -> int:
     record: dict[str, np.ndarray] = {
         "count": np.array(count),
         "sizes": np.bincount(core.ravel(), minlength=count + 1),
+        "input_crc32": np.array(reader.checksum(chunk.batch_index, chunk.grown), np.uint32),
     }
     for offset, shared in neighbours:
         record[_key(offset)] = markers[_local(shared, chunk.grown)]
@@ -197,6 +198,7 @@ def predict_view_band(spec: RunSpec, band: ViewBand, _unused: Any = None) -> int
     plan = views.plans[band.view]
     region = views.region(band)
     source = reader.read(band.batch_index, region)
+    checksum = reader.checksum(band.batch_index, region)
     if band.view != "xy":  # side views see square pixels
         source = resample_depth(source, plan.plane_shape[0])
     depth = views.volume_shape[0]
@@ -208,8 +210,32 @@ def predict_view_band(spec: RunSpec, band: ViewBand, _unused: Any = None) -> int
     del source
     if band.view != "xy":
         target = resample_depth(target, depth)
-    views.write(spec.work_dir, band, target)
+    views.write(spec.work_dir, band, target, checksum)
     return band.planes.stop - band.planes.start
+
+
+def changed_input(spec: RunSpec, chunks: list[Chunk], bands: list[ViewBand]) -> str | None:
+    """Name the first finished chunk or band whose input differs from when it was done.
+
+    Every pixel a finished part read is read again and compared with the
+    checksum the interrupted run stored (far cheaper than the model); None
+    when all are the same, so the run may resume.
+    """
+    reader = spec.reader()
+    for chunk in chunks:
+        with np.load(Path(spec.work_dir) / "segmented" / f"{chunk.index}.npz") as record:
+            expected = int(record["input_crc32"])
+        if reader.checksum(chunk.batch_index, chunk.grown) != expected:
+            return f"chunk {chunk.index}, plane {chunk.batch_index} at {_describe(chunk.core)}"
+    for band in bands:
+        expected = spec.views.done_checksum(spec.work_dir, band)
+        if reader.checksum(band.batch_index, spec.views.region(band)) != expected:
+            return f"planes {band.planes.start}-{band.planes.stop - 1} of the {band.view} view"
+    return None
+
+
+def _describe(region: tuple[slice, ...]) -> str:
+    return " x ".join(f"{s.start}:{s.stop}" for s in region)
 
 
 def relabel_chunk(spec: RunSpec, chunk: Chunk, lut: np.ndarray) -> int:

@@ -59,6 +59,7 @@ from napari_unet_tuner.config import (
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.chunk_tasks import (
     RunSpec,
+    changed_input,
     neighbours,
     plan_chunks,
     predict_view_band,
@@ -318,6 +319,17 @@ def iter_segment_to_zarr(
         segmented = {int(p.stem) for p in (work_dir / "segmented").glob("*.npz")}
         relabelled = {int(p.name) for p in (work_dir / "relabelled").glob("[0-9]*")}
         resumed = len(segmented)
+        finished_bands = views.done(work_dir) if views is not None else set()
+        changed = changed_input(
+            spec,
+            [c for c in chunks if c.index in segmented],
+            [b for b in views.bands(reader) if b.index in finished_bands] if views else [],
+        )
+        if changed is not None:
+            raise InputError(
+                f"{path} is an interrupted run of an input that has changed since ({changed} "
+                "differs); run again with --overwrite (overwrite=True) to start over"
+            )
         if resumed:
             log.info("%s: resuming, %d of %d chunks already segmented", path, resumed, len(chunks))
         by_position = {(c.batch_index, c.grid): c for c in chunks}

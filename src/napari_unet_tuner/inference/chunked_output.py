@@ -26,6 +26,9 @@ def fingerprint(
     return {
         "input": source_name,
         "input_sample_sha256": digest,
+        # What a resume checks beyond the sample: every finished part's input
+        # against its CRC-32 (chunk_tasks.changed_input).
+        "resume_check": "crc32 of each finished part's input",
         "input_shape": [int(s) for s in spec.source.shape],
         "input_dtype": str(np.dtype(spec.source.dtype)),
         "axes": spec.axes,

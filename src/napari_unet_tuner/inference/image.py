@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,6 +227,15 @@ class ImageReader:
                 "float32); use percentile normalization or rescale the image"
             )
         return tile
+
+    def checksum(self, batch_index: tuple[int, ...], spatial: tuple[slice, ...]) -> int:
+        """Return the CRC-32 of the raw pixels of a region, as read.
+
+        A resumed run compares each finished part's input with its checksum
+        from the interrupted run (`napari_unet_tuner.inference.chunked`):
+        every pixel counts, not a sample.
+        """
+        return zlib.crc32(np.ascontiguousarray(self._read_raw(batch_index, spatial)).data)
 
     def _read_raw(
         self, batch_index: tuple[int, ...], spatial: tuple[slice, ...], step: int = 1

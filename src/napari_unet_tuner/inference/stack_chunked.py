@@ -163,14 +163,20 @@ class StackViews:
         """Return the indices of the bands an earlier run (or this one) finished."""
         return {int(p.stem) for p in (Path(work_dir) / VIEWS_DIR).glob("[0-9]*.done")}
 
-    def write(self, work_dir: str | Path, band: ViewBand, probabilities: np.ndarray) -> None:
-        """Store a band's ``(C, *region)`` probabilities, then mark the band done."""
+    def write(
+        self, work_dir: str | Path, band: ViewBand, probabilities: np.ndarray, checksum: int
+    ) -> None:
+        """Store a band's ``(C, *region)`` probabilities, then mark it done (its input's CRC)."""
         import zarr
 
         array = zarr.open_array(str(_array_path(work_dir, band.view)), mode="r+")
         array[(band.volume, slice(None), *self.region(band))] = probabilities.astype(np.float16)
         # Written after the probabilities: its presence means "done".
-        write_bytes_atomic(Path(work_dir) / VIEWS_DIR / f"{band.index}.done", b"")
+        write_bytes_atomic(Path(work_dir) / VIEWS_DIR / f"{band.index}.done", b"%d" % checksum)
+
+    def done_checksum(self, work_dir: str | Path, band: ViewBand) -> int:
+        """Return the checksum of a finished band's input, as `write` stored it."""
+        return int((Path(work_dir) / VIEWS_DIR / f"{band.index}.done").read_bytes())
 
     def read(self, work_dir: str | Path, volume: int, region: tuple[slice, ...]) -> np.ndarray:
         """Return the views' mean probabilities over ``region`` of ``volume`` (float32)."""
