@@ -296,3 +296,25 @@ def test_a_3d_model_in_3d_chunks(tmp_path):
     )
     assert result.chunks == 3 * 3 * 3 and expected.max() > 10
     assert same_up_to_renumbering(expected, open_labels_zarr(result.path)[:])
+
+
+def test_a_zarr_run_says_when_segmentation_in_memory_would_resize(disc_model, tmp_path):
+    from napari_unet_tuner import InferenceConfig, segment
+    from napari_unet_tuner.model.checkpoint import with_card
+
+    from conftest import disc_labels
+
+    centers = [(y, x) for y in range(16, 192, 32) for x in range(16, 192, 32)]
+    truth = disc_labels((192, 192), centers, radius=7)
+    noise = np.random.default_rng(0).normal(0, 30, truth.shape)
+    image = ((truth > 0) * 900 + 300 + noise).astype(np.float32)
+    cpu = InferenceConfig(device="cpu")
+    for model_diameter, resized in ((14.0, False), (40.0, True)):
+        model = with_card(disc_model, object_diameter=model_diameter)
+        in_memory = segment(image, model, inference=cpu)
+        assert (in_memory.scale != 1.0) == resized
+        result = segment_to_zarr(image, tmp_path / f"{model_diameter}.zarr", model, inference=cpu)
+        assert bool(result.size_note) == resized
+        if resized:
+            assert f"resized x{in_memory.scale:.2f}" in result.size_note
+            assert "about 14 px across" in result.size_note

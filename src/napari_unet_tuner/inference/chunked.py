@@ -75,9 +75,10 @@ from napari_unet_tuner.inference.chunked_output import (
     prepare_output,
 )
 from napari_unet_tuner.inference.dask_run import dask_client, run_tasks
-from napari_unet_tuner.inference.device import cpu_threads
+from napari_unet_tuner.inference.device import cpu_threads, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
-from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, as_checkpoint
+from napari_unet_tuner.inference.object_size import choose_object_size
+from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, as_checkpoint, make_predictor
 from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
 from napari_unet_tuner.io import create_labels_zarr, open_labels_zarr
@@ -140,6 +141,10 @@ class ChunkedResult:
         Chunks an earlier, interrupted run had already segmented.
     seconds : float
         Wall time of this run.
+    size_note : str
+        Empty, or why the labels may differ from a segmentation in memory:
+        the image's objects are far from the model's size, which in memory
+        would be resized and here is not (`unresized_size_note`).
     """
 
     path: Path
@@ -149,6 +154,35 @@ class ChunkedResult:
     chunks: int
     resumed: int
     seconds: float
+    size_note: str = ""
+
+
+def unresized_size_note(
+    reader: ImageReader,
+    checkpoint: Checkpoint,
+    inference: InferenceConfig,
+    instances: InstanceConfig,
+) -> str:
+    """Say so when the automatic object size would resize this image in memory.
+
+    Chunked runs work at scale 1 (resizing chunk by chunk is not built). The
+    estimate reads one bounded central crop (`choose_object_size`), seconds
+    for any image; an empty string when the size suits the model or is unknown.
+    """
+    if checkpoint.card.object_diameter is None or inference.diameter != "auto":
+        return ""
+    device = select_device(inference.device)
+    predictor = make_predictor(checkpoint.build_model(device), device, inference.precision)
+    size = choose_object_size(reader, predictor, checkpoint, inference, instances)
+    if size is None or size.diameter is None or size.scale == 1.0:
+        return ""
+    return (
+        f"objects here measure about {size.diameter:.0f} px across and the model segments "
+        f"about {checkpoint.card.object_diameter:.0f} px best: segmented in memory (a .tif "
+        f"output) the image would be resized x{size.scale:.2f}, but a zarr output is not "
+        "resized (not built for chunked runs), so objects may be cut or merged; resize the "
+        "image first, or segment it in memory"
+    )
 
 
 def check_chunked_inference(inference: InferenceConfig) -> None:
@@ -266,6 +300,11 @@ def iter_segment_to_zarr(
             inference.overlap,
         )
     chunks = plan_chunks(reader, chunk_shape)
+    size_note = (
+        "" if planar is not None else unresized_size_note(reader, ckpt, inference, instances)
+    )
+    if size_note:
+        log.warning("%s: %s", output, size_note)
     # One statistic per time point, for every chunk alike; for 3D objects from
     # a 2D model, the same as its planes get in memory.
     sampled = planar or reader
@@ -383,6 +422,7 @@ def iter_segment_to_zarr(
             chunks=len(chunks),
             resumed=resumed,
             seconds=time.perf_counter() - t0,
+            size_note=size_note,
         )
 
 
