@@ -421,3 +421,26 @@ def test_finetune_names_the_model_file_it_can_write(tmp_path, image_file, caplog
     assert main(["finetune", *pair, "-o", str(taken)]) == 1
     assert "exists; choose another file name" in caplog.text
     assert "allow overwriting" not in caplog.text and taken.read_bytes() == b"x"
+
+
+def test_finetune_without_prediction_refuses_the_models_own_labels_at_any_size(
+    tmp_path, caplog
+):
+    # The labels segment wrote, given back unedited: with the image resized
+    # for the model (auto object size: the sample's 11-px nuclei are enlarged
+    # about x1.6) the prediction computed again must be the same labels, not
+    # "corrections" made of resizing (the issue: "corrected 21/21" at x1.58).
+    from napari_unet_tuner._sample_data import nuclei_sample
+
+    tifffile.imwrite(tmp_path / "img.tif", nuclei_sample()[0][0][:192, :192])
+    for size in ("auto", "none"):
+        labels, out = tmp_path / f"labels_{size}.tif", tmp_path / f"tuned_{size}.safetensors"
+        common = ["--device", "cpu", "--diameter", size]
+        with caplog.at_level("INFO"):
+            assert main(["segment", str(tmp_path / "img.tif"), "-o", str(labels), *common]) == 0
+        if size == "auto":
+            assert "resized x1.5" in caplog.text
+        caplog.clear()
+        args = ["finetune", str(tmp_path / "img.tif"), str(labels), "-o", str(out), *common]
+        assert main([*args, "--seconds", "20"]) == 1
+        assert "nothing to learn" in caplog.text and not out.exists()

@@ -15,6 +15,7 @@ import numpy as np
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import STACK_MODES, TrainingConfig, parse_diameter
 from napari_unet_tuner.errors import UnetTunerError
+from napari_unet_tuner.io import segmented_scale
 from napari_unet_tuner.outputs import check_output
 
 log = logging.getLogger("napari_unet_tuner")
@@ -115,7 +116,8 @@ def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> Non
         type=diameter_argument,
         default="auto",
         help="object diameter in pixels, 'auto' or 'none': the images are learned at the "
-        "scale segmentation runs them at (see segment --diameter)",
+        "scale segmentation runs them at (see segment --diameter); auto (default): the "
+        "scale written in labels from unet-tuner segment, else estimated",
     )
     tune.add_argument(
         "--stack",
@@ -142,6 +144,27 @@ def add_finetune_parser(commands, formatter_class=argparse.HelpFormatter) -> Non
     tune.add_argument("--name", help="name for the new model card")
 
 
+def _learning_scale(args, annotation, predicted, start) -> float | str:
+    """Return a pair's scale: as ``--diameter`` says; for auto, as its labels were segmented.
+
+    Labels written by ``unet-tuner segment`` carry the scale the image was
+    resized by. Estimating the object size again can give another (the
+    estimate is a measurement), and learning there would compare the
+    user's labels with a prediction made at another size and take the
+    differences for corrections.
+    """
+    from napari_unet_tuner.inference.object_size import annotation_scale
+
+    if args.diameter != "auto":
+        return annotation_scale(args.diameter, start)
+    for labels in (predicted, annotation):
+        scale = None if labels is None else segmented_scale(labels)
+        if scale is not None:
+            log.info("%s: learned at x%.2f, the scale its labels were segmented at", labels, scale)
+            return scale
+    return annotation_scale("auto", start)
+
+
 def diameter_argument(text: str) -> float | str | None:
     """Read ``--diameter`` (auto, none or pixels), with argparse's kind of error."""
     try:
@@ -154,7 +177,6 @@ def run_finetune(args: argparse.Namespace) -> int:
     """Run ``unet-tuner finetune``; return the exit status (1 when nothing was learned)."""
     from tqdm import tqdm
 
-    from napari_unet_tuner.inference.object_size import annotation_scale
     from napari_unet_tuner.io import FileImage, open_image
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path
     from napari_unet_tuner.model.loading import load_checkpoint
@@ -196,12 +218,13 @@ def run_finetune(args: argparse.Namespace) -> int:
     ):
         file = FileImage(image)
         stack, anisotropy = _stack_of(args, file, start)
+        scale = 1.0 if stack == "3d" else _learning_scale(args, annotation, predicted, start)
         pairs.append(
             AnnotatedImage(
                 file.array,
                 np.asarray(open_image(annotation)[...]),
                 prediction=None if predicted is None else np.asarray(open_image(predicted)[...]),
-                scale=1.0 if stack == "3d" else annotation_scale(args.diameter, start),
+                scale=scale,
                 stack=stack,
                 anisotropy=anisotropy,
             )

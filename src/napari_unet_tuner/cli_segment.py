@@ -370,7 +370,12 @@ def _segment_to_tiff(
     args, image_path, labels_path, probs_path, ckpt, inference, instances
 ) -> None:
     from napari_unet_tuner.inference.pipeline import iter_segment
-    from napari_unet_tuner.io import FileImage, write_bytes_atomic, write_tiff_atomic
+    from napari_unet_tuner.io import (
+        SEGMENTED_SCALE_KEY,
+        FileImage,
+        write_bytes_atomic,
+        write_tiff_atomic,
+    )
 
     tables = _table_paths(args, labels_path) if args.table else ()
     for path in (labels_path, *tables):
@@ -392,7 +397,8 @@ def _segment_to_tiff(
             bar.update(progress.tiles_done - bar.n)
 
         result = run_to_completion(run, show)
-    meta = {"axes": result.axes}
+    # The scale goes with the labels: fine-tuning on them learns at that size.
+    meta = {"axes": result.axes, SEGMENTED_SCALE_KEY: result.scale}
     write_tiff_atomic(labels_path, result.labels, overwrite=args.overwrite, metadata=meta)
     if result.probabilities is not None:
         write_tiff_atomic(

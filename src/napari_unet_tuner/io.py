@@ -249,6 +249,33 @@ def remove_stale_temporaries(path: Path) -> None:
             pass  # removed meanwhile, or not ours to remove
 
 
+SEGMENTED_SCALE_KEY = "unet_tuner_scale"
+"""Labels TIFF metadata: the scale the image was resized by for the model when segmented."""
+
+
+def segmented_scale(path: str | os.PathLike) -> float | None:
+    """Return the scale a labels TIFF written by ``unet-tuner segment`` was segmented at.
+
+    Fine-tuning on those labels (edited or not) learns them at that scale,
+    and computes the model's own prediction there, so that what the user
+    did not edit compares equal. ``None`` for other files.
+    """
+    import tifffile
+
+    if Path(path).suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            metadata = tif.shaped_metadata or ()
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+    for entry in metadata:
+        scale = entry.get(SEGMENTED_SCALE_KEY) if isinstance(entry, dict) else None
+        if isinstance(scale, int | float) and 0.1 <= scale <= 10:
+            return float(scale)
+    return None
+
+
 def write_tiff_atomic(
     path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False, **kwargs: Any
 ) -> Path:

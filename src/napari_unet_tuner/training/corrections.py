@@ -218,26 +218,36 @@ def object_ids(objects: np.ndarray) -> np.ndarray:
 
 
 def complete_corrections(
-    samples: Sequence[Sample], predict_labels: Callable[[np.ndarray], np.ndarray] | None
+    samples: Sequence[Sample], predict_labels: Callable[[Sample], np.ndarray] | None
 ) -> None:
     """Give every sample its `CorrectionMap`, predicting where no prediction was given.
 
     Corrections given without the prediction they were edited from are
-    compared with ``predict_labels(sample.image)``, the starting model's own
-    labels; without a starting model (``None``) every object counts as unchanged.
+    compared with ``predict_labels(sample)``, the starting model's own
+    labels made as segmentation makes them; without a starting model
+    (``None``) every object counts as unchanged.
 
     Raises
     ------
     InputError
-        If correction annotations are exactly the prediction (nothing to learn).
+        If correction annotations are the prediction (nothing to learn): no
+        pixel differs from a given prediction, or, where it was computed
+        again, no object is corrected or deleted (a pixel at an edge may
+        differ by the arithmetic of another device or precision).
     """
-    for sample in samples:
-        if sample.corrections is None:
-            prediction = None if predict_labels is None else predict_labels(sample.image)
-            sample.corrections = find_corrections(
-                sample.instances, "corrections", prediction, sample.reviewed
-            )
-    if predict_labels is not None and not any(s.corrections.fix_mask.any() for s in samples):
+    recomputed = [s for s in samples if s.corrections is None]
+    for sample in recomputed:
+        prediction = None if predict_labels is None else predict_labels(sample)
+        sample.corrections = find_corrections(
+            sample.instances, "corrections", prediction, sample.reviewed
+        )
+    if predict_labels is None:
+        return
+    recomputed_ids = {id(s) for s in recomputed}
+    given = [s for s in samples if id(s) not in recomputed_ids]
+    if not any(s.corrections.fix_mask.any() for s in given) and not any(
+        s.corrections.corrected.any() or s.corrections.deleted.any() for s in recomputed
+    ):
         raise InputError(
             "the annotation is the same as the model's prediction, so there is nothing to "
             "learn: erase wrong objects, paint missed ones or split merged ones, then fine-tune"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -116,6 +116,10 @@ class Sample:
         For the XY planes of an annotation with ``stack="3d"``: which Z-stack
         of its image (the plane's index on its other batch axes) and which
         plane of it (Z), to assemble its side views from.
+    native_shape : tuple of int or None
+        The plane's own spatial shape when ``image`` was resized for the
+        model (`AnnotatedImage.scale`): a prediction computed again for it
+        is made as segmentation makes it, on that grid (`native_labels`).
     """
 
     image: np.ndarray
@@ -126,6 +130,25 @@ class Sample:
     corrections: CorrectionMap | None = field(default=None, repr=False)
     stack_plane: tuple[tuple[int, ...], int] | None = None
     reviewed: np.ndarray | None = field(default=None, repr=False)
+    native_shape: tuple[int, ...] | None = None
+
+
+def native_labels(
+    sample: Sample,
+    probabilities: Callable[[np.ndarray], np.ndarray],
+    to_labels: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Return the model's labels for a sample, made as segmentation makes them.
+
+    A resized sample's probabilities go back to the plane's own grid, become
+    labels there, and are resized like its annotation, so that the labels a
+    user saw and edited and these are the same where nothing was edited.
+    """
+    predicted = probabilities(sample.image)
+    if sample.native_shape is None:
+        return to_labels(predicted)
+    native = resize(predicted, (predicted.shape[0], *sample.native_shape), order=1)
+    return _resized(to_labels(native.astype(np.float32)), sample.image.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -238,6 +261,7 @@ def build_samples(
                     corrections=corrections,
                     stack_plane=_stack_plane(reader, batch_index) if stack else None,
                     reviewed=plane_reviewed,
+                    native_shape=None if resized == reader.spatial_shape else reader.spatial_shape,
                 )
             )
     summary = AnnotationSummary(objects, object_pixels, annotated_pixels, len(samples))

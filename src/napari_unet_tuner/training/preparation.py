@@ -24,6 +24,7 @@ from napari_unet_tuner.training.data import (
     Sample,
     as_annotated_images,
     build_samples,
+    native_labels,
 )
 from napari_unet_tuner.training.optimizing import Optimizing
 from napari_unet_tuner.training.patches import PatchSampler
@@ -210,9 +211,11 @@ def _probabilities(model: UNet, device: torch.device):
 
 
 def _labeller(probabilities, model: UNet, card: ModelCard):
-    """Return a function giving the labels (the card's instance settings) for an image."""
-    kind = model.config.output_kind
-    return lambda image: probabilities_to_labels(probabilities(image), kind, card.instance_config)
+    """Return a function giving a sample's labels (the card's instance settings)."""
+    kind, instances = model.config.output_kind, card.instance_config
+    return lambda sample: native_labels(
+        sample, probabilities, lambda p: probabilities_to_labels(p, kind, instances)
+    )
 
 
 def _foreground(probabilities, model: UNet):
