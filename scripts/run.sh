@@ -12,3 +12,4 @@ if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] || [ "$(uname)" = "Darwin" ]; then
 fi
 echo "no display: running under Xvfb and saving a screenshot to demo/napari.png"
 xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/launch.py --screenshot demo/napari.png "$@"
+echo "saved the screenshot: $(pwd)/demo/napari.png"

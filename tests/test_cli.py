@@ -423,9 +423,7 @@ def test_finetune_names_the_model_file_it_can_write(tmp_path, image_file, caplog
     assert "allow overwriting" not in caplog.text and taken.read_bytes() == b"x"
 
 
-def test_finetune_without_prediction_refuses_the_models_own_labels_at_any_size(
-    tmp_path, caplog
-):
+def test_finetune_without_prediction_refuses_the_models_own_labels_at_any_size(tmp_path, caplog):
     # The labels segment wrote, given back unedited: with the image resized
     # for the model (auto object size: the sample's 11-px nuclei are enlarged
     # about x1.6) the prediction computed again must be the same labels, not
@@ -444,3 +442,54 @@ def test_finetune_without_prediction_refuses_the_models_own_labels_at_any_size(
         args = ["finetune", str(tmp_path / "img.tif"), str(labels), "-o", str(out), *common]
         assert main([*args, "--seconds", "20"]) == 1
         assert "nothing to learn" in caplog.text and not out.exists()
+
+
+def test_rgb_pictures_png_and_jpg_and_one_channel_of_several(tmp_path, caplog):
+    import imageio.v3 as iio
+
+    from napari_unet_tuner._sample_data import nuclei_sample
+
+    nuclei = nuclei_sample()[0][0][:128, :128].astype(np.float32)
+    grey = (255 * (nuclei - nuclei.min()) / np.ptp(nuclei)).astype(np.uint8)
+    # Histology-like: dark objects on a bright background, in colour.
+    stained = np.stack([255 - grey, 255 - grey // 2, np.full_like(grey, 230)], axis=-1)
+    iio.imwrite(tmp_path / "he.png", stained)
+    iio.imwrite(tmp_path / "nuclei.jpg", grey)
+    cpu = ["--device", "cpu", "--diameter", "none"]
+    with caplog.at_level("INFO"):
+        assert (
+            main(["segment", str(tmp_path / "he.png"), "-o", str(tmp_path / "he.tif"), *cpu]) == 0
+        )
+    assert "brightfield or histology" in caplog.text and "--channel N" in caplog.text
+    assert tifffile.imread(tmp_path / "he.tif").shape == (128, 128)
+    caplog.clear()
+    out = tmp_path / "jpg.tif"
+    assert main(["segment", str(tmp_path / "nuclei.jpg"), "-o", str(out), *cpu]) == 0
+    assert "RGB" not in caplog.text and tifffile.imread(out).max() > 5
+    # Two channels in a plain TIFF: without --channel they read as two planes;
+    # with it, the nuclear channel alone is segmented, as if it were its own file.
+    two = np.stack([np.zeros_like(nuclei), nuclei])
+    tifffile.imwrite(tmp_path / "two.tif", two)
+    tifffile.imwrite(tmp_path / "alone.tif", nuclei)
+    for name in ("two", "alone"):
+        extra = ["--channel", "1", "--axes", "CYX"] if name == "two" else []
+        code = main(
+            [
+                "segment",
+                str(tmp_path / f"{name}.tif"),
+                "-o",
+                str(tmp_path / f"{name}_l.tif"),
+                *cpu,
+                *extra,
+            ]
+        )
+        assert code == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "two_l.tif"), tifffile.imread(tmp_path / "alone_l.tif")
+    )
+    caplog.clear()
+    args = ["segment", str(tmp_path / "two.tif"), "-o", str(tmp_path / "x.tif"), *cpu]
+    assert main([*args, "--channel", "1"]) == 1
+    assert "give its axes with a C, e.g. --axes CYX" in caplog.text
+    assert main([*args, "--channel", "2", "--axes", "CYX"]) == 1
+    assert "has 2 channels (0 to 1)" in caplog.text

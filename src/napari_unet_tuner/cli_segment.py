@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.cli_finetune import diameter_argument
@@ -73,6 +74,13 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
     )
     seg.add_argument("--checkpoint", type=Path, help="model checkpoint (default: the bundled one)")
     seg.add_argument("--axes", help="axes of the input, letters from TZCYX (default: inferred)")
+    seg.add_argument(
+        "--channel",
+        type=int,
+        metavar="N",
+        help="segment channel N (from 0) of a multichannel image, e.g. the nuclear stain; "
+        "the channel axis comes from the file's metadata or --axes",
+    )
     seg.add_argument("--tile-shape", type=int, nargs="+", help="tile size, e.g. 512 512")
     seg.add_argument(
         "--overlap", type=float, default=InferenceConfig.overlap, help="tile overlap fraction"
@@ -225,7 +233,18 @@ def _output_paths(args: argparse.Namespace) -> list[tuple[Path, Path, Path]]:
 # Image suffixes dropped from an input's name to name its outputs; any other
 # dot is part of the name (``plate1.A01.tif`` -> ``plate1.A01_labels.tif``),
 # so inputs that differ after a dot keep outputs apart.
-_IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy")
+_IMAGE_SUFFIXES = (
+    ".ome.tiff",
+    ".ome.tif",
+    ".ome.zarr",
+    ".tiff",
+    ".tif",
+    ".zarr",
+    ".npy",
+    ".png",
+    ".jpg",
+    ".jpeg",
+)
 
 
 def _image_stem(image: Path) -> str:
@@ -331,17 +350,61 @@ def _bar(desc: str, unit: str):
     return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
+def open_input(args: argparse.Namespace, image_path: Path, ckpt) -> tuple[Any, str | None]:
+    """Open an input file with its axes, taking ``--channel`` and warning of RGB pictures."""
+    from napari_unet_tuner.inference.image import infer_axes
+    from napari_unet_tuner.io import FileImage, OneChannel
+
+    image = FileImage(image_path)
+    axes = args.axes or image.axes
+    if args.channel is not None:
+        if axes is None and image.ndim == 3 and image.shape[-1] in (3, 4):
+            axes = "YXC"
+        image = OneChannel(image, axes or "", args.channel)
+        log.info("%s: channel %d of %s", image_path.name, args.channel, axes)
+        return image, image.axes
+    cfg = ckpt.model_config
+    guessed = axes or infer_axes(image.shape, cfg.spatial_dims, cfg.in_channels)
+    if cfg.in_channels == 1 and guessed.endswith("C") and image.shape[-1] in (3, 4):
+        log.warning("%s", rgb_warning(image, image_path.name))
+    return image, axes
+
+
+def rgb_warning(image: Any, name: str) -> str:
+    """Say what an RGB picture is to a model of fluorescent nuclei, and what to do."""
+    import numpy as np
+
+    sample = np.asarray(image[(slice(None, None, 8), slice(None, None, 8))])[..., :3]
+    bright_background = np.median(sample) > 0.5 * float(np.iinfo(np.uint8).max)
+    if sample.dtype == np.uint8 and bright_background:
+        what = (
+            "it looks like a brightfield or histology picture (bright background, e.g. "
+            "H&E): the model was made for fluorescent nuclei, bright on dark, and its "
+            "labels here will be nonsense"
+        )
+    else:
+        what = "the model reads one channel, so red, green and blue are averaged to grey"
+    return (
+        f"{name} is an RGB image (3 colour channels) and {what}. If one channel holds the "
+        "nuclear stain, segment that one: --channel N (0 red, 1 green, 2 blue)"
+    )
+
+
 def _for_file(
-    inference: InferenceConfig, image, args: argparse.Namespace, spatial_dims: int
+    inference: InferenceConfig,
+    image,
+    axes: str | None,
+    args: argparse.Namespace,
+    spatial_dims: int,
 ) -> InferenceConfig:
     """Return the settings for one file (stack mode, Z step) and say what was decided."""
     from napari_unet_tuner.config import resolve_stack
 
-    resolved = resolve_stack(inference, args.axes or image.axes, image.anisotropy)
+    resolved = resolve_stack(inference, axes, image.anisotropy)
     if spatial_dims == 3:
         return resolved
     if resolved.stack != "3d":
-        guessed = not (args.axes or image.axes)
+        guessed = not axes
         stack_like = len(image.shape) >= 3 and image.shape[-1] not in (3, 4)
         if inference.stack == "auto" and guessed and stack_like:
             log.info(
@@ -372,7 +435,6 @@ def _segment_to_tiff(
     from napari_unet_tuner.inference.pipeline import iter_segment
     from napari_unet_tuner.io import (
         SEGMENTED_SCALE_KEY,
-        FileImage,
         write_bytes_atomic,
         write_tiff_atomic,
     )
@@ -381,12 +443,12 @@ def _segment_to_tiff(
     for path in (labels_path, *tables):
         if path.exists() and not args.overwrite:
             raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    image = FileImage(image_path)
+    image, axes = open_input(args, image_path, ckpt)
     run = iter_segment(
         image,
         ckpt,
-        axes=args.axes or image.axes,
-        inference=_for_file(inference, image, args, ckpt.model_config.spatial_dims),
+        axes=axes,
+        inference=_for_file(inference, image, axes, args, ckpt.model_config.spatial_dims),
         instances=instances,
         return_probabilities=args.probabilities,
     )
@@ -431,19 +493,18 @@ def _segment_to_tiff(
 
 def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, chunked) -> None:
     from napari_unet_tuner.inference.chunked import iter_segment_to_zarr
-    from napari_unet_tuner.io import FileImage
 
     if args.probabilities:
         log.warning("%s: --probabilities is only written for .tif outputs", image_path)
     if args.table:
         log.warning("%s: --table is only written for .tif outputs (not yet for zarr)", image_path)
-    image = FileImage(image_path)
+    image, axes = open_input(args, image_path, ckpt)
     run = iter_segment_to_zarr(
         image,
         labels_path,
         ckpt,
-        axes=args.axes,
-        inference=_for_file(inference, image, args, ckpt.model_config.spatial_dims),
+        axes=axes,
+        inference=_for_file(inference, image, axes, args, ckpt.model_config.spatial_dims),
         instances=instances,
         chunked=chunked,
         overwrite=args.overwrite,

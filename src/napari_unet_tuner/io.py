@@ -15,6 +15,7 @@ import numpy as np
 from napari_unet_tuner.errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _AXIS_LETTERS = "TZCYX"
 
 
@@ -113,8 +114,19 @@ class FileImage:
                 self._array, self.axes, self.scale = _open_tiff(path)
             elif suffix == ".npy":
                 self._array = np.load(path, mmap_mode="r", allow_pickle=False)
+            elif suffix in PICTURE_SUFFIXES:
+                import imageio.v3 as iio
+
+                # Small by nature: read whole (no lazy reader exists for them).
+                self._array = np.asarray(iio.imread(path))
+                if self._array.ndim == 3 and self._array.shape[-1] in (3, 4):
+                    self.axes = "YXC"
+                elif self._array.ndim == 2:
+                    self.axes = "YX"
             else:
-                raise InputError(f"cannot read {path}: expected a .tif/.tiff, .npy or .zarr image")
+                raise InputError(
+                    f"cannot read {path}: expected a .tif/.tiff, .npy, .zarr, .png or .jpg image"
+                )
         except InputError:
             raise
         except Exception as exc:  # noqa: BLE001 - every reader failure means the same to the user
@@ -162,6 +174,69 @@ class FileImage:
 
     def __repr__(self) -> str:
         return f"FileImage({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class OneChannel:
+    """One channel of a `FileImage`, read lazily: what ``--channel`` segments.
+
+    Behaves as a `FileImage` without the C axis (shape, dtype, axes, scale,
+    anisotropy, path) and pickles as its file and channel.
+
+    Parameters
+    ----------
+    image : FileImage
+        The multichannel image.
+    axes : str
+        Its axes, with a ``C``.
+    channel : int
+        Which channel (0-based).
+
+    Raises
+    ------
+    InputError
+        If ``axes`` has no C or the image has no such channel.
+    """
+
+    def __init__(self, image: FileImage, axes: str, channel: int) -> None:
+        axes = axes.upper()
+        if "C" not in axes or len(axes) != image.ndim:
+            raise InputError(
+                f"--channel needs to know which axis holds the channels: {image.path.name} has "
+                f"shape {image.shape}; give its axes with a C, e.g. --axes "
+                f"{'CYX' if image.ndim == 3 else 'ZCYX'}"
+            )
+        self._axis = axes.index("C")
+        count = image.shape[self._axis]
+        if not 0 <= channel < count:
+            raise InputError(
+                f"{image.path.name} has {count} channels (0 to {count - 1}); --channel {channel} "
+                "is not one of them"
+            )
+        self.image, self.channel = image, channel
+        self.path, self.ome = image.path, False
+        self.axes = axes.replace("C", "")
+        self.shape = tuple(s for i, s in enumerate(image.shape) if i != self._axis)
+        self.dtype, self.ndim = image.dtype, len(self.shape)
+        self.scale = (
+            None
+            if image.scale is None
+            else tuple(s for i, s in enumerate(image.scale) if i != self._axis)
+        )
+        size = dict(zip(self.axes, self.scale or (), strict=False))
+        z, x = size.get("Z"), size.get("X")
+        self.anisotropy = z / x if z and x and (z, x) != (1.0, 1.0) else None
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            fill = (slice(None),) * (self.ndim - len(index) + 1)
+            index = index[:at] + fill + index[at + 1 :]
+        index = index + (slice(None),) * (self.ndim - len(index))
+        return np.asarray(self.image[index[: self._axis] + (self.channel,) + index[self._axis :]])
+
+    def __repr__(self) -> str:
+        return f"OneChannel({self.image!r}, channel={self.channel})"
 
 
 def _open_tiff(path: Path) -> tuple[Any, str | None, tuple[float, ...] | None]:
