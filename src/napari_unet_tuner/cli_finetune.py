@@ -227,6 +227,7 @@ def run_finetune(args: argparse.Namespace) -> int:
                 scale=scale,
                 stack=stack,
                 anisotropy=anisotropy,
+                name=Path(image).name,
             )
         )
     config = TrainingConfig(

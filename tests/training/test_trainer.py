@@ -369,3 +369,31 @@ def test_a_model_trained_from_scratch_records_its_object_size():
     pairs = [toy_pair(seed) for seed in range(3)]
     result = fine_tune(pairs, None, FAST, model_config=ModelConfig(features=4, depth=2))
     assert result.checkpoint.card.object_diameter == pytest.approx(12, abs=1.5)
+
+
+def test_a_childs_card_says_what_the_child_was_trained_and_scored_on(disc_model):
+    from napari_unet_tuner import AnnotatedImage, segment
+    from napari_unet_tuner.model.checkpoint import with_card
+    from napari_unet_tuner.training.lineage import STARTING_MODEL, describe_child
+
+    from conftest import dim_disc_scene
+
+    claim = "Discs. AP@0.5 0.72 on a hand-annotated image never trained on."
+    parent = with_card(disc_model, description=claim, name="discs")
+    config = TrainingConfig(max_seconds=60, max_epochs=2, steps_per_epoch=10, device="cpu")
+    image, truth, _ = dim_disc_scene(0)
+    pair = AnnotatedImage(image, truth, prediction=segment(image, parent).labels, name="a.tif")
+    result = fine_tune([pair], parent, config)
+    child = result.candidate or result.checkpoint  # learned or not, the run's model
+    assert child.card.parent is not None
+    text = child.card.description
+    assert text.startswith("Fine-tuned from discs on 1 annotated image(s) (a.tif)")
+    assert "corrected objects right" in text
+    # The parent's claim is quoted as the starting model's, not made the child's.
+    assert text.endswith(f"{STARTING_MODEL}{claim}") and text.count("0.72") == 1
+    # A grandchild quotes the line's first model, not its parent's whole text.
+    run = {"annotation": {"objects": 3, "images": ["image 1 (96x96)"]}}
+    text = describe_child(child.card, run, {**child.card.instances, "threshold": 0.3})
+    assert "(image 1 (96x96)), 3 objects" in text and text.count(STARTING_MODEL) == 1
+    assert f"threshold {child.card.instances['threshold']} -> 0.3" in text
+    assert "Not scored on any image" in text and text.endswith(claim)

@@ -173,6 +173,7 @@ class TrainPanel(Container):
                     reviewed=reviewed_region(
                         layer.metadata.get("reviewed"), annotation, prediction
                     ),
+                    name=image.name,
                 )
             )
         return out

@@ -65,6 +65,9 @@ class AnnotatedImage:
         model's prediction is kept as a weak target
         (`TrainingConfig.unreviewed_weight`) so the model does not drift
         where nobody looked. ``None``: all of it is truth.
+    name : str, optional
+        What the image is called (a file or layer name): the new model's
+        card names the images it was trained on.
     """
 
     image: Any
@@ -76,6 +79,12 @@ class AnnotatedImage:
     stack: StackMode = "planes"
     anisotropy: float = 1.0
     reviewed: Any = None
+    name: str | None = None
+
+    def title(self, index: int) -> str:
+        """Return the image's name, or its number and shape when it has none."""
+        shape = "x".join(str(int(s)) for s in self.image.shape)
+        return self.name or f"image {index + 1} ({shape})"
 
 
 def as_annotated_images(
@@ -160,9 +169,11 @@ class AnnotationSummary:
     annotated_pixels: int
     planes: int
 
-    def to_dict(self) -> dict[str, int]:
-        """Return the counts as a dict."""
-        return dict(vars(self))
+    images: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, int | list[str]]:
+        """Return the counts (and the images' names) as a dict."""
+        return {**vars(self), "images": list(self.images)}
 
 
 def build_samples(
@@ -264,7 +275,8 @@ def build_samples(
                     native_shape=None if resized == reader.spatial_shape else reader.spatial_shape,
                 )
             )
-    summary = AnnotationSummary(objects, object_pixels, annotated_pixels, len(samples))
+    titles = tuple(item.title(i) for i, item in enumerate(annotated))
+    summary = AnnotationSummary(objects, object_pixels, annotated_pixels, len(samples), titles)
     return samples, summary
 
 
