@@ -54,8 +54,11 @@ def run_export(args: argparse.Namespace) -> int:
     from napari_unet_tuner.model.bioimageio_export import export_and_check, export_bioimageio
     from napari_unet_tuner.model.checkpoint import default_checkpoint_path
     from napari_unet_tuner.model.loading import load_checkpoint
+    from napari_unet_tuner.outputs import check_output
 
     checkpoint = load_checkpoint(args.checkpoint or default_checkpoint_path())
+    if args.sample:
+        check_output(args.output, [args.sample])
     sample = np.asarray(open_image(args.sample)) if args.sample else nuclei_sample()[0][0]
     options = {
         "authors": args.author or ("napari-unet-tuner user",),

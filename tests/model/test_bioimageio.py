@@ -223,3 +223,27 @@ def test_a_damaged_package_is_one_error_naming_it(default_package, tmp_path, dam
         load_checkpoint(path)
     assert main(["info", str(path)]) == 1
     assert "damaged.zip" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_export_never_replaces_the_package_it_reads_nor_packs_a_blank_or_nan_sample(
+    default_package, tmp_path, caplog
+):
+    import shutil
+
+    package = shutil.copy(default_package, tmp_path / "pkg.zip")
+    before = (tmp_path / "pkg.zip").read_bytes()
+    args = ["export", str(package), "-o", str(package), "--overwrite", "--no-test"]
+    assert main(args) == 1
+    assert "pkg.zip" in caplog.text and (tmp_path / "pkg.zip").read_bytes() == before
+    import tifffile
+
+    blank, holey = np.zeros((128, 128), np.float32), nuclei_sample()[0][0].astype(np.float32)
+    y, x = (s // 2 for s in holey.shape)
+    holey[y - 20 : y + 20, x - 20 : x + 20] = np.nan  # in the tile the package's test uses
+    for name, sample, words in (("blank", blank, "blank"), ("holey", holey, "NaN")):
+        tifffile.imwrite(tmp_path / f"{name}.tif", sample)
+        caplog.clear()
+        out = tmp_path / f"{name}.zip"
+        assert main(["export", "--sample", str(tmp_path / f"{name}.tif"), "-o", str(out)]) == 1
+        assert words in caplog.text and "--sample" in caplog.text and not out.exists()
+        assert len(caplog.text.splitlines()) == 1

@@ -109,8 +109,11 @@ def test_pickled_payload_is_refused_and_nothing_runs(tmp_path, tiny_checkpoint):
     evil = tmp_path / "evil.pt"
     torch.save({"state_dict": dict(tiny_checkpoint.state_dict), "x": _Payload(marker)}, evil)
     for loader in (load_checkpoint, import_state_dict):
-        with pytest.raises(CheckpointError, match="refused.*Nothing from it was executed"):
+        with pytest.raises(
+            CheckpointError, match="refused.*Nothing from it was executed"
+        ) as error:
             loader(evil)
+        assert "\n" not in str(error.value)  # one line, as every error the CLI prints
     # Disguised under the safetensors suffix it is recognized and refused just the same.
     disguised = tmp_path / "evil.safetensors"
     disguised.write_bytes(evil.read_bytes())
@@ -351,3 +354,17 @@ def test_a_zip_that_would_inflate_far_beyond_its_size_is_refused_unread(tmp_path
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def test_a_checkpoint_gets_the_permissions_of_any_other_output(tmp_path):
+    import os
+
+    from napari_unet_tuner.io import write_tiff_atomic
+
+    old = os.umask(0o022)
+    try:
+        model = save_checkpoint(make_checkpoint(), tmp_path / "m.safetensors")
+        labels = write_tiff_atomic(tmp_path / "l.tif", torch.zeros(4, 4).int().numpy())
+    finally:
+        os.umask(old)
+    assert model.stat().st_mode & 0o777 == labels.stat().st_mode & 0o777 == 0o644

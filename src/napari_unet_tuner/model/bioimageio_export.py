@@ -32,6 +32,7 @@ from napari_unet_tuner.model import unet as unet_module
 from napari_unet_tuner.model.bioimageio_open import CONFIG_KEY, require_bioimageio
 from napari_unet_tuner.model.checkpoint import Checkpoint, file_sha256
 from napari_unet_tuner.model.saving import save_checkpoint
+from napari_unet_tuner.outputs import check_output
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CLASS_NAMES = {
@@ -103,6 +104,8 @@ def export_bioimageio(
     output = Path(output)
     if output.suffix.lower() != ".zip":
         output = output.with_name(output.name + ".zip")
+    # Never over the model it packs, however it is named, even when asked.
+    check_output(output, [checkpoint.path] if checkpoint.path else [])
     if output.exists() and not overwrite:
         raise FileExistsError(
             f"{output} exists; choose another name, or replace it (overwrite=True, "
@@ -142,7 +145,20 @@ def _test_input(checkpoint: Checkpoint, sample: np.ndarray) -> np.ndarray:
             raise InputError(f"the sample is too small: at least {cfg.size_multiple} pixels")
         start = (size - tile) // 2
         box.append(slice(start, start + tile))
-    return sample[(slice(None), *box)].astype(np.float32)[None]
+    tile = sample[(slice(None), *box)].astype(np.float32)[None]
+    # The package's test compares outputs: NaN would "pass" as NaN, and a
+    # blank tile normalizes to nothing.
+    if not np.isfinite(tile).all():
+        raise InputError(
+            "the sample has NaN or infinite values in its central tile; give an image "
+            "without them (--sample), e.g. after numpy.nan_to_num"
+        )
+    if np.ptp(tile) == 0:
+        raise InputError(
+            f"the sample's central tile is blank (every value {tile.flat[0]:g}); give an "
+            "image with objects in it (--sample)"
+        )
+    return tile
 
 
 def scale_range(tile: np.ndarray, low: float, high: float, eps: float = 1e-6) -> np.ndarray:

@@ -122,7 +122,14 @@ def save_checkpoint(
     remove_stale_temporaries(path)
     tmp = temporary_beside(path)
     try:
+        # Created here first to learn the permissions the user's umask gives
+        # a new file: safetensors writes its files private (0600), unlike
+        # every other output.
+        with open(tmp, "xb"):
+            pass
+        mode = tmp.stat().st_mode & 0o777
         save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

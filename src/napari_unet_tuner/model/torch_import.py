@@ -61,8 +61,8 @@ def import_state_dict(
         raise CheckpointError(
             f"refused {path}: it contains pickled Python objects beyond tensors, which "
             "could run code when loaded. Nothing from it was executed. Save only the "
-            "model's state_dict (or a .safetensors file) and try again.\n"
-            f"torch said: {str(exc).splitlines()[0]}"
+            "model's state_dict (or a .safetensors file) and try again "
+            f"(torch said: {str(exc).splitlines()[0]})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch file: {exc}") from None
