@@ -493,3 +493,25 @@ def test_rgb_pictures_png_and_jpg_and_one_channel_of_several(tmp_path, caplog):
     assert "give its axes with a C, e.g. --axes CYX" in caplog.text
     assert main([*args, "--channel", "2", "--axes", "CYX"]) == 1
     assert "has 2 channels (0 to 1)" in caplog.text
+
+
+def test_segment_says_when_the_object_size_could_not_be_measured(tmp_path, caplog):
+    from conftest import disc_labels
+
+    # Three nuclei 340 px across (the model's are 25): cut into pieces at
+    # every scale the estimate tries, so no size can be told.
+    truth = disc_labels((768, 768), [(200, 200), (200, 560), (560, 380)], radius=170)
+    noise = np.random.default_rng(0).normal(0, 30, truth.shape)
+    tifffile.imwrite(tmp_path / "huge.tif", ((truth > 0) * 900 + 300 + noise).astype(np.float32))
+    out = tmp_path / "huge_labels.tif"
+    with caplog.at_level("INFO"):
+        assert (
+            main(["segment", str(tmp_path / "huge.tif"), "-o", str(out), "--device", "cpu"]) == 0
+        )
+    assert "object size could not be measured" in caplog.text
+    assert "--diameter PIXELS" in caplog.text
+    caplog.clear()
+    given = ["--device", "cpu", "--diameter", "340", "--overwrite"]
+    assert main(["segment", str(tmp_path / "huge.tif"), "-o", str(out), *given]) == 0
+    assert "could not be measured" not in caplog.text
+    assert tifffile.imread(out).max() == 3  # at the given size, three whole nuclei

@@ -478,6 +478,14 @@ def _segment_to_tiff(
     elif how:
         how = f" ({how[2:]})"
     log.info("%s: %d objects%s -> %s", image_path, count, how, labels_path)
+    if size is not None and size.diameter is None:
+        log.warning(
+            "%s: the object size could not be measured (too few objects, or their size "
+            "changed with every scale tried, as objects far larger than the model's do): "
+            "segmented as it is; if objects come out cut into pieces or merged, give their "
+            "size with --diameter PIXELS",
+            image_path,
+        )
     if tables:
         objects_path, misses_path = tables
         write_bytes_atomic(objects_path, result.objects.to_csv(index=False).encode())

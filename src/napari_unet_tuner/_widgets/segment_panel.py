@@ -266,7 +266,10 @@ class SegmentPanel(Container):
     ) -> None:
         size = result.object_size
         if size is None or size.diameter is None:
-            self.size_note.value = "" if size is None else "object size: too few objects to tell"
+            # Too few objects, or pieces of objects far larger than the model's.
+            self.size_note.value = (
+                "" if size is None else "size not measured: set it if objects look cut"
+            )
             return
         if self.diameter.value == 0 and size.objects and whole:
             # Measured on the whole image (not a field of view): kept for the loop.
