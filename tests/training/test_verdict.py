@@ -198,3 +198,23 @@ def test_the_card_of_a_model_kept_anyway_says_so():
     assert "corrected objects right 4/5" in line and "deleted" not in line
     assert "kept by the user" in line
     assert "kept by the user" not in describe_training_run(run)
+
+
+def test_a_fall_in_held_out_dice_is_said_even_when_ap_holds():
+    from napari_unet_tuner.config import InstanceConfig
+    from napari_unet_tuner.training.validation import ValidationResult
+    from napari_unet_tuner.training.verdict import judge
+
+    counts = CorrectionCounts(corrected=2, corrected_right=0, unchanged=10, unchanged_right=10)
+    learned = replace(counts, corrected_right=2)
+
+    def result(dice, corrections):
+        scores = {"ap50": 1.0, "dice": dice, "loss": 0.1, "iou": dice, "fit_loss": 0.1}
+        scores["annotation_score"] = corrections.score()
+        return ValidationResult(scores, corrections, InstanceConfig())
+
+    before = result(0.997, counts)
+    for dice, said in ((0.927, True), (0.98, False)):
+        verdict = judge(before, result(dice, learned), 40, None, 30.0, 200)
+        assert verdict.learned
+        assert ("held-out Dice fell 1.00 -> " in verdict.message) == said, verdict.message

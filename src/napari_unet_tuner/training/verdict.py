@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from napari_unet_tuner.training.counting import CorrectionCounts
 from napari_unet_tuner.training.validation import ValidationResult
 
+# A fall in held-out Dice beyond this is said in the verdict even when AP
+# holds: objects still found, but drawn larger or smaller than before.
+DICE_DROP = 0.05
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -110,6 +114,15 @@ def _describe_learned(
     ap_before, ap_after = before.scores["ap50"], after.scores["ap50"]
     if math.isfinite(ap_before) and math.isfinite(ap_after):
         text += f"; held-out AP50 {ap_before:.2f} -> {ap_after:.2f}"
+    dice_before, dice_after = (
+        before.scores.get("dice", math.nan),
+        after.scores.get("dice", math.nan),
+    )
+    if dice_before - dice_after > DICE_DROP:  # NaN compares False: no held-out part
+        text += (
+            f", but held-out Dice fell {dice_before:.2f} -> {dice_after:.2f}: the outlines "
+            "of objects it was not trained on changed; look at them before keeping it"
+        )
     return text
 
 
