@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet_tuner import InferenceConfig, TrainingConfig, fine_tune, segment
+from napari_unet_tuner import InferenceConfig, TrainingConfig, iter_fine_tune, segment
 
 from conftest import disc_labels, make_checkpoint
 
@@ -37,9 +37,23 @@ def test_cuda_fine_tuning_with_mixed_precision():
     labels = disc_labels((96, 96), [(20, 20), (20, 50), (60, 30), (70, 70)], 9)
     image = ((labels > 0) * 900 + 300).astype(np.float32)
     config = TrainingConfig(max_seconds=30, max_epochs=2, steps_per_epoch=5, device="cuda")
-    result = fine_tune([(image, labels)], make_checkpoint(), config)
-    assert result.checkpoint.card.training[-1]["device"].startswith("cuda")
-    assert all(v.device.type == "cpu" for v in result.checkpoint.state_dict.values())
+    run = iter_fine_tune([(image, labels)], make_checkpoint(), config)
+    records, result = [], None
+    try:
+        while True:
+            records.append(next(run))
+    except StopIteration as done:
+        result = done.value
+    trained = result.candidate or result.checkpoint
+    record = trained.card.training[-1]
+    assert record["device"].startswith("cuda")
+    # float16 autocast with a loss scaler: the steps ran and their losses are finite.
+    assert record["settings"]["training_precision"] == "float16"
+    losses = [r.loss for r in records if r.kind == "step"]
+    assert losses and all(np.isfinite(losses))
+    assert all(
+        v.device.type == "cpu" and v.dtype != torch.float16 for v in trained.state_dict.values()
+    )
 
 
 def test_chunked_run_uses_the_gpu_and_writes_the_same_objects(tmp_path):

@@ -134,11 +134,26 @@ def test_a_given_diameter_needs_a_model_that_knows_its_size():
     assert result.scale == 0.25 and result.labels.shape == image.shape
 
 
+def median_of_whole(labels):
+    areas = np.bincount(labels.ravel())[1:9]  # ids 1-8: the discs
+    areas = areas[areas > 0]
+    return float(np.median(2 * np.sqrt(areas / np.pi)))
+
+
 def test_painted_objects_are_measured_plane_by_plane():
     from napari_unet_tuner.inference.object_size import painted_diameter
 
     assert painted_diameter(np.zeros((2, 32, 32), np.int32)) is None
-    few = disc_labels((64, 64), [(32, 32), (10, 50)], 7)  # two: the cut ones count too
-    assert painted_diameter(few) == pytest.approx(14, abs=1)
+    # Fewer than MIN_OBJECTS whole: the one cut in half by the border counts too.
+    few = disc_labels((64, 64), [(32, 32), (0, 32)], 7)
+    halves = np.bincount(few.ravel())[1:]
+    assert halves[1] < 0.6 * halves[0]  # the second is cut
+    expected = np.median(2 * np.sqrt(halves / np.pi))
+    assert painted_diameter(few) == pytest.approx(expected) and expected < 13
+    # Enough whole ones: the cut one is left out.
+    many = disc_labels((128, 128), [(20, 20), (20, 60), (60, 20), (60, 60), (100, 100)], 7)
+    many[0:4, 100:110] = 9  # a sliver cut by the border
+    assert painted_diameter(many) == pytest.approx(median_of_whole(many), abs=0.01)
+    assert painted_diameter(many) == pytest.approx(14, abs=1)
     stack = np.stack([np.zeros((256, 256), np.int32), disc_field(radius=10)])
     assert painted_diameter(stack) == pytest.approx(20, abs=1)

@@ -335,9 +335,19 @@ def test_missing_file_and_non_torch_pt(tmp_path):
 
 
 def test_content_decides_how_a_file_is_read_not_its_suffix(tiny_checkpoint_file, tmp_path):
+    original = load_checkpoint(tiny_checkpoint_file)
+    # A checkpoint named .pt is still read as a checkpoint, card and all...
     renamed = tmp_path / "model.pt"
     renamed.write_bytes(tiny_checkpoint_file.read_bytes())
-    assert load_checkpoint(renamed).sha256 == load_checkpoint(tiny_checkpoint_file).sha256
+    as_pt = load_checkpoint(renamed)
+    assert as_pt.card == original.card and as_pt.model_config == original.model_config
+    # ...and a PyTorch state dict named .safetensors is imported as one.
+    disguised = tmp_path / "weights.safetensors"
+    torch.save(dict(original.state_dict), disguised)
+    imported = load_checkpoint(disguised)
+    assert imported.card.description.startswith("Imported from the PyTorch state dict")
+    for loaded in (as_pt, imported):
+        assert all(torch.equal(loaded.state_dict[k], v) for k, v in original.state_dict.items())
 
 
 def test_a_zip_that_would_inflate_far_beyond_its_size_is_refused_unread(tmp_path):

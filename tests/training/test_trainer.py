@@ -373,6 +373,7 @@ def test_a_model_trained_from_scratch_records_its_object_size():
 
 def test_a_childs_card_says_what_the_child_was_trained_and_scored_on(disc_model):
     from napari_unet_tuner import AnnotatedImage, segment
+    from napari_unet_tuner.inference.device import training_dtype
     from napari_unet_tuner.model.checkpoint import with_card
     from napari_unet_tuner.training.lineage import STARTING_MODEL, describe_child
 
@@ -386,6 +387,9 @@ def test_a_childs_card_says_what_the_child_was_trained_and_scored_on(disc_model)
     result = fine_tune([pair], parent, config)
     child = result.candidate or result.checkpoint  # learned or not, the run's model
     assert child.card.parent is not None
+    # The card says what the steps computed in (bfloat16 on CPUs made for it).
+    precision = child.card.training[-1]["settings"]["training_precision"]
+    assert precision == str(training_dtype(torch.device("cpu"))).removeprefix("torch.")
     text = child.card.description
     assert text.startswith("Fine-tuned from discs on 1 annotated image(s) (a.tif)")
     assert "corrected objects right" in text

@@ -79,19 +79,27 @@ def cpu_computes_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
+def training_dtype(device: torch.device, enabled: bool = True) -> torch.dtype:
+    """Return the precision training steps compute in: float16 on CUDA, bfloat16 on fit CPUs."""
+    if enabled and device.type == "cuda":
+        return torch.float16
+    if enabled and device.type == "cpu" and cpu_computes_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
 def training_autocast(
     device: torch.device, enabled: bool = True
 ) -> contextlib.AbstractContextManager:
-    """Mixed precision for training steps: float16 on CUDA, bfloat16 on CPUs made for it.
+    """Mixed precision for training steps, in `training_dtype`.
 
     On CUDA the loss must be scaled (`torch.amp.GradScaler`); bfloat16 has
     float32's range and needs no scaling.
     """
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    if enabled and device.type == "cpu" and cpu_computes_bf16():
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = training_dtype(device, enabled)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @contextlib.contextmanager

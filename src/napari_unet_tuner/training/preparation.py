@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
-from napari_unet_tuner.inference.device import cpu_threads, select_device
+from napari_unet_tuner.inference.device import cpu_threads, select_device, training_dtype
 from napari_unet_tuner.inference.instances import BACKGROUND, probabilities_to_labels
 from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.model.checkpoint import Checkpoint, ModelCard, new_card
@@ -183,6 +183,10 @@ def prepare_run(
         "patch_shape": list(patch_shape),
         "batch_size": batch_size,
         "freeze_batch_norm": freeze_bn,
+        # What the steps computed in (the card says how the model was made).
+        "training_precision": str(training_dtype(device, config.mixed_precision)).removeprefix(
+            "torch."
+        ),
     }
     return PreparedRun(
         model,
