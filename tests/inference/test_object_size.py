@@ -9,7 +9,7 @@ from napari_unet_tuner import InferenceConfig, load_checkpoint, segment
 from napari_unet_tuner._sample_data import nuclei_sample
 from napari_unet_tuner.config import parse_diameter
 from napari_unet_tuner.errors import ConfigError, InputError
-from napari_unet_tuner.inference.chunked import check_chunked_inference
+from napari_unet_tuner.inference.chunked_plan import check_chunked_inference
 from napari_unet_tuner.inference.object_size import (
     estimate_object_size,
     median_diameter,

@@ -282,9 +282,8 @@ def test_segment_a_multiscale_layer_into_a_zarr_backed_labels_layer(
 
     out = tmp_path / "slide_labels.zarr"
     panel.zarr_path.value = out
-    monkeypatch.setattr(
-        "napari_unet_tuner.inference.chunked.DEFAULT_CHUNK_SHAPE", {2: (96, 96), 3: (8, 96, 96)}
-    )
+    small = {2: (96, 96), 3: (8, 96, 96)}
+    monkeypatch.setattr("napari_unet_tuner.inference.chunked_plan.DEFAULT_CHUNK_SHAPE", small)
     panel.run()
     wait_idle(qtbot, panel)
     layer = viewer.layers["slide labels (slide_labels.zarr)"]
@@ -504,11 +503,11 @@ def test_export_for_bioimageio_then_open_the_package_again(tuner, qtbot, tmp_pat
     assert errors == [] and "Exported tiny.zip" in infos[-1] and "test passed" in infos[-1]
     assert panel.load(package)
     assert len(tuner.versions.versions) == 2 and tuner.versions.active.path == package
-    # Exporting again to the same file refuses, in words, and keeps the package.
+    # Exporting the opened package onto itself refuses, in words, and keeps it.
     size = package.stat().st_size
     panel.export_active(package)
     qtbot.waitUntil(lambda: panel.export_worker is None, timeout=60_000)
-    assert "exists" in errors[-1] and package.stat().st_size == size
+    assert "would destroy the input" in errors[-1] and package.stat().st_size == size
 
 
 def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, qtbot, tmp_path):

@@ -122,7 +122,7 @@ class AnnotatePanel(Container):
         layer.brush_size = 5
         layer.events.paint.connect(self.update_summary)
         layer.events.data.connect(self.update_summary)
-        self._tuner.train_panel.reset_choices()
+        self._tuner.annotations_changed()
         self._layer = layer
         self.update_summary()
         return layer

@@ -144,7 +144,7 @@ class ReviewPanel(Container):
             )
             return False
         if self.queue is None or self._table is not table or self.layer not in viewer.layers:
-            layer = self._tuner.annotate_panel.make_corrections_layer()
+            layer = self._tuner.new_corrections_layer()
             if layer is None:
                 return False
             layer.metadata["reviewed"] = np.zeros(layer.data.shape, bool)

@@ -32,7 +32,7 @@ from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner._widgets.zarr_output import check_zarr_path, start_zarr_run
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.errors import InputError
-from napari_unet_tuner.inference.chunked import check_chunked_inference
+from napari_unet_tuner.inference.chunked_plan import check_chunked_inference
 from napari_unet_tuner.inference.object_size import painted_diameter
 from napari_unet_tuner.inference.pipeline import SegmentationResult, iter_segment
 from napari_unet_tuner.training.targets import annotation_to_instances
@@ -172,7 +172,7 @@ class SegmentPanel(Container):
         if region is not None:
             axes = "ZYX" if stack else "YXC" if layer.rgb else "YX"
         inference = InferenceConfig(
-            device=self._tuner.model_panel.device.value,
+            device=self._tuner.device,
             diameter=self.diameter_for(layer),
             stack="3d" if stack else "planes",
             anisotropy=anisotropy_of(layer) if stack else 1.0,
@@ -231,7 +231,7 @@ class SegmentPanel(Container):
         )
         worker.returned.connect(lambda result: self._note_size(layer, result, region is None))
         if field_of_view is None:  # not a fine-tuning preview
-            worker.returned.connect(lambda _: self._tuner.annotate_panel.review.on_segmented())
+            worker.returned.connect(lambda _: self._tuner.on_segmented())
         return self._start(worker, bar)
 
     def segments_in_3d(self, layer: napari.layers.Image, data) -> bool:

@@ -9,7 +9,6 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Select, SpinBox
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
 
 from napari_unet_tuner._widgets.layers import LAYER_TAG, anisotropy_of, layer_array
 from napari_unet_tuner._widgets.loss_plot import LossPlot
@@ -140,7 +139,7 @@ class TrainPanel(Container):
             return "planes"
         if "stack" in layer.metadata:
             return layer.metadata["stack"]
-        return "3d" if self._tuner.segment_panel.segments_in_3d(image, data) else "planes"
+        return "3d" if self._tuner.segments_in_3d(image, data) else "planes"
 
     def annotated_images(self) -> list[AnnotatedImage]:
         """Return the selected layers with their images (snapshots: painting may go on)."""
@@ -166,7 +165,7 @@ class TrainPanel(Container):
                     if stack == "3d"
                     else layer.metadata.get("scale")
                     or annotation_scale(
-                        self._tuner.segment_panel.diameter_for(image), self._tuner.versions.active
+                        self._tuner.diameter_for(image), self._tuner.versions.active
                     ),
                     stack=stack,
                     anisotropy=anisotropy_of(image) if stack == "3d" else 1.0,
@@ -193,7 +192,7 @@ class TrainPanel(Container):
             return None
         config = TrainingConfig(
             max_seconds=float(self.seconds.value),
-            device=self._tuner.model_panel.device.value,
+            device=self._tuner.device,
         )
         self._stop.clear()
         worker = create_worker(
@@ -246,11 +245,9 @@ class TrainPanel(Container):
         elif (
             record.kind == "preview"
             and self._preview_worker is None
-            and self._tuner.segment_panel.worker is None
+            and not self._tuner.segmenting
         ):
-            self._preview_worker = self._tuner.segment_panel.run(
-                record.snapshot, field_of_view=True
-            )
+            self._preview_worker = self._tuner.segment(record.snapshot, field_of_view=True)
             if self._preview_worker is not None:
                 self._preview_worker.finished.connect(self._preview_done)
 
@@ -263,7 +260,7 @@ class TrainPanel(Container):
         self._tuner.versions.add(offered)
         self._tuner.on_model_changed()
         self.status.value = "kept anyway as a new version (the verdict was: nothing learned)"
-        QTimer.singleShot(0, self._tuner.segment_panel.run)
+        self._tuner.segment_soon()
 
     def _preview_done(self) -> None:
         self._preview_worker = None
@@ -299,7 +296,7 @@ class TrainPanel(Container):
         # canvas, and starting a run is GUI work too; in one turn they froze a
         # busy viewer 120-140 ms.
         def segment_again() -> None:
-            QTimer.singleShot(0, self._tuner.segment_panel.run)
+            self._tuner.segment_soon()
 
         if self._preview_worker is not None:
             self._preview_worker.finished.connect(segment_again)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container
 from napari.qt.threading import WorkerBase
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QTabWidget
 
 from napari_unet_tuner._widgets.annotate_panel import AnnotatePanel
@@ -85,6 +86,47 @@ class UNetTunerWidget(Container):
     def image_layer(self) -> napari.layers.Image | None:
         """The image layer chosen in the segment panel."""
         return self.segment_panel.image.value
+
+    # What the panels ask of each other goes through these few methods, so
+    # that no panel drives another's widgets (the loop's wiring is here).
+
+    @property
+    def device(self) -> str:
+        """The device chosen in the model panel (``"auto"``, ``"cpu"``, ...)."""
+        return self.model_panel.device.value
+
+    @property
+    def segmenting(self) -> bool:
+        """Whether a segmentation is running."""
+        return self.segment_panel.worker is not None
+
+    def segment(self, checkpoint=None, field_of_view: bool = False) -> WorkerBase | None:
+        """Segment the chosen image now (with ``checkpoint``: a preview); return the worker."""
+        return self.segment_panel.run(checkpoint, field_of_view=field_of_view)
+
+    def segment_soon(self) -> None:
+        """Segment the chosen image with the active model in a later turn of the event loop."""
+        QTimer.singleShot(0, self.segment_panel.run)
+
+    def diameter_for(self, image: napari.layers.Image):
+        """Return the object size segmentation uses for ``image`` (see the segment panel)."""
+        return self.segment_panel.diameter_for(image)
+
+    def segments_in_3d(self, image: napari.layers.Image, data) -> bool:
+        """Whether ``image`` is segmented into 3D objects."""
+        return self.segment_panel.segments_in_3d(image, data)
+
+    def new_corrections_layer(self) -> napari.layers.Labels:
+        """Add a corrections layer over the latest segmentation (see the annotate panel)."""
+        return self.annotate_panel.make_corrections_layer()
+
+    def annotations_changed(self) -> None:
+        """Offer the current annotation layers to fine-tuning."""
+        self.train_panel.reset_choices()
+
+    def on_segmented(self) -> None:
+        """Start the review over on the segmentation just shown."""
+        self.annotate_panel.review.on_segmented()
 
     def on_model_changed(self) -> None:
         """Refresh what shows the active model (its card and the version list)."""

@@ -54,14 +54,12 @@ from napari_unet_tuner.config import (
     InferenceConfig,
     InstanceConfig,
     NormalizationConfig,
-    resolve_stack,
 )
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.chunk_tasks import (
     RunSpec,
     changed_input,
     neighbours,
-    plan_chunks,
     predict_view_band,
     relabel_chunk,
     segment_chunk,
@@ -70,24 +68,17 @@ from napari_unet_tuner.inference.chunk_tasks import (
 )
 from napari_unet_tuner.inference.chunked_output import (
     ATTRS_KEY,
-    WORK_DIR,
-    fingerprint,
     prepare_output,
 )
+from napari_unet_tuner.inference.chunked_plan import ChunkedPlan, plan_chunked_run
 from napari_unet_tuner.inference.dask_run import dask_client, run_tasks
-from napari_unet_tuner.inference.device import cpu_threads, select_device
-from napari_unet_tuner.inference.image import ImageReader, infer_axes
-from napari_unet_tuner.inference.object_size import choose_object_size
-from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, as_checkpoint, make_predictor
-from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
-from napari_unet_tuner.inference.tiling import fit_tile_shape
-from napari_unet_tuner.io import create_labels_zarr, open_labels_zarr
+from napari_unet_tuner.inference.device import cpu_threads
+from napari_unet_tuner.inference.image import ImageReader
+from napari_unet_tuner.io import open_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.outputs import OutputLock, check_output
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CHUNK_SHAPE = {2: (2048, 2048), 3: (64, 512, 512)}
 
 
 @dataclass(frozen=True)
@@ -144,7 +135,8 @@ class ChunkedResult:
     size_note : str
         Empty, or why the labels may differ from a segmentation in memory:
         the image's objects are far from the model's size, which in memory
-        would be resized and here is not (`unresized_size_note`).
+        would be resized and here is not
+        (`napari_unet_tuner.inference.chunked_plan.unresized_size_note`).
     """
 
     path: Path
@@ -155,48 +147,6 @@ class ChunkedResult:
     resumed: int
     seconds: float
     size_note: str = ""
-
-
-def unresized_size_note(
-    reader: ImageReader,
-    checkpoint: Checkpoint,
-    inference: InferenceConfig,
-    instances: InstanceConfig,
-) -> str:
-    """Say so when the automatic object size would resize this image in memory.
-
-    Chunked runs work at scale 1 (resizing chunk by chunk is not built). The
-    estimate reads one bounded central crop (`choose_object_size`), seconds
-    for any image; an empty string when the size suits the model or is unknown.
-    """
-    if checkpoint.card.object_diameter is None or inference.diameter != "auto":
-        return ""
-    device = select_device(inference.device)
-    predictor = make_predictor(checkpoint.build_model(device), device, inference.precision)
-    size = choose_object_size(reader, predictor, checkpoint, inference, instances)
-    if size is None or size.diameter is None or size.scale == 1.0:
-        return ""
-    return (
-        f"objects here measure about {size.diameter:.0f} px across and the model segments "
-        f"about {checkpoint.card.object_diameter:.0f} px best: segmented in memory (a .tif "
-        f"output) the image would be resized x{size.scale:.2f}, but a zarr output is not "
-        "resized (not built for chunked runs), so objects may be cut or merged; resize the "
-        "image first, or segment it in memory"
-    )
-
-
-def check_chunked_inference(inference: InferenceConfig) -> None:
-    """Raise `InputError` if ``inference`` asks for what chunked runs cannot do.
-
-    Rescaling (a scale or a given object size): the automatic object size
-    is not measured, chunks run at scale 1.
-    """
-    if inference.scale != 1.0 or inference.diameter not in ("auto", None):
-        raise InputError(
-            "resizing is not available for zarr output yet: set the object size to auto "
-            "(InferenceConfig.diameter, --diameter) and the scale to 1 (--scale), segment "
-            "in memory, or resize the image first"
-        )
 
 
 def iter_segment_to_zarr(
@@ -258,172 +208,133 @@ def iter_segment_to_zarr(
         As `iter_segment`; also `InputError` for ``inference.scale != 1``.
     """
     t0 = time.perf_counter()
-    ckpt = as_checkpoint(checkpoint)
-    cfg = ckpt.model_config
-    axes = axes or getattr(image, "axes", None)
-    inference = resolve_stack(
-        inference or InferenceConfig(), axes, getattr(image, "anisotropy", None)
-    )
-    check_chunked_inference(inference)
-    chunked = chunked or ChunkedConfig()
-    instances = instances or ckpt.card.instance_config
-    normalization = normalization or ckpt.card.normalization_config
-    shape = tuple(int(s) for s in image.shape)
-    axes = axes or infer_axes(shape, cfg.spatial_dims, cfg.in_channels)
-    reader = ImageReader(image, axes, cfg.spatial_dims, cfg.in_channels, normalization)
-    # A 2D model's Z-stacks as 3D objects: chunks are ZYX volumes whose
-    # probabilities the views stage computes first.
-    planar = None
-    if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
-        planar = reader
-        reader = ImageReader(image, planar.axes, 3, cfg.in_channels, normalization)
-    spatial_dims = len(reader.spatial_axes)
-    if ome is None:
-        ome = bool(getattr(image, "ome", False))
-    if scale is None and getattr(image, "scale", None) is not None:
-        scale = tuple(s for s, a in zip(image.scale, reader.axes, strict=True) if a != "C")
-    chunk_shape = tuple(int(c) for c in (chunked.chunk_shape or DEFAULT_CHUNK_SHAPE[spatial_dims]))
-    if len(chunk_shape) != spatial_dims:
-        raise InputError(
-            f"chunk_shape {chunk_shape} has {len(chunk_shape)} axes; this run works on "
-            f"{spatial_dims} spatial axes ({reader.spatial_axes})"
-        )
-    views = None
-    if planar is not None:
-        tile_shape = tuple(inference.tile_shape or DEFAULT_TILE_SHAPE[2])
-        views = StackViews.plan(reader, cfg, inference, tile_shape)
-    else:
-        tile_shape = fit_tile_shape(
-            reader.spatial_shape,
-            inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
-            cfg.size_multiple,
-            inference.overlap,
-        )
-    chunks = plan_chunks(reader, chunk_shape)
-    size_note = (
-        "" if planar is not None else unresized_size_note(reader, ckpt, inference, instances)
-    )
-    if size_note:
-        log.warning("%s: %s", output, size_note)
-    # One statistic per time point, for every chunk alike; for 3D objects from
-    # a 2D model, the same as its planes get in memory.
-    sampled = planar or reader
-    firsts = {reader.time_point(c.batch_index): c.batch_index for c in chunks}
-    statistics = {
-        t: sampled.time_point_statistics(first_plane(b, reader, planar)) for t, b in firsts.items()
-    }
-    path = Path(output)
-    threads = chunked.threads_per_worker
-    spec = RunSpec(
-        source=image,
-        axes=reader.axes,
-        checkpoint=ckpt,
+    plan = plan_chunked_run(
+        image,
+        output,
+        checkpoint,
+        axes=axes,
         inference=inference,
         instances=instances,
         normalization=normalization,
-        statistics=statistics,
-        tile_shape=tile_shape,
-        threads=threads,
-        output=str(path),
-        work_dir=str(path / WORK_DIR),
-        views=views,
+        chunked=chunked,
+        ome=ome,
+        scale=scale,
     )
-    label_axes = reader.label_axes
-    label_shape = tuple(reader.shape[a] for a in label_axes)
-    spatial_chunk = dict(zip(reader.spatial_axes, chunk_shape, strict=True))
-    zarr_chunks = tuple(
-        min(spatial_chunk.get(a, 1), s) for a, s in zip(label_axes, label_shape, strict=True)
-    )
-
-    def create() -> None:
-        array = create_labels_zarr(
-            path, label_shape, zarr_chunks, label_axes, ome=ome, scale=scale
-        )
-        array.attrs[ATTRS_KEY] = {"complete": False}
-
+    chunked = chunked or ChunkedConfig()
     source_path = getattr(image, "path", None)
     if source_path is not None:
-        check_output(path, [source_path])
-    # The file itself, however its path was spelled (a relative path resumes too).
-    source_name = str(Path(source_path).resolve()) if source_path else type(image).__name__
+        check_output(plan.path, [source_path])
     # One writer at a time: a second run on the same output would mix its
     # provisional labels into the first one's result.
-    with OutputLock(path):
-        work_dir = prepare_output(
-            path,
-            fingerprint(spec, source_name, sampled.sample_digest(), chunk_shape),
-            create,
-            overwrite,
-        )
+    with OutputLock(plan.path):
+        work_dir = prepare_output(plan.path, plan.fingerprint(), plan.create_output, overwrite)
         segmented = {int(p.stem) for p in (work_dir / "segmented").glob("*.npz")}
         relabelled = {int(p.name) for p in (work_dir / "relabelled").glob("[0-9]*")}
-        resumed = len(segmented)
-        finished_bands = views.done(work_dir) if views is not None else set()
-        changed = changed_input(
-            spec,
-            [c for c in chunks if c.index in segmented],
-            [b for b in views.bands(reader) if b.index in finished_bands] if views else [],
-        )
-        if changed is not None:
-            raise InputError(
-                f"{path} is an interrupted run of an input that has changed since ({changed} "
-                "differs); run again with --overwrite (overwrite=True) to start over"
+        _check_resumable(plan, work_dir, segmented)
+        if segmented:
+            log.info(
+                "%s: resuming, %d of %d chunks already segmented",
+                plan.path,
+                len(segmented),
+                len(plan.chunks),
             )
-        if resumed:
-            log.info("%s: resuming, %d of %d chunks already segmented", path, resumed, len(chunks))
-        by_position = {(c.batch_index, c.grid): c for c in chunks}
         local_threads = chunked.threads_per_worker if chunked.workers else (os.cpu_count() or 1)
         # On the threaded scheduler the chunks share this process's torch thread
         # pool: one torch thread per chunk, restored for the caller afterwards.
+        threads = plan.spec.threads
         with dask_client(chunked) as client, cpu_threads(threads if client is None else None):
             workers = local_threads if client is None else max(1, len(client.nthreads()))
-            jobs = [
-                (
-                    chunk,
-                    [
-                        (offset, shared_region(chunk.grown, other.grown))
-                        for offset, other in neighbours(chunk, by_position)
-                    ],
-                )
-                for chunk in chunks
-                if chunk.index not in segmented
-            ]
-            if views is not None:
-                yield from _predict_views(spec, reader, client, workers, t0)
-            done = resumed
-            yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0)
-            for chunk in run_tasks(client, segment_chunk, spec, jobs, workers):
-                done += 1
-                region = reader.label_region(chunk.batch_index, chunk.core)
-                yield ChunkProgress("segment", done, len(chunks), time.perf_counter() - t0, region)
+            if plan.views is not None:
+                yield from _predict_views(plan.spec, plan.reader, client, workers, t0)
+            yield from _segment_stage(plan, client, workers, segmented, t0)
             yield ChunkProgress("stitch", 0, 1, time.perf_counter() - t0)
-            luts = stitch(work_dir, chunks, instances.min_size)
+            luts = stitch(work_dir, plan.chunks, plan.spec.instances.min_size)
             yield ChunkProgress("stitch", 1, 1, time.perf_counter() - t0)
-            jobs = [(c, luts[c.index]) for c in chunks if c.index not in relabelled]
-            done = len(chunks) - len(jobs)
-            for chunk in run_tasks(client, relabel_chunk, spec, jobs, workers):
-                done += 1
-                region = reader.label_region(chunk.batch_index, chunk.core)
-                yield ChunkProgress("relabel", done, len(chunks), time.perf_counter() - t0, region)
-        objects = int(max((int(lut.max(initial=0)) for lut in luts), default=0))
-        labels = open_labels_zarr(path, mode="r+")
-        labels.attrs[ATTRS_KEY] = {
-            "complete": True,
-            "objects": objects,
-            "checkpoint": {"name": ckpt.card.name, "sha256": ckpt.sha256},
-            "instances": instances.to_dict(),
-        }
-        shutil.rmtree(work_dir)
-        return ChunkedResult(
-            path=path,
-            axes=label_axes,
-            shape=label_shape,
-            objects=objects,
-            chunks=len(chunks),
-            resumed=resumed,
-            seconds=time.perf_counter() - t0,
-            size_note=size_note,
+            yield from _relabel_stage(plan, client, workers, luts, relabelled, t0)
+        return _finish(plan, work_dir, luts, len(segmented), t0)
+
+
+def _check_resumable(plan: ChunkedPlan, work_dir: Path, segmented: set[int]) -> None:
+    """Refuse to resume onto an input changed since the finished parts were done."""
+    finished_bands = plan.views.done(work_dir) if plan.views is not None else set()
+    bands = plan.views.bands(plan.reader) if plan.views is not None else []
+    changed = changed_input(
+        plan.spec,
+        [c for c in plan.chunks if c.index in segmented],
+        [b for b in bands if b.index in finished_bands],
+    )
+    if changed is not None:
+        raise InputError(
+            f"{plan.path} is an interrupted run of an input that has changed since ({changed} "
+            "differs); run again with --overwrite (overwrite=True) to start over"
         )
+
+
+def _segment_stage(
+    plan: ChunkedPlan, client: Any, workers: int, segmented: set[int], t0: float
+) -> Generator[ChunkProgress, None, None]:
+    """Stage 1: every chunk not segmented yet, yielding progress per chunk."""
+    by_position = {(c.batch_index, c.grid): c for c in plan.chunks}
+    jobs = [
+        (
+            chunk,
+            [
+                (offset, shared_region(chunk.grown, other.grown))
+                for offset, other in neighbours(chunk, by_position)
+            ],
+        )
+        for chunk in plan.chunks
+        if chunk.index not in segmented
+    ]
+    done, total = len(segmented), len(plan.chunks)
+    yield ChunkProgress("segment", done, total, time.perf_counter() - t0)
+    for chunk in run_tasks(client, segment_chunk, plan.spec, jobs, workers):
+        done += 1
+        region = plan.reader.label_region(chunk.batch_index, chunk.core)
+        yield ChunkProgress("segment", done, total, time.perf_counter() - t0, region)
+
+
+def _relabel_stage(
+    plan: ChunkedPlan,
+    client: Any,
+    workers: int,
+    luts: list,
+    relabelled: set[int],
+    t0: float,
+) -> Generator[ChunkProgress, None, None]:
+    """Stage 3: provisional ids to final ones in every chunk not relabelled yet."""
+    jobs = [(c, luts[c.index]) for c in plan.chunks if c.index not in relabelled]
+    done, total = len(plan.chunks) - len(jobs), len(plan.chunks)
+    for chunk in run_tasks(client, relabel_chunk, plan.spec, jobs, workers):
+        done += 1
+        region = plan.reader.label_region(chunk.batch_index, chunk.core)
+        yield ChunkProgress("relabel", done, total, time.perf_counter() - t0, region)
+
+
+def _finish(
+    plan: ChunkedPlan, work_dir: Path, luts: list, resumed: int, t0: float
+) -> ChunkedResult:
+    """Mark the output complete, remove the work folder, and say what was made."""
+    objects = int(max((int(lut.max(initial=0)) for lut in luts), default=0))
+    labels = open_labels_zarr(plan.path, mode="r+")
+    ckpt = plan.spec.checkpoint
+    labels.attrs[ATTRS_KEY] = {
+        "complete": True,
+        "objects": objects,
+        "checkpoint": {"name": ckpt.card.name, "sha256": ckpt.sha256},
+        "instances": plan.spec.instances.to_dict(),
+    }
+    shutil.rmtree(work_dir)
+    return ChunkedResult(
+        path=plan.path,
+        axes=plan.label_axes,
+        shape=plan.label_shape,
+        objects=objects,
+        chunks=len(plan.chunks),
+        resumed=resumed,
+        seconds=time.perf_counter() - t0,
+        size_note=plan.size_note,
+    )
 
 
 def _predict_views(
