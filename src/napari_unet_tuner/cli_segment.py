@@ -54,24 +54,6 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         choices=["tif", "zarr"],
         help="output format in a folder (default: zarr for zarr inputs, tif otherwise)",
     )
-    seg.add_argument(
-        "--workers",
-        type=int,
-        help="zarr output: run on a dask LocalCluster of N worker processes (default: threads)",
-    )
-    seg.add_argument(
-        "--scheduler", metavar="ADDRESS", help="zarr output: run on this dask.distributed cluster"
-    )
-    seg.add_argument(
-        "--threads-per-worker",
-        type=int,
-        default=ChunkedConfig.threads_per_worker,
-        help="threads of each --workers process",
-    )
-    seg.add_argument("--memory-limit", help="memory cap of each --workers process, e.g. 2GB")
-    seg.add_argument(
-        "--chunk-shape", type=int, nargs="+", help="zarr output chunk, e.g. 2048 2048"
-    )
     seg.add_argument("--checkpoint", type=Path, help="model checkpoint (default: the bundled one)")
     seg.add_argument("--axes", help="axes of the input, letters from TZCYX (default: inferred)")
     seg.add_argument(
@@ -160,6 +142,26 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         "to *_possible_misses.csv; .tif outputs only",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    # Last: most users never need them (one machine, a .tif output).
+    cluster = seg.add_argument_group("zarr output, images larger than memory, clusters")
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        help="zarr output: run on a dask LocalCluster of N worker processes (default: threads)",
+    )
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS", help="zarr output: run on this dask.distributed cluster"
+    )
+    cluster.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=ChunkedConfig.threads_per_worker,
+        help="threads of each --workers process",
+    )
+    cluster.add_argument("--memory-limit", help="memory cap of each --workers process, e.g. 2GB")
+    cluster.add_argument(
+        "--chunk-shape", type=int, nargs="+", help="zarr output chunk, e.g. 2048 2048"
+    )
 
 
 def _fraction(closed: bool):
