@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +180,17 @@ def counts_scoring(score: float):
     return CorrectionCounts(
         corrected=10, corrected_right=10, unchanged=90, unchanged_right=round(100 * score) - 10
     )
+
+
+@contextlib.contextmanager
+def peak_memory():
+    """Trace Python's allocations in the block; the list it gives holds the peak after it."""
+    import tracemalloc
+
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()

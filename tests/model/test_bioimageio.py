@@ -18,7 +18,7 @@ from napari_unet_tuner.cli import main
 from napari_unet_tuner.model.bioimageio_export import check_package, export_bioimageio
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
 
-from conftest import dim_disc_scene
+from conftest import dim_disc_scene, peak_memory
 
 pytest.importorskip("bioimageio.core")
 
@@ -173,20 +173,15 @@ def test_a_package_without_its_digest_or_with_another_file_inside_is_refused(
 def test_a_checkpoint_member_that_would_inflate_far_beyond_its_size_is_refused_unread(
     default_package, tmp_path
 ):
-    import tracemalloc
-
     bomb = _repackage(
         default_package,
         tmp_path / "bomb.zip",
         {"checkpoint.safetensors": lambda _: b"\0" * (256 << 20)},
     )
     assert bomb.stat().st_size < 20 << 20
-    tracemalloc.start()
-    with pytest.raises(CheckpointError, match="would inflate"):
+    with peak_memory() as peak, pytest.raises(CheckpointError, match="would inflate"):
         load_checkpoint(bomb)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < 64 << 20
+    assert peak[0] < 64 << 20
 
 
 def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(default_package, tmp_path):

@@ -16,7 +16,7 @@ from napari_unet_tuner import (
 )
 from napari_unet_tuner.model.checkpoint import FORMAT_VERSION, file_sha256, with_card
 
-from conftest import TINY, make_checkpoint
+from conftest import TINY, make_checkpoint, peak_memory
 
 
 def test_round_trip_reproduces_outputs_bit_for_bit(tmp_path):
@@ -198,6 +198,13 @@ def _edit_card(**fields):
     return edit
 
 
+def _config_with(**fields):
+    """Damage: the header's model config with ``fields`` changed."""
+    return lambda p: _corrupt_header(
+        p, _set_meta("model_config", json.dumps({**TINY.to_dict(), **fields}))
+    )
+
+
 def _set_meta(key, value):
     def edit(header):
         header["__metadata__"][key] = value
@@ -224,23 +231,17 @@ def _set_meta(key, value):
             "invalid model config",
         ),
         (
-            lambda p: _corrupt_header(
-                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "features": 8}))
-            ),
+            _config_with(features=8),
             "shapes that do not match",
         ),
         (
-            lambda p: _corrupt_header(
-                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "depth": 3}))
-            ),
+            _config_with(depth=3),
             "missing weights",
         ),
         (lambda p: _drop_tensor(p, "final_conv.weight"), "missing weights final_conv.weight"),
         (lambda p: _corrupt_header(p, _set_meta("format_version", "-1")), "format_version -1"),
         (
-            lambda p: _corrupt_header(
-                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "depth": 50}))
-            ),
+            _config_with(depth=50),
             "depth 50",
         ),
         (
@@ -273,15 +274,11 @@ def _set_meta(key, value):
         (lambda p: _corrupt_header(p, _edit_card(object_diameter=-5)), "object_diameter"),
         (lambda p: _corrupt_header(p, _edit_card(instances={"threshold": 7})), "threshold"),
         (
-            lambda p: _corrupt_header(
-                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "out_channels": 2}))
-            ),
+            _config_with(out_channels=2),
             "out_channels 2",
         ),
         (
-            lambda p: _corrupt_header(
-                p, _set_meta("model_config", json.dumps({**TINY.to_dict(), "out_channels": 5}))
-            ),
+            _config_with(out_channels=5),
             "out_channels 5",
         ),
         (_edit_tensors(_int_weights), "weights of the wrong type.*final_conv.weight"),
@@ -351,19 +348,15 @@ def test_content_decides_how_a_file_is_read_not_its_suffix(tiny_checkpoint_file,
 
 
 def test_a_zip_that_would_inflate_far_beyond_its_size_is_refused_unread(tmp_path):
-    import tracemalloc
     import zipfile
 
     bomb = tmp_path / "bomb.pt"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("archive/data.pkl", b"\0" * (64 << 20))
     assert bomb.stat().st_size < 1 << 20
-    tracemalloc.start()
-    with pytest.raises(CheckpointError, match="would inflate"):
+    with peak_memory() as peak, pytest.raises(CheckpointError, match="would inflate"):
         load_checkpoint(bomb)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert peak < 8 << 20
+    assert peak[0] < 8 << 20
 
 
 def test_a_checkpoint_gets_the_permissions_of_any_other_output(tmp_path):

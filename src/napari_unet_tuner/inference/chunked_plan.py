@@ -19,7 +19,6 @@ from napari_unet_tuner.config import (
     InferenceConfig,
     InstanceConfig,
     NormalizationConfig,
-    resolve_stack,
 )
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.chunk_tasks import Chunk, RunSpec, plan_chunks
@@ -27,7 +26,7 @@ from napari_unet_tuner.inference.chunked_output import ATTRS_KEY, WORK_DIR, fing
 from napari_unet_tuner.inference.device import select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.object_size import choose_object_size
-from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, as_checkpoint, make_predictor
+from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, make_predictor, resolve_run
 from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
 from napari_unet_tuner.io import create_labels_zarr
@@ -125,12 +124,8 @@ def plan_chunked_run(
         If the settings ask for what chunked runs cannot do, or the chunk
         shape does not fit the image.
     """
-    ckpt = as_checkpoint(checkpoint)
+    ckpt, axes, inference = resolve_run(image, checkpoint, axes, inference)
     cfg = ckpt.model_config
-    axes = axes or getattr(image, "axes", None)
-    inference = resolve_stack(
-        inference or InferenceConfig(), axes, getattr(image, "anisotropy", None)
-    )
     check_chunked_inference(inference)
     chunked = chunked or ChunkedConfig()
     instances = instances or ckpt.card.instance_config

@@ -156,6 +156,24 @@ def make_predictor(
     return predictor
 
 
+def resolve_run(
+    image: Any,
+    checkpoint: Checkpoint | str | os.PathLike,
+    axes: str | None,
+    inference: InferenceConfig | None,
+) -> tuple[Checkpoint, str | None, InferenceConfig]:
+    """Return the model, the known axes and the settings a run of ``image`` uses.
+
+    Axes the caller gave or the file's metadata holds (never guessed ones)
+    decide whether a stack's objects are 3D by default (`resolve_stack`).
+    """
+    axes = axes or getattr(image, "axes", None)
+    inference = resolve_stack(
+        inference or InferenceConfig(), axes, getattr(image, "anisotropy", None)
+    )
+    return as_checkpoint(checkpoint), axes, inference
+
+
 def as_checkpoint(checkpoint: Checkpoint | str | os.PathLike) -> Checkpoint:
     """Return ``checkpoint`` itself, or the checkpoint loaded from that path."""
     if isinstance(checkpoint, Checkpoint):
@@ -207,14 +225,8 @@ def iter_segment(
     CheckpointError
         If the checkpoint cannot be loaded.
     """
-    ckpt = as_checkpoint(checkpoint)
+    ckpt, axes, inference = resolve_run(image, checkpoint, axes, inference)
     cfg = ckpt.model_config
-    # Axes the caller gave or the file's metadata holds (never guessed ones)
-    # decide whether a stack's objects are 3D by default.
-    axes = axes or getattr(image, "axes", None)
-    inference = resolve_stack(
-        inference or InferenceConfig(), axes, getattr(image, "anisotropy", None)
-    )
     instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config
     shape = tuple(int(s) for s in image.shape)
