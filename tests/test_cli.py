@@ -515,3 +515,23 @@ def test_segment_says_when_the_object_size_could_not_be_measured(tmp_path, caplo
     assert main(["segment", str(tmp_path / "huge.tif"), "-o", str(out), *given]) == 0
     assert "could not be measured" not in caplog.text
     assert tifffile.imread(out).max() == 3  # at the given size, three whole nuclei
+
+
+def test_segment_writes_the_object_table_of_a_zarr_output_too(tmp_path, caplog):
+    import pandas as pd
+
+    from napari_unet_tuner._sample_data import nuclei_sample
+    from napari_unet_tuner.io import open_labels_zarr
+
+    tifffile.imwrite(tmp_path / "cells.tif", nuclei_sample()[0][0][:256, :256])
+    out, table = tmp_path / "cells_labels.zarr", tmp_path / "counts.csv"
+    args = ["segment", str(tmp_path / "cells.tif"), "-o", str(out), "--chunk-shape", "128", "128"]
+    common = ["--device", "cpu", "--diameter", "none"]
+    with caplog.at_level("INFO"):
+        assert main([*args, *common, "--table", str(table)]) == 0
+    objects = pd.read_csv(table)
+    labels = open_labels_zarr(out)[:]
+    assert sorted(objects["label"]) == list(range(1, labels.max() + 1))
+    assert (tmp_path / "counts_possible_misses.csv").exists()
+    assert not (tmp_path / "cells_objects.csv").exists()  # moved where it was asked for
+    assert "objects table ->" in caplog.text

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         help="also write a table of the objects (label, area, centroid, intensity, "
         "confidence, review_rank) to CSV (default, and for several inputs: "
         "INPUT_objects.csv beside the labels), and the places the model may have missed "
-        "to *_possible_misses.csv; .tif outputs only",
+        "to *_possible_misses.csv; for .zarr outputs too, added up chunk by chunk",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     # Last: most users never need them (one machine, a .tif output).
@@ -506,9 +507,13 @@ def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, 
 
     if args.probabilities:
         log.warning("%s: --probabilities is only written for .tif outputs", image_path)
-    if args.table:
-        log.warning("%s: --table is only written for .tif outputs (not yet for zarr)", image_path)
+    wanted = _table_paths(args, labels_path) if args.table else ()
+    for path in wanted:
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
     image, axes = open_input(args, image_path, ckpt)
+    # The table costs the chunks a measurement each: only when asked for.
+    inference = replace(inference, object_table=bool(args.table))
     run = iter_segment_to_zarr(
         image,
         labels_path,
@@ -538,3 +543,8 @@ def _segment_to_zarr(args, image_path, labels_path, ckpt, inference, instances, 
         labels_path,
         resumed,
     )
+    for written, path in zip(result.tables, wanted, strict=False):
+        if written != path:
+            os.replace(written, path)
+    if wanted:
+        log.info("%s: objects table -> %s (possible misses -> %s)", image_path, *wanted)

@@ -327,3 +327,42 @@ def test_a_zarr_run_says_when_segmentation_in_memory_would_resize(disc_model, tm
         if resized:
             assert f"resized x{in_memory.scale:.2f}" in result.size_note
             assert "about 14 px across" in result.size_note
+
+
+def test_a_zarr_run_writes_the_object_table_an_in_memory_run_makes(tmp_path):
+    import pandas as pd
+
+    from napari_unet_tuner import InferenceConfig, segment
+    from napari_unet_tuner._sample_data import nuclei_sample
+    from napari_unet_tuner.model.checkpoint import default_checkpoint_path
+
+    image = nuclei_sample()[0][0][:300, :300]
+    settings = InferenceConfig(device="cpu", precision="fp32", diameter=None)
+    in_memory = segment(image, default_checkpoint_path(), inference=settings).objects
+    result = segment_to_zarr(
+        image,
+        tmp_path / "nuclei_labels.zarr",
+        default_checkpoint_path(),
+        inference=settings,
+        chunked=ChunkedConfig(chunk_shape=(128, 128)),  # 9 chunks: objects cross borders
+    )
+    assert [p.name for p in result.tables] == [
+        "nuclei_objects.csv",
+        "nuclei_objects_possible_misses.csv",
+    ]
+    chunked = pd.read_csv(result.tables[0])
+    assert list(chunked.columns) == list(in_memory.columns)
+    assert len(chunked) == len(in_memory) == result.objects > 20
+    by_place = ["centroid-0", "centroid-1"]
+    a = in_memory.sort_values(by_place).reset_index(drop=True)
+    b = chunked.sort_values(by_place).reset_index(drop=True)
+    for column in ("area", "centroid-0", "centroid-1", "size_deviation"):
+        np.testing.assert_allclose(b[column], a[column], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(b["intensity_mean"], a["intensity_mean"], rtol=1e-5)
+    np.testing.assert_allclose(b["interior_mean"], a["interior_mean"], atol=1e-4)
+    # Stability is judged on each chunk plus its halo: nearly the same.
+    np.testing.assert_allclose(b["stability"], a["stability"], atol=0.05)
+    assert sorted(b["review_rank"]) == list(range(1, len(b) + 1))
+    labels = open_labels_zarr(result.path)[:]
+    for _, row in b.iterrows():
+        assert (labels == row["label"]).sum() == row["area"]

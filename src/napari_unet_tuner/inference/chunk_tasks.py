@@ -20,8 +20,9 @@ import torch
 
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, NormalizationConfig
 from napari_unet_tuner.errors import UnetTunerError
+from napari_unet_tuner.inference.chunk_objects import chunk_sums
 from napari_unet_tuner.inference.device import select_device
-from napari_unet_tuner.inference.image import ImageReader
+from napari_unet_tuner.inference.image import ImageReader, raw_checksum
 from napari_unet_tuner.inference.instances import (
     WATERSHED_HALO,
     grow_markers,
@@ -167,14 +168,26 @@ def segment_chunk(spec: RunSpec, chunk: Chunk, neighbours: list) -> int:
         )
     markers = seed_markers(probabilities, cfg.output_kind, spec.instances)
     grown = grow_markers(probabilities, markers, cfg.output_kind, spec.instances)
-    del probabilities
-    core = grown[_local(chunk.core, chunk.grown)]
+    raw = reader.read_raw(chunk.batch_index, chunk.grown)
+    local_core = _local(chunk.core, chunk.grown)
+    core = grown[local_core]
     count = int(markers.max(initial=0))
     record: dict[str, np.ndarray] = {
         "count": np.array(count),
         "sizes": np.bincount(core.ravel(), minlength=count + 1),
-        "input_crc32": np.array(reader.checksum(chunk.batch_index, chunk.grown), np.uint32),
+        "input_crc32": np.array(raw_checksum(raw), np.uint32),
     }
+    if spec.inference.object_table:
+        # Measured now, while the probabilities are in memory; added up per
+        # object once the chunks are stitched (chunk_objects).
+        origin = tuple(s.start for s in chunk.core)
+        raw_core = raw[(slice(None), *local_core)]
+        record.update(
+            chunk_sums(
+                grown, probabilities, local_core, raw_core, origin, cfg.output_kind, spec.instances
+            )
+        )
+    del probabilities, raw
     for offset, shared in neighbours:
         record[_key(offset)] = markers[_local(shared, chunk.grown)]
     provisional = np.where(core > 0, core + PROVISIONAL, 0).astype(np.int32)

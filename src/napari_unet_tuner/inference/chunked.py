@@ -56,6 +56,7 @@ from napari_unet_tuner.config import (
     NormalizationConfig,
 )
 from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.inference.chunk_objects import table_paths, write_tables
 from napari_unet_tuner.inference.chunk_tasks import (
     RunSpec,
     changed_input,
@@ -76,7 +77,7 @@ from napari_unet_tuner.inference.device import cpu_threads
 from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.io import open_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
-from napari_unet_tuner.outputs import OutputLock, check_output
+from napari_unet_tuner.outputs import OutputLock, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,9 @@ class ChunkedResult:
         Chunks an earlier, interrupted run had already segmented.
     seconds : float
         Wall time of this run.
+    tables : tuple of Path
+        The object table and possible misses written beside the output
+        (`table_paths`; `InferenceConfig.object_table`), or empty.
     size_note : str
         Empty, or why the labels may differ from a segmentation in memory:
         the image's objects are far from the model's size, which in memory
@@ -147,6 +151,7 @@ class ChunkedResult:
     resumed: int
     seconds: float
     size_note: str = ""
+    tables: tuple[Path, ...] = ()
 
 
 def iter_segment_to_zarr(
@@ -222,8 +227,12 @@ def iter_segment_to_zarr(
     )
     chunked = chunked or ChunkedConfig()
     source_path = getattr(image, "path", None)
+    tables = table_paths(plan.path) if plan.spec.inference.object_table else ()
     if source_path is not None:
-        check_output(plan.path, [source_path])
+        check_outputs([plan.path, *tables], [source_path])
+    taken = [p for p in tables if p.exists()]
+    if taken and not overwrite and not plan.path.exists():
+        raise FileExistsError(f"{taken[0]} exists; choose another output or allow overwriting")
     # One writer at a time: a second run on the same output would mix its
     # provisional labels into the first one's result.
     with OutputLock(plan.path):
@@ -316,6 +325,9 @@ def _finish(
 ) -> ChunkedResult:
     """Mark the output complete, remove the work folder, and say what was made."""
     objects = int(max((int(lut.max(initial=0)) for lut in luts), default=0))
+    tables = ()
+    if plan.spec.inference.object_table:
+        tables = write_tables(work_dir, plan.chunks, luts, plan.reader, plan.path)
     labels = open_labels_zarr(plan.path, mode="r+")
     ckpt = plan.spec.checkpoint
     labels.attrs[ATTRS_KEY] = {
@@ -334,6 +346,7 @@ def _finish(
         resumed=resumed,
         seconds=time.perf_counter() - t0,
         size_note=plan.size_note,
+        tables=tables,
     )
 
 

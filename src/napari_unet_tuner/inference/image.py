@@ -42,6 +42,11 @@ AXIS_LETTERS = "TZCYX"
 _MAX_SAMPLED_PLANES = 32
 
 
+def raw_checksum(raw: np.ndarray) -> int:
+    """Return the CRC-32 of raw pixels as read (`ImageReader.checksum`)."""
+    return zlib.crc32(np.ascontiguousarray(raw).data)
+
+
 def infer_axes(shape: tuple[int, ...], spatial_dims: int = 2, in_channels: int = 1) -> str:
     """Guess the axes of an image by the rule in this module's docstring.
 
@@ -235,7 +240,11 @@ class ImageReader:
         from the interrupted run (`napari_unet_tuner.inference.chunked`):
         every pixel counts, not a sample.
         """
-        return zlib.crc32(np.ascontiguousarray(self._read_raw(batch_index, spatial)).data)
+        return raw_checksum(self.read_raw(batch_index, spatial))
+
+    def read_raw(self, batch_index: tuple[int, ...], spatial: tuple[slice, ...]) -> np.ndarray:
+        """Return the raw values ``(C, *spatial)`` of a region, before normalization."""
+        return self._read_raw(batch_index, spatial)
 
     def _read_raw(
         self, batch_index: tuple[int, ...], spatial: tuple[slice, ...], step: int = 1

@@ -22,6 +22,7 @@ signals of each object, measured on real images (``benchmarks/bench_review.py``)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,17 +117,33 @@ def object_features(
     probabilities = np.asarray(probabilities, np.float32)
     interior = probabilities[0] if output_kind == "foreground" else probabilities[INTERIOR]
     area = np.bincount(labels.ravel())[ids].astype(float)
-    log_area = np.log(np.maximum(area, 1.0))
-    median = np.median(log_area)
-    spread = np.median(np.abs(log_area - median)) + 0.05
     return pd.DataFrame(
         {
             "label": ids,
             "interior_mean": ndimage.mean(interior, labels, ids),
-            "size_deviation": np.abs(log_area - median) / spread,
-            "stability": _stability(labels, ids, probabilities, output_kind, instances),
+            "size_deviation": size_deviations(area),
+            "stability": object_stability(labels, ids, probabilities, output_kind, instances),
         }
     )
+
+
+def size_deviations(area: np.ndarray, planes: Sequence[Any] | None = None) -> np.ndarray:
+    """Distance of each object's log area from its plane's median, in median absolute deviations.
+
+    ``planes``: which plane (or volume) each object lies in; ``None``: all in one.
+    """
+    area = np.asarray(area, float)
+    log_area = np.log(np.maximum(area, 1.0))
+    groups = np.zeros(len(area), np.int64)
+    if planes is not None:
+        groups = pd.factorize(pd.Series([str(plane) for plane in planes], dtype=object))[0]
+    out = np.zeros(len(area))
+    for group in np.unique(groups):
+        members = groups == group
+        median = np.median(log_area[members])
+        spread = np.median(np.abs(log_area[members] - median)) + 0.05
+        out[members] = np.abs(log_area[members] - median) / spread
+    return out
 
 
 def _no_features() -> pd.DataFrame:
@@ -134,7 +151,7 @@ def _no_features() -> pd.DataFrame:
     return pd.DataFrame({"label": np.zeros(0, np.int32), **columns})
 
 
-def _stability(labels, ids, probabilities, output_kind, instances) -> np.ndarray:
+def object_stability(labels, ids, probabilities, output_kind, instances) -> np.ndarray:
     """Mean best IoU of each object with the labels made at shifted thresholds."""
     total = np.zeros(len(ids))
     for threshold_shift, seed_shift in STABILITY_SHIFTS:
