@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from napari_unet_tuner import InferenceConfig, segment
-from napari_unet_tuner.errors import InputError
-from napari_unet_tuner.training.metrics import matched_ious
+from napari_unet_tuner.training.metrics import average_precision, matched_ious
 
 from conftest import make_checkpoint, touching_spheres
 
@@ -46,10 +45,19 @@ def test_stack_settings_are_checked():
         InferenceConfig(anisotropy=0.0)
     sized = make_checkpoint(object_diameter=10.0)
     stack = np.zeros((4, 32, 32), np.float32)
-    with pytest.raises(InputError, match="cannot be combined yet: set the object size to auto"):
-        segment(stack, sized, axes="ZYX", inference=InferenceConfig(stack="3d", diameter=40.0))
     auto = segment(stack, sized, axes="ZYX", inference=InferenceConfig(stack="3d"))
-    assert auto.scale == 1.0 and auto.object_size is None  # 3D objects are not resized
+    assert auto.scale == 1.0 and auto.object_size is None  # 3D objects: auto is not measured
+
+
+def test_a_stack_of_small_nuclei_is_resized_in_3d_and_labelled_on_its_own_grid(disc_model):
+    # Spheres 8 px across; the model segments about 14 px: twice the size in
+    # all three axes (planes in XY, side views through the Z step), labels back
+    # on the stack's own grid.
+    image, truth = touching_spheres(2, radius=4)
+    config = InferenceConfig(stack="3d", anisotropy=2.0, scale=2.0, device="cpu")
+    result = segment(image, disc_model, axes="ZYX", inference=config)
+    assert result.scale == 2.0 and result.labels.shape == truth.shape
+    assert average_precision(truth, result.labels, 0.5) >= 0.8
 
 
 @pytest.mark.parametrize("axis", [1, 2, 3])

@@ -22,7 +22,6 @@ from napari_unet_tuner.config import (
     Precision,
     resolve_stack,
 )
-from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, select_device
 from napari_unet_tuner.inference.image import ImageReader, Rescaled, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
@@ -257,11 +256,6 @@ def iter_segment(
     )
 
     if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
-        if scale != 1.0:
-            raise InputError(
-                "resizing (a scale or a given object size) and 3D stacks cannot be combined "
-                "yet: set the object size to auto and the scale to 1, or segment plane by plane"
-            )
         t0 = time.perf_counter()
 
         def progress(stage, volume, volumes, done, total, view=None) -> SegmentationProgress:
@@ -281,6 +275,7 @@ def iter_segment(
                 progress,
                 collector,
                 image,
+                scale,
             )
         return _result(reader, stack_labels, stack_probabilities, scale, size, collector)
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)

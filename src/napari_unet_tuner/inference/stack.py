@@ -131,6 +131,7 @@ def iter_segment_stack(
     progress: Callable[..., object],
     collector: ObjectCollector | None = None,
     image: object = None,
+    scale: float = 1.0,
 ) -> Generator[object, None, tuple[np.ndarray, np.ndarray | None]]:
     """Segment every Z-stack of ``reader`` into 3D objects; return ``(labels, probabilities)``.
 
@@ -140,13 +141,22 @@ def iter_segment_stack(
     Labels are unique over all volumes (time points). ``collector`` measures
     each volume's objects while its probabilities are at hand (their
     intensities in ``image``, the raw array ``reader`` reads).
+
+    ``scale`` (the automatic object size, `object_size`) resizes the stack
+    for the model in all three axes alike: its planes in XY, and its side
+    views in Z through the Z step in the resized pixels. Probabilities go
+    back to the stack's own grid before labels are made, so labels match it.
     """
     others = [a for a in reader.batch_axes if a != "Z"]
     volumes = list(itertools.product(*(range(reader.shape[a]) for a in others)))
     depth = reader.shape["Z"]
-    height, width = reader.spatial_shape
+    native = reader.spatial_shape
+    height, width = (max(1, round(s * scale)) for s in native)
+    # Planes of the resized stack are `scale` times larger; its planes lie
+    # as far apart as before, so the Z step in its pixels is `scale` times larger.
+    anisotropy = inference.anisotropy * scale
     plans = plan_views(
-        (depth, height, width), inference.anisotropy, tile_shape, model_config, inference.overlap
+        (depth, height, width), anisotropy, tile_shape, model_config, inference.overlap
     )
     iso_depth = plans["xz"].plane_shape[0] if "xz" in plans else depth
     per_volume = sum(
@@ -166,8 +176,11 @@ def iter_segment_stack(
         def batch_index(z: int, where=where) -> tuple[int, ...]:
             return tuple(z if a == "Z" else where[a] for a in reader.batch_axes)
 
-        whole = (slice(0, height), slice(0, width))
-        volume = np.stack([reader.read(batch_index(z), whole) for z in range(depth)], axis=1)
+        whole = tuple(slice(0, s) for s in native)
+        volume = np.stack(
+            [_resized(reader.read(batch_index(z), whole), (height, width)) for z in range(depth)],
+            axis=1,
+        )
         # Side views see square pixels.
         iso = resample_depth(volume, iso_depth) if len(plans) > 1 else volume
         summed = np.zeros((out_channels, depth, height, width), np.float32)
@@ -187,6 +200,8 @@ def iter_segment_stack(
         if side is not None:
             summed += resample_depth(side, depth)
             summed /= len(plans)
+        if (height, width) != native:
+            summed = resize(summed, (out_channels, depth, *native), order=1).astype(np.float32)
         yield progress("instances", v, len(volumes), done, total)
         volume_labels = probabilities_to_labels(summed, model_config.output_kind, instances)
         count = int(volume_labels.max(initial=0))
@@ -205,6 +220,16 @@ def iter_segment_stack(
                     summed[:, z], channels=True
                 )
     return labels, probabilities
+
+
+def _resized(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a normalized ``(C, Y, X)`` plane for the model, as `Rescaled` resizes planes."""
+    if plane.shape[1:] == shape:
+        return plane
+    shrink = shape[0] < plane.shape[1]
+    return resize(plane, (plane.shape[0], *shape), order=1, anti_aliasing=shrink).astype(
+        np.float32
+    )
 
 
 # Planes that fit in one tile go through the model this many pixels at a time
