@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import socket
@@ -97,7 +98,12 @@ class OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(100):  # retried only while other runs remove the file under us
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-            if not _try_lock(fd):
+            try:
+                locked = _try_lock(fd)
+            except InputError:
+                os.close(fd)
+                raise
+            if not locked:
                 os.close(fd)
                 raise InputError(_held_message(self.output, self.path))
             # The holder before us may have removed the file after we opened
@@ -143,8 +149,13 @@ def _try_lock(fd: int) -> bool:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
+    except OSError as error:
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False  # held by another run
+        raise InputError(
+            f"cannot lock the output here ({error.strerror}): this file system does not "
+            "support locks; write the output to a local disk"
+        ) from None
     return True
 
 

@@ -181,6 +181,8 @@ class SegmentPanel(Container):
             if self.diameter.value == 0:
                 # Chunks run at scale 1: a size measured on this image does not apply.
                 inference = replace(inference, diameter="auto")
+            # Review works on labels in memory: a zarr run skips the table and its cost.
+            inference = replace(inference, object_table=False)
             try:
                 check_chunked_inference(inference)
             except InputError as exc:
