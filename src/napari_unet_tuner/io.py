@@ -367,7 +367,10 @@ def write_tiff_atomic(
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another output or allow overwriting")
+        raise FileExistsError(
+            f"{path} exists; choose another output or allow "
+            "overwriting (--overwrite, overwrite=True)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temporary_beside(path)

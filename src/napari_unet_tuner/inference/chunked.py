@@ -232,7 +232,10 @@ def iter_segment_to_zarr(
         check_outputs([plan.path, *tables], [source_path])
     taken = [p for p in tables if p.exists()]
     if taken and not overwrite and not plan.path.exists():
-        raise FileExistsError(f"{taken[0]} exists; choose another output or allow overwriting")
+        raise FileExistsError(
+            f"{taken[0]} exists; choose another output or allow "
+            "overwriting (--overwrite, overwrite=True)"
+        )
     # One writer at a time: a second run on the same output would mix its
     # provisional labels into the first one's result.
     with OutputLock(plan.path):

@@ -68,7 +68,8 @@ def prepare_output(
                 else "is an interrupted run with other settings or input"
             )
             raise FileExistsError(
-                f"{path} exists and {state}; choose another output or allow overwriting"
+                f"{path} exists and {state}; choose another output or allow "
+                "overwriting (--overwrite, overwrite=True)"
             )
         else:
             return work_dir
