@@ -213,7 +213,7 @@ def stack_memory(sizes: list[int]) -> list[dict]:
     """Chunked against in-memory 3D objects on growing stacks: memory, time, agreement."""
     import tifffile
 
-    from napari_unet_tuner.io import open_labels_zarr
+    from napari_unet_tuner.labels_files import open_labels_zarr
     from napari_unet_tuner.training.metrics import average_precision
 
     rows = []

@@ -246,7 +246,7 @@ def test_finetune_a_2d_model_on_3d_objects_of_a_z_stack(tmp_path, tiny_checkpoin
 def test_zarr_input_to_zarr_output_chunk_by_chunk(tmp_path, tiny_checkpoint_file, caplog):
     zarr = pytest.importorskip("zarr")
     from napari_unet_tuner.inference.chunked_output import is_complete
-    from napari_unet_tuner.io import open_labels_zarr
+    from napari_unet_tuner.labels_files import open_labels_zarr
 
     image = zarr.create_array(
         store=str(tmp_path / "big.zarr"), shape=(2, 100, 90), chunks=(1, 40, 40), dtype="uint16"
@@ -521,7 +521,7 @@ def test_segment_writes_the_object_table_of_a_zarr_output_too(tmp_path, caplog):
     import pandas as pd
 
     from napari_unet_tuner._sample_data import nuclei_sample
-    from napari_unet_tuner.io import open_labels_zarr
+    from napari_unet_tuner.labels_files import open_labels_zarr
 
     tifffile.imwrite(tmp_path / "cells.tif", nuclei_sample()[0][0][:256, :256])
     out, table = tmp_path / "cells_labels.zarr", tmp_path / "counts.csv"

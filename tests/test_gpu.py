@@ -58,7 +58,7 @@ def test_cuda_fine_tuning_with_mixed_precision():
 
 def test_chunked_run_uses_the_gpu_and_writes_the_same_objects(tmp_path):
     from napari_unet_tuner import ChunkedConfig, segment_to_zarr
-    from napari_unet_tuner.io import open_labels_zarr
+    from napari_unet_tuner.labels_files import open_labels_zarr
 
     ckpt = make_checkpoint()
     labels = disc_labels((160, 160), [(40, 40), (40, 64), (100, 100), (120, 40)], 14)

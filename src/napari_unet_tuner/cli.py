@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from napari_unet_tuner.cli_export import add_export_parser, run_export
 from napari_unet_tuner.cli_finetune import add_finetune_parser, run_finetune
 from napari_unet_tuner.cli_info import add_info_parser, run_info
-from napari_unet_tuner.cli_segment import add_segment_parser, run_segment
+from napari_unet_tuner.cli_segment import run_segment
+from napari_unet_tuner.cli_segment_parser import add_segment_parser
 from napari_unet_tuner.errors import EXPECTED_ERRORS
 
 log = logging.getLogger("napari_unet_tuner")

@@ -15,7 +15,7 @@ import numpy as np
 from napari_unet_tuner._generators import run_to_completion
 from napari_unet_tuner.config import STACK_MODES, TrainingConfig, parse_diameter
 from napari_unet_tuner.errors import UnetTunerError
-from napari_unet_tuner.io import segmented_scale
+from napari_unet_tuner.labels_files import segmented_scale
 from napari_unet_tuner.outputs import check_output
 
 log = logging.getLogger("napari_unet_tuner")

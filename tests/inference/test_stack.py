@@ -80,7 +80,7 @@ def test_a_zarr_run_gives_the_in_memory_3d_objects_band_by_band(tmp_path, disc_m
     from napari_unet_tuner import ChunkedConfig
     from napari_unet_tuner.inference import chunk_tasks, stack_chunked
     from napari_unet_tuner.inference.chunked import iter_segment_to_zarr, segment_to_zarr
-    from napari_unet_tuner.io import open_labels_zarr
+    from napari_unet_tuner.labels_files import open_labels_zarr
 
     image, truth = touching_spheres(3)
     series = np.stack([image, image[:, ::-1]])

@@ -12,7 +12,7 @@ from napari.utils.notifications import show_info
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.inference.chunked import ChunkedResult, ChunkProgress, iter_segment_to_zarr
-from napari_unet_tuner.io import open_labels_zarr
+from napari_unet_tuner.labels_files import open_labels_zarr
 
 if TYPE_CHECKING:
     import napari

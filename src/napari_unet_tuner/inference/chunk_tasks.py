@@ -33,7 +33,8 @@ from napari_unet_tuner.inference.pipeline import make_predictor
 from napari_unet_tuner.inference.stack import predict_planes, resample_depth
 from napari_unet_tuner.inference.stack_chunked import StackViews, ViewBand, volume_number
 from napari_unet_tuner.inference.tiling import Predictor, predict_region
-from napari_unet_tuner.io import open_labels_zarr, write_bytes_atomic
+from napari_unet_tuner.io import write_bytes_atomic
+from napari_unet_tuner.labels_files import open_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
 
 PROVISIONAL = 1 << 30

@@ -75,7 +75,7 @@ from napari_unet_tuner.inference.chunked_plan import ChunkedPlan, plan_chunked_r
 from napari_unet_tuner.inference.dask_run import dask_client, run_tasks
 from napari_unet_tuner.inference.device import cpu_threads
 from napari_unet_tuner.inference.image import ImageReader
-from napari_unet_tuner.io import open_labels_zarr
+from napari_unet_tuner.labels_files import open_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.outputs import OutputLock, check_outputs
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from napari_unet_tuner.inference.chunk_tasks import RunSpec
-from napari_unet_tuner.io import open_labels_zarr, write_json_atomic
+from napari_unet_tuner.io import write_json_atomic
+from napari_unet_tuner.labels_files import open_labels_zarr
 
 WORK_DIR = ".unet_tuner_run"
 """The run's work folder inside the output, removed when the run is complete."""

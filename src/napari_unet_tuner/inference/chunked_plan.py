@@ -29,7 +29,7 @@ from napari_unet_tuner.inference.object_size import choose_object_size
 from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, make_predictor, resolve_run
 from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
-from napari_unet_tuner.io import create_labels_zarr
+from napari_unet_tuner.labels_files import create_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
