@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -175,10 +176,14 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
 def _bar(desc: str, unit: str):
+    """Show a progress bar; what is logged meanwhile is printed above it, not into its line."""
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False)
+    with logging_redirect_tqdm(), tqdm(desc=desc, unit=unit, file=sys.stderr, leave=False) as bar:
+        yield bar
 
 
 def open_input(args: argparse.Namespace, image_path: Path, ckpt) -> tuple[Any, str | None]:
