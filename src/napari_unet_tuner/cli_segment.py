@@ -18,6 +18,7 @@ from napari_unet_tuner.config import (
     InstanceConfig,
 )
 from napari_unet_tuner.errors import EXPECTED_ERRORS, UnetTunerError
+from napari_unet_tuner.io import PICTURE_SUFFIXES, TIFF_SUFFIXES
 from napari_unet_tuner.outputs import check_outputs
 
 log = logging.getLogger("napari_unet_tuner")
@@ -69,13 +70,10 @@ _IMAGE_SUFFIXES = (
     ".ome.tiff",
     ".ome.tif",
     ".ome.zarr",
-    ".tiff",
-    ".tif",
+    *TIFF_SUFFIXES,
     ".zarr",
     ".npy",
-    ".png",
-    ".jpg",
-    ".jpeg",
+    *PICTURE_SUFFIXES,
 )
 
 

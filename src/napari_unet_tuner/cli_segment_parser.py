@@ -21,9 +21,10 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         formatter_class=formatter_class,
         help="segment images into instance labels",
         description=(
-            "Segment images (TIFF, .npy, zarr, OME-Zarr) into int32 labels. A .zarr output is "
-            "written chunk by chunk on dask (images larger than memory, --workers, --scheduler) "
-            "and an interrupted run resumes where it stopped; a .tif output is built in memory."
+            "Segment images (TIFF, .npy, zarr, OME-Zarr, PNG, JPEG) into int32 labels. A .zarr "
+            "output is written chunk by chunk on dask (images larger than memory, --workers, "
+            "--scheduler) and an interrupted run resumes where it stopped; a .tif output is "
+            "built in memory."
         ),
     )
     seg.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image file(s)")

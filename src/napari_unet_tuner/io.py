@@ -155,12 +155,7 @@ class FileImage:
     @property
     def anisotropy(self) -> float | None:
         """Z step over the X pixel size from the file's metadata, or None if it has none."""
-        if not self.axes or not self.scale or "Z" not in self.axes or "X" not in self.axes:
-            return None
-        size = dict(zip(self.axes, self.scale, strict=True))
-        if size["X"] <= 0 or size["Z"] <= 0 or size["Z"] == 1.0 == size["X"]:
-            return None  # 1 and 1 is what files without physical sizes say
-        return size["Z"] / size["X"]
+        return _anisotropy(self.axes, self.scale)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         return np.asarray(self._array[index])
@@ -222,9 +217,7 @@ class OneChannel:
             if image.scale is None
             else tuple(s for i, s in enumerate(image.scale) if i != self._axis)
         )
-        size = dict(zip(self.axes, self.scale or (), strict=False))
-        z, x = size.get("Z"), size.get("X")
-        self.anisotropy = z / x if z and x and (z, x) != (1.0, 1.0) else None
+        self.anisotropy = _anisotropy(self.axes, self.scale)
 
     def __getitem__(self, index: Any) -> np.ndarray:
         index = index if isinstance(index, tuple) else (index,)
@@ -237,6 +230,16 @@ class OneChannel:
 
     def __repr__(self) -> str:
         return f"OneChannel({self.image!r}, channel={self.channel})"
+
+
+def _anisotropy(axes: str | None, scale: tuple[float, ...] | None) -> float | None:
+    """Z step over the X pixel size, or None when the sizes do not give it."""
+    if not axes or not scale or "Z" not in axes or "X" not in axes:
+        return None
+    size = dict(zip(axes, scale, strict=True))
+    if size["X"] <= 0 or size["Z"] <= 0 or size["Z"] == 1.0 == size["X"]:
+        return None  # 1 and 1 is what files without physical sizes say
+    return size["Z"] / size["X"]
 
 
 def _open_tiff(path: Path) -> tuple[Any, str | None, tuple[float, ...] | None]:

@@ -211,8 +211,11 @@ def predict_view_band(spec: RunSpec, band: ViewBand, _unused: Any = None) -> int
     reader = spec.reader()
     plan = views.plans[band.view]
     region = views.region(band)
-    source = reader.read(band.batch_index, region)
-    checksum = reader.checksum(band.batch_index, region)
+    # Read once: its checksum marks the band done, its normalized values go to the model.
+    raw = reader.read_raw(band.batch_index, region)
+    checksum = raw_checksum(raw)
+    source = reader.normalized(band.batch_index, raw)
+    del raw
     if band.view != "xy":  # side views see square pixels
         source = resample_depth(source, plan.plane_shape[0])
     depth = views.volume_shape[0]

@@ -42,6 +42,24 @@ AXIS_LETTERS = "TZCYX"
 _MAX_SAMPLED_PLANES = 32
 
 
+def resize_plane(plane: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray:
+    """Resize a plane to ``spatial_shape``: images (float, C first) linearly, labels nearest.
+
+    How every image is resized for the model (`Rescaled`, 3D stacks, training
+    samples) and every annotation with it.
+    """
+    if plane.shape[-len(spatial_shape) :] == spatial_shape:
+        return plane
+    if np.issubdtype(plane.dtype, np.floating):
+        shrink = spatial_shape[0] < plane.shape[1]
+        return resize(
+            plane, (plane.shape[0], *spatial_shape), order=1, anti_aliasing=shrink
+        ).astype(np.float32)
+    return resize(plane, spatial_shape, order=0, anti_aliasing=False, preserve_range=True).astype(
+        plane.dtype
+    )
+
+
 def raw_checksum(raw: np.ndarray) -> int:
     """Return the CRC-32 of raw pixels as read (`ImageReader.checksum`)."""
     return zlib.crc32(np.ascontiguousarray(raw).data)
@@ -219,9 +237,12 @@ class ImageReader:
 
     def read(self, batch_index: tuple[int, ...], spatial: tuple[slice, ...]) -> np.ndarray:
         """Return the normalized tile ``(in_channels, *tile)`` as float32."""
-        tile = self._read_raw(batch_index, spatial)
+        return self.normalized(batch_index, self.read_raw(batch_index, spatial))
+
+    def normalized(self, batch_index: tuple[int, ...], tile: np.ndarray) -> np.ndarray:
+        """Return raw values of plane ``batch_index`` (`read_raw`) as the model reads them."""
         lo, hi = self.time_point_statistics(batch_index)
-        view = (slice(None),) + (None,) * len(spatial)
+        view = (slice(None),) + (None,) * (tile.ndim - 1)
         tile = (tile - lo[view]) / (hi - lo)[view]
         if tile.shape[0] != self.in_channels:
             tile = tile[:3].mean(axis=0, keepdims=True)
@@ -242,13 +263,13 @@ class ImageReader:
         """
         return raw_checksum(self.read_raw(batch_index, spatial))
 
-    def read_raw(self, batch_index: tuple[int, ...], spatial: tuple[slice, ...]) -> np.ndarray:
-        """Return the raw values ``(C, *spatial)`` of a region, before normalization."""
-        return self._read_raw(batch_index, spatial)
-
-    def _read_raw(
+    def read_raw(
         self, batch_index: tuple[int, ...], spatial: tuple[slice, ...], step: int = 1
     ) -> np.ndarray:
+        """Return the raw values ``(C, *spatial)`` of a region (every ``step``-th pixel).
+
+        Before normalization, in float32 (float64 for wide types).
+        """
         where = dict(zip(self.batch_axes, batch_index, strict=True))
         where.update(
             {
@@ -305,7 +326,7 @@ class ImageReader:
         else:
             samples = self._sample_time_point(t)
             self._digest.update(samples.tobytes())
-            # In the samples' precision (float64 for wide types, see _read_raw).
+            # In the samples' precision (float64 for wide types, see read_raw).
             lo, hi = np.percentile(samples, [cfg.low, cfg.high], axis=1).astype(samples.dtype)
             # A few bright objects on a flat background (fewer pixels than the top
             # percentile) make hi == lo: their brightest sample is the top instead
@@ -340,7 +361,7 @@ class ImageReader:
             if "T" in self.batch_axes:
                 where["T"] = t
             batch_index = tuple(where[a] for a in self.batch_axes)
-            raw = self._read_raw(batch_index, full, step=step)
+            raw = self.read_raw(batch_index, full, step=step)
             chunks.append(raw.reshape(raw.shape[0], -1))
         return np.concatenate(chunks, axis=1)
 
@@ -363,10 +384,7 @@ class Rescaled:
         if self.scale == 1.0:
             return lambda spatial: self.reader.read(batch_index, spatial)
         whole = tuple(slice(0, s) for s in self.reader.spatial_shape)
-        plane = self.reader.read(batch_index, whole)
-        plane = resize(
-            plane, (plane.shape[0], *self.spatial_shape), order=1, anti_aliasing=self.scale < 1
-        ).astype(np.float32)
+        plane = resize_plane(self.reader.read(batch_index, whole), self.spatial_shape)
         return lambda spatial: plane[(slice(None), *spatial)]
 
     def restore(self, probabilities: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import numpy as np
 from skimage.transform import resize
 
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, ModelConfig
-from napari_unet_tuner.inference.image import ImageReader
+from napari_unet_tuner.inference.image import ImageReader, resize_plane
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
 from napari_unet_tuner.inference.tiling import fit_tile_shape, iter_predict_tiled, tile_starts
@@ -178,7 +178,10 @@ def iter_segment_stack(
 
         whole = tuple(slice(0, s) for s in native)
         volume = np.stack(
-            [_resized(reader.read(batch_index(z), whole), (height, width)) for z in range(depth)],
+            [
+                resize_plane(reader.read(batch_index(z), whole), (height, width))
+                for z in range(depth)
+            ],
             axis=1,
         )
         # Side views see square pixels.
@@ -220,16 +223,6 @@ def iter_segment_stack(
                     summed[:, z], channels=True
                 )
     return labels, probabilities
-
-
-def _resized(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a normalized ``(C, Y, X)`` plane for the model, as `Rescaled` resizes planes."""
-    if plane.shape[1:] == shape:
-        return plane
-    shrink = shape[0] < plane.shape[1]
-    return resize(plane, (plane.shape[0], *shape), order=1, anti_aliasing=shrink).astype(
-        np.float32
-    )
 
 
 # Planes that fit in one tile go through the model this many pixels at a time

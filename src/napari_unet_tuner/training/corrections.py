@@ -235,6 +235,7 @@ def complete_corrections(
         again, no object is corrected or deleted (a pixel at an edge may
         differ by the arithmetic of another device or precision).
     """
+    given = [s for s in samples if s.corrections is not None]
     recomputed = [s for s in samples if s.corrections is None]
     for sample in recomputed:
         prediction = None if predict_labels is None else predict_labels(sample)
@@ -243,8 +244,6 @@ def complete_corrections(
         )
     if predict_labels is None:
         return
-    recomputed_ids = {id(s) for s in recomputed}
-    given = [s for s in samples if id(s) not in recomputed_ids]
     if not any(s.corrections.fix_mask.any() for s in given) and not any(
         s.corrections.corrected.any() or s.corrections.deleted.any() for s in recomputed
     ):

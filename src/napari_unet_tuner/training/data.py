@@ -11,7 +11,7 @@ from skimage.transform import resize
 
 from napari_unet_tuner.config import NormalizationConfig, StackMode
 from napari_unet_tuner.errors import InputError
-from napari_unet_tuner.inference.image import ImageReader, infer_axes
+from napari_unet_tuner.inference.image import ImageReader, infer_axes, resize_plane
 from napari_unet_tuner.training.corrections import CorrectionMap, find_corrections
 from napari_unet_tuner.training.targets import (
     IGNORE,
@@ -157,7 +157,7 @@ def native_labels(
     if sample.native_shape is None:
         return to_labels(predicted)
     native = resize(predicted, (predicted.shape[0], *sample.native_shape), order=1)
-    return _resized(to_labels(native.astype(np.float32)), sample.image.shape[1:])
+    return resize_plane(to_labels(native.astype(np.float32)), sample.image.shape[1:])
 
 
 @dataclass(frozen=True)
@@ -237,11 +237,11 @@ def build_samples(
         resized = tuple(max(1, round(n * scale)) for n in reader.spatial_shape)
         for batch_index in reader.batch_indices():
             index = reader.label_index(batch_index)
-            plane_labels = _resized(_to_spatial_order(labels[index], reader), resized)
+            plane_labels = resize_plane(_to_spatial_order(labels[index], reader), resized)
             plane_reviewed = (
                 None
                 if reviewed is None
-                else _resized(_to_spatial_order(reviewed[index], reader), resized)
+                else resize_plane(_to_spatial_order(reviewed[index], reader), resized)
             )
             # Outside a reviewed mask the targets stay the prediction (the
             # annotation there is as predicted): trained on at
@@ -258,13 +258,15 @@ def build_samples(
             if mode == "scribbles":
                 corrections = find_corrections(plane_labels, mode)
             elif prediction is not None:
-                plane_prediction = _resized(_to_spatial_order(prediction[index], reader), resized)
+                plane_prediction = resize_plane(
+                    _to_spatial_order(prediction[index], reader), resized
+                )
                 corrections = find_corrections(
                     plane_labels, mode, plane_prediction, plane_reviewed
                 )
             samples.append(
                 Sample(
-                    image=_resized(reader.read(batch_index, full), resized),
+                    image=resize_plane(reader.read(batch_index, full), resized),
                     targets=targets,
                     val_targets=np.full_like(targets, IGNORE),
                     instances=instances,
@@ -327,23 +329,6 @@ def _stack_plane(reader: ImageReader, batch_index: tuple[int, ...]) -> tuple[tup
     """(index on the batch axes other than Z, Z) of a plane of a Z-stack."""
     others = tuple(i for a, i in zip(reader.batch_axes, batch_index, strict=True) if a != "Z")
     return others, batch_index[reader.batch_axes.index("Z")]
-
-
-def _resized(plane: np.ndarray, spatial_shape: tuple[int, ...]) -> np.ndarray:
-    """Resize a plane to ``spatial_shape``: images (float, C first) linearly, labels nearest.
-
-    The same resizing as segmentation's (`napari_unet_tuner.inference.image.Rescaled`).
-    """
-    if plane.shape[-len(spatial_shape) :] == spatial_shape:
-        return plane
-    if np.issubdtype(plane.dtype, np.floating):
-        shrink = spatial_shape[0] < plane.shape[1]
-        return resize(
-            plane, (plane.shape[0], *spatial_shape), order=1, anti_aliasing=shrink
-        ).astype(np.float32)
-    return resize(plane, spatial_shape, order=0, anti_aliasing=False, preserve_range=True).astype(
-        plane.dtype
-    )
 
 
 def _to_spatial_order(plane: np.ndarray, reader: ImageReader) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Any
 
 from napari_unet_tuner.config import ModelConfig
 from napari_unet_tuner.model.checkpoint import ModelCard, new_card
+from napari_unet_tuner.model.history import fixed_counts
 
 
 def child_card(
@@ -67,15 +68,7 @@ def describe_child(parent: ModelCard, run: dict[str, Any], instances: dict[str, 
         + (f" ({', '.join(images)})" if images else "")
         + f", {annotation.get('objects', '?')} objects."
     ]
-    after = run.get("corrections_after") or {}
-    fixed = [
-        f"{after.get(right)} of {after.get(kind)} {word}"
-        for kind, right, word in (
-            ("corrected", "corrected_right", "corrected objects right"),
-            ("deleted", "deleted_gone", "deleted objects gone"),
-        )
-        if after.get(kind)
-    ]
+    fixed = [f"{right} of {total} {word}" for word, right, total in fixed_counts(run)]
     if fixed:
         parts.append(f"On that annotation: {', '.join(fixed)}.")
     before, now = run.get("scores_before") or {}, run.get("scores_after") or {}
