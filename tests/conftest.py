@@ -79,9 +79,13 @@ def disc_model() -> Checkpoint:
     from napari_unet_tuner import TrainingConfig, fine_tune
 
     # One epoch: its step count is fixed (later epochs lengthen to match the
-    # validation's time, which varies on a busy machine).
+    # validation's time, which varies on a busy machine). A budget far above
+    # what 240 steps take, and float32 on every CPU: the same model on a
+    # loaded machine and on one without bfloat16 (a 60 s budget cut the
+    # steps short under load, and the model then missed one sphere).
     config = TrainingConfig(
-        max_seconds=60,
+        max_seconds=900,
+        mixed_precision=False,
         max_epochs=1,
         steps_per_epoch=240,
         patch_shape=(64, 64),

@@ -32,15 +32,21 @@ def _stack_of(args: argparse.Namespace, file, start) -> tuple[str, float]:
         args.axes or file.axes,
         file.anisotropy,
     )
+    # Not in the file nor given: planes one pixel apart (segment measures it;
+    # fine-tuning does not yet), and the message says how to give it.
+    anisotropy = 1.0 if resolved.anisotropy is None else resolved.anisotropy
     if args.stack == "auto" and resolved.stack == "3d":
         log.info(
-            "%s: learned as 3D objects (axes %s), Z step %.2fx the pixel size; "
+            "%s: learned as 3D objects (axes %s), Z step %.2fx the pixel size%s; "
             "--stack planes for objects drawn plane by plane",
             file.path.name,
             args.axes or file.axes,
-            resolved.anisotropy,
+            anisotropy,
+            " (not in the file: give --anisotropy, as segment measured it)"
+            if resolved.anisotropy is None
+            else "",
         )
-    return resolved.stack, resolved.anisotropy
+    return resolved.stack, anisotropy
 
 
 @contextlib.contextmanager

@@ -247,13 +247,11 @@ def _for_file(
                 image.path.name,
             )
         return resolved
-    where = (
-        "given"
-        if args.anisotropy
-        else "from the file"
-        if image.anisotropy
-        else "assumed: give --anisotropy if the planes lie further apart than the pixels"
-    )
+    if resolved.anisotropy is None:
+        # Measured in the run; the note after it says what was found.
+        log.info("%s: 3D objects, Z step not in the file: measured on its nuclei", image.path.name)
+        return resolved
+    where = "given" if args.anisotropy else "from the file"
     log.info(
         "%s: 3D objects, Z step %.2fx the pixel size (%s)",
         image.path.name,
@@ -267,6 +265,7 @@ def _segment_to_tiff(
     args, image_path, labels_path, probs_path, ckpt, inference, instances
 ) -> None:
     from napari_unet_tuner.inference.pipeline import iter_segment
+    from napari_unet_tuner.inference.z_step import z_step_note
     from napari_unet_tuner.io import write_bytes_atomic, write_tiff_atomic
     from napari_unet_tuner.labels_files import SEGMENTED_SCALE_KEY
 
@@ -317,6 +316,8 @@ def _segment_to_tiff(
             "size with --diameter PIXELS",
             image_path,
         )
+    if result.z_step is not None:
+        log.info("%s: %s", image_path, z_step_note(result.z_step))
     if tables:
         objects_path, misses_path = tables
         write_bytes_atomic(objects_path, result.objects.to_csv(index=False).encode())

@@ -39,7 +39,7 @@ def test_blockwise_watershed_matches_whole_image(monkeypatch):
     probs = probs * 0.8 + rng.random(probs.shape, dtype=np.float32) * 0.2
     probs /= probs.sum(0, keepdims=True)
     whole = probabilities_to_labels(probs)
-    monkeypatch.setattr(inst, "_BLOCK", 37)
+    monkeypatch.setitem(inst._BLOCK_SHAPE, 2, (37, 37))
     blocked = probabilities_to_labels(probs)
     error, *_ = adapted_rand_error(whole, blocked)
     assert error < 1e-3

@@ -46,7 +46,10 @@ def test_stack_settings_are_checked():
     sized = make_checkpoint(object_diameter=10.0)
     stack = np.zeros((4, 32, 32), np.float32)
     auto = segment(stack, sized, axes="ZYX", inference=InferenceConfig(stack="3d"))
-    assert auto.scale == 1.0 and auto.object_size is None  # 3D objects: auto is not measured
+    # An empty stack: no size and no Z step can be measured, and it runs as it is.
+    assert auto.scale == 1.0 and auto.object_size.diameter is None
+    assert auto.anisotropy == 1.0 and auto.z_step.anisotropy is None
+    assert "whole objects" in auto.z_step.reason
 
 
 def test_a_stack_of_small_nuclei_is_resized_in_3d_and_labelled_on_its_own_grid(disc_model):
@@ -74,6 +77,28 @@ def test_planes_in_one_batch_or_in_tiles_give_the_same(axis):
         results.append(out)
     np.testing.assert_allclose(results[0], volume * 2, rtol=1e-6)
     np.testing.assert_allclose(results[1], volume * 2, rtol=2e-3)  # tiles blend in float16
+
+
+@pytest.mark.parametrize("tiled", [False, True])
+def test_side_views_resampled_plane_by_plane_sum_as_the_whole_volume_resampled(tiled):
+    from napari_unet_tuner.inference.stack import predict_planes, resample_depth
+
+    volume = np.random.default_rng(1).random((1, 6, 40, 52), dtype=np.float32)
+
+    def model(batch):  # not linear: resampling before and after must both happen
+        return batch**2
+
+    for axis in (2, 3):
+        plane = (15, volume.shape[5 - axis])
+        tile = (16, 16) if tiled else plane
+        per_plane = np.zeros((1, *volume.shape[1:]), np.float32)
+        list(
+            predict_planes(
+                volume, axis, per_plane, tile, model, InferenceConfig(), 1, view_depth=15
+            )
+        )
+        whole = resample_depth(model(resample_depth(volume, 15)), 6)
+        np.testing.assert_allclose(per_plane, whole, rtol=3e-3 if tiled else 1e-5, atol=1e-4)
 
 
 def test_a_zarr_run_gives_the_in_memory_3d_objects_band_by_band(tmp_path, disc_model, monkeypatch):
@@ -125,7 +150,9 @@ def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch
     image, truth = touching_spheres(8)
     seen = []
     real = stack.predict_planes
-    monkeypatch.setattr(stack, "predict_planes", lambda *a: seen.append(a[1]) or real(*a))
+    monkeypatch.setattr(
+        stack, "predict_planes", lambda *a, **k: seen.append(a[1]) or real(*a, **k)
+    )
     config = InferenceConfig(stack="3d", anisotropy=7.0)  # 42 deep: XY planes only
     labels = segment(image, disc_model, axes="ZYX", inference=config).labels
     assert seen == [1]  # across Z only: the XY planes
@@ -143,8 +170,13 @@ def test_stack_auto_is_3d_only_when_the_axes_are_known_to_hold_z():
     assert resolve_stack(auto, "TZCYX").stack == "3d"
     assert resolve_stack(auto, "TYX").stack == "planes"  # a time series
     assert resolve_stack(auto, None).stack == "planes"  # guessed axes: may be time
-    # 3D runs do not resize: asking for a size keeps planes.
-    assert resolve_stack(InferenceConfig(diameter=30.0), "ZYX").stack == "planes"
+    # 3D runs resize for a given object size too.
+    assert resolve_stack(InferenceConfig(diameter=30.0), "ZYX").stack == "3d"
+    # The Z step: given, from the file, or left to be measured (3D runs only).
+    assert resolve_stack(InferenceConfig(anisotropy=2.0), "ZYX", 3.0).anisotropy == 2.0
+    assert resolve_stack(auto, "ZYX", 3.0).anisotropy == 3.0
+    assert resolve_stack(auto, "ZYX").anisotropy is None
+    assert resolve_stack(auto, "TYX").anisotropy == 1.0
     assert resolve_stack(InferenceConfig(stack="planes"), "ZYX").stack == "planes"
 
 

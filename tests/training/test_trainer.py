@@ -239,6 +239,23 @@ def test_same_seed_same_model():
         assert torch.equal(value, b.checkpoint.state_dict[key]), key
 
 
+def test_same_seed_same_model_from_scratch():
+    # The starting weights too come from the seed: each run below draws
+    # other random numbers first, as a test before it would.
+    config = TrainingConfig(
+        max_seconds=60, max_epochs=1, steps_per_epoch=2, patch_shape=(32, 32), device="cpu"
+    )
+    models = []
+    for other_draws in (1, 5):
+        torch.rand(other_draws)
+        result = fine_tune(
+            [toy_pair()], None, config, model_config=ModelConfig(features=4, depth=2)
+        )
+        models.append(result.checkpoint.state_dict)
+    for key, value in models[0].items():
+        assert torch.equal(value, models[1][key]), key
+
+
 def test_scribbles_train(tmp_path):
     image, labels = toy_pair(1)
     scribbles = np.zeros_like(labels)

@@ -26,11 +26,17 @@ def layer_array(layer: napari.layers.Image) -> tuple[Any, str | None]:
     return data, ("YXC" if layer.rgb and data.ndim == 3 else None)
 
 
-def anisotropy_of(layer: napari.layers.Image) -> float:
-    """Z step over pixel size from the layer's scale (the third axis from the end)."""
+def anisotropy_of(layer: napari.layers.Image) -> float | None:
+    """Z step over pixel size from the layer's scale (the third axis from the end).
+
+    ``None`` when the layer's scale is napari's default of 1 on every axis
+    (a file without pixel sizes): a 3D run then measures it on the nuclei.
+    """
     scale = np.asarray(layer.scale, float)
     if len(scale) < 3 or scale[-1] <= 0:
         return 1.0
+    if np.all(scale[-3:] == 1.0):
+        return None
     return float(np.clip(scale[-3] / scale[-1], 0.1, 20.0))
 
 

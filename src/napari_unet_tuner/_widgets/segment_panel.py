@@ -267,18 +267,26 @@ class SegmentPanel(Container):
         self, layer: napari.layers.Image, result: SegmentationResult, whole: bool
     ) -> None:
         size = result.object_size
+        z_step = result.z_step
+        # A Z step measured on the nuclei (not given, not in the layer's scale).
+        z_note = (
+            []
+            if z_step is None
+            else [f"Z step {z_step.anisotropy:.1f}x, measured"]
+            if z_step.anisotropy
+            else ["Z step unknown: 1x"]
+        )
         if size is None or size.diameter is None:
             # Too few objects, or pieces of objects far larger than the model's.
-            self.size_note.value = (
-                "" if size is None else "size not measured: set it if objects look cut"
-            )
+            unmeasured = [] if size is None else ["size not measured: set it if objects look cut"]
+            self.size_note.value = " · ".join(unmeasured + z_note)
             return
         if self.diameter.value == 0 and size.objects and whole:
             # Measured on the whole image (not a field of view): kept for the loop.
             self._measured[layer] = size.diameter
         # Short: the note must fit the panel's width on a 1280 x 720 screen.
         how = "run as is" if result.scale == 1.0 else f"resized x{result.scale:.2f}"
-        self.size_note.value = f"objects ~{size.diameter:.0f} px: {how}"
+        self.size_note.value = " · ".join([f"objects ~{size.diameter:.0f} px: {how}", *z_note])
 
     def _start(self, worker, bar):
         worker.aborted.connect(lambda: show_info("Segmentation cancelled."))

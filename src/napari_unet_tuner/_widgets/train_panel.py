@@ -168,7 +168,7 @@ class TrainPanel(Container):
                         self._tuner.diameter_for(image), self._tuner.versions.active
                     ),
                     stack=stack,
-                    anisotropy=anisotropy_of(image) if stack == "3d" else 1.0,
+                    anisotropy=(anisotropy_of(image) or 1.0) if stack == "3d" else 1.0,
                     reviewed=reviewed_region(
                         layer.metadata.get("reviewed"), annotation, prediction
                     ),

@@ -106,9 +106,10 @@ class InferenceConfig(DictMixin):
         ``scale`` is 1 and the model's card gives its own object size; a
         number is taken as given. Images whose objects are far from the
         model's size are resized to it (this sets the scale); ``None``
-        never resizes beyond ``scale``. Automatic size is for 2D models
-        plane by plane; 3D objects in a Z-stack and zarr output run at
-        ``scale``.
+        never resizes beyond ``scale``. Automatic size is for 2D models;
+        on a Z-stack of 3D objects it is measured on the XY planes fullest
+        of nuclei and resizes the stack in XY and Z alike. zarr output
+        runs at ``scale``.
     scale : float
         Resize factor for the spatial axes before the model sees the image,
         for objects of another size than the model was trained on (0.5 for
@@ -123,17 +124,18 @@ class InferenceConfig(DictMixin):
         pixels deep), their probabilities are averaged and seeds grow in 3D
         (`napari_unet_tuner.inference.stack`). ``"auto"`` (default): 3D
         objects when the image's axes are known to hold Z, given by the
-        caller or read from the file's metadata, and no resizing is asked
-        for (`resolve_stack`); planes when the axes are only guessed (a
-        3D array may be a time series). Time series stay frame by frame
-        either way.
+        caller or read from the file's metadata (`resolve_stack`); planes
+        when the axes are only guessed (a 3D array may be a time series).
+        Time series stay frame by frame either way.
     anisotropy : float or None
         Z step over XY pixel size (e.g. 2.0 for 0.5 um planes of 0.25 um
         pixels), for ``stack="3d"``: the XZ and YZ planes are resampled to
         square pixels before the model sees them (not within 1.25x of 1,
         where the model sees no difference). ``None`` (default): from the
         file's metadata (`~napari_unet_tuner.io.FileImage.anisotropy`),
-        else 1.
+        else measured on the stack's nuclei, taken to be about as tall as
+        wide (`napari_unet_tuner.inference.z_step`; 1 when it cannot be
+        told); `SegmentationResult.z_step` says which.
     object_table : bool
         Also measure every object and rank it by confidence
         (`SegmentationResult.objects`, `SegmentationResult.possible_misses`;
@@ -224,24 +226,21 @@ class ChunkedConfig(DictMixin):
 def resolve_stack(
     inference: InferenceConfig, known_axes: str | None, file_anisotropy: float | None = None
 ) -> InferenceConfig:
-    """Return ``inference`` with its stack mode and Z step decided.
+    """Return ``inference`` with its stack mode and, where known, its Z step decided.
 
     ``stack="auto"`` becomes ``"3d"`` when ``known_axes`` (the caller's or
-    the file's, never guessed ones) hold Z and the image is not to be resized
-    (a scale or a given object size: 3D runs do not resize), ``"planes"``
-    otherwise. ``anisotropy=None`` becomes ``file_anisotropy`` (the file's
-    Z step over its pixel size, clipped to the accepted range), else 1.
+    the file's, never guessed ones) hold Z, ``"planes"`` otherwise.
+    ``anisotropy=None`` becomes ``file_anisotropy`` (the file's Z step over
+    its pixel size, clipped to the accepted range); without one it stays
+    ``None`` for 3D runs, which then measure it on the stack's objects
+    (`napari_unet_tuner.inference.z_step`), and becomes 1 otherwise.
     """
     stack = inference.stack
     if stack == "auto":
-        in_3d = (
-            bool(known_axes)
-            and "Z" in known_axes.upper()
-            and inference.scale == 1.0
-            and inference.diameter in ("auto", None)
-        )
-        stack = "3d" if in_3d else "planes"
+        stack = "3d" if bool(known_axes) and "Z" in known_axes.upper() else "planes"
     anisotropy = inference.anisotropy
-    if anisotropy is None:
-        anisotropy = min(20.0, max(0.1, float(file_anisotropy))) if file_anisotropy else 1.0
+    if anisotropy is None and file_anisotropy:
+        anisotropy = min(20.0, max(0.1, float(file_anisotropy)))
+    if anisotropy is None and stack != "3d":
+        anisotropy = 1.0
     return replace(inference, stack=stack, anisotropy=anisotropy)

@@ -30,7 +30,7 @@ from napari_unet_tuner.inference.instances import (
     seed_markers,
 )
 from napari_unet_tuner.inference.pipeline import make_predictor
-from napari_unet_tuner.inference.stack import predict_planes, resample_depth
+from napari_unet_tuner.inference.stack import predict_planes
 from napari_unet_tuner.inference.stack_chunked import StackViews, ViewBand, volume_number
 from napari_unet_tuner.inference.tiling import Predictor, predict_region
 from napari_unet_tuner.io import write_bytes_atomic
@@ -216,17 +216,20 @@ def predict_view_band(spec: RunSpec, band: ViewBand, _unused: Any = None) -> int
     checksum = raw_checksum(raw)
     source = reader.normalized(band.batch_index, raw)
     del raw
-    if band.view != "xy":  # side views see square pixels
-        source = resample_depth(source, plan.plane_shape[0])
-    depth = views.volume_shape[0]
     target = np.zeros((views.out_channels, *source.shape[1:]), np.float32)
     for _ in predict_planes(
-        source, plan.axis, target, plan.tile_shape, predictor, spec.inference, views.out_channels
+        source,
+        plan.axis,
+        target,
+        plan.tile_shape,
+        predictor,
+        spec.inference,
+        views.out_channels,
+        # Side views see square pixels, resampled plane by plane.
+        view_depth=None if band.view == "xy" else plan.plane_shape[0],
     ):
         pass
     del source
-    if band.view != "xy":
-        target = resample_depth(target, depth)
     views.write(spec.work_dir, band, target, checksum)
     return band.planes.stop - band.planes.start
 

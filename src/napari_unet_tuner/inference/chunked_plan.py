@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from napari_unet_tuner.inference.object_size import choose_object_size
 from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, make_predictor, resolve_run
 from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
+from napari_unet_tuner.inference.z_step import estimate_z_step, first_stack, z_step_note
 from napari_unet_tuner.labels_files import create_labels_zarr
 from napari_unet_tuner.model.checkpoint import Checkpoint
 
@@ -152,6 +153,10 @@ def plan_chunked_run(
         )
     views = None
     if planar is not None:
+        if inference.anisotropy is None:
+            inference = replace(
+                inference, anisotropy=measured_z_step(planar, ckpt, inference, instances, output)
+            )
         tile_shape = tuple(inference.tile_shape or DEFAULT_TILE_SHAPE[2])
         views = StackViews.plan(reader, cfg, inference, tile_shape)
     else:
@@ -214,6 +219,26 @@ def plan_chunked_run(
         source_name=source_name,
         size_note=size_note,
     )
+
+
+def measured_z_step(
+    planar: ImageReader,
+    checkpoint: Checkpoint,
+    inference: InferenceConfig,
+    instances: InstanceConfig,
+    output: str | os.PathLike,
+) -> float:
+    """Measure the Z step of a stack whose file does not say it (`estimate_z_step`); log it.
+
+    Returns 1 when it cannot be told. Seconds for any stack: one central column.
+    """
+    device = select_device(inference.device)
+    predictor = make_predictor(checkpoint.build_model(device), device, inference.precision)
+    estimate = estimate_z_step(
+        planar, first_stack(planar), predictor, checkpoint.model_config, instances
+    )
+    log.info("%s: %s", output, z_step_note(estimate))
+    return estimate.anisotropy or 1.0
 
 
 def unresized_size_note(

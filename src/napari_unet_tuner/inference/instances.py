@@ -26,7 +26,11 @@ DISTANCE = 3
 # Seeds grow only across the thin boundary band, so a watershed block needs
 # little context beyond its own pixels to match the whole-image result.
 WATERSHED_HALO = 16
-_BLOCK = 1024
+# Blocks the watershed grows seeds in: its working memory is one block. A
+# 3D block as large as 2D's per axis would hold a whole stack (60 x 1024 x
+# 1024 took 1.7 GB beyond its probabilities); this one is the chunked
+# path's default 3D chunk, so both give the same labels.
+_BLOCK_SHAPE = {2: (1024, 1024), 3: (64, 512, 512)}
 
 # Splitting a concave seed: its distance-to-edge map is smoothed (pixels) so
 # that ragged outlines make no peaks, scaled to 1 at the seed's centre, and
@@ -256,7 +260,8 @@ def probabilities_to_labels(
         int32 array of shape ``spatial`` to write the labels into (saves a
         copy of the output on huge images).
     block_shape : tuple of int, optional
-        Blocks the watershed runs in (default 1024 per axis). Chunked runs
+        Blocks the watershed runs in (default 1024 x 1024 in 2D, 64 x 512 x
+        512 in 3D). Chunked runs
         (`napari_unet_tuner.inference.chunked`) use their chunk shape, and
         give the same labels as this function with that ``block_shape``.
 
@@ -281,7 +286,7 @@ def probabilities_to_labels(
     if output_kind == "foreground":
         labels[...] = markers
     else:
-        for block in _blocks(spatial, block_shape or (_BLOCK,) * len(spatial)):
+        for block in _blocks(spatial, block_shape or _block_shape(len(spatial))):
             grown = grow_region(block, spatial, WATERSHED_HALO)
             inner = tuple(
                 slice(b.start - g.start, b.stop - g.start)
@@ -295,13 +300,18 @@ def probabilities_to_labels(
     return remove_small_objects(labels, config.min_size)
 
 
+def _block_shape(ndim: int) -> tuple[int, ...]:
+    """Return the default block of an ``ndim``-dimensional image (`_BLOCK_SHAPE`)."""
+    return _BLOCK_SHAPE.get(ndim, (1024,) * ndim)
+
+
 def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop objects smaller than ``min_size`` and renumber 1..n, in place, block by block."""
     # Counted block by block: bincount of a whole huge image would first copy
     # it to int64, twice the size of the labels themselves.
     n = int(labels.max(initial=0)) + 1
     sizes = np.zeros(n, np.int64)
-    blocks = (_BLOCK,) * labels.ndim
+    blocks = _block_shape(labels.ndim)
     for block in _blocks(labels.shape, blocks):
         sizes += np.bincount(labels[block].ravel(), minlength=n)
     keep = sizes >= max(min_size, 1)

@@ -7,7 +7,7 @@ import math
 import os
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +34,7 @@ from napari_unet_tuner.inference.tiling import (
     iter_predict_tiled,
     tile_starts,
 )
+from napari_unet_tuner.inference.z_step import ZStepEstimate, estimate_z_step, first_stack
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.model.loading import load_checkpoint
 from napari_unet_tuner.model.unet import UNet, inference_copy, memory_format
@@ -106,6 +107,12 @@ class SegmentationResult:
         Unlabelled places where the model saw foreground: ``area``,
         ``centroid-<axis>``, ``confidence`` (that it is an object) and
         ``review_rank`` (1 = most likely a missed object).
+    anisotropy : float or None
+        For 3D objects in a Z-stack, the Z step over the pixel size the run
+        used (given, from the file, measured, or 1); ``None`` otherwise.
+    z_step : ZStepEstimate or None
+        When the Z step was measured on the stack's objects (neither given
+        nor in the file): what was found, or why it could not be told.
     """
 
     labels: np.ndarray
@@ -115,6 +122,8 @@ class SegmentationResult:
     object_size: SizeEstimate | None = None
     objects: pd.DataFrame | None = None
     possible_misses: pd.DataFrame | None = None
+    anisotropy: float | None = None
+    z_step: ZStepEstimate | None = None
 
 
 def make_predictor(
@@ -257,6 +266,13 @@ def iter_segment(
 
     if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
         t0 = time.perf_counter()
+        z_step = None
+        if inference.anisotropy is None:
+            with cpu_threads(inference.num_threads):
+                z_step = estimate_z_step(
+                    reader, first_stack(reader), predictor, cfg, instances, scale
+                )
+            inference = replace(inference, anisotropy=z_step.anisotropy or 1.0)
 
         def progress(stage, volume, volumes, done, total, view=None) -> SegmentationProgress:
             return SegmentationProgress(
@@ -277,7 +293,8 @@ def iter_segment(
                 image,
                 scale,
             )
-        return _result(reader, stack_labels, stack_probabilities, scale, size, collector)
+        result = _result(reader, stack_labels, stack_probabilities, scale, size, collector)
+        return replace(result, anisotropy=inference.anisotropy, z_step=z_step)
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)
     labels = np.zeros(label_shape, np.int32)
     probabilities = (

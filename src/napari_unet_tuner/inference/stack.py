@@ -8,9 +8,11 @@ seeds and grows them by a watershed in 3D, so a nucleus that spans twenty
 planes is one object. Stacks too shallow for side views
 (`MIN_SIDE_VIEW_DEPTH`) use the XY planes alone, linked across planes by the
 same 3D labelling. Each volume (a time point) is held in memory whole,
-with its probabilities: for stacks that fit in memory. Larger ones go
-through the chunked zarr path (`napari_unet_tuner.inference.stack_chunked`),
-which shares the view plan and the resampling with this module.
+with one float16 sum of its views' probabilities, and labelled a block at a
+time: about 20 bytes per voxel beyond the image (a 60 x 1024 x 1024 stack
+in under 2 GB in all). Larger ones go through the chunked zarr path
+(`napari_unet_tuner.inference.stack_chunked`), which shares the view plan
+and the resampling with this module.
 """
 
 from __future__ import annotations
@@ -184,27 +186,30 @@ def iter_segment_stack(
             ],
             axis=1,
         )
-        # Side views see square pixels.
-        iso = resample_depth(volume, iso_depth) if len(plans) > 1 else volume
-        summed = np.zeros((out_channels, depth, height, width), np.float32)
-        side = (
-            np.zeros((out_channels, iso_depth, height, width), np.float32)
-            if len(plans) > 1
-            else None
-        )
+        # One sum on the stack's grid, in float16 (probabilities need no more,
+        # and a 60 x 1024 x 1024 stack's three channels then take 0.4 GB, not
+        # 0.8): side views are resampled to square pixels and back plane by
+        # plane (`predict_planes`), so no resampled copy of the stack is held.
+        summed = np.zeros((out_channels, depth, height, width), np.float16)
         for name, plan in plans.items():
-            source, target = (volume, summed) if name == "xy" else (iso, side)
             planes_done = predict_planes(
-                source, plan.axis, target, plan.tile_shape, predictor, inference, out_channels
+                volume,
+                plan.axis,
+                summed,
+                plan.tile_shape,
+                predictor,
+                inference,
+                out_channels,
+                view_depth=None if name == "xy" else iso_depth,
             )
             for tiles_done in planes_done:
                 yield progress("predict", v, len(volumes), done + tiles_done, total, name)
             done += tiles_done
-        if side is not None:
-            summed += resample_depth(side, depth)
-            summed /= len(plans)
+        del volume
+        if len(plans) > 1:
+            summed /= np.float16(len(plans))
         if (height, width) != native:
-            summed = resize(summed, (out_channels, depth, *native), order=1).astype(np.float32)
+            summed = _restore_planes(summed, native)
         yield progress("instances", v, len(volumes), done, total)
         volume_labels = probabilities_to_labels(summed, model_config.output_kind, instances)
         count = int(volume_labels.max(initial=0))
@@ -225,6 +230,18 @@ def iter_segment_stack(
     return labels, probabilities
 
 
+def _restore_planes(probabilities: np.ndarray, native: tuple[int, int]) -> np.ndarray:
+    """Return a ``(C, Z, Y, X)`` probability volume resized in XY to ``native``, plane by plane.
+
+    Plane by plane keeps the working memory to one plane (resizing the whole
+    volume at once computes it in float64).
+    """
+    restored = np.empty((*probabilities.shape[:2], *native), probabilities.dtype)
+    for z in range(probabilities.shape[1]):
+        restored[:, z] = resize_plane(probabilities[:, z].astype(np.float32), native)
+    return restored
+
+
 # Planes that fit in one tile go through the model this many pixels at a time
 # (a batch of planes): one 512 x 512 tile's worth.
 _BATCH_PIXELS = 512 * 512
@@ -238,15 +255,33 @@ def predict_planes(
     predictor: Callable[[np.ndarray], np.ndarray],
     inference: InferenceConfig,
     out_channels: int,
+    view_depth: int | None = None,
 ) -> Generator[int, None, None]:
     """Add the model's probabilities on every plane of ``source`` across ``axis`` to ``target``.
 
     Yields how many tiles are done. Planes that fit in one tile are batched
     (the XZ and YZ planes of a stack usually do): far fewer, larger forward
-    passes than plane by plane.
+    passes than plane by plane. With ``view_depth``, the model sees each
+    plane resampled to that many Z rows (`resample_depth`: square pixels for
+    a side view) and its probabilities go back to ``source``'s depth before
+    they are added: the same sums as resampling the whole volume there and
+    back, without a second volume in memory.
     """
     count = source.shape[axis]
-    plane_shape = tuple(s for i, s in enumerate(source.shape[1:], start=1) if i != axis)
+    depth = source.shape[1]
+    resampled = view_depth is not None and view_depth != depth
+
+    def to_view(part: np.ndarray) -> np.ndarray:
+        return resample_depth(part, view_depth) if resampled else part
+
+    def from_view(part: np.ndarray) -> np.ndarray:
+        return resample_depth(part, depth) if resampled else part
+
+    plane_shape = tuple(
+        (view_depth if resampled and i == 1 else s)
+        for i, s in enumerate(source.shape[1:], start=1)
+        if i != axis
+    )
     at = [slice(None)] * source.ndim
 
     def where(index) -> tuple:
@@ -257,14 +292,14 @@ def predict_planes(
         per_batch = max(inference.batch_size, _BATCH_PIXELS // math.prod(plane_shape))
         for start in range(0, count, per_batch):
             stop = min(count, start + per_batch)
-            planes = np.moveaxis(source[where(slice(start, stop))], axis, 0)
+            planes = np.moveaxis(to_view(source[where(slice(start, stop))]), axis, 0)
             probabilities = predictor(np.ascontiguousarray(planes))
-            target[where(slice(start, stop))] += np.moveaxis(probabilities, 0, axis)
+            target[where(slice(start, stop))] += from_view(np.moveaxis(probabilities, 0, axis))
             yield stop
         return
     done = 0
     for index in range(count):
-        plane = source[where(index)]
+        plane = to_view(source[where(index)])
         run = iter_predict_tiled(
             lambda sl, plane=plane: plane[(slice(None), *sl)],
             plane_shape,
@@ -278,7 +313,7 @@ def predict_planes(
             try:
                 step = next(run)
             except StopIteration as finished:
-                target[where(index)] += finished.value
+                target[where(index)] += from_view(finished.value)
                 break
             yield done + step.done
         done += step.done

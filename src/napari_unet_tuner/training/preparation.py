@@ -144,6 +144,10 @@ def prepare_run(
             object_diameter=annotated_diameter(samples),
         )
     )
+    rng = np.random.default_rng(config.seed)
+    # Before the model is built: a model trained from scratch starts from the
+    # same weights for the same seed (its runs were not reproducible).
+    torch.manual_seed(config.seed)
     model = checkpoint.build_model(device) if from_checkpoint else UNet(model_cfg).to(device)
     parent = _probabilities(model, device) if from_checkpoint else None
     with cpu_threads(config.num_threads):
@@ -153,8 +157,6 @@ def prepare_run(
             find_uncertain_background(
                 samples, _foreground(parent, model), config.trusted_background
             )
-    rng = np.random.default_rng(config.seed)
-    torch.manual_seed(config.seed)
     if labelling:
         # Every object is a correction: weighing them (and their rims) more than
         # the background would only bias the model towards foreground.
