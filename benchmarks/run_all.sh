@@ -13,5 +13,6 @@ $py bench_review.py
 $py bench_finetune.py
 $py bench_peer.py
 $py bench_architecture.py
+$py bench_stack.py --memory
 xvfb-run -a -s "-screen 0 1600x1000x24" $py bench_responsiveness.py
 $py report.py

@@ -141,7 +141,11 @@ def run_segment(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    instances = InstanceConfig.from_dict({**ckpt.card.instances, **overrides})
+    # None: the model's own settings, as the API and the widget use them
+    # (3D objects with their own seed threshold, `stack_instances`).
+    instances = (
+        InstanceConfig.from_dict({**ckpt.card.instances, **overrides}) if overrides else None
+    )
     jobs = _output_paths(args)
     if (args.workers or args.scheduler) and not any(p.suffix == ".zarr" for _, p, _ in jobs):
         raise UnetTunerError("--workers and --scheduler need a .zarr output (or --format zarr)")

@@ -27,6 +27,7 @@ from napari_unet_tuner.inference.device import select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.object_size import choose_object_size
 from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, make_predictor, resolve_run
+from napari_unet_tuner.inference.stack import stack_instances
 from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
 from napari_unet_tuner.inference.z_step import estimate_z_step, first_stack, z_step_note
@@ -129,7 +130,6 @@ def plan_chunked_run(
     cfg = ckpt.model_config
     check_chunked_inference(inference)
     chunked = chunked or ChunkedConfig()
-    instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config
     shape = tuple(int(s) for s in image.shape)
     axes = axes or infer_axes(shape, cfg.spatial_dims, cfg.in_channels)
@@ -140,6 +140,9 @@ def plan_chunked_run(
     if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
         planar = reader
         reader = ImageReader(image, planar.axes, 3, cfg.in_channels, normalization)
+    if instances is None:  # as in memory (`iter_segment`)
+        card = ckpt.card.instance_config
+        instances = card if planar is None else stack_instances(card)
     spatial_dims = len(reader.spatial_axes)
     if ome is None:
         ome = bool(getattr(image, "ome", False))

@@ -27,7 +27,11 @@ from napari_unet_tuner.inference.image import ImageReader, Rescaled, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.object_size import SizeEstimate, choose_object_size
 from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
-from napari_unet_tuner.inference.stack import iter_segment_stack
+from napari_unet_tuner.inference.stack import (
+    iter_segment_stack,
+    side_view_scale,
+    stack_instances,
+)
 from napari_unet_tuner.inference.tiling import (
     Predictor,
     fit_tile_shape,
@@ -218,7 +222,9 @@ def iter_segment(
     inference : InferenceConfig, optional
         Tiling, device and threads.
     instances : InstanceConfig, optional
-        Thresholds and minimum size; the checkpoint's card by default.
+        Thresholds and minimum size; the checkpoint's card by default (for
+        3D objects in a Z-stack, with seeds at 0.5 at least:
+        `napari_unet_tuner.inference.stack.stack_instances`).
     normalization : NormalizationConfig, optional
         Overrides the checkpoint's normalization.
     return_probabilities : bool
@@ -235,7 +241,6 @@ def iter_segment(
     """
     ckpt, axes, inference = resolve_run(image, checkpoint, axes, inference)
     cfg = ckpt.model_config
-    instances = instances or ckpt.card.instance_config
     normalization = normalization or ckpt.card.normalization_config
     shape = tuple(int(s) for s in image.shape)
     reader = ImageReader(
@@ -245,6 +250,10 @@ def iter_segment(
         cfg.in_channels,
         normalization,
     )
+    in_3d = inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes
+    if instances is None:
+        card = ckpt.card.instance_config
+        instances = stack_instances(card) if in_3d else card
     device = select_device(inference.device)
     if predictor is None:
         predictor = make_predictor(ckpt.build_model(device), device, inference.precision)
@@ -264,7 +273,7 @@ def iter_segment(
         inference.overlap,
     )
 
-    if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
+    if in_3d:
         t0 = time.perf_counter()
         z_step = None
         if inference.anisotropy is None:
@@ -273,6 +282,7 @@ def iter_segment(
                     reader, first_stack(reader), predictor, cfg, instances, scale
                 )
             inference = replace(inference, anisotropy=z_step.anisotropy or 1.0)
+        scale = side_view_scale(scale, reader.shape["Z"], inference.anisotropy)
 
         def progress(stage, volume, volumes, done, total, view=None) -> SegmentationProgress:
             return SegmentationProgress(
