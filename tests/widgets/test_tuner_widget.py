@@ -510,6 +510,20 @@ def test_export_for_bioimageio_then_open_the_package_again(tuner, qtbot, tmp_pat
     assert "would destroy the input" in errors[-1] and package.stat().st_size == size
 
 
+def test_a_stack_without_a_z_step_has_it_measured_and_shown(disc_tuner, qtbot):
+    image, truth = touching_spheres(2)
+    layer = disc_tuner.viewer.add_image(image, name="stack")  # napari's default scale: 1
+    disc_tuner.reset_choices()
+    panel = disc_tuner.segment_panel
+    panel.image.value = layer
+    panel.objects_3d.value = True
+    assert panel.run() is not None
+    wait_idle(qtbot, panel)
+    assert len(np.unique(disc_tuner.viewer.layers["stack labels"].data)) - 1 == truth.max()
+    assert "Z step ~2.0x" in panel.size_note.value
+    np.testing.assert_array_equal(layer.data, image)  # the user's layer untouched
+
+
 def test_a_z_stack_becomes_3d_objects_with_the_z_step_of_the_layer(disc_tuner, qtbot, tmp_path):
     image, truth = touching_spheres(3)
     disc_tuner.viewer.add_image(image[:, :40], name="planes")

@@ -268,11 +268,12 @@ class SegmentPanel(Container):
     ) -> None:
         size = result.object_size
         z_step = result.z_step
-        # A Z step measured on the nuclei (not given, not in the layer's scale).
+        # A Z step measured on the nuclei (not given, not in the layer's scale);
+        # "~" as for the size: measured. Short, to fit a 1280-pixel screen.
         z_note = (
             []
             if z_step is None
-            else [f"Z step {z_step.anisotropy:.1f}x, measured"]
+            else [f"Z step ~{z_step.anisotropy:.1f}x"]
             if z_step.anisotropy
             else ["Z step unknown: 1x"]
         )
