@@ -510,6 +510,19 @@ def test_export_for_bioimageio_then_open_the_package_again(tuner, qtbot, tmp_pat
     assert "would destroy the input" in errors[-1] and package.stat().st_size == size
 
 
+def test_a_stack_opened_before_the_plugin_gets_3d_objects(
+    make_napari_viewer, monkeypatch, tmp_path
+):
+    from conftest import dock_tuner, make_checkpoint
+
+    viewer = make_napari_viewer()
+    image, _ = touching_spheres(3)
+    viewer.add_image(image, name="stack", axis_labels=("z", "y", "x"))
+    tuner = dock_tuner(viewer, make_checkpoint(), tmp_path / "tiny.safetensors", monkeypatch)
+    assert tuner.segment_panel.image.value.name == "stack"
+    assert tuner.segment_panel.objects_3d.value
+
+
 def test_a_stack_without_a_z_step_has_it_measured_and_shown(disc_tuner, qtbot):
     image, truth = touching_spheres(2)
     layer = disc_tuner.viewer.add_image(image, name="stack")  # napari's default scale: 1

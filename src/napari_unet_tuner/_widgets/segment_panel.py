@@ -95,8 +95,8 @@ class SegmentPanel(Container):
             tooltip=(
                 "A 2D model on a Z-stack: run it on the XY, XZ and YZ planes and grow 3D "
                 "objects, so that a nucleus across planes is one label. The Z step comes from "
-                "the layer's scale. Off: each plane on its own (time series, or slices far "
-                "apart)."
+                "the layer's scale, or is measured on the nuclei. Off: each plane on its own "
+                "(time series, or slices far apart)."
             ),
         )
         self.probabilities = CheckBox(
@@ -112,10 +112,12 @@ class SegmentPanel(Container):
         )
         self.zarr_path = FileEdit(mode="w", filter="*.zarr", label="zarr folder", visible=False)
         self.to_zarr.changed.connect(lambda on: setattr(self.zarr_path, "visible", on))
-        # A Z-stack, as its reader labelled it, gets 3D objects by default.
+        # A Z-stack, as its reader labelled it, gets 3D objects by default: the
+        # image chosen now too (a stack opened before the plugin was not ticked).
         self.image.changed.connect(
             lambda layer: setattr(self.objects_3d, "value", looks_like_z_stack(layer))
         )
+        self.objects_3d.value = looks_like_z_stack(self.image.value)
         self.run_button = PushButton(text="Segment", tooltip="Run the active model on the image.")
         self.cancel_button = PushButton(
             text="Cancel", enabled=False, tooltip="Stop after the current tile."
