@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_review import cpu_flags
 from synthetic_stack import touching_nuclei
 
 from napari_unet_tuner import InferenceConfig, load_checkpoint, segment
@@ -42,26 +43,6 @@ import datasets
 RESULTS = Path(__file__).parent / "results"
 DIAMETERS = (8, 15, 25, 40)
 Z_STEPS = (1, 2, 4)
-
-
-def cpu_flags() -> str:
-    """The CPU's model and the flags that decide its speed (lscpu)."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (line.split(":", 1)[1].strip() for line in text.splitlines() if "Model name" in line), "?"
-    )
-    flags = set(
-        next(
-            (
-                line.split(":", 1)[1].split()
-                for line in text.splitlines()
-                if line.startswith("Flags")
-            ),
-            [],
-        )
-    )
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return f"{model} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
 
 
 def run(image, truth, checkpoint, config: InferenceConfig) -> dict:
@@ -106,6 +87,7 @@ def peak_memory(depth: int = 60, side: int = 1024) -> dict:
 import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {str(Path(__file__).parent)!r})
+from bench_review import cpu_flags
 from synthetic_stack import touching_nuclei
 from napari_unet_tuner import InferenceConfig, segment
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path

@@ -183,7 +183,7 @@ def estimate_object_size(
     def measure(scale: float) -> tuple[float, int] | None:
         """(diameter in image pixels, objects) seen at ``scale``, or None."""
         if scale not in measured:
-            piece = plane[(slice(None), *_centre(spatial, int(CROP_SIDE / scale)))]
+            piece = plane[(slice(None), *centre_crop(spatial, int(CROP_SIDE / scale)))]
             shape = tuple(max(1, round(n * scale)) for n in piece.shape[1:])
             measured[scale] = None
             if min(shape) >= 32:  # a smaller view cannot hold whole objects
@@ -263,7 +263,7 @@ def choose_object_size(
 
     estimates = [
         estimate_object_size(
-            reader.read(index, _centre(reader.spatial_shape, side)),
+            reader.read(index, centre_crop(reader.spatial_shape, side)),
             predict_labels,
             model_diameter,
             instances.min_size,
@@ -283,13 +283,13 @@ def _fullest_planes(reader: ImageReader, indices: list[tuple[int, ...]]) -> list
     stack = [i for i in indices if all(v == 0 for a, v in enumerate(i) if a != z_axis)]
     step = max(1, len(stack) // _STACK_SAMPLES)
     sampled = stack[::step]
-    centre = _centre(reader.spatial_shape, CROP_SIDE)
+    centre = centre_crop(reader.spatial_shape, CROP_SIDE)
     brightness = [float(reader.read(index, centre).mean()) for index in sampled]
     order = np.argsort(brightness)[::-1][:STACK_PLANES]
     return [sampled[i] for i in sorted(order)]
 
 
-def _centre(shape: tuple[int, ...], side: int) -> tuple[slice, ...]:
+def centre_crop(shape: tuple[int, ...], side: int) -> tuple[slice, ...]:
     """Slices of the central ``side``-wide square of ``shape`` (all of an axis shorter)."""
     return tuple(
         slice(max((n - side) // 2, 0), max((n - side) // 2, 0) + min(side, n)) for n in shape

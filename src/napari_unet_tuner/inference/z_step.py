@@ -22,6 +22,7 @@ from skimage.measure import regionprops
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, ModelConfig
 from napari_unet_tuner.inference.image import ImageReader, resize_plane
 from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.object_size import centre_crop
 from napari_unet_tuner.inference.stack import predict_planes
 
 # Side of the central column, in the model's pixels: a few dozen nuclei of
@@ -127,9 +128,7 @@ def estimate_z_step(
     """
     native = reader.spatial_shape
     side = max(1, round(CROP_SIDE / scale))
-    crop = tuple(
-        slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + min(n, side)) for n in native
-    )
+    crop = centre_crop(native, side)
     shape = tuple(max(1, round((c.stop - c.start) * scale)) for c in crop)
     depth = reader.shape["Z"]
     volume = np.stack(
