@@ -47,4 +47,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 
 "${pip[@]}" -e ".[${extras}]" 2>&1 | grep -v "^WARNING: Location" || true
+# OpenVINO runs the model faster on many CPUs (chosen by measurement); optional.
+"${pip[@]}" "openvino>=2025.0" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import openvino" 2>/dev/null \
+  || echo "OpenVINO has no wheel for this platform: torch runs the model"
 .venv/bin/python -c "import torch, napari_unet_tuner; print('napari-unet-tuner', napari_unet_tuner.__version__, '| torch', torch.__version__, '| cuda', torch.cuda.is_available())"

@@ -37,8 +37,9 @@ def disc_labels(shape=(64, 64), centers=((32, 22), (32, 42)), radius=11) -> np.n
 
 @pytest.fixture(autouse=True)
 def _private_config_dir(tmp_path, monkeypatch):
-    """Recent-file lists go to a temporary folder, not the user's."""
+    """Recent-file lists and cached runtimes go to a temporary folder, not the user's."""
     monkeypatch.setenv("UNET_TUNER_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("UNET_TUNER_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def dock_tuner(viewer, checkpoint: Checkpoint, path, monkeypatch):

@@ -126,6 +126,7 @@ def run_segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         diameter=args.diameter,
         scale=args.scale,
         stack=args.stack,

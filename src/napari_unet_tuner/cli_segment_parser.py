@@ -8,6 +8,7 @@ from pathlib import Path
 from napari_unet_tuner.cli_finetune import diameter_argument
 from napari_unet_tuner.config import (
     PRECISIONS,
+    RUNTIMES,
     SEGMENT_STACK_MODES,
     ChunkedConfig,
     InferenceConfig,
@@ -68,6 +69,14 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         default=InferenceConfig.precision,
         help="number format of the model: auto is bfloat16 on CPUs that compute it natively "
         "(about 2x faster, the same labels), float32 on other CPUs, float16 on GPUs",
+    )
+    seg.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=InferenceConfig.runtime,
+        help="what runs the model on the CPU: auto is the fastest of torch and OpenVINO "
+        "(if installed) measured once on this machine and remembered; runs of under 2 "
+        "megapixels take torch unless a choice is remembered",
     )
     seg.add_argument(
         "--diameter",

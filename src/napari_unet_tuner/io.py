@@ -382,3 +382,13 @@ def _fsync(path: Path) -> None:
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as JSON atomically (see `write_bytes_atomic`)."""
     return write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+
+def cache_dir() -> Path:
+    """Folder for files the plugin can rebuild (``$UNET_TUNER_CACHE_DIR`` overrides it)."""
+    override = os.environ.get("UNET_TUNER_CACHE_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-unet-tuner"))

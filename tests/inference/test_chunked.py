@@ -15,7 +15,7 @@ from napari_unet_tuner.inference.chunked import iter_segment_to_zarr, segment_to
 from napari_unet_tuner.inference.chunked_output import WORK_DIR, is_complete
 from napari_unet_tuner.inference.image import ImageReader
 from napari_unet_tuner.inference.instances import probabilities_to_labels
-from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.predictor import make_predictor
 from napari_unet_tuner.inference.tiling import fit_tile_shape, predict_tiled
 from napari_unet_tuner.io import FileImage
 from napari_unet_tuner.labels_files import open_labels_zarr

@@ -91,7 +91,7 @@ def test_dask_and_zarr_inputs_match_numpy(tiny_checkpoint, tmp_path):
 def test_progress_then_cancel(tiny_checkpoint):
     import time
 
-    from napari_unet_tuner.inference.pipeline import make_predictor
+    from napari_unet_tuner.inference.predictor import make_predictor
 
     batches = []
     predict = make_predictor(tiny_checkpoint.build_model(), "cpu")

@@ -10,12 +10,14 @@ from __future__ import annotations
 from napari_unet_tuner.config.base import OutputKind
 from napari_unet_tuner.config.inference import (
     PRECISIONS,
+    RUNTIMES,
     SEGMENT_STACK_MODES,
     STACK_MODES,
     ChunkedConfig,
     InferenceConfig,
     InstanceConfig,
     Precision,
+    Runtime,
     StackMode,
     parse_diameter,
     resolve_stack,
@@ -31,6 +33,7 @@ from napari_unet_tuner.config.training import TrainingConfig
 __all__ = [
     "OUTPUT_DESCRIPTIONS",
     "PRECISIONS",
+    "RUNTIMES",
     "SEGMENT_STACK_MODES",
     "STACK_MODES",
     "ChunkedConfig",
@@ -41,6 +44,7 @@ __all__ = [
     "NormalizationConfig",
     "OutputKind",
     "Precision",
+    "Runtime",
     "StackMode",
     "parse_diameter",
     "resolve_stack",

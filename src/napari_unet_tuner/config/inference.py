@@ -10,6 +10,8 @@ from napari_unet_tuner.errors import ConfigError
 
 Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
+Runtime = Literal["auto", "torch", "openvino"]
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino")
 StackMode = Literal["planes", "3d"]
 STACK_MODES: tuple[str, ...] = ("planes", "3d")
 """How a Z-stack is learned and segmented: each plane on its own, or as 3D objects."""
@@ -98,6 +100,15 @@ class InferenceConfig(DictMixin):
         labels), float32 on other CPUs, float16 autocast on CUDA and MPS.
         ``"bf16"`` forces bfloat16 (emulated, slow, on other CPUs);
         ``"fp32"`` forces float32.
+    runtime : {"auto", "torch", "openvino"}
+        What runs the model on the CPU. ``"auto"`` (default): the fastest
+        here of torch and OpenVINO (if installed: ``napari-unet-tuner[openvino]``)
+        at each precision this CPU computes natively, measured once per
+        machine, architecture and tile shape and remembered
+        (`napari_unet_tuner.inference.runtime_probe`); runs of under 2
+        megapixels take torch unless a choice was remembered. ``"openvino"``
+        converts the model (cached per weights); torch takes over, with a
+        warning, wherever OpenVINO is missing or fails. GPUs always run torch.
     num_threads : int or None
         CPU threads for torch during the run; ``None`` keeps torch's default.
     diameter : "auto", float or None
@@ -148,6 +159,7 @@ class InferenceConfig(DictMixin):
     batch_size: int = 1
     device: str = "auto"
     precision: Precision = "auto"
+    runtime: Runtime = "auto"
     num_threads: int | None = None
     diameter: float | Literal["auto"] | None = "auto"
     scale: float = 1.0
@@ -163,6 +175,10 @@ class InferenceConfig(DictMixin):
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(
+                f"runtime must be one of {', '.join(RUNTIMES)}; got {self.runtime!r}"
             )
         if self.diameter is not None and self.diameter != "auto":
             if isinstance(self.diameter, str) or not 1 <= float(self.diameter) <= 10_000:

@@ -7,16 +7,19 @@ from napari_unet_tuner.inference.pipeline import (
     SegmentationProgress,
     SegmentationResult,
     iter_segment,
-    make_predictor,
     segment,
 )
+from napari_unet_tuner.inference.predictor import build_predictor, make_predictor
+from napari_unet_tuner.inference.runtime_probe import RuntimeChoice
 from napari_unet_tuner.inference.tiling import iter_predict_tiled, predict_tiled
 
 __all__ = [
     "ImageReader",
+    "RuntimeChoice",
     "SegmentationProgress",
     "SegmentationResult",
     "available_devices",
+    "build_predictor",
     "infer_axes",
     "iter_predict_tiled",
     "iter_segment",

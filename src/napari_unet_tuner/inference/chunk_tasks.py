@@ -29,7 +29,7 @@ from napari_unet_tuner.inference.instances import (
     grow_region,
     seed_markers,
 )
-from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.predictor import build_predictor
 from napari_unet_tuner.inference.stack import predict_planes
 from napari_unet_tuner.inference.stack_chunked import StackViews, ViewBand, volume_number
 from napari_unet_tuner.inference.tiling import Predictor, predict_region
@@ -145,7 +145,16 @@ def task_predictor(spec: RunSpec) -> Predictor:
     if torch.get_num_threads() != spec.threads:
         torch.set_num_threads(spec.threads)
     device = select_device(spec.inference.device)
-    return make_predictor(spec.checkpoint.build_model(device), device, spec.inference.precision)
+    predictor, _ = build_predictor(
+        spec.checkpoint.build_model(device),
+        device,
+        spec.inference.precision,
+        spec.inference.runtime,
+        tile_shape=spec.tile_shape,
+        batch_size=spec.inference.batch_size,
+        num_threads=spec.threads,
+    )
+    return predictor
 
 
 def segment_chunk(spec: RunSpec, chunk: Chunk, neighbours: list) -> int:

@@ -23,10 +23,11 @@ from napari_unet_tuner.config import (
 from napari_unet_tuner.errors import InputError
 from napari_unet_tuner.inference.chunk_tasks import Chunk, RunSpec, plan_chunks
 from napari_unet_tuner.inference.chunked_output import ATTRS_KEY, WORK_DIR, fingerprint
-from napari_unet_tuner.inference.device import select_device
+from napari_unet_tuner.inference.device import cpu_threads, select_device
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.object_size import choose_object_size
-from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, make_predictor, resolve_run
+from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, resolve_run
+from napari_unet_tuner.inference.predictor import build_predictor, make_predictor
 from napari_unet_tuner.inference.stack import stack_instances
 from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
@@ -183,6 +184,7 @@ def plan_chunked_run(
         t: sampled.time_point_statistics(first_plane(b, reader, planar)) for t, b in firsts.items()
     }
     path = Path(output)
+    inference = resolved_runtime(ckpt, inference, tile_shape, chunked.threads_per_worker, output)
     spec = RunSpec(
         source=image,
         axes=reader.axes,
@@ -222,6 +224,36 @@ def plan_chunked_run(
         source_name=source_name,
         size_note=size_note,
     )
+
+
+def resolved_runtime(
+    checkpoint: Checkpoint,
+    inference: InferenceConfig,
+    tile_shape: tuple[int, ...],
+    threads: int,
+    output: str | os.PathLike,
+) -> InferenceConfig:
+    """``inference`` with the runtime and precision every worker will use, chosen here once.
+
+    `build_predictor` probes (or recalls) the fastest on this machine with
+    each worker's threads; the workers then build that one, so concurrent
+    chunks never time each other. GPU runs are left as they are.
+    """
+    device = select_device(inference.device)
+    if device.type != "cpu":
+        return inference
+    with cpu_threads(threads):
+        _, choice = build_predictor(
+            checkpoint.build_model(device),
+            device,
+            inference.precision,
+            inference.runtime,
+            tile_shape=tile_shape,
+            batch_size=inference.batch_size,
+            num_threads=threads,
+        )
+    log.info("%s: %s", output, choice.describe())
+    return replace(inference, runtime=choice.runtime, precision=choice.precision)
 
 
 def measured_z_step(

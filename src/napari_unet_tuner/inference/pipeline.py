@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import math
 import os
 import time
@@ -12,21 +12,21 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 
 from napari_unet_tuner._generators import map_progress, run_to_completion
 from napari_unet_tuner.config import (
     InferenceConfig,
     InstanceConfig,
     NormalizationConfig,
-    Precision,
     resolve_stack,
 )
-from napari_unet_tuner.inference.device import cpu_threads, inference_dtype, select_device
+from napari_unet_tuner.inference.device import cpu_threads, select_device
 from napari_unet_tuner.inference.image import ImageReader, Rescaled, infer_axes
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.object_size import SizeEstimate, choose_object_size
 from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
+from napari_unet_tuner.inference.predictor import build_predictor
+from napari_unet_tuner.inference.runtime_probe import RuntimeChoice
 from napari_unet_tuner.inference.stack import (
     iter_segment_stack,
     side_view_scale,
@@ -41,7 +41,8 @@ from napari_unet_tuner.inference.tiling import (
 from napari_unet_tuner.inference.z_step import ZStepEstimate, estimate_z_step, first_stack
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.model.loading import load_checkpoint
-from napari_unet_tuner.model.unet import UNet, inference_copy, memory_format
+
+logger = logging.getLogger(__name__)
 
 # 512-pixel tiles overlapping by 128 run as fast here as 256-pixel ones by 32
 # (fewer, larger tiles) and stay much closer to a whole-image pass.
@@ -117,6 +118,9 @@ class SegmentationResult:
     z_step : ZStepEstimate or None
         When the Z step was measured on the stack's objects (neither given
         nor in the file): what was found, or why it could not be told.
+    runtime : RuntimeChoice or None
+        What ran the model (`InferenceConfig.runtime`), and why; ``None``
+        for a caller's own predictor.
     """
 
     labels: np.ndarray
@@ -128,44 +132,7 @@ class SegmentationResult:
     possible_misses: pd.DataFrame | None = None
     anisotropy: float | None = None
     z_step: ZStepEstimate | None = None
-
-
-def make_predictor(
-    model: UNet, device: torch.device | str = "cpu", precision: Precision = "auto"
-) -> Predictor:
-    """Wrap a model as a numpy-in, numpy-out `Predictor` of probabilities.
-
-    The model is moved to ``device`` and put in eval mode. The predictor
-    runs its `inference_copy` (batch norm folded, channels-last layout):
-    the same outputs, faster. The copy is taken now, so a model trained
-    further needs a new predictor. ``precision`` as in
-    `InferenceConfig.precision`: on the CPU the copy's weights are cast to
-    bfloat16 once; on CUDA and MPS the copy runs under autocast.
-    """
-    device = torch.device(device)
-    model = model.to(device).eval()
-    fast = inference_copy(model)
-    layout = memory_format(model.config.spatial_dims)
-    dtype = inference_dtype(device, precision)
-    # On the CPU the weights are cast once (autocast would cast them at every
-    # call); on CUDA and MPS autocast keeps float32 where it matters.
-    cast_once = dtype is not None and device.type == "cpu"
-    if cast_once:
-        fast = fast.to(dtype)
-    input_dtype = dtype if cast_once else torch.float32
-
-    def predictor(batch: np.ndarray) -> np.ndarray:
-        autocast = (
-            torch.autocast(device.type, dtype=dtype)
-            if dtype is not None and not cast_once
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
-            x = torch.from_numpy(batch).to(device, dtype=input_dtype, non_blocking=True)
-            probabilities = fast.predict_proba(x.contiguous(memory_format=layout))
-            return probabilities.float().contiguous().cpu().numpy()
-
-    return predictor
+    runtime: RuntimeChoice | None = None
 
 
 def resolve_run(
@@ -255,8 +222,20 @@ def iter_segment(
         card = ckpt.card.instance_config
         instances = stack_instances(card) if in_3d else card
     device = select_device(inference.device)
+    runtime = None
     if predictor is None:
-        predictor = make_predictor(ckpt.build_model(device), device, inference.precision)
+        with cpu_threads(inference.num_threads):
+            predictor, runtime = build_predictor(
+                ckpt.build_model(device),
+                device,
+                inference.precision,
+                inference.runtime,
+                tile_shape=inference.tile_shape or DEFAULT_TILE_SHAPE[cfg.spatial_dims],
+                batch_size=inference.batch_size,
+                run_pixels=math.prod(shape) * (3 if in_3d else 1) / max(cfg.in_channels, 1),
+                num_threads=inference.num_threads,
+            )
+        logger.info("%s", runtime.describe())
     with cpu_threads(inference.num_threads):
         size = choose_object_size(reader, predictor, ckpt, inference, instances)
     scale = inference.scale if size is None else size.scale
@@ -304,7 +283,7 @@ def iter_segment(
                 scale,
             )
         result = _result(reader, stack_labels, stack_probabilities, scale, size, collector)
-        return replace(result, anisotropy=inference.anisotropy, z_step=z_step)
+        return replace(result, anisotropy=inference.anisotropy, z_step=z_step, runtime=runtime)
     label_shape = tuple(reader.shape[a] for a in reader.label_axes)
     labels = np.zeros(label_shape, np.int32)
     probabilities = (
@@ -371,7 +350,7 @@ def iter_segment(
             if probabilities is not None:
                 probabilities[(slice(None), *where)] = reader.to_label_order(prob, channels=True)
             del prob, plane_labels
-    return _result(reader, labels, probabilities, scale, size, collector)
+    return replace(_result(reader, labels, probabilities, scale, size, collector), runtime=runtime)
 
 
 def _result(reader, labels, probabilities, scale, size, collector) -> SegmentationResult:

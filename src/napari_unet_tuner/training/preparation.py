@@ -13,7 +13,7 @@ import torch
 from napari_unet_tuner.config import ModelConfig, NormalizationConfig, TrainingConfig
 from napari_unet_tuner.inference.device import cpu_threads, select_device, training_dtype
 from napari_unet_tuner.inference.instances import BACKGROUND, probabilities_to_labels
-from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.predictor import make_predictor
 from napari_unet_tuner.model.checkpoint import Checkpoint, ModelCard, new_card
 from napari_unet_tuner.model.unet import UNet
 from napari_unet_tuner.training.best_model import BestModel

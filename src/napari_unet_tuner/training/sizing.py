@@ -11,7 +11,7 @@ import torch
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.object_size import choose_object_size, median_diameter
-from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.predictor import make_predictor
 from napari_unet_tuner.model.checkpoint import Checkpoint
 from napari_unet_tuner.training.data import AnnotatedImage, Sample
 

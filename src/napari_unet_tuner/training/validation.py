@@ -20,7 +20,7 @@ from skimage.measure import block_reduce
 
 from napari_unet_tuner.config import InstanceConfig
 from napari_unet_tuner.inference.instances import DISTANCE, probabilities_to_labels
-from napari_unet_tuner.inference.pipeline import make_predictor
+from napari_unet_tuner.inference.predictor import make_predictor
 from napari_unet_tuner.inference.tiling import predict_tiled
 from napari_unet_tuner.model.unet import UNet
 from napari_unet_tuner.training.corrections import CorrectionMap, object_ids
