@@ -10,11 +10,13 @@
    contiguous layout) on the same tiles, alternating, best of ``--repeats``.
    Also the pipeline's time outside the model within the same run, relative
    to its time inside: the overhead free of machine noise.
-2. Number formats (`InferenceConfig.precision`), side by side, interleaved:
-   float32 and, where the CPU computes it natively, bfloat16: the model's
-   megapixels per second and its fraction of the measured matmul peak in
-   that format, the whole pipeline on a 4096 x 4096 mosaic, and AP@0.5 of
-   the labels against float32's there and on the held-out images.
+2. Runtimes and number formats (`InferenceConfig.runtime`, `.precision`),
+   side by side, interleaved: torch and OpenVINO, float32 and, where the CPU
+   computes it natively, bfloat16: the model's megapixels per second, the
+   whole pipeline on a 4096 x 4096 mosaic, and AP@0.5 of the labels against
+   torch float32's there and on the held-out images; the default (auto):
+   what its probe chose, what the probe cost, and its pipeline time against
+   torch float32's. The CPU's model and flags are printed with them.
 3. Peak memory: a ``--size`` x ``--size`` uint16 mosaic stored as a chunked
    zarr array is segmented in a fresh process; the peak resident memory
    (VmHWM) above the process's state before the run, minus the labels output,
@@ -27,17 +29,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_review import cpu_flags
 
 from napari_unet_tuner import InferenceConfig, load_checkpoint, segment
-from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, make_predictor
+from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE
+from napari_unet_tuner.inference.predictor import make_predictor
 from napari_unet_tuner.inference.tiling import tile_starts
 from napari_unet_tuner.model.checkpoint import default_checkpoint_path
 from napari_unet_tuner.model.unet import inference_copy, memory_format
@@ -124,7 +131,8 @@ ckpt.build_model('cpu')
 base = status('VmRSS:')
 open('/proc/self/clear_refs', 'w').write('5')
 t0 = time.perf_counter()
-labels = segment(image, ckpt, inference=InferenceConfig(device='cpu')).labels
+config = InferenceConfig(device='cpu', runtime=sys.argv[3])
+labels = segment(image, ckpt, inference=config).labels
 seconds = time.perf_counter() - t0
 peak = status('VmHWM:')
 print(json.dumps({'baseline_bytes': base, 'peak_bytes': peak, 'labels_bytes': labels.nbytes,
@@ -132,7 +140,7 @@ print(json.dumps({'baseline_bytes': base, 'peak_bytes': peak, 'labels_bytes': la
 """
 
 
-def peak_memory(checkpoint_path: Path, size: int) -> dict:
+def peak_memory(checkpoint_path: Path, size: int, runtime: str) -> dict:
     import zarr
 
     WORK.mkdir(exist_ok=True)
@@ -143,7 +151,7 @@ def peak_memory(checkpoint_path: Path, size: int) -> dict:
         )
         z[:] = mosaic(size)
     out = subprocess.run(
-        [sys.executable, "-c", MEMORY_CHILD, str(store), str(checkpoint_path)],
+        [sys.executable, "-c", MEMORY_CHILD, str(store), str(checkpoint_path), runtime],
         capture_output=True,
         text=True,
         check=True,
@@ -152,6 +160,7 @@ def peak_memory(checkpoint_path: Path, size: int) -> dict:
     beyond = m["peak_bytes"] - m["baseline_bytes"] - m["labels_bytes"]
     return {
         "image": f"{size}x{size} uint16 zarr (1024x1024 chunks)",
+        "runtime": runtime,
         "seconds": round(m["seconds"], 1),
         "mpx_per_s": round(size * size / 1e6 / m["seconds"], 3),
         "objects": m["objects"],
@@ -186,66 +195,107 @@ def model_gflop_per_megapixel(checkpoint) -> float:
     return counter.get_total_flops() / (256 * 256) * 1e6 / 1e9
 
 
-def precisions(checkpoint, size: int, repeats: int) -> dict:
-    """Each number format side by side, interleaved: model and pipeline speed, labels' agreement.
+def runtimes(checkpoint, size: int, repeats: int) -> dict:
+    """Each runtime and number format side by side, interleaved, and what ``auto`` chose.
 
-    For every format this CPU offers (float32; bfloat16 where it computes it
-    natively): the predictor's own megapixels per second on the default
-    tiles, as a fraction of the measured matmul peak in that format; the
+    For every runtime (torch; OpenVINO where installed) in every format this
+    CPU offers (float32; bfloat16 where it computes it natively): the
+    predictor's own megapixels per second on the default tiles (for torch,
+    also as a fraction of the measured matmul peak in that format); the
     whole pipeline on a ``size`` x ``size`` HeLa mosaic; and AP@0.5 of its
-    labels against float32's, there and on the held-out images.
+    labels against torch float32's, there and on the held-out images. Then
+    the default (``runtime="auto"``): its probe's cost with an empty cache
+    (conversion included) and with the choice remembered, and its pipeline
+    time against torch float32's in the same rounds.
     """
-    from napari_unet_tuner.inference.device import cpu_computes_bf16
+    from napari_unet_tuner.inference.openvino_runtime import openvino_available
+    from napari_unet_tuner.inference.predictor import build_predictor
+    from napari_unet_tuner.inference.runtime_probe import candidate_precisions
     from napari_unet_tuner.training.metrics import average_precision
 
-    formats = {"fp32": torch.float32}
-    if cpu_computes_bf16():
-        formats["bf16"] = torch.bfloat16
-    image = mosaic(size)
     tile = DEFAULT_TILE_SHAPE[2]
+    t0 = time.perf_counter()
+    _, choice = build_predictor(checkpoint.build_model("cpu"), "cpu", tile_shape=tile)
+    cold_probe = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, again = build_predictor(checkpoint.build_model("cpu"), "cpu", tile_shape=tile)
+    remembered = time.perf_counter() - t0
+
+    formats = candidate_precisions("auto")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    names = [f"torch {f}" for f in formats]
+    if openvino_available():
+        names += [f"openvino {f}" for f in formats]
+    configs = {
+        name: InferenceConfig(device="cpu", runtime=name.split()[0], precision=name.split()[1])
+        for name in names
+    }
+    configs["auto"] = InferenceConfig(device="cpu")
+    image = mosaic(size)
     batch = np.random.default_rng(0).random((1, 1, *tile), dtype=np.float32)
     flop = model_gflop_per_megapixel(checkpoint)
     predictors = {
-        name: make_predictor(checkpoint.build_model("cpu"), precision=name) for name in formats
+        name: build_predictor(
+            checkpoint.build_model("cpu"), "cpu", configs[name].precision, configs[name].runtime
+        )[0]
+        for name in names
     }
-    configs = {name: InferenceConfig(device="cpu", precision=name) for name in formats}
-    for name in formats:  # warm-up, untimed
+    for name in names:  # warm-up, untimed
         predictors[name](batch)
-        segment(image[:512, :512], checkpoint, inference=configs[name])
-    model_times = {name: [] for name in formats}
-    pipeline_times = {name: [] for name in formats}
+    for config in configs.values():
+        segment(image[:512, :512], checkpoint, inference=config)
+    model_times = {name: [] for name in names}
+    pipeline_times = {name: [] for name in configs}
     labels = {}
     for _ in range(repeats):
-        for name in formats:
-            t0 = time.perf_counter()
-            for _ in range(8):
-                predictors[name](batch)
-            model_times[name].append((time.perf_counter() - t0) / 8)
+        for name in configs:
+            if name in predictors:
+                t0 = time.perf_counter()
+                for _ in range(8):
+                    predictors[name](batch)
+                model_times[name].append((time.perf_counter() - t0) / 8)
             t0 = time.perf_counter()
             labels[name] = segment(image, checkpoint, inference=configs[name]).labels
             pipeline_times[name].append(time.perf_counter() - t0)
     held_out = [pair for pairs in datasets.held_out_sets().values() for pair in pairs]
-    reference = [segment(i, checkpoint, inference=configs["fp32"]).labels for i, _ in held_out]
+    reference = [
+        segment(i, checkpoint, inference=configs["torch fp32"]).labels for i, _ in held_out
+    ]
     rows = {}
-    for name, dtype in formats.items():
-        model_mpx = batch[0, 0].size / 1e6 / min(model_times[name])
+    for name in configs:
         others = [segment(i, checkpoint, inference=configs[name]).labels for i, _ in held_out]
         pairs = zip(reference, others, strict=True)
         agreement = [average_precision(ref, other, 0.5) for ref, other in pairs]
-        rows[name] = {
-            "model_mpx_per_s": round(model_mpx, 2),
-            "matmul_peak_gflops": round(matmul_peak(dtype)),
-            "fraction_of_peak": round(model_mpx * flop / matmul_peak(dtype), 3),
+        row = {}
+        if name in model_times:
+            row["model_mpx_per_s"] = round(batch[0, 0].size / 1e6 / min(model_times[name]), 2)
+        if name.startswith("torch"):
+            peak = matmul_peak(dtypes[name.split()[1]])
+            row["matmul_peak_gflops"] = round(peak)
+            row["fraction_of_peak"] = round(row["model_mpx_per_s"] * flop / peak, 3)
+        row |= {
             "pipeline_seconds": round(min(pipeline_times[name]), 2),
             "pipeline_mpx_per_s": round(image.size / 1e6 / min(pipeline_times[name]), 2),
+            "pipeline_vs_torch_fp32": round(
+                min(pipeline_times["torch fp32"]) / min(pipeline_times[name]), 2
+            ),
             "objects": int(labels[name].max()),
-            "ap50_vs_fp32_mosaic": round(average_precision(labels["fp32"], labels[name], 0.5), 4),
-            "ap50_vs_fp32_held_out": round(float(np.mean(agreement)), 4),
+            "ap50_vs_torch_fp32_mosaic": round(
+                average_precision(labels["torch fp32"], labels[name], 0.5), 4
+            ),
+            "ap50_vs_torch_fp32_held_out": round(float(np.mean(agreement)), 4),
         }
+        rows[name] = row
     return {
         "image": f"{size}x{size} HeLa mosaic",
+        "tile_shape": list(tile),
         "gflop_per_megapixel": round(flop, 1),
-        "formats": rows,
+        "auto_choice": choice.label,
+        "probe_speeds_mpx_per_s": {k: round(v, 2) for k, v in choice.speeds.items()},
+        "probe_seconds_empty_cache": round(cold_probe, 2),
+        "probe_seconds_remembered": round(remembered, 2),
+        "remembered_choice": again.label,
+        "runtimes": rows,
     }
 
 
@@ -261,20 +311,27 @@ def main() -> None:
     )
     args = parser.parse_args()
     path = args.checkpoint or default_checkpoint_path()
+    # An empty cache: the probe's first cost is part of what is measured.
+    cache = Path(tempfile.mkdtemp(prefix="unet_tuner_bench_cache_"))
+    os.environ["UNET_TUNER_CACHE_DIR"] = str(cache)
     checkpoint = load_checkpoint(path)
     report = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU",
+        "cpu": cpu_flags(),
         "checkpoint": checkpoint.card.name,
         "model": checkpoint.model_config.to_dict(),
         "throughput": throughput(checkpoint, args.throughput_size, args.repeats),
-        "precisions": precisions(checkpoint, args.precision_size, args.repeats),
+        "runtimes": runtimes(checkpoint, args.precision_size, args.repeats),
     }
     print(json.dumps(report, indent=2), flush=True)
     previous = RESULTS / "segmentation.json"
     if args.no_memory and previous.exists():
         report["memory"] = json.loads(previous.read_text()).get("memory")
     else:
-        report["memory"] = peak_memory(path, args.size)
+        # The default (auto: OpenVINO where it won the probe) against torch, in turn.
+        report["memory"] = peak_memory(path, args.size, "auto")
+        report["memory_torch"] = peak_memory(path, args.size, "torch")
+    shutil.rmtree(cache, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "segmentation.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -87,26 +87,50 @@ def stack_finetune_lines(report: dict | None) -> list[str]:
     ]
 
 
-def precisions_lines(report: dict | None) -> list[str]:
-    """The number formats table of bench_segmentation (`InferenceConfig.precision`)."""
+def runtimes_lines(report: dict | None) -> list[str]:
+    """The runtimes and number formats table of bench_segmentation (`InferenceConfig.runtime`)."""
     if not report:
         return []
     lines = [
-        f"Number formats side by side (`--precision`; the model costs "
-        f"{report['gflop_per_megapixel']} GFLOP per megapixel; pipeline on the "
+        f"Runtimes and number formats side by side (`--runtime`, `--precision`; the model "
+        f"costs {report['gflop_per_megapixel']} GFLOP per megapixel; model on "
+        f"{report['tile_shape'][0]} x {report['tile_shape'][1]} tiles; pipeline on the "
         f"{report['image']}):",
         "",
-        "| format | model MP/s | matmul peak GFLOP/s | fraction of peak | pipeline s | "
-        "pipeline MP/s | objects | AP@0.5 vs float32: mosaic | held-out images |",
+        "| runtime | model MP/s | torch: fraction of matmul peak | pipeline s | pipeline MP/s | "
+        "vs torch fp32 | objects | AP@0.5 vs torch fp32: mosaic | held-out images |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in report["formats"].items():
+    for name, r in report["runtimes"].items():
+        label = f"**auto (default): {report['auto_choice']}**" if name == "auto" else name
+        peak = f"{r['fraction_of_peak']:.0%}" if "fraction_of_peak" in r else ""
         lines.append(
-            f"| {name} | {r['model_mpx_per_s']} | {r['matmul_peak_gflops']} | "
-            f"{r['fraction_of_peak']:.0%} | {r['pipeline_seconds']} | {r['pipeline_mpx_per_s']} | "
-            f"{r['objects']} | {r['ap50_vs_fp32_mosaic']} | {r['ap50_vs_fp32_held_out']} |"
+            f"| {label} | {r.get('model_mpx_per_s', '')} | {peak} | {r['pipeline_seconds']} | "
+            f"{r['pipeline_mpx_per_s']} | {r['pipeline_vs_torch_fp32']}x | {r['objects']} | "
+            f"{r['ap50_vs_torch_fp32_mosaic']} | {r['ap50_vs_torch_fp32_held_out']} |"
         )
-    return [*lines, ""]
+    speeds = ", ".join(f"{k} {v}" for k, v in report["probe_speeds_mpx_per_s"].items())
+    lines += [
+        "",
+        f"The probe (`runtime='auto'`, an empty cache) timed {speeds} MP/s and chose "
+        f"**{report['auto_choice']}**; it cost **{report['probe_seconds_empty_cache']} s** "
+        f"(conversion included), once per machine and architecture; with the choice "
+        f"remembered, building the predictor took {report['probe_seconds_remembered']} s "
+        f"({report['remembered_choice']}).",
+        "",
+    ]
+    return lines
+
+
+def memory_torch_line(m: dict | None) -> list[str]:
+    """The same peak-memory run on torch, measured after the default's."""
+    if not m:
+        return []
+    return [
+        "",
+        f"The same run with `runtime='torch'`: {m['peak_beyond_output_mb']} MB beyond the "
+        f"output, {m['seconds']} s, {m['objects']} objects.",
+    ]
 
 
 def plots(quality: dict | None, seg: dict | None, resp: dict | None) -> None:
@@ -558,11 +582,13 @@ def main() -> None:
                 else ""
             ),
             "",
-            *precisions_lines(seg.get("precisions")),
+            *runtimes_lines(seg.get("runtimes")),
             f"Peak memory on a {m['image']}: {m['peak_above_baseline_mb']} MB above the "
             f"process's state before the run, of which {m['labels_output_mb']} MB is the int32 "
             f"label output: **{m['peak_beyond_output_mb']} MB beyond the output** (target: under "
-            f"1 GB); {m['seconds']} s, {m['mpx_per_s']} MP/s, {m['objects']} objects.",
+            f"1 GB); {m['seconds']} s, {m['mpx_per_s']} MP/s, {m['objects']} objects"
+            + (f" (runtime {m['runtime']})." if "runtime" in m else "."),
+            *memory_torch_line(seg.get("memory_torch")),
             "",
             "![segmentation throughput](benchmarks/results/segmentation.png)",
             "",

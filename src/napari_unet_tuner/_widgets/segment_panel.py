@@ -270,6 +270,11 @@ class SegmentPanel(Container):
     ) -> None:
         size = result.object_size
         z_step = result.z_step
+        if result.runtime is not None:
+            # Which runtime ran (auto: measured on this machine), for the curious.
+            self.size_note.tooltip = (
+                f"The object size this image was run at; the {result.runtime.describe()}."
+            )
         # A Z step measured on the nuclei (not given, not in the layer's scale);
         # "~" as for the size: measured. Short, to fit a 1280-pixel screen.
         z_note = (

@@ -9,6 +9,7 @@ settings, the reader, the chunks and their statistics, the views stage of
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -184,7 +185,10 @@ def plan_chunked_run(
         t: sampled.time_point_statistics(first_plane(b, reader, planar)) for t, b in firsts.items()
     }
     path = Path(output)
-    inference = resolved_runtime(ckpt, inference, tile_shape, chunked.threads_per_worker, output)
+    run_pixels = math.prod(image.shape) * (3 if views is not None else 1)
+    inference = resolved_runtime(
+        ckpt, inference, tile_shape, chunked.threads_per_worker, run_pixels, output
+    )
     spec = RunSpec(
         source=image,
         axes=reader.axes,
@@ -231,6 +235,7 @@ def resolved_runtime(
     inference: InferenceConfig,
     tile_shape: tuple[int, ...],
     threads: int,
+    run_pixels: float,
     output: str | os.PathLike,
 ) -> InferenceConfig:
     """``inference`` with the runtime and precision every worker will use, chosen here once.
@@ -250,6 +255,7 @@ def resolved_runtime(
             inference.runtime,
             tile_shape=tile_shape,
             batch_size=inference.batch_size,
+            run_pixels=run_pixels,
             num_threads=threads,
         )
     log.info("%s: %s", output, choice.describe())
