@@ -75,8 +75,8 @@ def add_segment_parser(commands, formatter_class=argparse.HelpFormatter) -> None
         choices=RUNTIMES,
         default=InferenceConfig.runtime,
         help="what runs the model on the CPU: auto is the fastest of torch and OpenVINO "
-        "(if installed) measured once on this machine and remembered; runs of under 2 "
-        "megapixels take torch unless a choice is remembered",
+        "(if installed) measured once on this machine and remembered; images of under 2 "
+        "megapixels take torch",
     )
     seg.add_argument(
         "--diameter",

