@@ -95,14 +95,19 @@ def runtimes_lines(report: dict | None) -> list[str]:
         f"Runtimes and number formats side by side (`--runtime`, `--precision`; the model "
         f"costs {report['gflop_per_megapixel']} GFLOP per megapixel; model on "
         f"{report['tile_shape'][0]} x {report['tile_shape'][1]} tiles; pipeline on the "
-        f"{report['image']}):",
+        f"{report['image']}, without the object table as the CLI runs, and with it ('+ table') "
+        "as the API and the widget run; each compared with torch fp32 run the same way):",
         "",
         "| runtime | model MP/s | torch: fraction of matmul peak | pipeline s | pipeline MP/s | "
         "vs torch fp32 | objects | AP@0.5 vs torch fp32: mosaic | held-out images |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["runtimes"].items():
-        label = f"**auto (default): {report['auto_choice']}**" if name == "auto" else name
+        label = (
+            name.replace("auto", f"**auto (default): {report['auto_choice']}**")
+            if name.startswith("auto")
+            else name
+        )
         peak = f"{r['fraction_of_peak']:.0%}" if "fraction_of_peak" in r else ""
         lines.append(
             f"| {label} | {r.get('model_mpx_per_s', '')} | {peak} | {r['pipeline_seconds']} | "
@@ -120,6 +125,11 @@ def runtimes_lines(report: dict | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def section(name: str) -> str:
+    """A section written by hand from measurements (``benchmarks/sections/NAME``)."""
+    return (ROOT / "benchmarks" / "sections" / name).read_text()
 
 
 def memory_torch_line(m: dict | None) -> list[str]:
@@ -542,6 +552,8 @@ def main() -> None:
             "",
             *magnification_lines(quality.get("magnification"), RESULTS),
             *stacks_lines(quality.get("stacks")),
+            # bench_stack.py's figures, written up by hand (issue 37).
+            section("stack_issue37.md"),
             *stack_finetune_lines(load("stack_finetune")),
         ]
     lines += variants_section()
@@ -552,7 +564,8 @@ def main() -> None:
             "## Segmentation throughput and memory (`benchmarks/bench_segmentation.py`)",
             "",
             f"Model: {seg['checkpoint']} ({seg['model']['features']} features, depth "
-            f"{seg['model']['depth']}); {seg['machine']}.",
+            f"{seg['model']['depth']}); {seg['machine']}"
+            + (f"; {seg['cpu']}." if "cpu" in seg else "."),
             "",
             "| what | seconds | megapixels/s |",
             "|---|---|---|",
@@ -590,6 +603,7 @@ def main() -> None:
             + (f" (runtime {m['runtime']})." if "runtime" in m else "."),
             *memory_torch_line(seg.get("memory_torch")),
             "",
+            section("runtime_issue38.md"),
             "![segmentation throughput](benchmarks/results/segmentation.png)",
             "",
         ]
@@ -597,7 +611,8 @@ def main() -> None:
     lines += corrections_section(load("corrections"))
     lines += recheck_section(load("corrections"), load("corrections_quick"))
     # Measured by hand with bench_corrections.py options (see the section's text).
-    lines += [(ROOT / "benchmarks" / "sections" / "junk_issue34.md").read_text(), ""]
+    lines += [section("junk_issue34.md"), ""]
+    lines += [section("tune_instances_issue34.md"), ""]
     lines += review_section(load("review"))
     lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))

@@ -535,3 +535,23 @@ def test_segment_writes_the_object_table_of_a_zarr_output_too(tmp_path, caplog):
     assert (tmp_path / "counts_possible_misses.csv").exists()
     assert not (tmp_path / "cells_objects.csv").exists()  # moved where it was asked for
     assert "objects table ->" in caplog.text
+
+
+def test_runtime_option(tmp_path, image_file, tiny_checkpoint_file, caplog, capsys):
+    pytest.importorskip("openvino")
+    import logging
+
+    base = ["segment", str(image_file), "--checkpoint", str(tiny_checkpoint_file)]
+    base += ["--precision", "fp32", "--device", "cpu"]
+    labels = {}
+    for runtime in ("torch", "openvino"):
+        out = tmp_path / f"{runtime}.tif"
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert main([*base, "-o", str(out), "--runtime", runtime]) == 0
+        assert f"model runs on {runtime} fp32 (given)" in caplog.text
+        labels[runtime] = tifffile.imread(out)
+    assert np.mean((labels["torch"] > 0) == (labels["openvino"] > 0)) > 0.99
+    with pytest.raises(SystemExit):
+        main([*base, "-o", str(tmp_path / "x.tif"), "--runtime", "onnx"])
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err

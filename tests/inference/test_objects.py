@@ -161,7 +161,7 @@ def test_stability_of_thousands_of_objects_needs_no_dense_table():
     import tracemalloc
 
     from napari_unet_tuner.inference.instances import labels_to_classes
-    from napari_unet_tuner.inference.objects import object_stability
+    from napari_unet_tuner.inference.stability import object_stability
 
     # 3600 small squares, 4 px apart: probabilities that give them back.
     labels = np.zeros((600, 600), np.int32)

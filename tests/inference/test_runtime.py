@@ -242,3 +242,13 @@ def test_the_machine_fingerprint_names_the_cpu_and_libraries():
     assert facts["torch"] == torch.__version__
     assert facts["openvino"]
     assert isinstance(facts["native_bf16"], bool)
+
+
+def test_openvino_runs_3d_models_as_torch_does(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(spatial_dims=3, features=4, depth=2)).eval()
+    batch = np.random.default_rng(8).random((1, 1, 12, 20, 24), dtype=np.float32)
+    expected = make_predictor(model, "cpu", "fp32")(batch)
+    got = openvino_predictor(model, "fp32", tmp_path)(batch)
+    assert got.shape == expected.shape == (1, 3, 12, 20, 24)
+    assert np.abs(got - expected).max() < 1e-5

@@ -29,11 +29,11 @@ from napari_unet_tuner.config import InstanceConfig, OutputKind
 from napari_unet_tuner.inference.instances import INTERIOR
 from napari_unet_tuner.inference.objects import (
     DEFAULT_CONFIDENCE,
-    object_stability,
     possible_misses,
     review_ranks,
     size_deviations,
 )
+from napari_unet_tuner.inference.stability import object_stability
 from napari_unet_tuner.io import write_bytes_atomic
 
 if TYPE_CHECKING:
