@@ -126,8 +126,12 @@ def test_probe_chooses_times_and_remembers(small_model, tmp_path, monkeypatch):
     assert set(choice.speeds) == {"torch fp32", "openvino fp32"}
     assert all(v > 0 for v in choice.speeds.values())
     assert choice.label == fastest(choice.speeds)
+    assert choice.conversion_seconds > 0  # converted now: its cost measured
     stored = json.loads((tmp_path / CHOICES_FILE).read_text())
     assert [entry["runtime"] for entry in stored.values()] == [choice.runtime]
+    assert [entry["conversion_seconds"] for entry in stored.values()] == [
+        choice.conversion_seconds
+    ]
 
     def no_probe(*args, **kwargs):
         raise AssertionError("probed again although remembered")
@@ -252,3 +256,26 @@ def test_openvino_runs_3d_models_as_torch_does(tmp_path):
     got = openvino_predictor(model, "fp32", tmp_path)(batch)
     assert got.shape == expected.shape == (1, 3, 12, 20, 24)
     assert np.abs(got - expected).max() < 1e-5
+
+
+def test_new_weights_are_converted_only_where_it_pays(small_model, tmp_path):
+    """A fine-tuned version needs its own conversion: not worth it on a small saving."""
+    key = runtime_probe.choice_key(small_model.config, (64, 64), 1, "fp32")
+    speeds = {"torch fp32": 1.0, "openvino fp32": 2.0}  # MP/s: 0.5 s saved per megapixel
+    remembered = runtime_probe.RuntimeChoice(
+        "openvino", "fp32", "probe", speeds, conversion_seconds=2.0
+    )
+    runtime_probe.remember_choice(key, remembered, tmp_path)
+    settings = {"tile_shape": (64, 64), "cache": tmp_path}
+
+    # 3 MP save 1.5 s < 2 s of conversion: torch, and nothing converted.
+    _, choice = build_predictor(small_model, "cpu", "fp32", "auto", run_pixels=3e6, **settings)
+    assert choice.label == "torch fp32" and "cost more than it saves" in choice.note
+    assert not openvino_runtime.is_converted(small_model, tmp_path)
+    # 10 MP save 5 s: converted.
+    _, choice = build_predictor(small_model, "cpu", "fp32", "auto", run_pixels=1e7, **settings)
+    assert choice.label == "openvino fp32"
+    assert openvino_runtime.is_converted(small_model, tmp_path)
+    # Once converted, even the small run takes OpenVINO.
+    _, choice = build_predictor(small_model, "cpu", "fp32", "auto", run_pixels=3e6, **settings)
+    assert choice.label == "openvino fp32"

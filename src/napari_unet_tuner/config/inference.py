@@ -106,7 +106,9 @@ class InferenceConfig(DictMixin):
         at each precision this CPU computes natively, measured once per
         machine, architecture and tile shape and remembered
         (`napari_unet_tuner.inference.runtime_probe`); runs of under 2
-        megapixels take torch (converting would cost more than it saves). ``"openvino"``
+        megapixels take torch (converting would cost more than it saves), and
+        a fine-tuned model's new weights are converted only for an image
+        large enough to earn the conversion back. ``"openvino"``
         converts the model (cached per weights); torch takes over, with a
         warning, wherever OpenVINO is missing or fails. GPUs always run torch.
     num_threads : int or None

@@ -71,6 +71,17 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def is_converted(model: UNet, folder: Path | None = None) -> bool:
+    """Whether the cache holds a converted network for ``model``'s weights."""
+    return _entry(model, weights_digest(model), folder).is_file()
+
+
+def _entry(model: UNet, digest: str, folder: Path | None) -> Path:
+    """Return the cache entry (XML) for weights of this digest."""
+    folder = Path(folder or cache_dir()) / "openvino"
+    return folder / f"{digest[:32]}-{model.config.spatial_dims}d.xml"
+
+
 class _Probabilities(torch.nn.Module):
     """The inference copy as one module whose forward returns probabilities."""
 
@@ -99,8 +110,8 @@ def converted_network(model: UNet, folder: Path | None = None) -> Any:
     import openvino as ov
 
     digest = weights_digest(model)
-    folder = Path(folder or cache_dir()) / "openvino"
-    xml = folder / f"{digest[:32]}-{model.config.spatial_dims}d.xml"
+    xml = _entry(model, digest, folder)
+    folder = xml.parent
     core = ov.Core()
     if xml.is_file():
         try:

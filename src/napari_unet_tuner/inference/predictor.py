@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from napari_unet_tuner.config import Precision, Runtime
 from napari_unet_tuner.inference.device import inference_dtype
 from napari_unet_tuner.inference.openvino_runtime import (
     converted_network,
+    is_converted,
     openvino_available,
     openvino_predictor,
 )
@@ -23,6 +25,7 @@ from napari_unet_tuner.inference.runtime_probe import (
     RuntimeChoice,
     candidate_precisions,
     choice_key,
+    conversion_pays,
     fastest,
     remember_choice,
     remembered_choice,
@@ -33,6 +36,8 @@ from napari_unet_tuner.model.unet import UNet, inference_copy, memory_format
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_CONVERSION_SECONDS = 1.0
+"""Conversion cost assumed when the probe found the network already converted."""
 MISSING_OPENVINO = "OpenVINO is not installed (pip install 'napari-unet-tuner[openvino]')"
 
 
@@ -137,6 +142,20 @@ def _probed_predictor(
         )
     key = choice_key(cfg, tile_shape, batch_size, precision)
     choice = remembered_choice(key, cache)
+    if (
+        choice is not None
+        and choice.runtime == "openvino"
+        and run_pixels is not None
+        and not conversion_pays(choice, run_pixels)
+        and not is_converted(model, cache)
+    ):
+        torch_label = fastest({k: v for k, v in choice.speeds.items() if k.startswith("torch")})
+        choice = replace(
+            choice,
+            runtime="torch",
+            precision=torch_label.split()[1],
+            note="converting these new weights would cost more than it saves on this image",
+        )
     if choice is not None:
         return _predictor_for(model, choice, num_threads, cache), choice
     start = time.perf_counter()
@@ -144,8 +163,13 @@ def _probed_predictor(
     for each in candidate_precisions(precision):
         candidates[f"torch {each}"] = torch_predictor(model, "cpu", each)
     note = ""
+    conversion = 0.0
     try:
+        converting = time.perf_counter()
+        fresh = not is_converted(model, cache)
         network = converted_network(model, cache)
+        # A cache hit says nothing of the cost: about a second for the bundled model.
+        conversion = time.perf_counter() - converting if fresh else DEFAULT_CONVERSION_SECONDS
         for each in candidate_precisions(precision):
             candidates[f"openvino {each}"] = openvino_predictor(
                 model, each, network=network, num_threads=num_threads
@@ -158,7 +182,9 @@ def _probed_predictor(
     )
     speeds = time_predictors(candidates, batch)
     runtime, chosen = fastest(speeds).split()
-    choice = RuntimeChoice(runtime, chosen, "probe", speeds, time.perf_counter() - start, note)
+    choice = RuntimeChoice(
+        runtime, chosen, "probe", speeds, time.perf_counter() - start, note, conversion
+    )
     if not note:
         remember_choice(key, choice, cache)
     logger.info("%s", choice.describe())

@@ -60,6 +60,10 @@ class RuntimeChoice:
         Megapixels per second of each candidate the probe timed, by `label`.
     probe_seconds : float
         What the probe cost (conversion included), when it ran now.
+    conversion_seconds : float
+        What converting the model to OpenVINO cost in the probe: a model with
+        new weights (a fine-tuned version) pays it again, so `auto` keeps
+        torch for a run too small to earn it back.
     note : str
         Why torch took over, for a fallback.
     """
@@ -70,6 +74,7 @@ class RuntimeChoice:
     speeds: Mapping[str, float] = field(default_factory=dict)
     probe_seconds: float = 0.0
     note: str = ""
+    conversion_seconds: float = 0.0
 
     @property
     def label(self) -> str:
@@ -145,7 +150,13 @@ def remembered_choice(key: str, folder: Path | None = None) -> RuntimeChoice | N
         return None
     if choice is None or choice.runtime not in ("torch", "openvino"):
         return None
-    return RuntimeChoice(choice.runtime, choice.precision, "remembered", dict(choice.speeds))
+    return RuntimeChoice(
+        choice.runtime,
+        choice.precision,
+        "remembered",
+        dict(choice.speeds),
+        conversion_seconds=float(choice.conversion_seconds),
+    )
 
 
 def remember_choice(key: str, choice: RuntimeChoice, folder: Path | None = None) -> None:
@@ -187,6 +198,20 @@ def time_predictors(
             best[name] = min(best[name], time.perf_counter() - start)
     megapixels = batch.shape[0] * int(np.prod(batch.shape[2:])) / 1e6
     return {name: megapixels / max(seconds, 1e-9) for name, seconds in best.items()}
+
+
+def conversion_pays(choice: RuntimeChoice, run_pixels: float) -> bool:
+    """Whether converting new weights for ``choice`` saves more than it costs on this run.
+
+    The saving is estimated from the probe's speeds over ``run_pixels``
+    (tile overlaps make the model see more: the estimate is on the safe side).
+    """
+    torch_speeds = [v for k, v in choice.speeds.items() if k.startswith("torch")]
+    own = choice.speeds.get(choice.label)
+    if not torch_speeds or not own:
+        return True
+    saving = run_pixels / 1e6 * (1 / max(torch_speeds) - 1 / own)
+    return saving > choice.conversion_seconds
 
 
 def fastest(speeds: Mapping[str, float]) -> str:
