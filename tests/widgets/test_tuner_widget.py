@@ -624,3 +624,19 @@ def test_a_traded_model_is_offered_and_kept_only_when_asked(disc_tuner, qtbot, m
     qtbot.wait(100)  # the image is segmented again with the kept model
     wait_idle(qtbot, tuner.segment_panel)
     assert np.array_equal(corrections.data, painted)  # the user's layer untouched
+
+
+def test_a_large_image_gets_the_runtime_measured_here(tuner, qtbot):
+    """The widget runs `auto`: a probe in the worker, what ran named in the size note's tooltip."""
+    pytest.importorskip("openvino")
+    image = np.tile(cells_image()[0], (24, 24))[:1536, :1536]  # 2.4 megapixels
+    before = image.copy()
+    tuner.viewer.add_image(image, name="mosaic")
+    panel = tuner.segment_panel
+    panel.run()
+    wait_idle(qtbot, panel, timeout=120_000)
+    labels = tuner.viewer.layers["mosaic labels"]
+    assert labels.data.shape == image.shape
+    assert np.array_equal(tuner.viewer.layers["mosaic"].data, before)
+    tooltip = panel.size_note.tooltip
+    assert "model runs on" in tooltip and "probe" in tooltip and "MP/s" in tooltip
