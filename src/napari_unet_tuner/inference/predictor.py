@@ -104,8 +104,9 @@ def build_predictor(
     if not openvino_available():
         if runtime == "openvino":
             logger.warning("%s: running torch", MISSING_OPENVINO)
+        source = "fallback" if runtime == "openvino" else "only one"
         return torch_predictor(model, device, precision), _torch_choice(
-            device, precision, "fallback" if runtime == "openvino" else "given", MISSING_OPENVINO
+            device, precision, source, MISSING_OPENVINO
         )
     if runtime == "openvino":
         chosen = candidate_precisions(precision)[0]

@@ -55,7 +55,8 @@ class RuntimeChoice:
     source : str
         ``"given"`` (asked for), ``"probe"`` (measured now), ``"remembered"``
         (measured before on this machine), ``"small run"`` (torch without a
-        probe) or ``"fallback"`` (OpenVINO missing or failing).
+        probe), ``"only one"`` (``auto`` without OpenVINO installed) or
+        ``"fallback"`` (OpenVINO asked for, but missing or failing).
     speeds : dict of str to float
         Megapixels per second of each candidate the probe timed, by `label`.
     probe_seconds : float
