@@ -267,10 +267,10 @@ def chunk_breakdown() -> dict:
     torch.set_num_threads(1)
     checkpoint = load_checkpoint(default_checkpoint_path())
     model_seconds = [0.0]
-    original = chunk_tasks.make_predictor
+    original = chunk_tasks.build_predictor
 
     def timed(*args, **kwargs):
-        predictor = original(*args, **kwargs)
+        predictor, choice = original(*args, **kwargs)
 
         def run(batch):
             t = time.perf_counter()
@@ -278,16 +278,16 @@ def chunk_breakdown() -> dict:
             model_seconds[0] += time.perf_counter() - t
             return out
 
-        return run
+        return run, choice
 
-    chunk_tasks.make_predictor = timed
+    chunk_tasks.build_predictor = timed
     image = mosaic(3 * CHUNK)
     out = WORK / "breakdown.zarr"
     shutil.rmtree(out, ignore_errors=True)
     result = chunked.segment_to_zarr(
         image, out, checkpoint, chunked=ChunkedConfig(chunk_shape=(CHUNK, CHUNK))
     )
-    chunk_tasks.make_predictor = original
+    chunk_tasks.build_predictor = original
     shutil.rmtree(out, ignore_errors=True)
     per_chunk = result.seconds / result.chunks
     model = model_seconds[0] / result.chunks
