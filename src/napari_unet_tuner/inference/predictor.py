@@ -188,7 +188,6 @@ def _probed_predictor(
     )
     if not note:
         remember_choice(key, choice, cache)
-    logger.info("%s", choice.describe())
     predictor = candidates[choice.label]
     if runtime == "openvino":
         predictor = _falling_back(predictor, lambda: torch_predictor(model, "cpu", precision))
