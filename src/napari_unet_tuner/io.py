@@ -386,9 +386,15 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
 
 def cache_dir() -> Path:
     """Folder for files the plugin can rebuild (``$UNET_TUNER_CACHE_DIR`` overrides it)."""
-    override = os.environ.get("UNET_TUNER_CACHE_DIR")
+    return user_folder("cache")
+
+
+def user_folder(kind: str) -> Path:
+    """Return the plugin's ``"config"`` or ``"cache"`` folder (``$UNET_TUNER_<KIND>_DIR`` wins)."""
+    override = os.environ.get(f"UNET_TUNER_{kind.upper()}_DIR")
     if override:
         return Path(override)
-    from platformdirs import user_cache_dir
+    import platformdirs
 
-    return Path(user_cache_dir("napari-unet-tuner"))
+    where = {"config": platformdirs.user_config_dir, "cache": platformdirs.user_cache_dir}
+    return Path(where[kind]("napari-unet-tuner"))

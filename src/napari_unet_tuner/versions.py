@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_unet_tuner.io import user_folder
 from napari_unet_tuner.model.checkpoint import Checkpoint
 
 _RECENT_MAX = 8
@@ -56,12 +57,7 @@ class ModelVersions:
 
 def config_dir() -> Path:
     """Folder for the plugin's own files (``$UNET_TUNER_CONFIG_DIR`` overrides it)."""
-    override = os.environ.get("UNET_TUNER_CONFIG_DIR")
-    if override:
-        return Path(override)
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("napari-unet-tuner"))
+    return user_folder("config")
 
 
 def recent_checkpoints() -> list[Path]:

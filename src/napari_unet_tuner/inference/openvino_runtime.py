@@ -13,12 +13,12 @@ converted again.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import torch
 
 from napari_unet_tuner.inference.tiling import Predictor
 from napari_unet_tuner.io import cache_dir
+from napari_unet_tuner.model.checkpoint import state_dict_sha256
 from napari_unet_tuner.model.unet import UNet, inference_copy
 
 logger = logging.getLogger(__name__)
@@ -57,18 +58,9 @@ def openvino_version() -> str | None:
         return None
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's state dict: names, shapes, types and values.
-
-    The same for a model loaded from a file and for an unsaved version held
-    in memory with the same weights.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+def weights_digest(model: UNet) -> str:
+    """SHA-256 of a model's architecture and weights (`state_dict_sha256`)."""
+    return state_dict_sha256(model.state_dict(), model.config)
 
 
 def is_converted(model: UNet, folder: Path | None = None) -> bool:
@@ -93,12 +85,13 @@ class _Probabilities(torch.nn.Module):
         return self.model.predict_proba(x)
 
 
-def converted_network(model: UNet, folder: Path | None = None) -> Any:
+def converted_network(model: UNet, folder: Path | None = None) -> tuple[Any, float]:
     """Return ``model`` as an OpenVINO network, from the cache or converted now.
 
     The network takes float32 ``(N, in_channels, *spatial)`` of any batch
     and any spatial size that is a multiple of ``model.config.size_multiple``
-    and returns probabilities like `UNet.predict_proba`.
+    and returns probabilities like `UNet.predict_proba`. Also returns the
+    seconds spent converting (0 for a cache hit).
 
     Parameters
     ----------
@@ -118,18 +111,20 @@ def converted_network(model: UNet, folder: Path | None = None) -> Any:
             network = core.read_model(str(xml))
             if network.get_rt_info([DIGEST_KEY]).astype(str) == digest:
                 os.utime(xml)
-                return network
+                return network, 0.0
             logger.warning("cached OpenVINO network %s is for other weights: converting", xml)
         except Exception as exc:  # a truncated or foreign file
             logger.warning("cached OpenVINO network %s unreadable (%s): converting", xml, exc)
+    start = time.perf_counter()
     network = _convert(model)
+    seconds = time.perf_counter() - start
     network.set_rt_info(digest, [DIGEST_KEY])
     try:
         _save_atomic(network, xml)
         _prune(folder)
     except OSError as exc:  # a read-only cache costs a conversion per run, nothing more
         logger.warning("could not cache the OpenVINO network in %s: %s", folder, exc)
-    return network
+    return network, seconds
 
 
 def _convert(model: UNet) -> Any:
@@ -210,7 +205,7 @@ def openvino_predictor(
     import openvino as ov
 
     if network is None:
-        network = converted_network(model, folder)
+        network, _ = converted_network(model, folder)
     settings = {
         "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION_HINTS[precision],
         "PERFORMANCE_HINT": "LATENCY",

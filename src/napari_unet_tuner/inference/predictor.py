@@ -110,16 +110,10 @@ def build_predictor(
         )
     if runtime == "openvino":
         chosen = candidate_precisions(precision)[0]
-        try:
-            predictor = openvino_predictor(model, chosen, cache, num_threads=num_threads)
-        except Exception as exc:  # any failure of a third-party converter: torch runs
-            logger.warning("OpenVINO could not load the model (%s): running torch", exc)
-            return torch_predictor(model, device, precision), _torch_choice(
-                device, precision, "fallback", f"OpenVINO failed: {exc}"
-            )
-        return _falling_back(predictor, lambda: torch_predictor(model, device, precision)), (
-            RuntimeChoice("openvino", chosen)
-        )
+        predictor, failure = _openvino_or_torch(model, chosen, precision, num_threads, cache)
+        if failure:
+            return predictor, _torch_choice(device, precision, "fallback", failure)
+        return predictor, RuntimeChoice("openvino", chosen)
     return _probed_predictor(
         model, precision, tile_shape, batch_size, run_pixels, num_threads, cache
     )
@@ -157,8 +151,13 @@ def _probed_predictor(
             precision=torch_label.split()[1],
             note="converting these new weights would cost more than it saves on this image",
         )
+    if choice is not None and choice.runtime == "torch":
+        return torch_predictor(model, "cpu", choice.precision), choice
     if choice is not None:
-        return _predictor_for(model, choice, num_threads, cache), choice
+        predictor, _ = _openvino_or_torch(
+            model, choice.precision, choice.precision, num_threads, cache
+        )
+        return predictor, choice
     start = time.perf_counter()
     candidates: dict[str, Predictor] = {}
     for each in candidate_precisions(precision):
@@ -166,11 +165,9 @@ def _probed_predictor(
     note = ""
     conversion = 0.0
     try:
-        converting = time.perf_counter()
-        fresh = not is_converted(model, cache)
-        network = converted_network(model, cache)
+        network, conversion = converted_network(model, cache)
         # A cache hit says nothing of the cost: about a second for the bundled model.
-        conversion = time.perf_counter() - converting if fresh else DEFAULT_CONVERSION_SECONDS
+        conversion = conversion or DEFAULT_CONVERSION_SECONDS
         for each in candidate_precisions(precision):
             candidates[f"openvino {each}"] = openvino_predictor(
                 model, each, network=network, num_threads=num_threads
@@ -194,18 +191,20 @@ def _probed_predictor(
     return predictor, choice
 
 
-def _predictor_for(
-    model: UNet, choice: RuntimeChoice, num_threads: int | None, cache: Path | None
-) -> Predictor:
-    """Build the predictor a remembered choice names (torch if OpenVINO now fails)."""
-    if choice.runtime == "torch":
-        return torch_predictor(model, "cpu", choice.precision)
+def _openvino_or_torch(
+    model: UNet,
+    precision: str,
+    torch_precision: str,
+    num_threads: int | None,
+    cache: Path | None,
+) -> tuple[Predictor, str]:
+    """OpenVINO at ``precision``, torch taking over if it fails now or later; why it failed."""
     try:
-        predictor = openvino_predictor(model, choice.precision, cache, num_threads=num_threads)
+        predictor = openvino_predictor(model, precision, cache, num_threads=num_threads)
     except Exception as exc:  # any failure of a third-party converter: torch runs
         logger.warning("OpenVINO could not load the model (%s): running torch", exc)
-        return torch_predictor(model, "cpu", choice.precision)
-    return _falling_back(predictor, lambda: torch_predictor(model, "cpu", choice.precision))
+        return torch_predictor(model, "cpu", torch_precision), f"OpenVINO failed: {exc}"
+    return _falling_back(predictor, lambda: torch_predictor(model, "cpu", torch_precision)), ""
 
 
 def _falling_back(primary: Predictor, make_fallback: Callable[[], Predictor]) -> Predictor:

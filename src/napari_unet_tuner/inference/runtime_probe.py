@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,13 +151,7 @@ def remembered_choice(key: str, folder: Path | None = None) -> RuntimeChoice | N
         return None
     if choice is None or choice.runtime not in ("torch", "openvino"):
         return None
-    return RuntimeChoice(
-        choice.runtime,
-        choice.precision,
-        "remembered",
-        dict(choice.speeds),
-        conversion_seconds=float(choice.conversion_seconds),
-    )
+    return replace(choice, source="remembered", probe_seconds=0.0, note="")
 
 
 def remember_choice(key: str, choice: RuntimeChoice, folder: Path | None = None) -> None:

@@ -86,17 +86,26 @@ class Checkpoint:
         """
         if self.sha256 is not None:
             return self.sha256
-        digest = hashlib.sha256(json.dumps(self.model_config.to_dict(), sort_keys=True).encode())
-        for name in sorted(self.state_dict):
-            tensor = self.state_dict[name].detach().to("cpu").contiguous()
-            digest.update(name.encode())
-            digest.update(str(tensor.dtype).encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return state_dict_sha256(self.state_dict, self.model_config)
 
     def as_parent(self) -> dict[str, Any]:
         """Identify this checkpoint for the card of one derived from it."""
         return {"name": self.card.name, "sha256": self.sha256, "path": str(self.path or "")}
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor], model_config: ModelConfig) -> str:
+    """SHA-256 of an architecture and its weights: names, types and values, by name.
+
+    The same for a model loaded from a file and for an unsaved version held
+    in memory with the same weights.
+    """
+    digest = hashlib.sha256(json.dumps(model_config.to_dict(), sort_keys=True).encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def new_card(model_config: ModelConfig, **fields: Any) -> ModelCard:
