@@ -8,7 +8,7 @@ from pathlib import Path
 
 from report_corrections import corrections_section, finetune_section, recheck_section
 from report_magnification import magnification_lines
-from report_review import review_section
+from report_review import review_section, review_signals_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -614,6 +614,9 @@ def main() -> None:
     lines += [section("junk_issue34.md"), ""]
     lines += [section("tune_instances_issue34.md"), ""]
     lines += review_section(load("review"))
+    lines += review_signals_section(load("review_signals"))
+    if load("review_signals"):
+        lines += [section("review_signals_issue35.md")]
     lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))
     if resp:

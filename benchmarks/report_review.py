@@ -134,3 +134,58 @@ def variant_table(title: str, rows: list[dict]) -> list[str]:
             cells.append(f"{np.mean(gain):+.3f} ± {np.std(gain):.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def review_signals_section(report: dict | None) -> list[str]:
+    """``bench_review_signals.py``: more signals and other fitting data, and what 'wrong' is."""
+    if not report:
+        return []
+    sets = next(iter(next(iter(report["fits"].values())).values()))["per set recall@10"]
+    short = [name.split(",")[0].split(" (")[0] for name in sets]
+    lines = [
+        "### Other signals for the confidence (`benchmarks/bench_review_signals.py`)",
+        "",
+        f"CPU: {report['cpu']}. Eleven more signals per object, each cheap enough for the "
+        "table: " + "; ".join(f"`{k}`: {v}" for k, v in report["signals"].items()) + ".",
+        "",
+        "Each set of signals is the shipped three plus the ones named, fitted as the shipped "
+        "confidence is (logistic regression) on four choices of fitting data, and scored on the "
+        f"held-out sets ({report['held out']['objects']} objects, "
+        f"{report['held out']['wrong']} wrong) as above:",
+        "",
+        "| fitted on | signals | recall@10 | precision@5 | recall@10 per set: "
+        + " / ".join(short)
+        + " |",
+        "|---|---|---|---|---|",
+    ]
+    for fitting, rows in report["fits"].items():
+        for signals, r in rows.items():
+            per_set = " / ".join(f"{v:.2f}" for v in r["per set recall@10"].values())
+            lines.append(
+                f"| {fitting} | {signals} | {r['recall@10']:.3f} | {r['precision@5']:.3f} | "
+                f"{per_set} |"
+            )
+    lines += [
+        "",
+        "What the wrong objects are (held-out sets): *nothing in the reference* means IoU 0, "
+        "the reference has no object there; the others overlap one by less than half.",
+        "",
+        "| set | wrong | nothing in the reference (at the edge) | outline, merge or split | "
+        "median confidence |",
+        "|---|---|---|---|---|",
+    ]
+    for name, k in report["kinds of wrong objects"].items():
+        lines.append(
+            f"| {name} | {k['wrong']} | {k['nothing in the reference']} "
+            f"({k['of which at the edge']}) | {k['outline, merge or split']} | "
+            f"{k['median confidence']} |"
+        )
+    lines += [
+        "",
+        "The most confident wrong objects of three sets (red: the prediction, green: the "
+        "reference):",
+        "",
+        "![wrong objects](benchmarks/results/review_wrong_examples.png)",
+        "",
+    ]
+    return lines

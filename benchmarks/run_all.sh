@@ -10,6 +10,7 @@ $py bench_stack_finetune.py
 $py bench_segmentation.py
 $py bench_corrections.py
 $py bench_review.py
+$py bench_review_signals.py
 $py bench_finetune.py
 $py bench_peer.py
 $py bench_architecture.py
