@@ -1,4 +1,5 @@
 import contextlib
+import time
 
 import numpy as np
 import pytest
@@ -199,3 +200,40 @@ def peak_memory():
     finally:
         peak.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
+
+
+def wait_idle(qtbot, panel, timeout=60_000):
+    """Wait until a panel's worker has finished and its results were shown."""
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout)
+
+
+class StallMeter:
+    """Longest gap between ticks of a 10 ms Qt timer: how long the event loop froze."""
+
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.last = time.perf_counter()
+        self.longest = 0.0
+        self.timer = QTimer()
+        self.timer.setInterval(10)
+        self.timer.timeout.connect(self._tick)
+        self.timer.start()
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self.last)
+        self.last = now
+
+    def stop(self):
+        self.timer.stop()
+        return self.longest
+
+
+@pytest.fixture
+def disc_tuner(make_napari_viewer, disc_model, tmp_path, monkeypatch):
+    """The widget with a small model that finds bright discs and misses dim ones."""
+    from napari_unet_tuner import with_card
+
+    model = with_card(disc_model, name="tiny")
+    return dock_tuner(make_napari_viewer(), model, tmp_path / "discs.safetensors", monkeypatch)

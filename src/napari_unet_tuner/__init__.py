@@ -49,6 +49,7 @@ _LAZY = {
     "TrainingProgress": "napari_unet_tuner.training.records",
     "fine_tune": "napari_unet_tuner.training.trainer",
     "iter_fine_tune": "napari_unet_tuner.training.trainer",
+    "LiveTrainer": "napari_unet_tuner.training.live",
 }
 
 
@@ -100,5 +101,6 @@ __all__ = [
     "default_checkpoint_path",
     "fine_tune",
     "iter_fine_tune",
+    "LiveTrainer",
     "with_card",
 ]

@@ -37,6 +37,16 @@ class ModelVersions:
         self.active_index = len(self.versions) - 1
         return self.active_index
 
+    def replace(self, index: int, checkpoint: Checkpoint) -> None:
+        """Put a better model in place of version ``index`` and make it active.
+
+        For learning while correcting, whose one version keeps improving.
+        """
+        if not 0 <= index < len(self.versions):
+            raise IndexError(f"no version {index}; there are {len(self.versions)}")
+        self.versions[index] = checkpoint
+        self.active_index = index
+
     def activate(self, index: int) -> Checkpoint:
         """Make an earlier (or later) version active."""
         if not 0 <= index < len(self.versions):

@@ -1,11 +1,17 @@
-import time
-
 import numpy as np
 import pytest
 
 from napari_unet_tuner import load_checkpoint
 
-from conftest import dim_disc_scene, disc_labels, dock_tuner, make_checkpoint, touching_spheres
+from conftest import (
+    StallMeter,
+    dim_disc_scene,
+    disc_labels,
+    dock_tuner,
+    make_checkpoint,
+    touching_spheres,
+    wait_idle,
+)
 
 pytest.importorskip("napari")
 
@@ -16,47 +22,10 @@ def cells_image():
     return ((labels > 0) * 900 + 300 + rng.normal(0, 30, labels.shape)).astype(np.uint16), labels
 
 
-def wait_idle(qtbot, panel, timeout=60_000):
-    """Wait until a panel's worker has finished and its results were shown."""
-    qtbot.waitUntil(lambda: panel.worker is None, timeout=timeout)
-
-
-class StallMeter:
-    """Longest gap between ticks of a 10 ms Qt timer: how long the event loop froze."""
-
-    def __init__(self):
-        from qtpy.QtCore import QTimer
-
-        self.last = time.perf_counter()
-        self.longest = 0.0
-        self.timer = QTimer()
-        self.timer.setInterval(10)
-        self.timer.timeout.connect(self._tick)
-        self.timer.start()
-
-    def _tick(self):
-        now = time.perf_counter()
-        self.longest = max(self.longest, now - self.last)
-        self.last = now
-
-    def stop(self):
-        self.timer.stop()
-        return self.longest
-
-
 def test_widget_opens_with_model_preselected(tuner):
     assert tuner.versions.active is not None
     assert "tiny" in tuner.model_panel.card.value
     assert tuner.model_panel.device.value == "cpu"
-
-
-@pytest.fixture
-def disc_tuner(make_napari_viewer, disc_model, tmp_path, monkeypatch):
-    """The widget with a small model that finds bright discs and misses dim ones."""
-    from napari_unet_tuner import with_card
-
-    model = with_card(disc_model, name="tiny")
-    return dock_tuner(make_napari_viewer(), model, tmp_path / "discs.safetensors", monkeypatch)
 
 
 def test_whole_loop_segment_annotate_finetune_stop_rollback_save(disc_tuner, qtbot, tmp_path):

@@ -11,6 +11,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_unet_tuner._widgets.layers import LAYER_TAG, anisotropy_of, layer_array
+from napari_unet_tuner._widgets.live_panel import LivePanel
 from napari_unet_tuner._widgets.loss_plot import LossPlot
 from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner._widgets.wrapping_label import insert_wrapping_label
@@ -104,7 +105,8 @@ class TrainPanel(Container):
         buttons = Container(
             widgets=[self.run_button, self.stop_button], layout="horizontal", labels=False
         )
-        self.extend([self.annotation, self.mode, self.seconds, self.preview, buttons])
+        self.live = LivePanel(tuner, self.annotated_images, lambda: list(self.annotation.value))
+        self.extend([self.annotation, self.mode, self.seconds, self.preview, buttons, self.live])
         # Messages are sentences, not one-word states: they wrap, above the curve.
         insert_wrapping_label(self, len(self), self.status)
         insert_wrapping_label(self, len(self) + 1, self.scores)
@@ -125,6 +127,8 @@ class TrainPanel(Container):
         new = [layer for layer in available if id(layer) not in self._listed]
         self._listed = {id(layer) for layer in available}
         self.annotation.value = [ly for ly in available if ly in chosen or ly in new]
+        if self.live.running:
+            self.live.annotations_edited()  # learn (and watch) the layers as now chosen
 
     def _mode_of(self, layer) -> str:
         return layer.metadata.get("mode") or self.mode.value
@@ -180,8 +184,12 @@ class TrainPanel(Container):
     def run(self):
         """Start fine-tuning in a worker; return the worker (None if the input is not ready)."""
         start = self._tuner.versions.active
-        if self.worker is not None:
-            show_error("Fine-tuning is already running.")
+        if self.worker is not None or self.live.running:
+            show_error(
+                "Fine-tuning is already running."
+                if self.worker is not None
+                else "Learning as you correct is on: turn it off to fine-tune in one go."
+            )
             return None
         annotated = self.annotated_images()
         if not annotated:
@@ -225,6 +233,7 @@ class TrainPanel(Container):
 
     def abort(self) -> None:
         """Abandon the run without keeping anything (e.g. when the viewer closes)."""
+        self.live.abort()
         if self.worker is not None:
             self.worker.quit()
 

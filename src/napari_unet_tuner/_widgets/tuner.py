@@ -155,7 +155,13 @@ def _stop_workers(segment: SegmentPanel, train: TrainPanel, detach: bool = False
     would otherwise reach buttons and plots that no longer exist.
     """
     if detach:
-        workers = (segment.worker, train.worker, getattr(train, "_preview_worker", None))
+        workers = (
+            segment.worker,
+            train.worker,
+            getattr(train, "_preview_worker", None),
+            train.live.worker,
+            getattr(train.live, "_preview_worker", None),
+        )
         for worker in workers:
             if worker is not None:
                 _disconnect(worker)

@@ -2,6 +2,7 @@
 
 from napari_unet_tuner.training.counting import CorrectionCounts
 from napari_unet_tuner.training.data import AnnotatedImage
+from napari_unet_tuner.training.live import LiveTrainer
 from napari_unet_tuner.training.losses import masked_loss
 from napari_unet_tuner.training.targets import (
     IGNORE,
@@ -21,6 +22,7 @@ __all__ = [
     "AnnotatedImage",
     "CorrectionCounts",
     "IGNORE",
+    "LiveTrainer",
     "SCRIBBLE_BACKGROUND",
     "SCRIBBLE_UNLABELED",
     "FineTuneResult",

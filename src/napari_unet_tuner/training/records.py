@@ -16,12 +16,13 @@ class TrainingProgress:
 
     Attributes
     ----------
-    kind : {"validation", "step", "preview", "final"}
+    kind : {"validation", "step", "preview", "final", "offer"}
         ``"validation"`` records carry ``scores`` (the first, at step 0, is the
         starting model's); ``"preview"`` records carry a ``snapshot`` of the
         current weights for a live preview; the ``"final"`` record, the last,
         carries the scores of the model the run keeps (the starting model's
-        when nothing was learned): what the verdict reports.
+        when nothing was learned): what the verdict reports. `LiveTrainer`
+        yields ``"offer"`` records, with the offered model as ``snapshot``.
     step, epoch : int
         Optimizer steps and validations done.
     loss : float or None
@@ -37,12 +38,13 @@ class TrainingProgress:
         Seconds since the start (everything included), and seconds left of
         the budget.
     snapshot : Checkpoint or None
-        Current weights (CPU copy), on ``"preview"`` records only.
+        Current weights (CPU copy) on ``"preview"`` records; the model offered
+        on ``"offer"`` records.
     corrections : CorrectionCounts or None
         On validation and final records: the model's counts on the annotation.
     """
 
-    kind: Literal["validation", "step", "preview", "final"]
+    kind: Literal["validation", "step", "preview", "final", "offer"]
     step: int
     epoch: int
     loss: float | None

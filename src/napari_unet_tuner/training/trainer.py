@@ -1,9 +1,9 @@
 """Fine-tuning: learn what the user corrected, yielding plain progress records.
 
 A run is made of named steps: `prepare_run` (samples, split, validation
-plan, optimizer; `napari_unet_tuner.training.preparation`), `_train_epoch`
+plan, optimizer; `napari_unet_tuner.training.preparation`), `train_epoch`
 (the steps between two validations), `BestModel` (what is kept, and
-`stop_reason`), `judge` (the verdict) and `_child` (the new checkpoint and
+`stop_reason`), `judge` (the verdict) and `child_checkpoint` (the new checkpoint and
 its card).
 """
 
@@ -119,7 +119,7 @@ def iter_fine_tune(
     run = prepare_run(pairs, checkpoint, config, model_config, axes)
     with cpu_threads(config.num_threads):
         t_validation = time.perf_counter()
-        results = _validate(run)
+        results = validate_run(run)
         # "Before" is the starting model with its own instance settings; other
         # settings that reproduce more corrections are already something learned.
         tracker = BestModel.start(
@@ -131,10 +131,10 @@ def iter_fine_tune(
         last_loss = None
         reason = "epochs"
         while run.epoch < config.max_epochs and not clock.out_of_time():
-            last_loss = yield from _train_epoch(run, config, clock, tracker, stop, preview_every)
+            last_loss = yield from train_epoch(run, config, clock, tracker, stop, preview_every)
             run.epoch += 1
             t_validation = time.perf_counter()
-            result = choose(_validate(run))
+            result = choose(validate_run(run))
             clock.validation_seconds = time.perf_counter() - t_validation
             tracker.consider(result, run.model, run.step)
             yield run.progress("validation", clock, tracker, last_loss, result)
@@ -160,7 +160,7 @@ def iter_fine_tune(
     }
     candidate = None
     if verdict.trade_off and tracker.candidate_state is not None:
-        candidate = _child(
+        candidate = child_checkpoint(
             run,
             tracker.candidate_state,
             tracker.before,
@@ -189,7 +189,9 @@ def iter_fine_tune(
         # the untrained model), never saved.
         start = checkpoint if run.from_checkpoint else Checkpoint.from_model(run.model, run.card)
         return replace(result, checkpoint=start)
-    new = _child(run, tracker.state, tracker.before, tracker.best, details, name, learned=True)
+    new = child_checkpoint(
+        run, tracker.state, tracker.before, tracker.best, details, name, learned=True
+    )
     if output is None:
         return replace(result, checkpoint=new)
     written, note = save_checkpoint_somewhere(new, output)
@@ -197,14 +199,14 @@ def iter_fine_tune(
     return replace(result, checkpoint=new, path=written, message=message)
 
 
-def _validate(run: PreparedRun) -> list[ValidationResult]:
+def validate_run(run: PreparedRun) -> list[ValidationResult]:
     """Score the model on the run's validation plan with each instance candidate."""
     results = evaluate(run.model, run.samples, run.plan, run.candidates, run.device)
     run.optimizing.train_mode()
     return results
 
 
-def _train_epoch(
+def train_epoch(
     run: PreparedRun,
     config: TrainingConfig,
     clock: RunClock,
@@ -240,7 +242,7 @@ def _train_epoch(
     return loss
 
 
-def _child(
+def child_checkpoint(
     run: PreparedRun,
     state: dict,
     before: ValidationResult,
