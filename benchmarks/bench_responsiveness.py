@@ -8,7 +8,8 @@ the default model, each in a fresh napari session: docking the widget
 (it imports torch in the background, then shows its panels) and pressing
 Segment as soon as it shows, counted from before the docking; and docking,
 segmenting, segmenting again, then fine-tuning on painted scribbles with the
-live preview on. Side by side: a quiet machine, then one where two other
+live preview on, then painting bursts of strokes for 20 s with *Learn as I
+correct* on. Side by side: a quiet machine, then one where two other
 processes keep both cores busy; each kind of session ``--repeats`` times,
 in turn (the table gives the median longest stall, the JSON every one).
 The first segmentation of a session includes napari's first ``add_labels``
@@ -188,11 +189,45 @@ def one_session(load: str, why: bool, press: str) -> dict:
             layer.data = paint_scribbles([masks[19]], n_objects=10, seed=0)[0]
             widget.train_panel.seconds.value = 30
             measure("fine_tuning_with_preview", widget.train_panel, widget.train_panel.run)
+            measure(
+                "painting_while_learning",
+                widget.train_panel.live,
+                lambda: paint_while_learning(widget, layer, masks[19], app),
+            )
         viewer.close()
     finally:
         for burner in burners:
             burner.kill()
     return rows
+
+
+def paint_while_learning(widget, layer, mask, app, bursts: int = 8) -> None:
+    """With *Learn as I correct* on, bursts of 3 brush strokes 0.3 s apart, 2 s pauses; then off.
+
+    Each burst is picked up (one copy of the layer) in the pause after it;
+    training and the live previews run all along.
+    """
+
+    def pump(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.002)
+
+    live = widget.train_panel.live
+    live.toggle.value = True
+    rng = np.random.default_rng(0)
+    ys, xs = np.nonzero(mask)
+    layer.brush_size = 6
+    label = int(layer.data.max()) + 1
+    for _ in range(bursts):
+        for _ in range(3):
+            i = rng.integers(len(ys))
+            layer.paint((int(ys[i]), int(xs[i])), label)
+            label += 1
+            pump(0.3)
+        pump(2.0)
+    live.toggle.value = False
 
 
 def _summary(runs: list[dict]) -> dict:

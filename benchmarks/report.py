@@ -8,7 +8,7 @@ from pathlib import Path
 
 from report_corrections import corrections_section, finetune_section, recheck_section
 from report_magnification import magnification_lines
-from report_review import review_section, review_signals_section
+from report_review import live_section, review_section, review_signals_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -617,6 +617,7 @@ def main() -> None:
     lines += review_signals_section(load("review_signals"))
     if load("review_signals"):
         lines += [section("review_signals_issue35.md")]
+    lines += live_section(load("live"))
     lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))
     if resp:

@@ -1,4 +1,4 @@
-"""The guided-review section of BENCHMARKS.md, from results/review.json (bench_review.py)."""
+"""Guided review and live learning sections of BENCHMARKS.md (bench_review*.py, bench_live.py)."""
 
 from __future__ import annotations
 
@@ -189,3 +189,48 @@ def review_signals_section(report: dict | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def live_section(report: dict | None) -> list[str]:
+    """``bench_live.py``: learning while correcting against correcting, then fine-tuning."""
+    if not report:
+        return []
+    settings = report["settings"]
+    lines = [
+        "## Learning while correcting (`benchmarks/bench_live.py`, issue 39)",
+        "",
+        f"CPU: {report['cpu']}. A simulated user corrects the {settings['objects']} worst "
+        f"objects of an image (lowest IoU with the reference first), one every "
+        f"{settings['every']:.0f} s. *live*: `LiveTrainer` (what *Learn as I correct* runs) "
+        f"trains from the first correction on and {settings['budget']:.0f} s after the last; "
+        f"*batch*: the corrections, then `fine_tune` for {settings['budget']:.0f} s: the same "
+        "total time. *Reproduced*: seconds from the last correction to the first model that "
+        "gets at least 90 % of the corrections right (median over seeds; how many seeds got "
+        "there). AP@0.5 on other images of the same kind with the model kept, mean ± sd "
+        f"over {settings['seeds']} seeds.",
+        "",
+        "| set | arm | corrections: fixed / deleted / kept | reproduced (s) | "
+        "right at the end | AP@0.5 other images before -> after |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = report["rows"]
+    for name in dict.fromkeys(r["set"] for r in rows):
+        for arm in ("live", "batch"):
+            mine = [r for r in rows if r["set"] == name and r["arm"] == arm]
+            if not mine:
+                continue
+            times = [r["seconds_to_reproduce"] for r in mine]
+            reached = [t for t in times if t is not None]
+            when = (
+                f"{np.median(reached):.1f} ({len(reached)} of {len(mine)})"
+                if reached
+                else (f"never (0 of {len(mine)})")
+            )
+            after = [r["ap_other_after"] for r in mine]
+            first = mine[0]
+            lines.append(
+                f"| {name} | {arm} | {first['fixed']} / {first['deleted']} / {first['right']} | "
+                f"{when} | {', '.join(str(r['reproduced_at_end']) for r in mine)} | "
+                f"{_f(first['ap_other_before'])} -> {_f(np.mean(after))} ± {_f(np.std(after))} |"
+            )
+    return [*lines, ""]

@@ -12,9 +12,10 @@ corrections (60 s on the CPU), with what was learned; the bacteria sample
 before fine-tuning, with painted scribbles, and after fine-tuning on them
 (45 s); a 4096 x 4096 multiscale mosaic being segmented into a zarr folder,
 half done; the cells3d nuclei Z-stack segmented into 3D objects, in napari's
-3D view. ``--only zarr`` takes just the zarr shot, ``--only loop`` all but the
-zarr and 3D ones, ``--only corrections`` the two corrections shots,
-``--only 3d`` the 3D one.
+3D view; the bacteria sample learned while scribbles are added (*Learn as I
+correct*). ``--only zarr`` takes just the zarr shot, ``--only live`` the
+live one, ``--only loop`` all but the zarr, 3D, review and live ones,
+``--only corrections`` the two corrections shots, ``--only 3d`` the 3D one.
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["zarr", "loop", "corrections", "3d", "review"])
+    parser.add_argument("--only", choices=["zarr", "loop", "corrections", "3d", "review", "live"])
     only = parser.parse_args().only
     if only is None:
         # Each group in its own process: in one, Mesa's software OpenGL crashed
         # (a segfault in glDrawArrays) drawing the first shot after the zarr one.
-        for group in ("3d", "zarr", "review", "loop"):
+        for group in ("3d", "zarr", "review", "live", "loop"):
             subprocess.run([sys.executable, __file__, "--only", group], check=True)
         return
 
@@ -73,6 +74,7 @@ def main() -> None:
             "3d": objects_in_3d,
             "zarr": zarr_filling,
             "review": review_mode,
+            "live": learning_live,
         }
         shots[only](viewer, widget, settle, shot)
         viewer.close()
@@ -89,12 +91,7 @@ def main() -> None:
     corrections_learned(viewer, widget, settle, shot)
 
     viewer.layers.clear()
-    viewer.open_sample("napari-unet-tuner", "bacteria")
-    widget.segment_panel.image.reset_choices()
-    widget.segment_panel.run()
-    settle(widget.segment_panel)
-    viewer.camera.center = (0, 380, 260)
-    viewer.camera.zoom = 1.6
+    bacteria_segmented(viewer, widget, settle)
     shot(viewer, "bacteria_before.png")
 
     _, masks = datasets.bacteria()
@@ -113,6 +110,16 @@ def main() -> None:
     viewer.layers["bacteria labels"].visible = True
     shot(viewer, "bacteria_after.png")
     viewer.close()
+
+
+def bacteria_segmented(viewer, widget, settle) -> None:
+    """Open the bacteria sample, segment it with the default and zoom in."""
+    viewer.open_sample("napari-unet-tuner", "bacteria")
+    widget.segment_panel.image.reset_choices()
+    widget.segment_panel.run()
+    settle(widget.segment_panel)
+    viewer.camera.center = (0, 380, 260)
+    viewer.camera.zoom = 1.6
 
 
 def dsb_segmented(viewer, widget, settle):
@@ -186,6 +193,26 @@ def review_mode(viewer, widget, settle, shot) -> None:
         review.keep()
     settle(seconds=1.0)
     shot(viewer, "review_mode.png")
+    viewer.layers.clear()
+
+
+def learning_live(viewer, widget, settle, shot) -> None:
+    """The bacteria sample with *Learn as I correct* on: scribbles added while it trains."""
+    bacteria_segmented(viewer, widget, settle)
+    _, masks = datasets.bacteria()
+    layer = widget.annotate_panel.make_scribble_layer()
+    widget.show_tab(widget.train_panel)
+    live = widget.train_panel.live
+    live.toggle.value = True
+    # The user adds scribbles every 8 s; each pause is learned as it comes.
+    for objects in (3, 6, 10):
+        layer.data = paint_scribbles([masks[19]], n_objects=objects, seed=1)[0]
+        settle(seconds=8.0)
+    settle(seconds=20.0)
+    layer.opacity = 0.5
+    shot(viewer, "learning_live.png")
+    live.toggle.value = False
+    settle(live)
     viewer.layers.clear()
 
 

@@ -230,6 +230,20 @@ class StallMeter:
         return self.longest
 
 
+def corrected_discs(tuner, qtbot):
+    """Segment `dim_disc_scene` in the widget and paint its truth into a corrections layer.
+
+    Returns the image, the truth, the dim discs' ids and the corrections layer.
+    """
+    image, truth, dim = dim_disc_scene(0)
+    tuner.viewer.add_image(image, name="cells")
+    tuner.segment_panel.run()
+    wait_idle(qtbot, tuner.segment_panel)
+    corrections = tuner.annotate_panel.make_corrections_layer()
+    corrections.data = truth.copy()
+    return image, truth, dim, corrections
+
+
 @pytest.fixture
 def disc_tuner(make_napari_viewer, disc_model, tmp_path, monkeypatch):
     """The widget with a small model that finds bright discs and misses dim ones."""

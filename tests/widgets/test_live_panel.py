@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from conftest import StallMeter, dim_disc_scene, wait_idle
+from conftest import StallMeter, corrected_discs, dim_disc_scene, wait_idle
 
 
 def test_painting_while_training_is_picked_up_and_never_changed(disc_tuner, qtbot):
@@ -50,12 +50,7 @@ def test_painting_while_training_is_picked_up_and_never_changed(disc_tuner, qtbo
 
 def test_one_fine_tuning_at_a_time(disc_tuner, qtbot):
     tuner = disc_tuner
-    image, truth, _ = dim_disc_scene(0)
-    tuner.viewer.add_image(image, name="cells")
-    tuner.segment_panel.run()
-    wait_idle(qtbot, tuner.segment_panel)
-    corrections = tuner.annotate_panel.make_corrections_layer()
-    corrections.data = truth.copy()
+    corrected_discs(tuner, qtbot)
     live = tuner.train_panel.live
     live.toggle.value = True
     assert tuner.train_panel.run() is None  # refused while live training is on

@@ -5,6 +5,7 @@ from napari_unet_tuner import load_checkpoint
 
 from conftest import (
     StallMeter,
+    corrected_discs,
     dim_disc_scene,
     disc_labels,
     dock_tuner,
@@ -565,12 +566,7 @@ def test_a_traded_model_is_offered_and_kept_only_when_asked(disc_tuner, qtbot, m
     from conftest import script_validations
 
     tuner = disc_tuner
-    image, truth, _ = dim_disc_scene(0)
-    tuner.viewer.add_image(image, name="cells")
-    tuner.segment_panel.run()
-    wait_idle(qtbot, tuner.segment_panel)
-    corrections = tuner.annotate_panel.make_corrections_layer()
-    corrections.data = truth.copy()
+    _, truth, _, corrections = corrected_discs(tuner, qtbot)
     painted = corrections.data.copy()
     # The run's models get both corrections right but lose 3 of 6 unchanged discs.
     start = CorrectionCounts(corrected=2, unchanged=6, unchanged_right=6)

@@ -6,7 +6,7 @@ second trainer. Each version of the annotations is prepared as a run is
 prediction, validation planned); the model being trained and its
 optimizer's state carry over from one version to the next, and `BestModel`
 decides, on the current version, whether the model is better than the
-starting one. Each time it is, the model is offered as a new version: a
+starting one. Each time it is, the model is offered as a new version: an
 ``"offer"`` record whose ``snapshot`` is the checkpoint, with the card a
 fine-tuning run would write. Nothing is saved.
 
@@ -76,6 +76,9 @@ class LiveTrainer:
     problem : str or None
         Why the last annotations given could not be learned (the previous
         ones still are), or ``None``.
+    version : int
+        Which of the annotations given (1 = the first `update`) is being
+        learned; 0 before any could be.
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class LiveTrainer:
         self.name = name
         self.best: Checkpoint | None = None
         self.problem: str | None = None
+        self.version = 0
         self._lock = threading.Lock()
         self._pending: tuple[list, Sequence[str | None] | None] | None = None
         self._versions_given = 0
@@ -164,6 +168,7 @@ class LiveTrainer:
             self.problem = str(error)
             return None
         self.problem = None
+        self.version = number
         # The model is the starting checkpoint here: its validation is "before".
         results = validate_run(run)
         before = results[run.candidates.index(run.card.instance_config)]
