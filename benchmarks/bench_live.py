@@ -177,7 +177,9 @@ def main() -> None:
     path = RESULTS / "live.json"
     earlier = json.loads(path.read_text())["rows"] if path.exists() else []
     kept = [r for r in earlier if r["set"] not in args.sets]
-    report = {"cpu": cpu_flags(), "settings": vars(args), "rows": kept + rows}
+    rows = kept + rows
+    settings = {**vars(args), "sets": list(dict.fromkeys(r["set"] for r in rows))}
+    report = {"cpu": cpu_flags(), "settings": settings, "rows": rows}
     path.write_text(json.dumps(report, indent=1))
 
 

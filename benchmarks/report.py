@@ -618,6 +618,8 @@ def main() -> None:
     if load("review_signals"):
         lines += [section("review_signals_issue35.md")]
     lines += live_section(load("live"))
+    if load("live"):
+        lines += [section("live_issue39.md")]
     lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))
     if resp:

@@ -206,7 +206,9 @@ def live_section(report: dict | None) -> list[str]:
         f"*batch*: the corrections, then `fine_tune` for {settings['budget']:.0f} s: the same "
         "total time. *Reproduced*: seconds from the last correction to the first model that "
         "gets at least 90 % of the corrections right (median over seeds; how many seeds got "
-        "there). AP@0.5 on other images of the same kind with the model kept, mean ± sd "
+        "there). *Right at the end*: the corrections right at the last validation (live: the "
+        "model being trained; batch: the model kept), per seed. AP@0.5 on other images of "
+        "the same kind with the model kept (live: the last offered), mean ± sd "
         f"over {settings['seeds']} seeds.",
         "",
         "| set | arm | corrections: fixed / deleted / kept | reproduced (s) | "
