@@ -1,5 +1,7 @@
 """A 2D model segments a Z-stack into 3D objects (stack="3d")."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,29 @@ def test_a_stack_of_small_nuclei_is_resized_in_3d_and_labelled_on_its_own_grid(d
     config = InferenceConfig(stack="3d", anisotropy=2.0, scale=2.0, device="cpu")
     result = segment(image, disc_model, axes="ZYX", inference=config)
     assert result.scale == 2.0 and result.labels.shape == truth.shape
+    assert average_precision(truth, result.labels, 0.5) >= 0.8
+
+
+def test_large_nuclei_are_shrunk_to_the_models_size_in_3d_not_in_2d(disc_model):
+    # 20-px spheres for a model of ~14 px: 2D runs them as they are (up to
+    # 1.6x), 3D shrinks them to the model's size (side views merge them
+    # otherwise), labels back on the stack's own grid.
+    # Deep enough (100 planes) that shrinking keeps its side views.
+    zz, yy, xx = np.mgrid[:100, :90, :90]
+    truth = np.zeros(zz.shape, np.int32)
+    for i, (z, y, x) in enumerate([(30, 30, 25), (30, 30, 45), (65, 55, 45), (65, 55, 65)], 1):
+        ball = (zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= 10**2
+        truth[ball & (truth == 0)] = i
+    noise = np.random.default_rng(0).normal(0, 30, truth.shape)
+    image = ((truth > 0) * 900 + 300 + noise).astype(np.float32)
+    model_diameter = disc_model.card.object_diameter
+    assert 1.2 < 20.0 / model_diameter < 1.6
+    config = InferenceConfig(stack="planes", anisotropy=1.0, diameter=20.0, device="cpu")
+    assert segment(image, disc_model, axes="ZYX", inference=config).scale == 1.0
+    config = replace(config, stack="3d")
+    result = segment(image, disc_model, axes="ZYX", inference=config)
+    assert result.scale == pytest.approx(model_diameter / 20.0)
+    assert result.labels.shape == truth.shape
     assert average_precision(truth, result.labels, 0.5) >= 0.8
 
 

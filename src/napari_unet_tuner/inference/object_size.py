@@ -126,17 +126,17 @@ def _median_diameter(areas: np.ndarray) -> float:
     return float(np.median(2.0 * np.sqrt(np.asarray(areas, np.float64) / np.pi)))
 
 
-def scale_for(diameter: float | None, model_diameter: float) -> float:
+def scale_for(diameter: float | None, model_diameter: float, largest: float = LARGEST) -> float:
     """Resize factor for objects of ``diameter`` pixels and a model of ``model_diameter``.
 
-    1.0 from `SMALLEST` to `LARGEST` times the model's diameter (or when the
-    diameter is unknown); smaller objects are brought to `ENLARGED` times
-    it, larger ones to it. Clipped to `SCALE_LIMITS`.
+    1.0 from `SMALLEST` to ``largest`` (`LARGEST`) times the model's diameter
+    (or when the diameter is unknown); smaller objects are brought to
+    `ENLARGED` times it, larger ones to it. Clipped to `SCALE_LIMITS`.
     """
     if diameter is None or diameter <= 0:
         return 1.0
     ratio = diameter / model_diameter
-    if SMALLEST <= ratio <= LARGEST:
+    if SMALLEST <= ratio <= largest:
         return 1.0
     target = ENLARGED * model_diameter if ratio < SMALLEST else model_diameter
     return float(np.clip(target / diameter, *SCALE_LIMITS))

@@ -31,6 +31,7 @@ from napari_unet_tuner.inference.stack import (
     iter_segment_stack,
     side_view_scale,
     stack_instances,
+    stack_scale,
 )
 from napari_unet_tuner.inference.tiling import (
     Predictor,
@@ -255,6 +256,7 @@ def iter_segment(
     if in_3d:
         t0 = time.perf_counter()
         z_step = None
+        scale = stack_scale(size, ckpt.card.object_diameter, scale)
         if inference.anisotropy is None:
             with cpu_threads(inference.num_threads):
                 z_step = estimate_z_step(
