@@ -82,7 +82,11 @@ class LiveTrainer:
     """
 
     def __init__(
-        self, checkpoint: Checkpoint, config: TrainingConfig | None = None, *, name=None
+        self,
+        checkpoint: Checkpoint,
+        config: TrainingConfig | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.config = replace(config or TrainingConfig(), final_learning_rate=None)
