@@ -37,8 +37,12 @@ from napari_unet_tuner.training.best_model import BestModel
 from napari_unet_tuner.training.data import AnnotatedImage
 from napari_unet_tuner.training.preparation import PreparedRun, RunClock, prepare_run
 from napari_unet_tuner.training.records import TrainingProgress
-from napari_unet_tuner.training.trainer import child_checkpoint, train_epoch, validate_run
-from napari_unet_tuner.training.validation import choose
+from napari_unet_tuner.training.trainer import (
+    child_checkpoint,
+    start_tracker,
+    train_epoch,
+    validate_and_consider,
+)
 from napari_unet_tuner.training.verdict import judge
 
 # How often a trainer with nothing to learn yet looks for annotations.
@@ -51,7 +55,6 @@ class _Version:
 
     run: PreparedRun
     tracker: BestModel
-    number: int
 
 
 class LiveTrainer:
@@ -174,15 +177,13 @@ class LiveTrainer:
         self.problem = None
         self.version = number
         # The model is the starting checkpoint here: its validation is "before".
-        results = validate_run(run)
-        before = results[run.candidates.index(run.card.instance_config)]
-        tracker = BestModel.start(before, choose(results), run.model)
+        tracker = start_tracker(run)
         if previous is not None:
             old = previous.run
             run.model.load_state_dict(old.model.state_dict())
             run.optimizing.optimizer.load_state_dict(old.optimizing.optimizer.state_dict())
             run.step, run.epoch, run.history = old.step, old.epoch, old.history
-        return _Version(run, tracker, number)
+        return _Version(run, tracker)
 
     def _judged(
         self, version: _Version, clock: RunClock, loss: float | None
@@ -193,11 +194,8 @@ class LiveTrainer:
             # Nothing trained yet: the model is the starting one, validated as "before".
             yield run.progress("validation", clock, tracker, loss, tracker.before)
             return
-        t_validation = time.perf_counter()
-        result = choose(validate_run(run))
-        clock.validation_seconds = time.perf_counter() - t_validation
         best_before = tracker.best
-        tracker.consider(result, run.model, run.step)
+        result = validate_and_consider(run, clock, tracker)
         yield run.progress("validation", clock, tracker, loss, result)
         if tracker.best is best_before:
             return
@@ -211,7 +209,7 @@ class LiveTrainer:
             "steps": run.step,
             "epochs": run.epoch,
             "stop_reason": "live",
-            "annotation_version": version.number,
+            "annotation_version": self.version,
         }
         self.best = child_checkpoint(
             run, tracker.state, tracker.before, tracker.best, details, self.name, learned=True

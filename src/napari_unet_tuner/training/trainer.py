@@ -119,12 +119,7 @@ def iter_fine_tune(
     run = prepare_run(pairs, checkpoint, config, model_config, axes)
     with cpu_threads(config.num_threads):
         t_validation = time.perf_counter()
-        results = validate_run(run)
-        # "Before" is the starting model with its own instance settings; other
-        # settings that reproduce more corrections are already something learned.
-        tracker = BestModel.start(
-            results[run.candidates.index(run.card.instance_config)], choose(results), run.model
-        )
+        tracker = start_tracker(run)
         clock.validation_seconds = time.perf_counter() - t_validation
         record = run.progress("validation", clock, tracker, None, tracker.before)
         yield record
@@ -133,10 +128,7 @@ def iter_fine_tune(
         while run.epoch < config.max_epochs and not clock.out_of_time():
             last_loss = yield from train_epoch(run, config, clock, tracker, stop, preview_every)
             run.epoch += 1
-            t_validation = time.perf_counter()
-            result = choose(validate_run(run))
-            clock.validation_seconds = time.perf_counter() - t_validation
-            tracker.consider(result, run.model, run.step)
+            result = validate_and_consider(run, clock, tracker)
             yield run.progress("validation", clock, tracker, last_loss, result)
             why = stop_reason(
                 tracker, config.patience, stop is not None and stop.is_set(), clock.out_of_time()
@@ -197,6 +189,26 @@ def iter_fine_tune(
     written, note = save_checkpoint_somewhere(new, output)
     message = f"{verdict.message}\n{note}" if note else verdict.message
     return replace(result, checkpoint=new, path=written, message=message)
+
+
+def start_tracker(run: PreparedRun) -> BestModel:
+    """Validate the starting model (the run's model before any step) and track from it."""
+    results = validate_run(run)
+    # "Before" is the starting model with its own instance settings; other
+    # settings that reproduce more corrections are already something learned.
+    before = results[run.candidates.index(run.card.instance_config)]
+    return BestModel.start(before, choose(results), run.model)
+
+
+def validate_and_consider(
+    run: PreparedRun, clock: RunClock, tracker: BestModel
+) -> ValidationResult:
+    """Validate the model after an epoch, time it, and let ``tracker`` take it in."""
+    t_validation = time.perf_counter()
+    result = choose(validate_run(run))
+    clock.validation_seconds = time.perf_counter() - t_validation
+    tracker.consider(result, run.model, run.step)
+    return result
 
 
 def validate_run(run: PreparedRun) -> list[ValidationResult]:
