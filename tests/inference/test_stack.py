@@ -171,19 +171,40 @@ def test_a_zarr_run_gives_the_in_memory_3d_objects_band_by_band(tmp_path, disc_m
 def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch):
     from napari_unet_tuner.inference import stack
 
-    # Six planes 8 pixels apart: 48 square pixels deep, the side views' minimum.
+    # Six planes, said to be 2 pixels apart: 12 square pixels deep, under the
+    # side views' minimum.
     image, truth = touching_spheres(8)
     seen = []
     real = stack.predict_planes
     monkeypatch.setattr(
         stack, "predict_planes", lambda *a, **k: seen.append(a[1]) or real(*a, **k)
     )
-    config = InferenceConfig(stack="3d", anisotropy=7.0)  # 42 deep: XY planes only
+    config = InferenceConfig(stack="3d", anisotropy=2.0)  # XY planes only
     labels = segment(image, disc_model, axes="ZYX", inference=config).labels
     assert seen == [1]  # across Z only: the XY planes
     assert len(np.unique(labels)) - 1 == truth.max() == 5
     ious = matched_ious(truth, labels)
     assert (ious.max(axis=1) > 0.5).all(), ious.max(axis=1)
+
+
+def test_side_views_need_a_stack_deeper_than_its_objects(disc_model, monkeypatch):
+    from napari_unet_tuner.inference import stack
+
+    # 16-px spheres in 16 planes 3 pixels apart: 48 deep, 3 spheres deep.
+    image, truth = touching_spheres(3)
+    seen = []
+    real = stack.predict_planes
+    monkeypatch.setattr(
+        stack, "predict_planes", lambda *a, **k: seen.append(a[1]) or real(*a, **k)
+    )
+    config = InferenceConfig(stack="3d", anisotropy=3.0)
+    labels = segment(image, disc_model, axes="ZYX", inference=config).labels
+    assert seen == [1, 2, 3]  # XY, XZ and YZ planes
+    assert len(np.unique(labels)) - 1 == truth.max() == 5
+    # The same depth is too shallow for objects larger than it, whatever the scale.
+    assert stack.has_side_views(48, 16.0) and stack.has_side_views(48, None)
+    assert not stack.has_side_views(25, 70.0)  # CHO: 5 planes 4.95 apart, 70-px nuclei
+    assert not stack.has_side_views(12, None)  # under the minimum, objects aside
 
 
 def test_stack_auto_is_3d_only_when_the_axes_are_known_to_hold_z():

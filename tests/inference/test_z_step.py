@@ -119,18 +119,6 @@ def test_the_object_size_of_a_stack_is_measured_on_its_fullest_planes(disc_model
     assert average_precision(truth, result.labels, 0.5) == 1.0
 
 
-def test_a_shrunk_stack_keeps_its_side_views():
-    from napari_unet_tuner.inference.stack import MIN_SIDE_VIEW_DEPTH, side_view_scale
-
-    # cells3d: 60 planes, Z step 1.12, nuclei measured at 49 px: x0.51 would
-    # leave 34 square pixels of depth, too few for side views.
-    kept = side_view_scale(0.51, 60, 1.12)
-    assert round(60 * 1.12 * kept) >= MIN_SIDE_VIEW_DEPTH and kept < 0.75
-    assert side_view_scale(0.9, 60, 1.12) == 0.9  # deep enough as it is
-    assert side_view_scale(2.0, 60, 1.12) == 2.0  # enlarging only deepens it
-    assert side_view_scale(0.5, 7, 2.0) == 0.5  # no side views to keep
-
-
 def test_3d_seeds_are_stricter_unless_the_caller_sets_them():
     from napari_unet_tuner import InstanceConfig
     from napari_unet_tuner.inference.stack import STACK_SEED_THRESHOLD, stack_instances

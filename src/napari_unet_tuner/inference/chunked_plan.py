@@ -163,7 +163,7 @@ def plan_chunked_run(
                 inference, anisotropy=measured_z_step(planar, ckpt, inference, instances, output)
             )
         tile_shape = tuple(inference.tile_shape or DEFAULT_TILE_SHAPE[2])
-        views = StackViews.plan(reader, cfg, inference, tile_shape)
+        views = StackViews.plan(reader, cfg, inference, tile_shape, ckpt.card.object_diameter)
     else:
         tile_shape = fit_tile_shape(
             reader.spatial_shape,

@@ -29,9 +29,9 @@ from napari_unet_tuner.inference.predictor import build_predictor
 from napari_unet_tuner.inference.runtime_probe import RuntimeChoice
 from napari_unet_tuner.inference.stack import (
     iter_segment_stack,
-    side_view_scale,
     stack_instances,
     stack_scale,
+    view_diameter,
 )
 from napari_unet_tuner.inference.tiling import (
     Predictor,
@@ -263,7 +263,6 @@ def iter_segment(
                     reader, first_stack(reader), predictor, cfg, instances, scale
                 )
             inference = replace(inference, anisotropy=z_step.anisotropy or 1.0)
-        scale = side_view_scale(scale, reader.shape["Z"], inference.anisotropy)
 
         def progress(stage, volume, volumes, done, total, view=None) -> SegmentationProgress:
             return SegmentationProgress(
@@ -283,6 +282,7 @@ def iter_segment(
                 collector,
                 image,
                 scale,
+                view_diameter(size, ckpt.card.object_diameter, scale),
             )
         result = _result(reader, stack_labels, stack_probabilities, scale, size, collector)
         return replace(result, anisotropy=inference.anisotropy, z_step=z_step, runtime=runtime)

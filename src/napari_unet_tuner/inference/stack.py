@@ -5,9 +5,9 @@ of each orientation tiled as any image; the XZ and YZ planes are first
 resampled to square pixels (`InferenceConfig.anisotropy`). The three
 probability volumes are averaged, and `probabilities_to_labels` labels
 seeds and grows them by a watershed in 3D, so a nucleus that spans twenty
-planes is one object. Stacks too shallow for side views
-(`MIN_SIDE_VIEW_DEPTH`) use the XY planes alone, linked across planes by the
-same 3D labelling. Each volume (a time point) is held in memory whole,
+planes is one object. Stacks too shallow for side views (`has_side_views`:
+less deep than one object) use the XY planes alone, linked across planes
+by the same 3D labelling. Each volume (a time point) is held in memory whole,
 with one float16 sum of its views' probabilities, and labelled a block at a
 time: about 20 bytes per voxel beyond the image (a 60 x 1024 x 1024 stack
 in under 2 GB in all). Larger ones go through the chunked zarr path
@@ -34,12 +34,18 @@ from napari_unet_tuner.inference.tiling import fit_tile_shape, iter_predict_tile
 
 # Orientations: the axis of the (C, Z, Y, X) volume their planes are stacked along.
 _ACROSS = {"xy": 1, "xz": 2, "yz": 3}
-# Stacks shallower than this (in square pixels, after resampling Z) cut every
-# object in XZ and YZ: those views mislead, and only the XY planes are used,
-# their objects linked across planes by the 3D watershed. CHO (5 planes, Z step
-# 4.95 pixels: 25) scored 3D AP@0.5 0.41 from XY alone and 0.01 with the side
-# views; cells3d (67) 0.41 and 0.875.
-MIN_SIDE_VIEW_DEPTH = 48
+# Side views need a stack deeper than its objects: shallower ones cut every
+# object in XZ and YZ, those views mislead, and only the XY planes are used,
+# their objects linked across planes by the 3D watershed. Depth in object
+# diameters (Z step included) does not change when the stack is resized.
+# CHO (5 planes 4.95 pixels apart: 25 deep, nuclei 70 px: 0.35 diameters)
+# scored 3D AP@0.5 0.41 from XY alone and 0.01 with the side views; cells3d
+# (67 deep, 48-px nuclei: 1.4) 0.41 and 0.83; synthetic 15-px nuclei 3
+# diameters deep, Z steps 1 and 2, 0.43 and 0.41 from XY alone, 0.76 and
+# 0.62 with them (the rule was 48 square pixels before, which kept them out).
+SIDE_VIEW_DIAMETERS = 1.0
+# Side views less tall than this (in the model's pixels) are not used, objects aside.
+MIN_SIDE_VIEW_DEPTH = 16
 # Z steps within this factor of the pixel size count as square for the side views.
 RESAMPLE_TOLERANCE = 1.25
 # Seeds of 3D objects: the three views' averaged interior spreads across
@@ -72,11 +78,23 @@ def side_view_depth(depth: int, anisotropy: float) -> int:
     Side views are resampled to square pixels only when the Z step is far
     from the pixel size: the model segments objects of 0.5-1.6x its size
     alike (`object_size`), and resampling there and back cost a fifth of a
-    near-isotropic run. Below `MIN_SIDE_VIEW_DEPTH` they are not used.
+    near-isotropic run.
     """
     if 1 / RESAMPLE_TOLERANCE <= anisotropy <= RESAMPLE_TOLERANCE:
         return depth
     return max(1, round(depth * anisotropy))
+
+
+def has_side_views(view_depth: int, object_diameter: float | None) -> bool:
+    """Whether side views ``view_depth`` tall (square pixels) are worth running.
+
+    They are when the stack is at least `SIDE_VIEW_DIAMETERS` objects deep
+    (``object_diameter``, in the same pixels; ``None``: not known, then
+    `MIN_SIDE_VIEW_DEPTH` alone decides) and `MIN_SIDE_VIEW_DEPTH` tall.
+    """
+    if view_depth < MIN_SIDE_VIEW_DEPTH:
+        return False
+    return object_diameter is None or view_depth >= SIDE_VIEW_DIAMETERS * object_diameter
 
 
 def stack_scale(size: SizeEstimate | None, model_diameter: float | None, scale: float) -> float:
@@ -94,20 +112,17 @@ def stack_scale(size: SizeEstimate | None, model_diameter: float | None, scale: 
     return scale_for(size.diameter, model_diameter, largest=LARGEST_IN_3D)
 
 
-def side_view_scale(scale: float, depth: int, anisotropy: float) -> float:
-    """Return ``scale``, or the smallest scale that keeps a stack's side views when it shrinks.
+def view_diameter(
+    size: SizeEstimate | None, model_diameter: float | None, scale: float
+) -> float | None:
+    """The objects' diameter in the pixels the model sees at ``scale``.
 
-    Shrinking a stack in XY shrinks it in Z too (its planes, in the resized
-    pixels, lie closer together): below `MIN_SIDE_VIEW_DEPTH` square pixels
-    the side views are dropped, and without them touching nuclei merge.
-    cells3d's whole volume (60 planes, Z step 1.12), measured at 49 px and
-    shrunk x0.51, scored 3D AP@0.5 0.15 (XY planes only); x0.72, the least
-    that keeps its side views, 0.67, and 0.68 unresized.
+    Measured (``size``) when it was, otherwise the model's own diameter (the
+    size it is run at), or ``None`` when neither is known.
     """
-    full_depth = depth * anisotropy
-    if scale >= 1.0 or full_depth < MIN_SIDE_VIEW_DEPTH:
-        return scale
-    return max(scale, min(1.0, (MIN_SIDE_VIEW_DEPTH + 0.5) / full_depth))
+    if size is not None and size.diameter is not None:
+        return size.diameter * scale
+    return model_diameter
 
 
 @dataclass(frozen=True)
@@ -135,12 +150,17 @@ def plan_views(
     tile_shape: tuple[int, int],
     model_config: ModelConfig,
     overlap: float,
+    object_diameter: float | None = None,
 ) -> dict[str, ViewPlan]:
-    """Plan the orientations a ``(Z, Y, X)`` stack is seen in: XY, and XZ, YZ if deep enough."""
+    """Plan the orientations a ``(Z, Y, X)`` stack is seen in: XY, and XZ, YZ if deep enough.
+
+    ``object_diameter`` (in the stack's pixels; `has_side_views`) decides
+    whether it is deep enough.
+    """
     depth, height, width = volume_shape
     iso_depth = side_view_depth(depth, anisotropy)
     shapes = {"xy": (height, width), "xz": (iso_depth, width), "yz": (iso_depth, height)}
-    if iso_depth < MIN_SIDE_VIEW_DEPTH:
+    if not has_side_views(iso_depth, object_diameter):
         shapes = {"xy": shapes["xy"]}
     plans = {}
     for name, shape in shapes.items():
@@ -188,6 +208,7 @@ def iter_segment_stack(
     collector: ObjectCollector | None = None,
     image: object = None,
     scale: float = 1.0,
+    object_diameter: float | None = None,
 ) -> Generator[object, None, tuple[np.ndarray, np.ndarray | None]]:
     """Segment every Z-stack of ``reader`` into 3D objects; return ``(labels, probabilities)``.
 
@@ -202,6 +223,8 @@ def iter_segment_stack(
     for the model in all three axes alike: its planes in XY, and its side
     views in Z through the Z step in the resized pixels. Probabilities go
     back to the stack's own grid before labels are made, so labels match it.
+    ``object_diameter`` (in the resized pixels, `view_diameter`) decides
+    whether the stack is deep enough for side views (`has_side_views`).
     """
     others = [a for a in reader.batch_axes if a != "Z"]
     volumes = list(itertools.product(*(range(reader.shape[a]) for a in others)))
@@ -212,7 +235,12 @@ def iter_segment_stack(
     # as far apart as before, so the Z step in its pixels is `scale` times larger.
     anisotropy = inference.anisotropy * scale
     plans = plan_views(
-        (depth, height, width), anisotropy, tile_shape, model_config, inference.overlap
+        (depth, height, width),
+        anisotropy,
+        tile_shape,
+        model_config,
+        inference.overlap,
+        object_diameter,
     )
     iso_depth = plans["xz"].plane_shape[0] if "xz" in plans else depth
     per_volume = sum(

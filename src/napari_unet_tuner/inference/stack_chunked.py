@@ -96,11 +96,22 @@ class StackViews:
         model_config: ModelConfig,
         inference: InferenceConfig,
         tile_shape: tuple[int, int],
+        object_diameter: float | None = None,
     ) -> StackViews:
-        """Plan the views of ``reader``'s ``ZYX`` volumes for a 2D model."""
+        """Plan the views of ``reader``'s ``ZYX`` volumes for a 2D model.
+
+        ``object_diameter``: the objects' diameter in pixels (chunked runs
+        are not resized: the model's), which decides whether the stack is
+        deep enough for side views (`stack.has_side_views`).
+        """
         volume_shape = tuple(reader.spatial_shape)
         plans = plan_views(
-            volume_shape, inference.anisotropy, tile_shape, model_config, inference.overlap
+            volume_shape,
+            inference.anisotropy,
+            tile_shape,
+            model_config,
+            inference.overlap,
+            object_diameter,
         )
         channels = model_config.in_channels + 2 * model_config.out_channels
         band_planes = {
