@@ -90,7 +90,7 @@ def test_large_nuclei_are_shrunk_to_the_models_size_in_3d_not_in_2d(disc_model):
 
 @pytest.mark.parametrize("axis", [1, 2, 3])
 def test_planes_in_one_batch_or_in_tiles_give_the_same(axis):
-    from napari_unet_tuner.inference.stack import predict_planes
+    from napari_unet_tuner.inference.stack_views import predict_planes
 
     volume = np.random.default_rng(0).random((1, 6, 40, 52), dtype=np.float32)
     plane_shape = tuple(s for i, s in enumerate(volume.shape[1:], start=1) if i != axis)
@@ -106,7 +106,7 @@ def test_planes_in_one_batch_or_in_tiles_give_the_same(axis):
 
 @pytest.mark.parametrize("tiled", [False, True])
 def test_side_views_resampled_plane_by_plane_sum_as_the_whole_volume_resampled(tiled):
-    from napari_unet_tuner.inference.stack import predict_planes, resample_depth
+    from napari_unet_tuner.inference.stack_views import predict_planes, resample_depth
 
     volume = np.random.default_rng(1).random((1, 6, 40, 52), dtype=np.float32)
 
@@ -189,6 +189,7 @@ def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch
 
 def test_side_views_need_a_stack_deeper_than_its_objects(disc_model, monkeypatch):
     from napari_unet_tuner.inference import stack
+    from napari_unet_tuner.inference.stack_views import has_side_views
 
     # 16-px spheres in 16 planes 3 pixels apart: 48 deep, 3 spheres deep.
     image, truth = touching_spheres(3)
@@ -202,9 +203,34 @@ def test_side_views_need_a_stack_deeper_than_its_objects(disc_model, monkeypatch
     assert seen == [1, 2, 3]  # XY, XZ and YZ planes
     assert len(np.unique(labels)) - 1 == truth.max() == 5
     # The same depth is too shallow for objects larger than it, whatever the scale.
-    assert stack.has_side_views(48, 16.0) and stack.has_side_views(48, None)
-    assert not stack.has_side_views(25, 70.0)  # CHO: 5 planes 4.95 apart, 70-px nuclei
-    assert not stack.has_side_views(12, None)  # under the minimum, objects aside
+    assert has_side_views(48, 16.0) and has_side_views(48, None)
+    assert not has_side_views(25, 70.0)  # CHO: 5 planes 4.95 apart, 70-px nuclei
+    assert not has_side_views(12, None)  # under the minimum, objects aside
+
+
+def test_a_nucleus_cut_by_the_top_of_the_stack_is_no_new_object(disc_model, monkeypatch):
+    from napari_unet_tuner.inference import stack
+    from napari_unet_tuner.inference.stack import FRAGMENT_SHARE, drop_fragments
+
+    image, truth = touching_spheres(1)
+    # A sphere centred 5 planes above the stack: a cap 3 planes tall at its top,
+    # an eighth of a whole sphere's volume.
+    zz, yy, xx = np.mgrid[: image.shape[0], : image.shape[1], : image.shape[2]]
+    cap = (zz + 5) ** 2 + (yy - 70) ** 2 + (xx - 20) ** 2 <= 8**2
+    assert (truth == 1).sum() * 0.1 < cap.sum() < (truth == 1).sum() * FRAGMENT_SHARE
+    image[cap] = 1200
+    config = InferenceConfig(stack="3d", anisotropy=1.0)
+    labels = segment(image, disc_model, axes="ZYX", inference=config).labels
+    assert labels.max() == truth.max() == 5
+    assert not labels[cap].any()
+    # The model does see the cap: it is dropped for its size, not missed.
+    monkeypatch.setattr(stack, "drop_fragments", lambda labels: labels)
+    kept = segment(image, disc_model, axes="ZYX", inference=config).labels
+    assert kept.max() == 6 and kept[cap].all()
+    # Too few objects to tell a fragment from a small nucleus: nothing dropped.
+    few = np.zeros((10, 40, 40), np.int32)
+    few[2:8, 5:15, 5:15], few[4:6, 25:28, 25:28] = 1, 2
+    assert drop_fragments(few.copy()).max() == 2
 
 
 def test_stack_auto_is_3d_only_when_the_axes_are_known_to_hold_z():

@@ -30,8 +30,9 @@ from napari_unet_tuner.inference.instances import (
     seed_markers,
 )
 from napari_unet_tuner.inference.predictor import build_predictor
-from napari_unet_tuner.inference.stack import predict_planes
+from napari_unet_tuner.inference.stack import fragment_size
 from napari_unet_tuner.inference.stack_chunked import StackViews, ViewBand, volume_number
+from napari_unet_tuner.inference.stack_views import predict_planes
 from napari_unet_tuner.inference.tiling import Predictor, predict_region
 from napari_unet_tuner.io import write_bytes_atomic
 from napari_unet_tuner.labels_files import open_labels_zarr
@@ -280,8 +281,14 @@ def relabel_chunk(spec: RunSpec, chunk: Chunk, lut: np.ndarray) -> int:
     return chunk.index
 
 
-def stitch(work_dir: Path, chunks: list[Chunk], min_size: int) -> list[np.ndarray]:
-    """Stage 2: one lookup table (local id -> final label) per chunk."""
+def stitch(
+    work_dir: Path, chunks: list[Chunk], min_size: int, fragments: bool = False
+) -> list[np.ndarray]:
+    """Stage 2: one lookup table (local id -> final label) per chunk.
+
+    ``fragments``: also drop objects far smaller than the rest
+    (`stack.fragment_size`, over the whole image), as 3D runs in memory do.
+    """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -318,6 +325,8 @@ def stitch(work_dir: Path, chunks: list[Chunk], min_size: int) -> list[np.ndarra
     graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), (nodes, nodes))
     _, component = connected_components(graph, directed=False)
     object_sizes = np.bincount(component, weights=np.concatenate(sizes))
+    if fragments:
+        min_size = max(min_size, fragment_size(object_sizes))
     keep = object_sizes >= max(min_size, 1)
     if int(keep.sum()) >= PROVISIONAL:
         raise UnetTunerError(

@@ -260,7 +260,9 @@ def iter_segment_to_zarr(
                 yield from _predict_views(plan.spec, plan.reader, client, workers, t0)
             yield from _segment_stage(plan, client, workers, segmented, t0)
             yield ChunkProgress("stitch", 0, 1, time.perf_counter() - t0)
-            luts = stitch(work_dir, plan.chunks, plan.spec.instances.min_size)
+            luts = stitch(
+                work_dir, plan.chunks, plan.spec.instances.min_size, plan.views is not None
+            )
             yield ChunkProgress("stitch", 1, 1, time.perf_counter() - t0)
             yield from _relabel_stage(plan, client, workers, luts, relabelled, t0)
         return _finish(plan, work_dir, luts, len(segmented), t0)

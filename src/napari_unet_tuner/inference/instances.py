@@ -305,19 +305,29 @@ def _block_shape(ndim: int) -> tuple[int, ...]:
     return _BLOCK_SHAPE.get(ndim, (1024,) * ndim)
 
 
-def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop objects smaller than ``min_size`` and renumber 1..n, in place, block by block."""
+def object_sizes(labels: np.ndarray) -> np.ndarray:
+    """Pixels (voxels) of every label ``0..labels.max()``, counted block by block."""
     # Counted block by block: bincount of a whole huge image would first copy
     # it to int64, twice the size of the labels themselves.
     n = int(labels.max(initial=0)) + 1
     sizes = np.zeros(n, np.int64)
-    blocks = _block_shape(labels.ndim)
-    for block in _blocks(labels.shape, blocks):
+    for block in _blocks(labels.shape, _block_shape(labels.ndim)):
         sizes += np.bincount(labels[block].ravel(), minlength=n)
+    return sizes
+
+
+def remove_small_objects(
+    labels: np.ndarray, min_size: float, sizes: np.ndarray | None = None
+) -> np.ndarray:
+    """Drop objects smaller than ``min_size`` and renumber 1..n, in place, block by block.
+
+    ``sizes``: the labels' `object_sizes`, when already counted.
+    """
+    sizes = object_sizes(labels) if sizes is None else sizes
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     lut = np.zeros(len(sizes), labels.dtype)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
-    for block in _blocks(labels.shape, blocks):
+    for block in _blocks(labels.shape, _block_shape(labels.ndim)):
         labels[block] = lut[labels[block]]
     return labels

@@ -27,7 +27,7 @@ import numpy as np
 
 from napari_unet_tuner.config import InferenceConfig, ModelConfig
 from napari_unet_tuner.inference.image import ImageReader
-from napari_unet_tuner.inference.stack import ViewPlan, plan_views
+from napari_unet_tuner.inference.stack_views import ViewPlan, plan_views
 from napari_unet_tuner.io import write_bytes_atomic
 
 VIEWS_DIR = "views"
@@ -102,7 +102,7 @@ class StackViews:
 
         ``object_diameter``: the objects' diameter in pixels (chunked runs
         are not resized: the model's), which decides whether the stack is
-        deep enough for side views (`stack.has_side_views`).
+        deep enough for side views (`stack_views.has_side_views`).
         """
         volume_shape = tuple(reader.spatial_shape)
         plans = plan_views(

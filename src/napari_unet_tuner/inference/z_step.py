@@ -23,7 +23,7 @@ from napari_unet_tuner.config import InferenceConfig, InstanceConfig, ModelConfi
 from napari_unet_tuner.inference.image import ImageReader, resize_plane
 from napari_unet_tuner.inference.instances import probabilities_to_labels
 from napari_unet_tuner.inference.object_size import centre_crop
-from napari_unet_tuner.inference.stack import predict_planes
+from napari_unet_tuner.inference.stack_views import predict_planes
 
 # Side of the central column, in the model's pixels: a few dozen nuclei of
 # the model's size in every plane, and a small share of a large stack's time.

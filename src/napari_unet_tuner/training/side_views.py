@@ -22,14 +22,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from skimage.transform import resize
 
-from napari_unet_tuner.inference.stack import side_view_depth
+from napari_unet_tuner.inference.stack_views import side_view_depth
 from napari_unet_tuner.training.corrections import CorrectionMap
 from napari_unet_tuner.training.data import Sample
 from napari_unet_tuner.training.targets import IGNORE, annotation_to_targets
 
 # Side views of stacks shallower than this (square pixels) cut most objects,
 # and segmentation runs such stacks from their XY planes alone
-# (`napari_unet_tuner.inference.stack.has_side_views`, which also weighs the
+# (`napari_unet_tuner.inference.stack_views.has_side_views`, which also weighs the
 # objects' size): nothing to learn for it there. bench_stack_finetune's
 # figures are with this depth.
 TRAINING_SIDE_VIEW_DEPTH = 48
