@@ -59,6 +59,14 @@ def touching_nuclei(
     return np.clip(image, 0, 65535).astype(np.uint16), _renumber(labels[::z_step])
 
 
+def middle_planes(
+    image: np.ndarray, labels: np.ndarray, planes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The middle ``planes`` planes of a stack and its labels (renumbered)."""
+    start = max(0, (image.shape[0] - planes) // 2)
+    return image[start : start + planes], _renumber(labels[start : start + planes])
+
+
 def _pack(shape, radius, rng, tries: int = 4000):
     """Random centres about one diameter apart (touching), and each nucleus's semi-axes."""
     centers, axes = [], []

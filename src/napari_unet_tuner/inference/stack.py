@@ -6,8 +6,8 @@ resampled to square pixels (`InferenceConfig.anisotropy`). The three
 probability volumes are averaged, and `probabilities_to_labels` labels
 seeds and grows them by a watershed in 3D, so a nucleus that spans twenty
 planes is one object. Stacks too shallow for side views (`has_side_views`:
-less deep than one object) use the XY planes alone, linked across planes
-by the same 3D labelling (`napari_unet_tuner.inference.stack_views`); 3D
+less deep than one object) use the XY planes alone, their objects found
+plane by plane and linked by overlap (`plane_links`); 3D
 objects far smaller than the rest are fragments, dropped. Each volume (a
 time point) is held in memory whole, with one float16 sum of its views'
 probabilities, and labelled a block at a time: about 20 bytes per voxel
@@ -33,6 +33,7 @@ from napari_unet_tuner.inference.instances import (
 )
 from napari_unet_tuner.inference.object_size import SizeEstimate, scale_for
 from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
+from napari_unet_tuner.inference.plane_links import link_planes
 from napari_unet_tuner.inference.stack_views import plan_views, predict_planes, view_tiles
 
 # Seeds of 3D objects: the three views' averaged interior spreads across
@@ -193,9 +194,11 @@ def iter_segment_stack(
         if (height, width) != native:
             summed = _restore_planes(summed, native)
         yield progress("instances", v, len(volumes), done, total)
-        volume_labels = drop_fragments(
-            probabilities_to_labels(summed, model_config.output_kind, instances)
-        )
+        if len(plans) > 1:
+            volume_labels = probabilities_to_labels(summed, model_config.output_kind, instances)
+        else:
+            volume_labels = link_planes(summed, model_config.output_kind, instances)
+        volume_labels = drop_fragments(volume_labels)
         count = int(volume_labels.max(initial=0))
         if next_label:
             np.add(volume_labels, next_label, out=volume_labels, where=volume_labels > 0)

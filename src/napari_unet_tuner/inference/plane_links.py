@@ -1,0 +1,80 @@
+"""3D objects of a shallow Z-stack: objects found plane by plane, linked by their overlap.
+
+A stack less deep than its objects has no side views (`stack_views`): the
+model sees its XY planes alone. Labelling their probabilities as one 3D
+volume joins every pair of seeds that touch between planes, so nuclei at
+different depths chain into one object wherever they overlap in XY. As
+Cellpose's ``stitch_threshold``: each plane is labelled on its own (in 2D,
+where the boundary class keeps touching nuclei apart), and an object takes
+the label of the object in the plane before that it overlaps most, if their
+intersection over union reaches `MIN_LINK_IOU`; otherwise it starts a new
+3D object. Each object of a plane links to at most one of the plane before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet_tuner.config import InstanceConfig, OutputKind
+from napari_unet_tuner.inference.instances import probabilities_to_labels
+
+# Objects of neighbouring planes with at least this intersection over union
+# are one 3D object. 3D AP@0.5 of XY-only stacks by the least IoU 0.1 / 0.25 /
+# 0.5, against linking seeds in 3D (before): synthetic touching nuclei of 15
+# and 25 px, 7 planes, Z steps 1-4, 2 seeds (as a crowded stack too shallow
+# for side views), mean 0.67 / 0.70 / 0.65 against 0.58; CHO frames 16-19
+# (5 planes) 0.89 / 0.89 / 0.89 against 0.89. Lower links nuclei that lie
+# above one another; higher cuts a nucleus whose outline changes between planes.
+MIN_LINK_IOU = 0.25
+
+
+def link_planes(
+    probabilities: np.ndarray, output_kind: OutputKind, instances: InstanceConfig
+) -> np.ndarray:
+    """Return int32 3D labels of a ``(C, Z, Y, X)`` probability volume, plane by plane, linked.
+
+    Labels are numbered 1..n without gaps, in the order objects first appear.
+    """
+    depth = probabilities.shape[1]
+    labels = np.zeros(probabilities.shape[1:], np.int32)
+    count = 0
+    for z in range(depth):
+        plane = probabilities_to_labels(probabilities[:, z], output_kind, instances)
+        objects = int(plane.max(initial=0))
+        if objects == 0:
+            continue
+        lookup = np.zeros(objects + 1, np.int32)
+        if z > 0:
+            for mine, theirs in _matches(plane, labels[z - 1]):
+                lookup[mine] = theirs
+        new = np.flatnonzero(lookup == 0)[1:]
+        lookup[new] = np.arange(count + 1, count + 1 + len(new), dtype=np.int32)
+        count += len(new)
+        labels[z] = lookup[plane]
+    return labels
+
+
+def _matches(plane: np.ndarray, before: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs ``(object of plane, object of before)`` linked, each object in at most one pair.
+
+    Overlapping pairs are taken best IoU first while both are free; pairs
+    under `MIN_LINK_IOU` are not links.
+    """
+    both = (plane > 0) & (before > 0)
+    if not both.any():
+        return []
+    pairs, overlap = np.unique(np.stack([plane[both], before[both]]), axis=1, return_counts=True)
+    size_mine = np.bincount(plane.ravel())[pairs[0]]
+    size_theirs = np.bincount(before.ravel())[pairs[1]]
+    iou = overlap / (size_mine + size_theirs - overlap)
+    linked, taken_mine, taken_theirs = [], set(), set()
+    for i in np.argsort(-iou, kind="stable"):
+        if iou[i] < MIN_LINK_IOU:
+            break
+        mine, theirs = int(pairs[0, i]), int(pairs[1, i])
+        if mine in taken_mine or theirs in taken_theirs:
+            continue
+        taken_mine.add(mine)
+        taken_theirs.add(theirs)
+        linked.append((mine, theirs))
+    return linked
