@@ -206,6 +206,8 @@ def test_side_views_need_a_stack_deeper_than_its_objects(disc_model, monkeypatch
     assert has_side_views(48, 16.0) and has_side_views(48, None)
     assert not has_side_views(25, 70.0)  # CHO: 5 planes 4.95 apart, 70-px nuclei
     assert not has_side_views(12, None)  # under the minimum, objects aside
+    # 15-px nuclei 4 pixels apart span under 4 planes: side views would be guesses.
+    assert not has_side_views(60, 15.0, 4.0) and has_side_views(60, 15.0, 2.0)
 
 
 def test_a_nucleus_cut_by_the_top_of_the_stack_is_no_new_object(disc_model, monkeypatch):

@@ -243,6 +243,7 @@ def probabilities_to_labels(
     config: InstanceConfig | None = None,
     out: np.ndarray | None = None,
     block_shape: tuple[int, ...] | None = None,
+    markers: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn model probabilities into instance labels (int32, 0 is background).
 
@@ -264,6 +265,9 @@ def probabilities_to_labels(
         512 in 3D). Chunked runs
         (`napari_unet_tuner.inference.chunked`) use their chunk shape, and
         give the same labels as this function with that ``block_shape``.
+    markers : numpy.ndarray, optional
+        int32 seeds to grow instead of `seed_markers`' (3D objects linked
+        plane by plane: `napari_unet_tuner.inference.plane_links`).
 
     Returns
     -------
@@ -282,7 +286,8 @@ def probabilities_to_labels(
     config = config or InstanceConfig()
     spatial = probabilities.shape[1:]
     labels = np.empty(spatial, np.int32) if out is None else out
-    markers = seed_markers(probabilities, output_kind, config)
+    if markers is None:
+        markers = seed_markers(probabilities, output_kind, config)
     if output_kind == "foreground":
         labels[...] = markers
     else:

@@ -9,6 +9,9 @@ where the boundary class keeps touching nuclei apart), and an object takes
 the label of the object in the plane before that it overlaps most, if their
 intersection over union reaches `MIN_LINK_IOU`; otherwise it starts a new
 3D object. Each object of a plane links to at most one of the plane before.
+The linked objects then grow in 3D as seeds do (`probabilities_to_labels`)
+into the foreground that no plane's own object took, such as a nucleus's
+dim top and bottom planes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from napari_unet_tuner.inference.instances import probabilities_to_labels
 # for side views), mean 0.67 / 0.70 / 0.65 against 0.58; CHO frames 16-19
 # (5 planes) 0.89 / 0.89 / 0.89 against 0.89. Lower links nuclei that lie
 # above one another; higher cuts a nucleus whose outline changes between planes.
+# Growing the linked objects in 3D: CHO AP@0.75 0.37 -> 0.80 (AP@0.5 0.89 ->
+# 0.87), the synthetic crops AP@0.5 0.71 -> 0.69.
 MIN_LINK_IOU = 0.25
 
 
@@ -33,7 +38,7 @@ def link_planes(
 ) -> np.ndarray:
     """Return int32 3D labels of a ``(C, Z, Y, X)`` probability volume, plane by plane, linked.
 
-    Labels are numbered 1..n without gaps, in the order objects first appear.
+    Labels are numbered 1..n without gaps.
     """
     depth = probabilities.shape[1]
     labels = np.zeros(probabilities.shape[1:], np.int32)
@@ -51,7 +56,7 @@ def link_planes(
         lookup[new] = np.arange(count + 1, count + 1 + len(new), dtype=np.int32)
         count += len(new)
         labels[z] = lookup[plane]
-    return labels
+    return probabilities_to_labels(probabilities, output_kind, instances, markers=labels)
 
 
 def _matches(plane: np.ndarray, before: np.ndarray) -> list[tuple[int, int]]:
