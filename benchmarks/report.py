@@ -9,6 +9,7 @@ from pathlib import Path
 from report_corrections import corrections_section, finetune_section, recheck_section
 from report_magnification import magnification_lines
 from report_review import live_section, review_section, review_signals_section
+from report_stack import stack_table_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -552,6 +553,7 @@ def main() -> None:
             "",
             *magnification_lines(quality.get("magnification"), RESULTS),
             *stacks_lines(quality.get("stacks")),
+            *stack_table_lines(load("stack")),
             # bench_stack.py's figures, written up by hand (issue 37).
             section("stack_issue37.md"),
             *stack_finetune_lines(load("stack_finetune")),
