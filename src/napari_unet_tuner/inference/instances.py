@@ -28,9 +28,13 @@ DISTANCE = 3
 WATERSHED_HALO = 16
 # Blocks the watershed grows seeds in: its working memory is one block. A
 # 3D block as large as 2D's per axis would hold a whole stack (60 x 1024 x
-# 1024 took 1.7 GB beyond its probabilities); this one is the chunked
-# path's default 3D chunk, so both give the same labels.
-_BLOCK_SHAPE = {2: (1024, 1024), 3: (64, 512, 512)}
+# 1024 took 1.7 GB beyond its probabilities). 64 x 512 x 512 (the chunked
+# path's default 3D chunk) peaked at 2071 MB on that stack in all, labelling
+# in 16.9 s; 64 x 256 x 256 at 1792 MB, in 11.8 s (same AMD EPYC, one run
+# each). Seeds grow across the boundary band only, within `WATERSHED_HALO`:
+# 64 x 64 x 64 blocks gave the very labels of 64 x 512 x 512 ones (cells3d and
+# synthetic 15-40-px stacks, no voxel apart), so the chunked path still agrees.
+_BLOCK_SHAPE = {2: (1024, 1024), 3: (64, 256, 256)}
 
 # Splitting a concave seed: its distance-to-edge map is smoothed (pixels) so
 # that ragged outlines make no peaks, scaled to 1 at the seed's centre, and
@@ -261,8 +265,8 @@ def probabilities_to_labels(
         int32 array of shape ``spatial`` to write the labels into (saves a
         copy of the output on huge images).
     block_shape : tuple of int, optional
-        Blocks the watershed runs in (default 1024 x 1024 in 2D, 64 x 512 x
-        512 in 3D). Chunked runs
+        Blocks the watershed runs in (default 1024 x 1024 in 2D, 64 x 256 x
+        256 in 3D). Chunked runs
         (`napari_unet_tuner.inference.chunked`) use their chunk shape, and
         give the same labels as this function with that ``block_shape``.
     markers : numpy.ndarray, optional
