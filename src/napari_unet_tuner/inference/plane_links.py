@@ -28,8 +28,8 @@ from napari_unet_tuner.inference.instances import probabilities_to_labels
 # for side views), mean 0.67 / 0.70 / 0.65 against 0.58; CHO frames 16-19
 # (5 planes) 0.89 / 0.89 / 0.89 against 0.89. Lower links nuclei that lie
 # above one another; higher cuts a nucleus whose outline changes between planes.
-# Growing the linked objects in 3D: CHO AP@0.75 0.37 -> 0.80 (AP@0.5 0.89 ->
-# 0.87), the synthetic crops AP@0.5 0.71 -> 0.69.
+# Growing the linked objects in 3D: CHO frames 16-19 AP@0.75 0.37 -> 0.80
+# (AP@0.5 0.89 -> 0.87), ten of the synthetic crops AP@0.5 0.70 -> 0.67.
 MIN_LINK_IOU = 0.25
 
 
