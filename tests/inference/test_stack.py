@@ -168,19 +168,24 @@ def test_a_zarr_run_gives_the_in_memory_3d_objects_band_by_band(tmp_path, disc_m
     assert not set(np.unique(labels[0])) - {0} & set(np.unique(labels[1]))
 
 
-def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch):
+def views_run(monkeypatch, image, model, anisotropy):
+    """Segment a ZYX stack in 3D; return its labels and the axes its views' planes were across."""
     from napari_unet_tuner.inference import stack
 
-    # Six planes, said to be 2 pixels apart: 12 square pixels deep, under the
-    # side views' minimum.
-    image, truth = touching_spheres(8)
     seen = []
     real = stack.predict_planes
     monkeypatch.setattr(
         stack, "predict_planes", lambda *a, **k: seen.append(a[1]) or real(*a, **k)
     )
-    config = InferenceConfig(stack="3d", anisotropy=2.0)  # XY planes only
-    labels = segment(image, disc_model, axes="ZYX", inference=config).labels
+    config = InferenceConfig(stack="3d", anisotropy=anisotropy)
+    return segment(image, model, axes="ZYX", inference=config).labels, seen
+
+
+def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch):
+    # Six planes, said to be 2 pixels apart: 12 square pixels deep, under the
+    # side views' minimum.
+    image, truth = touching_spheres(8)
+    labels, seen = views_run(monkeypatch, image, disc_model, 2.0)
     assert seen == [1]  # across Z only: the XY planes
     assert len(np.unique(labels)) - 1 == truth.max() == 5
     ious = matched_ious(truth, labels)
@@ -188,21 +193,15 @@ def test_a_thin_stack_links_its_xy_objects_across_planes(disc_model, monkeypatch
 
 
 def test_side_views_need_a_stack_deeper_than_its_objects(disc_model, monkeypatch):
-    from napari_unet_tuner.inference import stack
     from napari_unet_tuner.inference.stack_views import has_side_views
 
-    # 16-px spheres in 16 planes 3 pixels apart: 48 deep, 3 spheres deep.
+    # 16-px spheres in 16 planes, said to be 2.5 pixels apart: 40 deep, over 2
+    # spheres deep, but under 48 square pixels, which was the rule before.
     image, truth = touching_spheres(3)
-    seen = []
-    real = stack.predict_planes
-    monkeypatch.setattr(
-        stack, "predict_planes", lambda *a, **k: seen.append(a[1]) or real(*a, **k)
-    )
-    config = InferenceConfig(stack="3d", anisotropy=3.0)
-    labels = segment(image, disc_model, axes="ZYX", inference=config).labels
+    labels, seen = views_run(monkeypatch, image, disc_model, 2.5)
     assert seen == [1, 2, 3]  # XY, XZ and YZ planes
     assert len(np.unique(labels)) - 1 == truth.max() == 5
-    # The same depth is too shallow for objects larger than it, whatever the scale.
+    # Depth counts in objects (which resizing does not change), and pixels.
     assert has_side_views(48, 16.0) and has_side_views(48, None)
     assert not has_side_views(25, 70.0)  # CHO: 5 planes 4.95 apart, 70-px nuclei
     assert not has_side_views(12, None)  # under the minimum, objects aside
