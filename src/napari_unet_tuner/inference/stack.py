@@ -6,9 +6,9 @@ resampled to square pixels (`InferenceConfig.anisotropy`). The three
 probability volumes are averaged, and `probabilities_to_labels` labels
 seeds and grows them by a watershed in 3D, so a nucleus that spans twenty
 planes is one object. Stacks too shallow for side views (`has_side_views`:
-less deep than one object) use the XY planes alone, their objects found
-plane by plane and linked by overlap (`plane_links`); 3D
-objects far smaller than the rest are fragments, dropped. Each volume (a
+less deep than one object, or objects in too few planes) use the XY planes
+alone, their objects found plane by plane and linked by overlap
+(`plane_links`). 3D objects far smaller than the rest are fragments, dropped. Each volume (a
 time point) is held in memory whole, with one float16 sum of its views'
 probabilities, and labelled a block at a time: about 20 bytes per voxel
 beyond the image (a 60 x 1024 x 1024 stack in under 2 GB in all). Larger
