@@ -20,6 +20,7 @@ import numpy as np
 
 from napari_unet_tuner.config import InstanceConfig, OutputKind
 from napari_unet_tuner.inference.instances import probabilities_to_labels
+from napari_unet_tuner.inference.overlaps import pair_ious
 
 # Objects of neighbouring planes with at least this intersection over union
 # are one 3D object. 3D AP@0.5 of XY-only stacks by the least IoU 0.1 / 0.25 /
@@ -65,21 +66,14 @@ def _matches(plane: np.ndarray, before: np.ndarray) -> list[tuple[int, int]]:
     Overlapping pairs are taken best IoU first while both are free; pairs
     under `MIN_LINK_IOU` are not links.
     """
-    both = (plane > 0) & (before > 0)
-    if not both.any():
-        return []
-    pairs, overlap = np.unique(np.stack([plane[both], before[both]]), axis=1, return_counts=True)
-    size_mine = np.bincount(plane.ravel())[pairs[0]]
-    size_theirs = np.bincount(before.ravel())[pairs[1]]
-    iou = overlap / (size_mine + size_theirs - overlap)
+    mine, theirs, ious = pair_ious(plane, before)
     linked, taken_mine, taken_theirs = [], set(), set()
-    for i in np.argsort(-iou, kind="stable"):
-        if iou[i] < MIN_LINK_IOU:
+    for i in np.argsort(-ious, kind="stable"):
+        if ious[i] < MIN_LINK_IOU:
             break
-        mine, theirs = int(pairs[0, i]), int(pairs[1, i])
-        if mine in taken_mine or theirs in taken_theirs:
+        if mine[i] in taken_mine or theirs[i] in taken_theirs:
             continue
-        taken_mine.add(mine)
-        taken_theirs.add(theirs)
-        linked.append((mine, theirs))
+        taken_mine.add(mine[i])
+        taken_theirs.add(theirs[i])
+        linked.append((int(mine[i]), int(theirs[i])))
     return linked
