@@ -112,3 +112,39 @@ def test_review_before_segmenting_says_what_to_do(make_napari_viewer, tmp_path, 
     tuner.annotate_panel.review.keep()
     assert errors and "Segment the image first" in errors[0]
     assert tuner.annotate_panel.review.layer is None
+
+
+def test_objects_a_new_model_version_changed_are_reviewed_first(
+    make_napari_viewer, disc_model, tmp_path, monkeypatch, qtbot
+):
+    """A version that finds the discs the last one did not: those come first, judged."""
+    import dataclasses
+
+    from napari_unet_tuner import with_card
+
+    model = with_card(disc_model, name="tiny")
+    tuner = dock_tuner(make_napari_viewer(), model, tmp_path / "d.safetensors", monkeypatch)
+    image, _, _ = dim_disc_scene(0)
+    tuner.viewer.add_image(image, name="cells")
+    # The earlier version: an object size floor that drops every disc.
+    instances = {**model.card.instances, "min_size": 10_000}
+    earlier = dataclasses.replace(model, card=dataclasses.replace(model.card, instances=instances))
+    for checkpoint in (earlier, None):
+        tuner.segment_panel.run(checkpoint)
+        qtbot.waitUntil(lambda: tuner.segment_panel.worker is None, timeout=60_000)
+    prediction = tuner.viewer.layers["cells labels"]
+    assert prediction.metadata["previous_labels"].max() == 0
+    found = int(prediction.data.max())
+    assert found > 0
+
+    review = tuner.annotate_panel.review
+    review.keep()
+    changes = review.queue[review.queue["change"] != ""]
+    assert len(changes) == found and (changes["change"] == "new").all()
+    assert (review.queue.index[review.queue["change"] != ""] < found).all()
+    assert review.current["change"] == "new"
+    review.delete()  # this change was wrong
+    review.keep()  # this one right
+    assert review.changes_judged == {"right": 1, "wrong": 1}
+    assert f"{found} objects changed since the previous segmentation" in review.status.value
+    assert "1 judged right, 1 wrong" in review.status.value

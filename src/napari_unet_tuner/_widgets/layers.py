@@ -133,9 +133,17 @@ def show_segmentation(
     target.metadata["objects"] = result.objects if region is None else None
     target.metadata["possible_misses"] = result.possible_misses if region is None else None
     if region is None:
+        # The last two whole-image segmentations: what a new model version changed
+        # is reviewed first (`changed_objects`).
+        target.metadata["previous_labels"] = None if created else target.metadata.get("segmented")
+        target.metadata["segmented"] = result.labels
         if not created:
             target.data = result.labels
     else:
+        segmented = target.metadata.get("segmented")
+        if segmented is not None and np.shares_memory(segmented, target.data):
+            # A field of view is written in place: the whole-image result stays as it was.
+            target.metadata["segmented"] = segmented.copy()
         labels = result.labels
         offset = int(np.max(target.data)) if np.any(labels) else 0
         target.data[region] = np.where(labels > 0, labels + offset, 0)

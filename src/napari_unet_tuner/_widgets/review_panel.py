@@ -18,6 +18,7 @@ from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error
 
 from napari_unet_tuner._widgets.layers import labels_name
+from napari_unet_tuner.inference.changes import changed_objects
 from napari_unet_tuner.inference.objects import review_queue
 from napari_unet_tuner.training.review import REVIEW_MARGIN, around
 
@@ -32,6 +33,17 @@ KEYS = {"keep": "k", "delete": "d", "redraw": "r", "add": "a"}
 # never past this many screen pixels per image pixel (its neighbours stay in view).
 SHOWN_PIXELS = 60
 MAX_ZOOM = 4.0
+# Changes judged wrong before the status says the previous version may be better.
+MOST_CHANGES_WRONG = 3
+
+
+def changes_of(prediction: napari.layers.Labels) -> pd.DataFrame | None:
+    """Return what the last segmentation changed against the one before, if any."""
+    previous = prediction.metadata.get("previous_labels")
+    labels = prediction.metadata.get("segmented")
+    if previous is None or labels is None or previous.shape != labels.shape:
+        return None
+    return changed_objects(previous, labels)
 
 
 class ReviewPanel(Container):
@@ -44,6 +56,8 @@ class ReviewPanel(Container):
         self.queue: pd.DataFrame | None = None
         self.position = -1
         self.counts = dict.fromkeys(("right", "fixed", "deleted", "added"), 0)
+        # Of the changes since the previous segmentation: kept (right) or fixed (wrong).
+        self.changes_judged = dict.fromkeys(("right", "wrong"), 0)
         self._pending: str | None = None  # "fixed" or "added" once the brush was handed over
         self._table = None
         self._largest_predicted = 0
@@ -152,8 +166,11 @@ class ReviewPanel(Container):
                 layer.bind_key(key, lambda _layer, a=action: getattr(self, a)(), overwrite=True)
             self.layer, self._table, self.position = layer, table, -1
             self._largest_predicted = int(np.max(layer.metadata["prediction"]))
-            self.queue = review_queue(table, prediction.metadata.get("possible_misses"))
+            self.queue = review_queue(
+                table, prediction.metadata.get("possible_misses"), changes_of(prediction)
+            )
             self.counts = dict.fromkeys(self.counts, 0)
+            self.changes_judged = dict.fromkeys(self.changes_judged, 0)
         return True
 
     def _advance(self) -> None:
@@ -202,6 +219,8 @@ class ReviewPanel(Container):
         self.layer.metadata["reviewed"][window] |= around(seen)
         if outcome is not None:
             self.counts[outcome] += 1
+        if item.get("change"):
+            self.changes_judged["right" if outcome in (None, "right") else "wrong"] += 1
 
     def _highlight(self, item: dict) -> None:
         """Frame the item in view with a yellow box on a shapes layer of its own."""
@@ -273,6 +292,18 @@ class ReviewPanel(Container):
             f"reviewed {done} of {objects} objects and {misses} possible misses, least "
             f"confident first · {c['fixed']} fixed · {c['deleted']} deleted · {c['added']} added"
         )
+        changes = int((self.queue["change"] != "").sum())
+        if changes:
+            right, wrong = self.changes_judged["right"], self.changes_judged["wrong"]
+            text = (
+                f"{changes} objects changed since the previous segmentation come first: "
+                f"{right} judged right, {wrong} wrong · {text}"
+            )
+            if wrong >= MOST_CHANGES_WRONG and wrong > right:
+                text += (
+                    " · most changes judged so far are wrong: the previous model version "
+                    "may be the better one for this image"
+                )
         if self.current is None:
             text += " · queue done"
         self.status.value = text

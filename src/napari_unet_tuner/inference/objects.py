@@ -349,17 +349,25 @@ class ObjectCollector:
         return misses
 
 
-def review_queue(objects: pd.DataFrame, misses: pd.DataFrame | None = None) -> pd.DataFrame:
+def review_queue(
+    objects: pd.DataFrame,
+    misses: pd.DataFrame | None = None,
+    changes: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Objects and possible misses in one order: the likeliest error first.
 
     An object's doubt is the chance it is wrong (1 - confidence); a possible
     miss's, the chance it is an object the labels lack (its confidence).
+    ``changes`` (`napari_unet_tuner.inference.changes.changed_objects`: what
+    a new model version changed) come first, largest first: a new object as
+    an object, a lost one as a miss.
 
     Returns
     -------
     pandas.DataFrame
         ``kind`` ("object" or "miss"), ``label`` (0 for a miss), ``area``,
-        ``centroid-<axis>`` and ``doubt``, sorted by ``doubt`` (highest first).
+        ``centroid-<axis>``, ``doubt`` and ``change`` ("new", "lost" or ""),
+        changes first, then by ``doubt`` (highest first).
     """
     centroids = [c for c in objects.columns if c.startswith("centroid-")]
     parts = [
@@ -386,4 +394,13 @@ def review_queue(objects: pd.DataFrame, misses: pd.DataFrame | None = None) -> p
             )
         )
     queue = pd.concat(parts, ignore_index=True)
-    return queue.sort_values("doubt", ascending=False, kind="stable").reset_index(drop=True)
+    queue = queue.sort_values("doubt", ascending=False, kind="stable").assign(change="")
+    if changes is None or not len(changes):
+        return queue.reset_index(drop=True)
+    doubt = dict(zip(queue["label"], queue["doubt"], strict=True))
+    first = changes.assign(
+        kind=np.where(changes["change"] == "new", "object", "miss"),
+        doubt=[doubt.get(label, 1.0) if label else 1.0 for label in changes["label"]],
+    )[queue.columns]
+    rest = queue[~((queue["kind"] == "object") & queue["label"].isin(changes["label"]))]
+    return pd.concat([first, rest], ignore_index=True)
