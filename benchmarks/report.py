@@ -622,6 +622,8 @@ def main() -> None:
     lines += live_section(load("live"))
     if load("live"):
         lines += [section("live_issue39.md")]
+    if load("changes"):
+        lines += [section("changes_review.md")]
     lines += finetune_section(load("finetune"))
     lines += peer_section(load("peer"))
     if resp:

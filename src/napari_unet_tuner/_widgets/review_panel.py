@@ -6,7 +6,10 @@ corrections layer (made as the annotate panel makes one): *keep* (K) leaves
 an object as it is, *delete* (D) erases it, *redraw* (R) hands the brush to
 it, *add* (A) starts a new object at a possible miss. What was looked at,
 and a few pixels around it, is recorded in the layer's ``reviewed`` mask:
-fine-tuning takes only that as truth.
+fine-tuning takes only that as truth. After a segmentation by another model
+version of the same image, the objects it changed come first
+(`napari_unet_tuner.inference.changes`), and the status counts how many of
+them the user judged right or wrong.
 """
 
 from __future__ import annotations
