@@ -9,6 +9,7 @@ from napari.utils.notifications import show_info
 
 if TYPE_CHECKING:
     import napari
+    import pandas as pd
 
     from napari_unet_tuner.inference.pipeline import SegmentationResult
 
@@ -86,19 +87,30 @@ def visible_region(
     return tuple(index)
 
 
+def previous_segmentation(viewer: napari.Viewer, image: napari.layers.Image) -> Any:
+    """Return the image's last whole-image labels shown by `show_segmentation`, if any."""
+    name = labels_name(image)
+    if name not in viewer.layers or not viewer.layers[name].metadata.get(LAYER_TAG):
+        return None
+    return viewer.layers[name].metadata.get("segmented")
+
+
 def show_segmentation(
     viewer: napari.Viewer,
     image: napari.layers.Image,
     result: SegmentationResult,
     region: tuple | None,
     stack: str = "planes",
+    changes: pd.DataFrame | None = None,
 ) -> None:
     """Show a segmentation as the image's labels layer (made once, then updated in place).
 
     ``region``: the result covers only that part of the image (a field of
     view). The layer records the scale the prediction was made at, and
     whether its objects are 3D (``stack``, `InferenceConfig.stack`):
-    corrections of it are learned that way.
+    corrections of it are learned that way. ``changes``: what a whole-image
+    result changed against the layer's previous one (`previous_segmentation`,
+    `napari_unet_tuner.inference.changes.changed_objects`), for the review.
     """
     if image not in viewer.layers:
         # The image was closed while it was segmented: no orphan labels layer.
@@ -133,10 +145,10 @@ def show_segmentation(
     target.metadata["objects"] = result.objects if region is None else None
     target.metadata["possible_misses"] = result.possible_misses if region is None else None
     if region is None:
-        # The last two whole-image segmentations: what a new model version changed
-        # is reviewed first (`changed_objects`).
-        target.metadata["previous_labels"] = None if created else target.metadata.get("segmented")
+        # What the next segmentation is compared with, and what this one changed
+        # against the one before (reviewed first).
         target.metadata["segmented"] = result.labels
+        target.metadata["changes"] = changes
         if not created:
             target.data = result.labels
     else:

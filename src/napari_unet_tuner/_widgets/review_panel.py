@@ -21,7 +21,6 @@ from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error
 
 from napari_unet_tuner._widgets.layers import labels_name
-from napari_unet_tuner.inference.changes import changed_objects
 from napari_unet_tuner.inference.objects import review_queue
 from napari_unet_tuner.training.review import REVIEW_MARGIN, around
 
@@ -38,15 +37,6 @@ SHOWN_PIXELS = 60
 MAX_ZOOM = 4.0
 # Changes judged wrong before the status says the previous version may be better.
 MOST_CHANGES_WRONG = 3
-
-
-def changes_of(prediction: napari.layers.Labels) -> pd.DataFrame | None:
-    """Return what the last segmentation changed against the one before, if any."""
-    previous = prediction.metadata.get("previous_labels")
-    labels = prediction.metadata.get("segmented")
-    if previous is None or labels is None or previous.shape != labels.shape:
-        return None
-    return changed_objects(previous, labels)
 
 
 class ReviewPanel(Container):
@@ -170,7 +160,9 @@ class ReviewPanel(Container):
             self.layer, self._table, self.position = layer, table, -1
             self._largest_predicted = int(np.max(layer.metadata["prediction"]))
             self.queue = review_queue(
-                table, prediction.metadata.get("possible_misses"), changes_of(prediction)
+                table,
+                prediction.metadata.get("possible_misses"),
+                prediction.metadata.get("changes"),
             )
             self.counts = dict.fromkeys(self.counts, 0)
             self.changes_judged = dict.fromkeys(self.changes_judged, 0)

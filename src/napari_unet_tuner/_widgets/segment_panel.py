@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -25,6 +26,7 @@ from napari_unet_tuner._widgets.layers import (
     anisotropy_of,
     layer_array,
     looks_like_z_stack,
+    previous_segmentation,
     show_segmentation,
     visible_region,
 )
@@ -32,6 +34,7 @@ from napari_unet_tuner._widgets.worker_errors import report_errors_plainly
 from napari_unet_tuner._widgets.zarr_output import check_zarr_path, start_zarr_run
 from napari_unet_tuner.config import InferenceConfig
 from napari_unet_tuner.errors import InputError
+from napari_unet_tuner.inference.changes import changed_objects
 from napari_unet_tuner.inference.chunked_plan import check_chunked_inference
 from napari_unet_tuner.inference.object_size import painted_diameter
 from napari_unet_tuner.inference.pipeline import SegmentationResult, iter_segment
@@ -42,6 +45,18 @@ if TYPE_CHECKING:
 
     from napari_unet_tuner._widgets.tuner import UNetTunerWidget
     from napari_unet_tuner.model.checkpoint import Checkpoint
+
+
+def compared(segment: Callable, previous: Any, found: dict) -> Callable:
+    """Wrap an `iter_segment`: afterwards, put its changes against ``previous`` in ``found``."""
+
+    def run(*args: Any, **kwargs: Any) -> Generator:
+        result = yield from segment(*args, **kwargs)
+        if previous is not None and previous.shape == result.labels.shape:
+            found["changes"] = changed_objects(previous, result.labels)
+        return result
+
+    return run
 
 
 class SegmentPanel(Container):
@@ -206,8 +221,12 @@ class SegmentPanel(Container):
                 self._tuner.warm_up,
             )
             return self._start(worker, None)  # the run shows its own progress bar
+        # What this run changes against the last one is found in the worker too
+        # (a second on a large image): the review shows it first.
+        previous = previous_segmentation(self._tuner.viewer, layer) if region is None else None
+        found: dict = {}
         worker = create_worker(
-            self._tuner.warm_up.after(iter_segment),
+            compared(self._tuner.warm_up.after(iter_segment), previous, found),
             source,
             checkpoint,
             axes=axes,
@@ -230,7 +249,7 @@ class SegmentPanel(Container):
             worker.yielded.connect(on_yielded)
         worker.returned.connect(
             lambda result: show_segmentation(
-                self._tuner.viewer, layer, result, region, inference.stack
+                self._tuner.viewer, layer, result, region, inference.stack, found.get("changes")
             )
         )
         worker.returned.connect(lambda result: self._note_size(layer, result, region is None))

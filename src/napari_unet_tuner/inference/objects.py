@@ -401,6 +401,6 @@ def review_queue(
     first = changes.assign(
         kind=np.where(changes["change"] == "new", "object", "miss"),
         doubt=[doubt.get(label, 1.0) if label else 1.0 for label in changes["label"]],
-    )[queue.columns]
+    )
     rest = queue[~((queue["kind"] == "object") & queue["label"].isin(changes["label"]))]
     return pd.concat([first, rest], ignore_index=True)
