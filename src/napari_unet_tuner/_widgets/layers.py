@@ -153,7 +153,7 @@ def show_segmentation(
             target.data = result.labels
     else:
         segmented = target.metadata.get("segmented")
-        if segmented is not None and np.shares_memory(segmented, target.data):
+        if segmented is not None and np.may_share_memory(segmented, target.data):
             # A field of view is written in place: the whole-image result stays as it was.
             target.metadata["segmented"] = segmented.copy()
         labels = result.labels
