@@ -167,6 +167,48 @@ def test_a_model_that_loses_the_held_out_objects_did_not_learn():
     assert judge(before, best.best, best.step, best.candidate, 30.0, 60).learned
 
 
+def test_of_models_that_delete_all_the_junk_the_one_keeping_more_is_offered():
+    # HeLa with junk, the 20 worst objects all junk deleted: the first model
+    # deleted every object (AP 0.00 on other frames), the next only most of the
+    # junk (0.63-0.70); both lose the unreviewed objects, so neither is kept,
+    # and the run had stopped on the first ("learned": all reviewed right).
+    import torch.nn
+
+    from napari_unet_tuner.config import InstanceConfig
+    from napari_unet_tuner.training.best_model import BestModel, stop_reason
+    from napari_unet_tuner.training.validation import ValidationResult
+    from napari_unet_tuner.training.verdict import judge
+
+    def validation(deleted_gone: int, ap50: float) -> ValidationResult:
+        counts = CorrectionCounts(deleted=20, deleted_gone=deleted_gone)
+        scores = {
+            "annotation_score": counts.score(),
+            "ap50": ap50,
+            "dice": ap50,
+            "loss": 0.1,
+            "fit_loss": 0.1,
+        }
+        return ValidationResult(scores, counts, InstanceConfig())
+
+    before = validation(0, 0.9)
+    model = torch.nn.Linear(1, 1)
+    best = BestModel.start(before, before, model)
+    everything_deleted, junk_deleted = validation(20, 0.0), validation(20, 0.15)
+    best.consider(everything_deleted, model, 20)
+    best.consider(junk_deleted, model, 40)
+    assert best.best is before
+    assert best.candidate is junk_deleted
+    verdict = judge(before, best.best, best.step, best.candidate, 30.0, 40)
+    assert verdict.trade_off and "keep (K) a few objects it got right too" in verdict.message
+    # Every reviewed object right twice, but nothing kept: the run goes on.
+    assert best.perfect_in_a_row == 2
+    assert stop_reason(best, patience=6, stopped=False, out_of_time=False) is None
+    # A model that also keeps the held-out objects is kept, and ends the run.
+    best.consider(validation(20, 0.85), model, 60)
+    assert best.step == 60
+    assert stop_reason(best, patience=6, stopped=False, out_of_time=False) == "learned"
+
+
 def test_parent_pull_keeps_the_weights_near_the_starting_model(disc_model):
     from napari_unet_tuner.training.optimizing import Optimizing
 

@@ -93,13 +93,15 @@ class BestModel:
 def _better_candidate(
     result: ValidationResult, candidate: ValidationResult | None, before: ValidationResult
 ) -> bool:
-    """More corrections right than ``before`` and than ``candidate`` (ties: the higher score)."""
+    """More corrections right than ``before`` and than ``candidate`` (ties: the higher rank)."""
     mine, start = result.corrections, before.corrections
     if mine is None or start is None or mine.fixed <= start.fixed:
         return False
     if candidate is None or candidate.corrections is None:
         return True
-    return (mine.fixed, result.rank()[0]) > (candidate.corrections.fixed, candidate.rank()[0])
+    # Ties on the corrections go to the better rank as a whole: of two models
+    # that delete all the junk reviewed, the one that keeps more of the rest.
+    return (mine.fixed, result.rank()) > (candidate.corrections.fixed, candidate.rank())
 
 
 def stop_reason(tracker: BestModel, patience: int, stopped: bool, out_of_time: bool) -> str | None:
@@ -114,7 +116,9 @@ def stop_reason(tracker: BestModel, patience: int, stopped: bool, out_of_time: b
         return "stopped"
     if out_of_time:
         return "time"
-    if tracker.perfect_in_a_row >= PERFECT_TO_STOP:
+    # Everything reviewed right, but the best is still the starting model (the
+    # others lost the held-out objects): go on, a later model may keep them.
+    if tracker.perfect_in_a_row >= PERFECT_TO_STOP and tracker.step > 0:
         return "learned"
     if tracker.step > 0 and tracker.since_best >= patience and not tracker.unfinished():
         return "early stopping"

@@ -143,11 +143,16 @@ def _describe_trade_off(start: ValidationResult, offered: ValidationResult) -> s
     cost = " and ".join(costs) or "got fewer of the other objects right"
     # Advice for what the user can see: lost objects are theirs to correct;
     # the false objects of a model they were not shown are not.
-    advice = (
-        "Correct a few of the objects it lost and fine-tune again"
-        if lost > 0
-        else "Fine-tune again, longer or with a few more corrections"
-    )
+    if lost > 0:
+        advice = "Correct a few of the objects it lost and fine-tune again"
+    elif before.deleted and not before.corrected and not before.unchanged:
+        # Only deletions reviewed: deleting everything gets them all right.
+        advice = (
+            "You only deleted objects, so nothing tells it what to keep: keep (K) a few "
+            "objects it got right too and fine-tune again"
+        )
+    else:
+        advice = "Fine-tune again, longer or with a few more corrections"
     return (
         f"nothing was learned: a model got {candidate.fixed} of {candidate.to_fix} corrections "
         f"right ({before.fixed} before) but {cost}; kept the starting model. {advice}, or "
