@@ -13,9 +13,11 @@ before fine-tuning, with painted scribbles, and after fine-tuning on them
 (45 s); a 4096 x 4096 multiscale mosaic being segmented into a zarr folder,
 half done; the cells3d nuclei Z-stack segmented into 3D objects, in napari's
 3D view; the bacteria sample learned while scribbles are added (*Learn as I
-correct*). ``--only zarr`` takes just the zarr shot, ``--only live`` the
-live one, ``--only loop`` all but the zarr, 3D, review and live ones,
-``--only corrections`` the two corrections shots, ``--only 3d`` the 3D one.
+correct*); the next DSB2018 image reviewed after fine-tuning, the objects
+the new version changed first. ``--only zarr`` takes just the zarr shot,
+``--only live`` the live one, ``--only changes`` the changes one, ``--only
+loop`` all but the zarr, 3D, review, changes and live ones, ``--only
+corrections`` the two corrections shots, ``--only 3d`` the 3D one.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["zarr", "loop", "corrections", "3d", "review", "live"])
+    parser.add_argument(
+        "--only", choices=["zarr", "loop", "corrections", "3d", "review", "changes", "live"]
+    )
     only = parser.parse_args().only
     if only is None:
         # Each group in its own process: in one, Mesa's software OpenGL crashed
         # (a segfault in glDrawArrays) drawing the first shot after the zarr one.
-        for group in ("3d", "zarr", "review", "live", "loop"):
+        for group in ("3d", "zarr", "review", "changes", "live", "loop"):
             subprocess.run([sys.executable, __file__, "--only", group], check=True)
         return
 
@@ -74,6 +78,7 @@ def main() -> None:
             "3d": objects_in_3d,
             "zarr": zarr_filling,
             "review": review_mode,
+            "changes": review_changes,
             "live": learning_live,
         }
         shots[only](viewer, widget, settle, shot)
@@ -168,31 +173,80 @@ def review_mode(viewer, widget, settle, shot) -> None:
     prediction = viewer.layers["DSB nuclei labels"].data
     viewer.layers["DSB nuclei labels"].visible = False
     for _ in range(6):
-        item = review.current
-        if item["kind"] != "object":
-            review.keep()
-            continue
-        mine = prediction == item["label"]
-        under = [t for t in np.unique(truth[mine]) if t]
-        best = max(
-            (np.sum(mine & (truth == t)) / np.sum(mine | (truth == t)) for t in under), default=0
-        )
-        if best >= 0.5:
-            review.keep()
-        elif not under:
-            review.delete()
-        else:
-            review.redraw()
-            data = review.layer.data
-            data[mine] = 0
-            for k, t in enumerate(under):
-                data[truth == t] = item["label"] if k == 0 else data.max() + 1
-            review.layer.data = data
-            review.keep()
+        judge_as_reference(review, prediction, truth)
     while review.current["kind"] != "object":
         review.keep()
     settle(seconds=1.0)
     shot(viewer, "review_mode.png")
+    viewer.layers.clear()
+
+
+def judge_as_reference(review, prediction, truth) -> None:
+    """Judge the item in view as the simulated reviewer of benchmarks/bench_review.py.
+
+    Kept when it matches a reference nucleus, deleted when it covers none,
+    redrawn as the reference nuclei under it otherwise; a place shown as a
+    possible miss (or a lost object) is passed.
+    """
+    item = review.current
+    if item["kind"] != "object":
+        review.keep()
+        return
+    mine = prediction == item["label"]
+    under = [t for t in np.unique(truth[mine]) if t]
+    best = max(
+        (np.sum(mine & (truth == t)) / np.sum(mine | (truth == t)) for t in under), default=0
+    )
+    if best >= 0.5:
+        review.keep()
+    elif not under:
+        review.delete()
+    else:
+        review.redraw()
+        data = review.layer.data
+        data[mine] = 0
+        for k, t in enumerate(under):
+            data[truth == t] = item["label"] if k == 0 else data.max() + 1
+        review.layer.data = data
+        review.keep()
+
+
+def review_changes(viewer, widget, settle, shot) -> None:
+    """The next image after fine-tuning: what the new version changed, reviewed first.
+
+    The version is fine-tuned as in benchmarks/bench_changes.py (the 20
+    worst objects of the DSB2018 image's left half corrected, 60 s, seed 0);
+    the right half, segmented by the default model and then by that
+    version, is the next image; six of its changes are judged.
+    """
+    from bench_corrections import sets as loop_sets
+    from bench_live import annotations, worst_objects
+
+    from napari_unet_tuner import TrainingConfig, fine_tune, segment
+
+    (image, truth), [(next_image, next_truth)] = loop_sets()["dsb"]
+    start = widget.versions.active
+    result = segment(image, start)
+    steps = annotations(image, truth, result, worst_objects(result.labels, truth, 20))
+    tuned = fine_tune([steps[-1]], start, TrainingConfig(max_seconds=60, seed=0))
+    viewer.add_image(next_image, name="DSB nuclei, next image", colormap="gray")
+    widget.segment_panel.image.reset_choices()
+    widget.segment_panel.image.value = viewer.layers["DSB nuclei, next image"]
+    for version in (None, tuned.checkpoint if tuned.learned else tuned.candidate):
+        if version is not None:
+            widget.versions.add(version)
+            widget.model_panel.refresh()
+        widget.segment_panel.run()
+        settle(widget.segment_panel)
+    widget.show_tab(widget.annotate_panel)
+    review = widget.annotate_panel.review
+    review.keep()
+    prediction = viewer.layers["DSB nuclei, next image labels"].data
+    for _ in range(6):
+        judge_as_reference(review, prediction, next_truth)
+    viewer.reset_view()
+    settle(seconds=1.0)
+    shot(viewer, "review_changes.png")
     viewer.layers.clear()
 
 
