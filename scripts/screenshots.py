@@ -185,11 +185,23 @@ def judge_as_reference(review, prediction, truth) -> None:
     """Judge the item in view as the simulated reviewer of benchmarks/bench_review.py.
 
     Kept when it matches a reference nucleus, deleted when it covers none,
-    redrawn as the reference nuclei under it otherwise; a place shown as a
-    possible miss (or a lost object) is passed.
+    redrawn as the reference nuclei under it otherwise; at a place shown as
+    a possible miss (or a lost object), the reference nucleus there is
+    painted when no object of the prediction matches it.
     """
     item = review.current
     if item["kind"] != "object":
+        at = tuple(int(round(item[f"centroid-{a}"])) for a in range(truth.ndim))
+        nucleus = truth == truth[at] if truth[at] else None
+        if nucleus is not None and not any(
+            np.sum(nucleus & (prediction == p)) / np.sum(nucleus | (prediction == p)) >= 0.5
+            for p in np.unique(prediction[nucleus])
+            if p
+        ):
+            review.add()
+            data = review.layer.data
+            data[nucleus & (data == 0)] = review.layer.selected_label
+            review.layer.data = data
         review.keep()
         return
     mine = prediction == item["label"]
@@ -244,7 +256,6 @@ def review_changes(viewer, widget, settle, shot) -> None:
     prediction = viewer.layers["DSB nuclei, next image labels"].data
     for _ in range(6):
         judge_as_reference(review, prediction, next_truth)
-    viewer.reset_view()
     settle(seconds=1.0)
     shot(viewer, "review_changes.png")
     viewer.layers.clear()
