@@ -199,7 +199,7 @@ def test_of_models_that_delete_all_the_junk_the_one_keeping_more_is_offered():
     assert best.best is before
     assert best.candidate is junk_deleted
     verdict = judge(before, best.best, best.step, best.candidate, 30.0, 40)
-    assert verdict.trade_off and "keep (K) a few objects it got right too" in verdict.message
+    assert verdict.trade_off and "also review a few objects it got right" in verdict.message
     # Every reviewed object right twice, but nothing kept: the run goes on.
     assert best.perfect_in_a_row == 2
     assert stop_reason(best, patience=6, stopped=False, out_of_time=False) is None

@@ -148,8 +148,8 @@ def _describe_trade_off(start: ValidationResult, offered: ValidationResult) -> s
     elif before.deleted and not before.corrected and not before.unchanged:
         # Only deletions reviewed: deleting everything gets them all right.
         advice = (
-            "You only deleted objects, so nothing tells it what to keep: keep (K) a few "
-            "objects it got right too and fine-tune again"
+            "You only deleted objects, so nothing tells it what to keep: also review a few "
+            "objects it got right (keep them as they are) and fine-tune again"
         )
     else:
         advice = "Fine-tune again, longer or with a few more corrections"
