@@ -124,28 +124,34 @@ def test_objects_a_new_model_version_changed_are_reviewed_first(
 
     model = with_card(disc_model, name="tiny")
     tuner = dock_tuner(make_napari_viewer(), model, tmp_path / "d.safetensors", monkeypatch)
-    image, _, _ = dim_disc_scene(0)
+    image, truth, _ = dim_disc_scene(0)
     tuner.viewer.add_image(image, name="cells")
     # The earlier version: an object size floor that drops every disc.
     instances = {**model.card.instances, "min_size": 10_000}
     earlier = dataclasses.replace(model, card=dataclasses.replace(model.card, instances=instances))
-    for checkpoint in (earlier, None):
-        tuner.segment_panel.run(checkpoint)
-        qtbot.waitUntil(lambda: tuner.segment_panel.worker is None, timeout=60_000)
+    tuner.segment_panel.run(earlier)
+    qtbot.waitUntil(lambda: tuner.segment_panel.worker is None, timeout=60_000)
+    # The user painted one disc into a corrections layer: judged already.
+    painted = tuner.annotate_panel.make_corrections_layer()
+    painted.data = np.where(truth == 1, 1, painted.data)
+    tuner.segment_panel.run()
+    qtbot.waitUntil(lambda: tuner.segment_panel.worker is None, timeout=60_000)
     prediction = tuner.viewer.layers["cells labels"]
     found = int(prediction.data.max())
-    assert found > 0
+    assert found > 1
     # Found in the segmentation's worker, against the earlier (empty) labels.
     assert len(prediction.metadata["changes"]) == found
 
     review = tuner.annotate_panel.review
     review.keep()
     changes = review.queue[review.queue["change"] != ""]
-    assert len(changes) == found and (changes["change"] == "new").all()
-    assert (review.queue.index[review.queue["change"] != ""] < found).all()
+    # All but the painted disc, first in the queue.
+    assert len(changes) == found - 1 and (changes["change"] == "new").all()
+    assert (changes.index < found - 1).all()
+    assert not (prediction.data[truth == 1][:, None] == changes["label"].to_numpy()).any()
     assert review.current["change"] == "new"
     review.delete()  # this change was wrong
     review.keep()  # this one right
     assert review.changes_judged == {"right": 1, "wrong": 1}
-    assert f"{found} objects changed since the previous segmentation" in review.status.value
+    assert f"{found - 1} objects changed since the previous segmentation" in review.status.value
     assert "1 judged right, 1 wrong" in review.status.value

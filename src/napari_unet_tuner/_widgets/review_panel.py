@@ -39,6 +39,29 @@ MAX_ZOOM = 4.0
 MOST_CHANGES_WRONG = 3
 
 
+def judged_area(viewer: napari.Viewer, image_name: str) -> np.ndarray | None:
+    """Return where the user already judged the image: reviewed or changed in its corrections."""
+    area = None
+    for layer in viewer.layers:
+        meta = layer.metadata
+        if meta.get("image") != image_name or meta.get("mode") != "corrections":
+            continue
+        reviewed = meta.get("reviewed")
+        judged = reviewed if reviewed is not None else layer.data != meta["prediction"]
+        area = judged.copy() if area is None else area | judged
+    return area
+
+
+def unjudged(changes: pd.DataFrame | None, area: np.ndarray | None) -> pd.DataFrame | None:
+    """Drop the changes whose centre lies where the user already judged (their corrections)."""
+    if changes is None or area is None or not len(changes):
+        return changes
+    centroids = [c for c in changes.columns if c.startswith("centroid-")]
+    points = np.round(changes[centroids].to_numpy()).astype(int)
+    inside = area[tuple(points.T)] if area.ndim == len(centroids) else False
+    return changes[~np.asarray(inside, bool)]
+
+
 class ReviewPanel(Container):
     """Step through the objects the model doubts most, and judge each with a key."""
 
@@ -162,7 +185,7 @@ class ReviewPanel(Container):
             self.queue = review_queue(
                 table,
                 prediction.metadata.get("possible_misses"),
-                prediction.metadata.get("changes"),
+                unjudged(prediction.metadata.get("changes"), judged_area(viewer, image.name)),
             )
             self.counts = dict.fromkeys(self.counts, 0)
             self.changes_judged = dict.fromkeys(self.changes_judged, 0)
