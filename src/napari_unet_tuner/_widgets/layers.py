@@ -95,6 +95,19 @@ def previous_segmentation(viewer: napari.Viewer, image: napari.layers.Image) -> 
     return viewer.layers[name].metadata.get("segmented")
 
 
+def judged_area(viewer: napari.Viewer, image_name: str) -> np.ndarray | None:
+    """Return where the user already judged the image: reviewed or changed in its corrections."""
+    area = None
+    for layer in viewer.layers:
+        meta = layer.metadata
+        if meta.get("image") != image_name or meta.get("mode") != "corrections":
+            continue
+        reviewed = meta.get("reviewed")
+        judged = reviewed if reviewed is not None else layer.data != meta["prediction"]
+        area = judged.copy() if area is None else area | judged
+    return area
+
+
 def show_segmentation(
     viewer: napari.Viewer,
     image: napari.layers.Image,

@@ -20,7 +20,8 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error
 
-from napari_unet_tuner._widgets.layers import labels_name
+from napari_unet_tuner._widgets.layers import judged_area, labels_name
+from napari_unet_tuner.inference.changes import changes_outside
 from napari_unet_tuner.inference.objects import review_queue
 from napari_unet_tuner.training.review import REVIEW_MARGIN, around
 
@@ -37,29 +38,6 @@ SHOWN_PIXELS = 60
 MAX_ZOOM = 4.0
 # Changes judged wrong before the status says the previous version may be better.
 MOST_CHANGES_WRONG = 3
-
-
-def judged_area(viewer: napari.Viewer, image_name: str) -> np.ndarray | None:
-    """Return where the user already judged the image: reviewed or changed in its corrections."""
-    area = None
-    for layer in viewer.layers:
-        meta = layer.metadata
-        if meta.get("image") != image_name or meta.get("mode") != "corrections":
-            continue
-        reviewed = meta.get("reviewed")
-        judged = reviewed if reviewed is not None else layer.data != meta["prediction"]
-        area = judged.copy() if area is None else area | judged
-    return area
-
-
-def unjudged(changes: pd.DataFrame | None, area: np.ndarray | None) -> pd.DataFrame | None:
-    """Drop the changes whose centre lies where the user already judged (their corrections)."""
-    if changes is None or area is None or not len(changes):
-        return changes
-    centroids = [c for c in changes.columns if c.startswith("centroid-")]
-    points = np.round(changes[centroids].to_numpy()).astype(int)
-    inside = area[tuple(points.T)] if area.ndim == len(centroids) else False
-    return changes[~np.asarray(inside, bool)]
 
 
 class ReviewPanel(Container):
@@ -185,7 +163,9 @@ class ReviewPanel(Container):
             self.queue = review_queue(
                 table,
                 prediction.metadata.get("possible_misses"),
-                unjudged(prediction.metadata.get("changes"), judged_area(viewer, image.name)),
+                changes_outside(
+                    prediction.metadata.get("changes"), judged_area(viewer, image.name)
+                ),
             )
             self.counts = dict.fromkeys(self.counts, 0)
             self.changes_judged = dict.fromkeys(self.changes_judged, 0)
