@@ -220,3 +220,29 @@ def test_a_fall_in_held_out_dice_is_said_even_when_ap_holds():
         verdict = judge(before, result(dice, learned), 40, None, 30.0, 200)
         assert verdict.learned
         assert ("held-out Dice fell 1.00 -> " in verdict.message) == said, verdict.message
+
+
+def test_a_learned_run_that_lost_or_added_objects_says_to_look_at_its_changes():
+    # DSB2018, 20 worst objects corrected: learned by the count (7 more right),
+    # with 2 unchanged objects lost and 9 false ones added; AP@0.5 on the
+    # image's other half 0.879 -> 0.79.
+    from napari_unet_tuner.config import InstanceConfig
+    from napari_unet_tuner.training.validation import ValidationResult
+    from napari_unet_tuner.training.verdict import judge
+
+    def result(counts):
+        scores = {"ap50": 1.0, "dice": 1.0, "loss": 0.1, "iou": 1.0, "fit_loss": 0.1}
+        return ValidationResult(
+            {**scores, "annotation_score": counts.score()}, counts, InstanceConfig()
+        )
+
+    before = CorrectionCounts(corrected=15, deleted=1, unchanged=13, unchanged_right=13, false=6)
+    costly = replace(before, corrected_right=6, deleted_gone=1, unchanged_right=11, false=15)
+    clean = replace(before, corrected_right=6, deleted_gone=1)
+    verdict = judge(result(before), result(costly), 140, None, 60.0, 580)
+    assert verdict.learned
+    assert "it also lost 2 unchanged objects and added 9 false ones" in verdict.message
+    assert (
+        "look at what it changed"
+        not in judge(result(before), result(clean), 140, None, 60.0, 580).message
+    )

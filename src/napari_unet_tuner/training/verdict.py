@@ -109,6 +109,15 @@ def _describe_learned(
     counts = after.corrections
     if counts is not None and counts.to_fix and before.corrections is not None:
         text = f"learned in {seconds:.0f} s: {compare(before.corrections, counts)}"
+        lost = counts.unchanged_lost - before.corrections.unchanged_lost
+        added = counts.false - before.corrections.false
+        if lost > 0 or added > 0:
+            # Learned by the count, at a cost the count weighs as just as many
+            # objects: on DSB2018 such a model did worse on the image's other half.
+            text += (
+                f" (it also lost {max(lost, 0)} unchanged objects and added {max(added, 0)} "
+                "false ones: look at what it changed before keeping it)"
+            )
     else:
         text = f"trained {steps} steps in {seconds:.0f} s"
     ap_before, ap_after = before.scores["ap50"], after.scores["ap50"]
