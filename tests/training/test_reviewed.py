@@ -128,28 +128,34 @@ def test_a_reviewed_mask_that_cannot_be_used_says_what_to_fix(disc_model, review
         )
 
 
+def validated(counts: CorrectionCounts, ap50: float):
+    """A validation with these counts and this held-out AP@0.5 (Dice alike)."""
+    from napari_unet_tuner.config import InstanceConfig
+    from napari_unet_tuner.training.validation import ValidationResult
+
+    scores = {
+        "annotation_score": counts.score(),
+        "ap50": ap50,
+        "dice": ap50,
+        "loss": 0.1,
+        "fit_loss": 0.1,
+    }
+    return ValidationResult(scores, counts, InstanceConfig())
+
+
 def test_a_model_that_loses_the_held_out_objects_did_not_learn():
     # Seen in a simulated review of 10 HeLa objects: both reviewed junk
     # objects deleted by unlearning every nucleus, and "learned" said.
     import torch.nn
 
-    from napari_unet_tuner.config import InstanceConfig
     from napari_unet_tuner.training.best_model import BestModel
-    from napari_unet_tuner.training.validation import ValidationResult
     from napari_unet_tuner.training.verdict import judge
 
-    def validation(deleted_gone: int, ap50: float) -> ValidationResult:
+    def validation(deleted_gone: int, ap50: float):
         counts = CorrectionCounts(
             deleted=2, deleted_gone=deleted_gone, unchanged=8, unchanged_right=8
         )
-        scores = {
-            "annotation_score": counts.score(),
-            "ap50": ap50,
-            "dice": ap50,
-            "loss": 0.1,
-            "fit_loss": 0.1,
-        }
-        return ValidationResult(scores, counts, InstanceConfig())
+        return validated(counts, ap50)
 
     before = validation(0, 1.0)
     model = torch.nn.Linear(1, 1)
@@ -174,21 +180,11 @@ def test_of_models_that_delete_all_the_junk_the_one_keeping_more_is_offered():
     # and the run had stopped on the first ("learned": all reviewed right).
     import torch.nn
 
-    from napari_unet_tuner.config import InstanceConfig
     from napari_unet_tuner.training.best_model import BestModel, stop_reason
-    from napari_unet_tuner.training.validation import ValidationResult
     from napari_unet_tuner.training.verdict import judge
 
-    def validation(deleted_gone: int, ap50: float) -> ValidationResult:
-        counts = CorrectionCounts(deleted=20, deleted_gone=deleted_gone)
-        scores = {
-            "annotation_score": counts.score(),
-            "ap50": ap50,
-            "dice": ap50,
-            "loss": 0.1,
-            "fit_loss": 0.1,
-        }
-        return ValidationResult(scores, counts, InstanceConfig())
+    def validation(deleted_gone: int, ap50: float):
+        return validated(CorrectionCounts(deleted=20, deleted_gone=deleted_gone), ap50)
 
     before = validation(0, 0.9)
     model = torch.nn.Linear(1, 1)
