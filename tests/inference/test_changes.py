@@ -6,7 +6,7 @@ import pytest
 from skimage.draw import disk
 from skimage.measure import regionprops_table
 
-from napari_unet_tuner.inference.changes import changed_objects, changes_outside
+from napari_unet_tuner.inference.changes import changed_objects
 from napari_unet_tuner.inference.objects import review_queue
 
 
@@ -72,16 +72,3 @@ def test_the_review_queue_shows_the_changes_first_and_each_object_once():
     assert len(queue) == len(objects) + 1
     assert (queue["change"][2:] == "").all()
     assert queue["doubt"][2:].is_monotonic_decreasing
-
-
-def test_changes_where_the_user_already_judged_are_dropped():
-    before = nuclei()
-    after = before.copy()
-    after[after == 2] = 0
-    after[after == 5] = 0
-    judged = np.zeros(before.shape, bool)
-    judged[10:30, 60:80] = True  # around nucleus 2's centre
-    kept = changes_outside(changed_objects(before, after), judged)
-    assert len(kept) == 1
-    assert kept["centroid-0"].iloc[0] == pytest.approx(100)
-    assert changes_outside(None, judged) is None

@@ -20,8 +20,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error
 
-from napari_unet_tuner._widgets.layers import judged_area, labels_name
-from napari_unet_tuner.inference.changes import changes_outside
+from napari_unet_tuner._widgets.layers import labels_name
 from napari_unet_tuner.inference.objects import review_queue
 from napari_unet_tuner.training.review import REVIEW_MARGIN, around
 
@@ -163,9 +162,7 @@ class ReviewPanel(Container):
             self.queue = review_queue(
                 table,
                 prediction.metadata.get("possible_misses"),
-                changes_outside(
-                    prediction.metadata.get("changes"), judged_area(viewer, image.name)
-                ),
+                prediction.metadata.get("changes"),
             )
             self.counts = dict.fromkeys(self.counts, 0)
             self.changes_judged = dict.fromkeys(self.changes_judged, 0)

@@ -24,6 +24,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_unet_tuner._widgets.delayed_progress import DelayedProgress
 from napari_unet_tuner._widgets.layers import (
     anisotropy_of,
+    judged_area,
     layer_array,
     looks_like_z_stack,
     previous_segmentation,
@@ -47,13 +48,18 @@ if TYPE_CHECKING:
     from napari_unet_tuner.model.checkpoint import Checkpoint
 
 
-def compared(segment: Callable, previous: Any, found: dict) -> Callable:
-    """Wrap an `iter_segment`: afterwards, put its changes against ``previous`` in ``found``."""
+def compared(segment: Callable, previous: Any, judged: Any, found: dict) -> Callable:
+    """Wrap an `iter_segment`: afterwards, put its changes against ``previous`` in ``found``.
+
+    Objects mostly in ``judged`` (what the user already reviewed or corrected
+    on the image) are not changes to review again.
+    """
 
     def run(*args: Any, **kwargs: Any) -> Generator:
         result = yield from segment(*args, **kwargs)
         if previous is not None and previous.shape == result.labels.shape:
-            found["changes"] = changed_objects(previous, result.labels)
+            area = judged if judged is not None and judged.shape == previous.shape else None
+            found["changes"] = changed_objects(previous, result.labels, area)
         return result
 
     return run
@@ -224,9 +230,10 @@ class SegmentPanel(Container):
         # What this run changes against the last one is found in the worker too
         # (a second on a large image): the review shows it first.
         previous = previous_segmentation(self._tuner.viewer, layer) if region is None else None
+        judged = None if previous is None else judged_area(self._tuner.viewer, layer.name)
         found: dict = {}
         worker = create_worker(
-            compared(self._tuner.warm_up.after(iter_segment), previous, found),
+            compared(self._tuner.warm_up.after(iter_segment), previous, judged, found),
             source,
             checkpoint,
             axes=axes,

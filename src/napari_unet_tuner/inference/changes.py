@@ -75,17 +75,6 @@ def changed_objects(
     )
 
 
-def changes_outside(changes: pd.DataFrame | None, area: np.ndarray | None) -> pd.DataFrame | None:
-    """Drop the changes whose centre lies in ``area`` (where the user already judged)."""
-    if changes is None or area is None or not len(changes):
-        return changes
-    centroids = [c for c in changes.columns if c.startswith("centroid-")]
-    if area.ndim != len(centroids):
-        return changes
-    points = np.round(changes[centroids].to_numpy()).astype(int)
-    return changes[~area[tuple(points.T)]]
-
-
 def _table(labels: np.ndarray, chosen: np.ndarray) -> pd.DataFrame:
     """Area and centroid of the objects of ``labels`` whose id is ``True`` in ``chosen``."""
     chosen = chosen.copy()
