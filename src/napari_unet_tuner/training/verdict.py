@@ -109,13 +109,12 @@ def _describe_learned(
     counts = after.corrections
     if counts is not None and counts.to_fix and before.corrections is not None:
         text = f"learned in {seconds:.0f} s: {compare(before.corrections, counts)}"
-        lost = counts.unchanged_lost - before.corrections.unchanged_lost
-        added = counts.false - before.corrections.false
-        if lost > 0 or added > 0:
+        lost, added = _costs(before.corrections, counts)
+        if lost or added:
             # Learned by the count, at a cost the count weighs as just as many
             # objects: on DSB2018 such a model did worse on the image's other half.
             text += (
-                f" (it also lost {max(lost, 0)} unchanged objects and added {max(added, 0)} "
+                f" (it also lost {lost} unchanged objects and added {added} "
                 "false ones: look at what it changed before keeping it)"
             )
     else:
@@ -135,14 +134,19 @@ def _describe_learned(
     return text
 
 
+def _costs(before: CorrectionCounts, after: CorrectionCounts) -> tuple[int, int]:
+    """Unchanged objects ``after`` lost and false objects it added, beyond ``before``'s (>= 0)."""
+    lost = after.unchanged_lost - before.unchanged_lost
+    return max(lost, 0), max(after.false - before.false, 0)
+
+
 def _describe_trade_off(start: ValidationResult, offered: ValidationResult) -> str:
     before, candidate = start.corrections, offered.corrections
     costs = []
-    lost = candidate.unchanged_lost - before.unchanged_lost
-    if lost > 0:
+    lost, added = _costs(before, candidate)
+    if lost:
         costs.append(f"lost {lost} of {candidate.unchanged} unchanged objects")
-    added = candidate.false - before.false
-    if added > 0:
+    if added:
         costs.append(f"added {added} false object" + ("s" if added > 1 else ""))
     if offered.held_out_fell(start):
         costs.append(
@@ -152,7 +156,7 @@ def _describe_trade_off(start: ValidationResult, offered: ValidationResult) -> s
     cost = " and ".join(costs) or "got fewer of the other objects right"
     # Advice for what the user can see: lost objects are theirs to correct;
     # the false objects of a model they were not shown are not.
-    if lost > 0:
+    if lost:
         advice = "Correct a few of the objects it lost and fine-tune again"
     elif before.deleted and not before.corrected and not before.unchanged:
         # Only deletions reviewed: deleting everything gets them all right.
