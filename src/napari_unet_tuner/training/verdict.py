@@ -113,10 +113,10 @@ def _describe_learned(
         if lost or added:
             # Learned by the count, at a cost the count weighs as just as many
             # objects: on DSB2018 such a model did worse on the image's other half.
-            text += (
-                f" (it also lost {lost} unchanged objects and added {added} "
-                "false ones: look at what it changed before keeping it)"
-            )
+            costs = [f"lost {lost} unchanged object" + "s" * (lost > 1)] if lost else []
+            if added:
+                costs.append(f"added {added} false " + ("ones" if added > 1 else "one"))
+            text += f" (it also {' and '.join(costs)}: look at what it changed before keeping it)"
     else:
         text = f"trained {steps} steps in {seconds:.0f} s"
     ap_before, ap_after = before.scores["ap50"], after.scores["ap50"]
