@@ -18,6 +18,7 @@ from skimage.morphology import convex_hull_image, h_maxima
 from skimage.segmentation import find_boundaries, watershed
 
 from napari_unet_tuner.config import InstanceConfig, OutputKind
+from napari_unet_tuner.inference.seed_levels import split_seeds_at_levels
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 # Channel of a ``boundary3_distance`` model's distance to the object's edge.
@@ -85,7 +86,9 @@ def seed_markers(
     (background probability below ``1 - threshold``) is dropped, so that
     raising ``threshold`` removes objects the model is unsure of; its other
     pixels stay part of it (requiring every seed pixel to pass cuts dim
-    nuclei into pieces: DSB2018 AP@0.5 0.81 -> 0.43).
+    nuclei into pieces: DSB2018 AP@0.5 0.81 -> 0.43). With ``core_share``,
+    ``boundary3`` seeds of touching objects are split at higher levels of
+    the interior probability (`split_seeds_at_levels`).
     """
     if output_kind == "foreground":
         mask = probabilities[0] > config.threshold
@@ -109,6 +112,8 @@ def seed_markers(
             markers = lookup[markers]
     if config.split_solidity > 0:
         split_concave_seeds(markers, config.split_solidity)
+    if config.core_share > 0 and output_kind == "boundary3":
+        split_seeds_at_levels(markers, probabilities[INTERIOR], config.core_share, config.min_size)
     return markers
 
 

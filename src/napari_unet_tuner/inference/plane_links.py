@@ -16,6 +16,8 @@ dim top and bottom planes.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from napari_unet_tuner.config import InstanceConfig, OutputKind
@@ -44,8 +46,12 @@ def link_planes(
     depth = probabilities.shape[1]
     labels = np.zeros(probabilities.shape[1:], np.int32)
     count = 0
+    # The XY view alone sees a boundary between touching nuclei; splitting
+    # seeds at higher levels in 2D crumbles real ones (CHO frames 16-19 AP@0.5
+    # 0.87 -> 0.77), so each plane is labelled as a 2D image is.
+    planar = replace(instances, core_share=0.0)
     for z in range(depth):
-        plane = probabilities_to_labels(probabilities[:, z], output_kind, instances)
+        plane = probabilities_to_labels(probabilities[:, z], output_kind, planar)
         objects = int(plane.max(initial=0))
         if objects == 0:
             continue

@@ -34,6 +34,7 @@ from napari_unet_tuner.inference.instances import (
 from napari_unet_tuner.inference.object_size import SizeEstimate, scale_for
 from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
 from napari_unet_tuner.inference.plane_links import link_planes
+from napari_unet_tuner.inference.seed_levels import CORE_SHARE
 from napari_unet_tuner.inference.stack_views import plan_views, predict_planes, view_tiles
 
 # Seeds of 3D objects: the three views' averaged interior spreads across
@@ -60,13 +61,18 @@ LARGEST_IN_3D = 1.2
 
 
 def stack_instances(card_instances: InstanceConfig) -> InstanceConfig:
-    """Return a model's instance settings for 3D objects: seeds at `STACK_SEED_THRESHOLD` at least.
+    """Return a model's instance settings for 3D objects.
 
-    For runs whose caller gave no instance settings of its own.
+    Seeds at `STACK_SEED_THRESHOLD` at least, and seeds of touching nuclei
+    split at higher levels (`seed_levels.CORE_SHARE`) unless the card sets a
+    share of its own. For runs whose caller gave no instance settings of
+    its own.
     """
-    if card_instances.seed_threshold >= STACK_SEED_THRESHOLD:
-        return card_instances
-    return replace(card_instances, seed_threshold=STACK_SEED_THRESHOLD)
+    return replace(
+        card_instances,
+        seed_threshold=max(card_instances.seed_threshold, STACK_SEED_THRESHOLD),
+        core_share=card_instances.core_share or CORE_SHARE,
+    )
 
 
 def stack_scale(size: SizeEstimate | None, model_diameter: float | None, scale: float) -> float:
