@@ -143,7 +143,8 @@ def run_segment(args: argparse.Namespace) -> int:
         if v is not None
     }
     # None: the model's own settings, as the API and the widget use them
-    # (3D objects with their own seed threshold, `stack_instances`).
+    # (3D objects with their own seed threshold, `stack_instances`); with
+    # overrides, 3D objects still split touching nuclei (`run_instances`).
     instances = (
         InstanceConfig.from_dict({**ckpt.card.instances, **overrides}) if overrides else None
     )

@@ -136,5 +136,22 @@ def test_3d_seeds_are_stricter_unless_the_caller_sets_them():
     assert stack_instances(card).seed_threshold == STACK_SEED_THRESHOLD
     assert stack_instances(InstanceConfig(seed_threshold=0.7)).seed_threshold == 0.7
     # Seeds of touching nuclei are split at higher levels, unless the card says otherwise.
-    assert card.core_share == 0 and stack_instances(card).core_share == CORE_SHARE
+    assert card.core_share is None and stack_instances(card).core_share == CORE_SHARE
     assert stack_instances(InstanceConfig(core_share=0.4)).core_share == 0.4
+
+
+def test_a_callers_instance_settings_still_split_touching_nuclei_in_3d():
+    from napari_unet_tuner import InstanceConfig
+    from napari_unet_tuner.inference.seed_levels import CORE_SHARE
+    from napari_unet_tuner.inference.stack import run_instances
+
+    card = InstanceConfig(seed_threshold=0.4)
+    # As the CLI builds them when only --min-size is given.
+    given = InstanceConfig(seed_threshold=0.4, min_size=40)
+    assert run_instances(given, card, in_3d=True) == InstanceConfig(
+        seed_threshold=0.4, min_size=40, core_share=CORE_SHARE
+    )
+    assert run_instances(given, card, in_3d=False) is given  # 2D: off
+    off = InstanceConfig(core_share=0.0)
+    assert run_instances(off, card, in_3d=True) is off  # turned off by the caller
+    assert run_instances(None, card, in_3d=False) is card

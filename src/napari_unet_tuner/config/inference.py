@@ -59,20 +59,21 @@ class InstanceConfig(DictMixin):
         model sees as one blob, with no boundary between them, become two
         objects. A single nucleus is nearly convex (solidity about 0.95);
         two merged ones are waisted. 0 turns splitting off.
-    core_share : float
+    core_share : float or None
         ``boundary3`` seeds that part, at higher levels of the interior
         probability, into two or more cores each holding at least this
         share of the median seed's size are split into those cores
         (`napari_unet_tuner.inference.seed_levels`): touching nuclei of a
-        Z-stack that share one seed. 0 turns it off (2D runs); 3D runs use
-        `seed_levels.CORE_SHARE`.
+        Z-stack that share one seed. 0 turns it off; ``None`` (the
+        default) leaves it to the run: `seed_levels.CORE_SHARE` for 3D
+        objects of a Z-stack, off in 2D.
     """
 
     threshold: float = 0.5
     seed_threshold: float = 0.5
     min_size: int = 15
     split_solidity: float = 0.0
-    core_share: float = 0.0
+    core_share: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("threshold", "seed_threshold"):
@@ -82,7 +83,7 @@ class InstanceConfig(DictMixin):
             raise ConfigError(f"min_size must be >= 0, got {self.min_size}")
         if not 0.0 <= self.split_solidity <= 1.0:
             raise ConfigError(f"split_solidity must be in [0, 1], got {self.split_solidity}")
-        if not 0.0 <= self.core_share < 1.0:
+        if self.core_share is not None and not 0.0 <= self.core_share < 1.0:
             raise ConfigError(f"core_share must be in [0, 1), got {self.core_share}")
 
 

@@ -29,7 +29,7 @@ from napari_unet_tuner.inference.image import ImageReader, infer_axes
 from napari_unet_tuner.inference.object_size import choose_object_size
 from napari_unet_tuner.inference.pipeline import DEFAULT_TILE_SHAPE, resolve_run
 from napari_unet_tuner.inference.predictor import build_predictor, make_predictor
-from napari_unet_tuner.inference.stack import stack_instances
+from napari_unet_tuner.inference.stack import run_instances
 from napari_unet_tuner.inference.stack_chunked import StackViews, first_plane
 from napari_unet_tuner.inference.tiling import fit_tile_shape
 from napari_unet_tuner.inference.z_step import estimate_z_step, first_stack, z_step_note
@@ -142,9 +142,8 @@ def plan_chunked_run(
     if inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes:
         planar = reader
         reader = ImageReader(image, planar.axes, 3, cfg.in_channels, normalization)
-    if instances is None:  # as in memory (`iter_segment`)
-        card = ckpt.card.instance_config
-        instances = card if planar is None else stack_instances(card)
+    # As in memory (`iter_segment`).
+    instances = run_instances(instances, ckpt.card.instance_config, planar is not None)
     spatial_dims = len(reader.spatial_axes)
     if ome is None:
         ome = bool(getattr(image, "ome", False))

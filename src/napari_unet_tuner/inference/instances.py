@@ -112,7 +112,7 @@ def seed_markers(
             markers = lookup[markers]
     if config.split_solidity > 0:
         split_concave_seeds(markers, config.split_solidity)
-    if config.core_share > 0 and output_kind == "boundary3":
+    if config.core_share and output_kind == "boundary3":
         split_seeds_at_levels(markers, probabilities[INTERIOR], config.core_share, config.min_size)
     return markers
 

@@ -29,7 +29,7 @@ from napari_unet_tuner.inference.predictor import build_predictor
 from napari_unet_tuner.inference.runtime_probe import RuntimeChoice
 from napari_unet_tuner.inference.stack import (
     iter_segment_stack,
-    stack_instances,
+    run_instances,
     stack_scale,
     view_diameter,
 )
@@ -191,8 +191,8 @@ def iter_segment(
         Tiling, device and threads.
     instances : InstanceConfig, optional
         Thresholds and minimum size; the checkpoint's card by default (for
-        3D objects in a Z-stack, with seeds at 0.5 at least:
-        `napari_unet_tuner.inference.stack.stack_instances`).
+        3D objects in a Z-stack, with seeds at 0.5 at least and seeds of
+        touching nuclei split: `napari_unet_tuner.inference.stack.run_instances`).
     normalization : NormalizationConfig, optional
         Overrides the checkpoint's normalization.
     return_probabilities : bool
@@ -219,9 +219,7 @@ def iter_segment(
         normalization,
     )
     in_3d = inference.stack == "3d" and cfg.spatial_dims == 2 and "Z" in reader.batch_axes
-    if instances is None:
-        card = ckpt.card.instance_config
-        instances = stack_instances(card) if in_3d else card
+    instances = run_instances(instances, ckpt.card.instance_config, in_3d)
     device = select_device(inference.device)
     runtime = None
     if predictor is None:

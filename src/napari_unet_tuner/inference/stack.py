@@ -66,13 +66,30 @@ def stack_instances(card_instances: InstanceConfig) -> InstanceConfig:
     Seeds at `STACK_SEED_THRESHOLD` at least, and seeds of touching nuclei
     split at higher levels (`seed_levels.CORE_SHARE`) unless the card sets a
     share of its own. For runs whose caller gave no instance settings of
-    its own.
+    its own (`run_instances`).
     """
     return replace(
         card_instances,
         seed_threshold=max(card_instances.seed_threshold, STACK_SEED_THRESHOLD),
-        core_share=card_instances.core_share or CORE_SHARE,
+        core_share=CORE_SHARE if card_instances.core_share is None else card_instances.core_share,
     )
+
+
+def run_instances(
+    given: InstanceConfig | None, card_instances: InstanceConfig, in_3d: bool
+) -> InstanceConfig:
+    """Return the instance settings a run uses: the caller's, or the model's.
+
+    The model's are made stricter for 3D objects (`stack_instances`). A
+    caller's are kept as given, except an automatic ``core_share`` (``None``,
+    as when only a threshold or a minimum size was set), which 3D objects
+    resolve to `seed_levels.CORE_SHARE`: touching nuclei stay apart.
+    """
+    if given is None:
+        return stack_instances(card_instances) if in_3d else card_instances
+    if in_3d and given.core_share is None:
+        return replace(given, core_share=CORE_SHARE)
+    return given
 
 
 def stack_scale(size: SizeEstimate | None, model_diameter: float | None, scale: float) -> float:
