@@ -28,10 +28,12 @@ segment stage reads their mean probabilities instead of predicting.
 
 The result equals `probabilities_to_labels` on the whole image with
 ``block_shape`` set to the chunk shape, up to the numbering of the objects,
-with one exception: with ``InstanceConfig.split_solidity``, a seed that
-reaches into a neighbouring chunk's overlap is seen cut there, so the parts
-one chunk splits it into are joined again when the chunks are stitched
-(such objects, a chunk's width in nuclei apart, stay whole).
+with one exception: seeds split by ``InstanceConfig.split_solidity`` or
+``core_share`` (3D objects) are split by each chunk on its own (for
+``core_share``, against the chunk's own median seed). A seed that reaches
+into a neighbouring chunk's overlap is seen cut there, so the parts one
+chunk splits it into are joined again when the chunks are stitched (such
+objects, a chunk's width in nuclei apart, stay whole).
 Interrupted runs resume: finished chunks are skipped, and zarr writes each
 chunk file atomically, so no chunk of the result is ever half-written. The
 output is marked complete (``attrs["napari_unet_tuner"]["complete"]``) only

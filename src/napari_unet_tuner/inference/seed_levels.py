@@ -11,9 +11,9 @@ two or more such cores at some level is replaced by them, and the search
 goes on within each core at the next level; the watershed
 (`instances.grow_markers`) then grows the cores back into whole objects.
 
-This is a component tree of the interior probability pruned by size, as in
-the maximally stable extremal regions of Matas et al. (2002), with the size
-measured against the volume's own seeds so that it holds at every object size.
+This walks the component tree (max-tree) of the interior probability and
+keeps its branches by size, measured against the volume's own seeds so that
+the rule holds at every object size.
 """
 
 from __future__ import annotations
