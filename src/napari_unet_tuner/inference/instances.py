@@ -18,6 +18,7 @@ from skimage.morphology import convex_hull_image, h_maxima
 from skimage.segmentation import find_boundaries, watershed
 
 from napari_unet_tuner.config import InstanceConfig, OutputKind
+from napari_unet_tuner.inference.overlaps import object_sizes
 from napari_unet_tuner.inference.seed_levels import split_seeds_at_levels
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
@@ -317,17 +318,6 @@ def probabilities_to_labels(
 def _block_shape(ndim: int) -> tuple[int, ...]:
     """Return the default block of an ``ndim``-dimensional image (`_BLOCK_SHAPE`)."""
     return _BLOCK_SHAPE.get(ndim, (1024,) * ndim)
-
-
-def object_sizes(labels: np.ndarray) -> np.ndarray:
-    """Pixels (voxels) of every label ``0..labels.max()``, counted block by block."""
-    # Counted block by block: bincount of a whole huge image would first copy
-    # it to int64, twice the size of the labels themselves.
-    n = int(labels.max(initial=0)) + 1
-    sizes = np.zeros(n, np.int64)
-    for block in _blocks(labels.shape, _block_shape(labels.ndim)):
-        sizes += np.bincount(labels[block].ravel(), minlength=n)
-    return sizes
 
 
 def remove_small_objects(

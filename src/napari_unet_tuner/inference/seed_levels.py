@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from napari_unet_tuner.inference.overlaps import object_sizes
+
 # Levels the interior probability is cut at, above the seed threshold.
 SEED_LEVELS = (0.6, 0.7, 0.8, 0.9)
 # A core counts when it holds this share of the median seed's voxels. On the
@@ -33,8 +35,6 @@ SEED_LEVELS = (0.6, 0.7, 0.8, 0.9)
 # 0.857 unsplit. A fixed size in voxels cannot serve: at 15 voxels cells3d's
 # nuclei crumble (0.079), at 100 still 0.129.
 CORE_SHARE = 0.2
-# Voxels counted at a time (`_counts`).
-_SLAB = 1 << 20
 
 
 def split_seeds_at_levels(
@@ -74,7 +74,7 @@ def split_seeds_at_levels(
     11 bytes a voxel), not labelled copies of the volume (a 60 x 1024 x 1024
     stack's seeds alone take 250 MB as int32).
     """
-    sizes = _counts(markers)
+    sizes = object_sizes(markers)
     counted = sizes[1:][sizes[1:] > 0]
     if len(counted) == 0:
         return markers
@@ -109,7 +109,7 @@ def _cores(
         parts, count = ndimage.label(region & (interior > level), output=np.int32)
         if count < 2:
             continue
-        part_sizes = _counts(parts, count + 1)
+        part_sizes = object_sizes(parts)
         large = np.flatnonzero(part_sizes >= least)
         large = large[large > 0]
         if len(large) < 2:
@@ -138,17 +138,7 @@ def _cores(
         del parts
         np.copyto(current, new, where=new > 0)
         del new
-    present = np.flatnonzero(_counts(current))
+    present = np.flatnonzero(object_sizes(current))
     renumber = np.zeros(int(present[-1]) + 1, np.int32)
     renumber[present[present > 0]] = np.arange(1, int((present > 0).sum()) + 1, dtype=np.int32)
     return renumber[current]
-
-
-def _counts(labels: np.ndarray, length: int = 0) -> np.ndarray:
-    """Voxels per label, a slab at a time (`np.bincount` holds an int64 copy of its input)."""
-    flat = labels.reshape(-1)
-    counts = np.zeros(max(length, int(labels.max(initial=0)) + 1), np.int64)
-    for start in range(0, flat.size, _SLAB):
-        part = np.bincount(flat[start : start + _SLAB])
-        counts[: len(part)] += part
-    return counts

@@ -27,12 +27,12 @@ import numpy as np
 from napari_unet_tuner.config import InferenceConfig, InstanceConfig, ModelConfig
 from napari_unet_tuner.inference.image import ImageReader, resize_plane
 from napari_unet_tuner.inference.instances import (
-    object_sizes,
     probabilities_to_labels,
     remove_small_objects,
 )
 from napari_unet_tuner.inference.object_size import SizeEstimate, scale_for
 from napari_unet_tuner.inference.objects import ObjectCollector, raw_part
+from napari_unet_tuner.inference.overlaps import object_sizes
 from napari_unet_tuner.inference.plane_links import link_planes
 from napari_unet_tuner.inference.seed_levels import CORE_SHARE
 from napari_unet_tuner.inference.stack_views import plan_views, predict_planes, view_tiles
